@@ -1,0 +1,26 @@
+# The README's two commands: `make run` (the main job) and `make test`. Each installs what it
+# needs first (scripts/setup.sh is idempotent: a second run only checks), then builds in build/.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+
+.PHONY: run test build setup bench-docs clean
+
+run: build
+	$(BUILD)/mhc bench layer --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512 --threads $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+build: setup
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j $(JOBS)
+
+setup:
+	bash scripts/setup.sh
+
+# Regenerates docs/benchmarks.md from `mhc bench layer` on this machine.
+bench-docs: build
+	bash scripts/benchmarks.sh $(BUILD)/mhc > docs/benchmarks.md.tmp && mv docs/benchmarks.md.tmp docs/benchmarks.md
+
+clean:
+	rm -rf $(BUILD)

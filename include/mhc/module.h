@@ -1,0 +1,76 @@
+// torch::nn::Module front end of the residual family: owns one sublayer's connection parameters
+// with the initialisation of DESIGN.md §2 and exposes pre/post, so a model can wrap any sublayer F:
+//
+//     auto hc = mhc::HyperConnection(mhc::HyperConnectionOptions(mhc::Kind::mhc, 4, 512).sublayer_index(l));
+//     auto mix = hc->pre(x);                     // x [..., n, C]  ->  mix.h [..., C]
+//     auto x_next = hc->post(x, F(mix.h), mix);  // [..., n, C]
+//
+// One class serves every variant: the variants differ only in the shapes and initial values of
+// (phi, bias, alpha), which initial_parameters() makes, and in the kernel the ops run.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "mhc/ops.h"
+#include "mhc/variant.h"
+
+namespace mhc {
+
+// Initial logit biases of mHC and mHC-lite. "paper" (the mHC-lite authors' choice) breaks the
+// symmetry between the n identical streams: b_pre = b_post = +stream_logit on stream l mod n and
+// −stream_logit elsewhere; H_res logits 0 on the diagonal / identity, res_off_logit elsewhere.
+// "zero" makes mHC exactly a pre-norm residual at step 0 (H_res = J/n), but nothing then breaks
+// the streams' symmetry. HC always starts from its paper's static init.
+struct BiasInit {
+  double stream_logit = 1.0;
+  double res_off_logit = -8.0;
+  // Throws std::invalid_argument naming the value and the accepted names.
+  static BiasInit named(const std::string& name);
+};
+
+struct HyperConnectionOptions {
+  HyperConnectionOptions(Kind kind, int64_t streams, int64_t dim) : kind_(kind), streams_(streams), dim_(dim) {}
+  TORCH_ARG(Kind, kind);
+  TORCH_ARG(int64_t, streams);
+  TORCH_ARG(int64_t, dim);
+  TORCH_ARG(int64_t, sublayer_index) = 0;  // l: attention and MLP sublayers are counted separately
+  TORCH_ARG(int64_t, sinkhorn_iters) = 20;
+  TORCH_ARG(BiasInit, bias_init) = {};
+  TORCH_ARG(bool, use_reference) = false;  // run the plain-LibTorch reference instead of the fused ops
+};
+
+struct Parameters {
+  torch::Tensor phi, bias, alpha;
+};
+
+// The DESIGN.md §2 initial values (float32, CPU). Throws std::invalid_argument on a bad n.
+Parameters initial_parameters(const HyperConnectionOptions& options);
+
+class HyperConnectionImpl : public torch::nn::Module {
+ public:
+  explicit HyperConnectionImpl(const HyperConnectionOptions& options);
+
+  // x [..., n, C] -> h [..., C] and the coefficients ([..., n], [..., n], [..., n, n]).
+  PreOutput pre(const torch::Tensor& x);
+  // x [..., n, C], y [..., C], the coefficients from pre(x) -> x_next [..., n, C].
+  torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const PreOutput& mix);
+  // post(x, sublayer(pre(x).h), …): one whole sublayer update.
+  torch::Tensor forward(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& sublayer);
+
+  const HyperConnectionOptions& options() const { return options_; }
+  // Empty for the plain residual, which has no parameters.
+  torch::Tensor phi, bias, alpha;
+
+ private:
+  HyperConnectionOptions options_;
+};
+TORCH_MODULE(HyperConnection);
+
+// [..., C] -> [..., n, C]: n copies (the model's x_0). [..., n, C] -> [..., C]: the sum of streams.
+torch::Tensor expand_streams(const torch::Tensor& e, int64_t n);
+torch::Tensor reduce_streams(const torch::Tensor& x);
+
+}  // namespace mhc

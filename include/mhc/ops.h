@@ -1,0 +1,52 @@
+// The library's seam: the two differentiable ops of one sublayer (DESIGN.md §4).
+//
+//   pre(x, phi, bias, alpha, kind, t) -> (h, H_pre, H_post, H_res)   coefficients + pre-mix
+//   post(x, y, H_post, H_res)         -> x_next                      res-mix + post-mix
+//
+// Shapes: x [N, n, C], y and h [N, C], H_pre and H_post [N, n], H_res [N, n, n] (row k is the
+// destination stream). phi, bias and alpha are laid out as in mhc/variant.h. float32 or float64.
+//
+// mhc::pre / mhc::post call the registered ops `mhc::pre` / `mhc::post` through the dispatcher, so
+// they run the fused kernel of the tensors' backend and get autograd from the fused backward.
+// mhc::reference::pre / post compute the same functions with plain LibTorch tensor ops (autograd
+// gives their backward); they are the specification every fused kernel is tested against.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "mhc/variant.h"
+
+namespace mhc {
+
+struct PreOutput {
+  torch::Tensor h;       // [N, C]
+  torch::Tensor H_pre;   // [N, n]
+  torch::Tensor H_post;  // [N, n]
+  torch::Tensor H_res;   // [N, n, n]
+};
+
+PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
+              const torch::Tensor& alpha, Kind kind, int64_t sinkhorn_iters = 20);
+torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
+                   const torch::Tensor& H_res);
+
+namespace reference {
+PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
+              const torch::Tensor& alpha, Kind kind, int64_t sinkhorn_iters = 20);
+torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
+                   const torch::Tensor& H_res);
+// The n! permutation matrices in lexicographic order of (σ(0), …, σ(n−1)); P[k][i][σ_k(i)] = 1.
+torch::Tensor permutation_matrices(int64_t n, torch::ScalarType dtype = torch::kFloat);
+}  // namespace reference
+
+// Validation shared by every backend and by the reference: throws c10::Error with a one-line
+// message naming the bad value and what is accepted. Returns the variant's layout.
+Layout check_pre_args(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
+                      const torch::Tensor& alpha, Kind kind, int64_t sinkhorn_iters);
+void check_post_args(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
+                     const torch::Tensor& H_res);
+
+// The message of an error without LibTorch's C++ backtrace, for one-line reports.
+std::string error_message(const std::exception& e);
+
+}  // namespace mhc

@@ -1,0 +1,55 @@
+// The residual family and the shapes of each variant's parameters.
+//
+// Every variant is one sublayer update (DESIGN.md §1):
+//     h = H_pre·x,   y = F(h),   x_next = H_res·x + H_post^T·y
+// and differs only in how the per-token coefficients are made (DESIGN.md §2). The three learned
+// tensors of every variant share one layout so that one op signature serves all of them:
+//     phi   [K, m]   projection weights, columns ordered [pre | post | res]
+//     bias  [B]      static coefficients / logit biases, ordered [pre | post | res]
+//     alpha [A]      scalar gains
+// This header is framework-free: the CPU and CUDA kernels include it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace mhc {
+
+enum class Kind : int {
+  residual = 0,  // n = 1, H_pre = H_post = H_res = 1; no parameters
+  hc = 1,        // Hyper-Connections: static + tanh-gated dynamic, unconstrained
+  mhc = 2,       // DeepSeek mHC: sigmoid pre/post, Sinkhorn–Knopp H_res
+  mhc_lite = 3,  // mHC-lite: sigmoid pre/post, H_res a softmax mixture of the n! permutations
+};
+
+constexpr int kMaxStreams = 8;        // HC and mHC
+constexpr int kMaxStreamsLite = 5;    // mHC-lite: 5! = 120 permutation matrices
+constexpr int kMaxSinkhornIters = 100;
+constexpr double kRmsEps = 1e-6;
+
+// Parses "residual", "hc", "mhc", "mhc-lite" (also "mhc_lite"); throws std::invalid_argument
+// naming the value and the accepted list.
+Kind parse_kind(const std::string& name);
+const char* kind_name(Kind kind);
+const char* kind_names();  // "residual, hc, mhc, mhc-lite"
+
+// n! for n ≤ kMaxStreamsLite.
+int factorial(int n);
+
+// Parameter shapes of one sublayer's connection with n streams of width C.
+struct Layout {
+  int64_t proj_rows;     // K: rows of phi = length of the vector each projection reads
+  int64_t proj_cols;     // m: columns of phi
+  int64_t bias_size;     // B
+  int64_t alpha_size;    // A
+  int64_t proj_per_token;  // projections one token makes (n for HC: one per stream; 1 otherwise)
+  int64_t res_size;      // coefficients behind H_res: n*n, or n! mixture weights for mHC-lite
+};
+
+// Throws std::invalid_argument when n is outside the range the kind supports.
+Layout layout(Kind kind, int64_t n, int64_t C);
+
+// Checks n (and names what is accepted); throws std::invalid_argument.
+void check_streams(Kind kind, int64_t n);
+
+}  // namespace mhc

@@ -1,0 +1,170 @@
+// `mhc bench layer`: forward + backward of one sublayer's connection, fused ops vs the
+// plain-LibTorch reference, in one run.
+//
+// The sublayer F is the identity, so what is timed is the connection alone: pre → y = h → post →
+// backward of a fixed random output gradient. The two paths alternate repetition by repetition
+// (so a noisy neighbour or a frequency change hits both alike) and the median of each is reported
+// after warm-up. The GB/s column divides the bytes the fused kernels must move by the fused time:
+//   pre fwd   reads x (nC), writes h (C)          post fwd  reads x, y ((n+1)C), writes nC
+//   post bwd  reads dout, x, y, writes dx, dy     pre bwd   reads dh, x, writes dx
+// i.e. (8n + 5)·C values per token, each once; it is printed next to this machine's copy bandwidth
+// (a large multi-threaded memcpy, read + write counted), the ceiling for a streaming kernel.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "args.h"
+#include "commands.h"
+#include "mhc/module.h"
+
+namespace mhc::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t k = v.size() / 2;
+  return v.size() % 2 ? v[k] : 0.5 * (v[k - 1] + v[k]);
+}
+
+// Best of a few parallel memcpy's of 256 MiB; bytes read + bytes written per second.
+double copy_bandwidth_gbs(int threads) {
+  const size_t bytes = size_t(256) << 20;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+#pragma omp parallel num_threads(threads)
+    {
+      const size_t chunk = bytes / omp_get_num_threads(), begin = chunk * omp_get_thread_num();
+      std::memcpy(dst.data() + begin, src.data() + begin, chunk);
+    }
+    best = std::max(best, 2.0 * bytes / seconds_since(t0) / 1e9);
+  }
+  return best;
+}
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+struct Result {
+  Kind kind;
+  int64_t n, C, tokens;
+  double fused_s, reference_s, bytes;
+};
+
+Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps) {
+  torch::manual_seed(0);
+  auto options = HyperConnectionOptions(kind, n, C).sinkhorn_iters(t);
+  HyperConnection fused(options), reference(HyperConnectionOptions(options).use_reference(true));
+  {  // a non-trivial, shared φ so both paths do real work on the same numbers
+    torch::NoGradGuard no_grad;
+    if (fused->phi.numel()) fused->phi.normal_(0, 0.02);
+    for (auto [a, b] : {std::pair{fused->phi, reference->phi}, {fused->bias, reference->bias}, {fused->alpha, reference->alpha}})
+      b.copy_(a);
+  }
+  const torch::Tensor x = torch::randn({N, n, C}).requires_grad_(true);
+  const torch::Tensor dout = torch::randn({N, n, C});
+  auto step = [&](HyperConnection& hc) {
+    const auto t0 = Clock::now();
+    const torch::Tensor out = hc->forward(x, [](const torch::Tensor& h) { return h; });
+    out.backward(dout);
+    const double s = seconds_since(t0);
+    x.mutable_grad() = torch::Tensor();
+    hc->zero_grad();
+    return s;
+  };
+  std::vector<double> fused_s, reference_s;
+  for (int rep = 0; rep < warmup + reps; ++rep) {
+    const double f = step(fused), r = step(reference);
+    if (rep >= warmup) fused_s.push_back(f), reference_s.push_back(r);
+  }
+  const double bytes = double(N) * (8 * n + 5) * C * sizeof(float);
+  return {kind, n, C, N, median(fused_s), median(reference_s), bytes};
+}
+
+}  // namespace
+
+int bench_layer(const std::vector<std::string>& argv) {
+  Args args("mhc bench layer",
+            "Times forward+backward of one sublayer's connection (F = identity), fused vs reference.");
+  args.flag("kind", "mhc", std::string("variants, comma-separated (") + kind_names() + ")")
+      .flag("tokens", "4096", "tokens N = batch x sequence")
+      .flag("streams", "4", "streams n (residual always uses 1)")
+      .flag("dim", "512", "widths C, comma-separated")
+      .flag("threads", std::to_string(omp_get_num_procs()), "threads for the kernels and LibTorch")
+      .flag("sinkhorn-iters", "20", "Sinkhorn-Knopp iterations t (mhc)")
+      .flag("warmup", "2", "untimed repetitions first")
+      .flag("reps", "7", "timed repetitions (median reported; at least 5)")
+      .toggle("json", "one JSON object per case instead of a table")
+      .toggle("markdown", "a Markdown table (for docs/benchmarks.md)");
+  if (!args.parse(argv)) return 0;
+
+  std::vector<Kind> kinds;
+  for (const auto& k : args.list("kind")) kinds.push_back(parse_kind(k));
+  std::vector<int64_t> dims;
+  for (const auto& d : args.list("dim")) dims.push_back(parse_integer("--dim", d, 1, 1 << 20));
+  const int64_t N = args.integer("tokens", 1, 1 << 24), n = args.integer("streams", 1, kMaxStreams);
+  const int threads = static_cast<int>(args.integer("threads", 1, 1024));
+  const int64_t t = args.integer("sinkhorn-iters", 0, kMaxSinkhornIters);
+  const int warmup = static_cast<int>(args.integer("warmup", 0, 1000));
+  const int reps = static_cast<int>(args.integer("reps", 5, 10000));
+  if (args.on("json") && args.on("markdown")) throw std::invalid_argument("mhc bench layer: choose one of --json, --markdown");
+  for (Kind k : kinds) check_streams(k, k == Kind::residual ? 1 : n);
+
+  torch::set_num_threads(threads);
+  const double copy_gbs = copy_bandwidth_gbs(threads);
+  const std::string machine = cpu_model() + ", " + std::to_string(threads) + " threads";
+
+  std::ostream& out = std::cout;
+  out << std::fixed;
+  if (args.on("markdown")) {
+    out << "Machine: " << machine << "; copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s (read + write).\n"
+        << "N = " << N << " tokens, fp32, fwd+bwd of one sublayer with F = identity, median of " << reps << ".\n\n"
+        << "| kind | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |\n"
+        << "|---|---|---|---|---|---|---|---|---|\n";
+  } else if (!args.on("json")) {
+    out << "machine: " << machine << " | copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s\n"
+        << "kind        n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s\n";
+  }
+  for (Kind kind : kinds) {
+    for (int64_t C : dims) {
+      const Result r = run_case(kind, N, kind == Kind::residual ? 1 : n, C, t, warmup, reps);
+      const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
+      if (args.on("json")) {
+        out << std::setprecision(6) << "{\"kind\": \"" << kind_name(kind) << "\", \"streams\": " << r.n
+            << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"threads\": " << threads
+            << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
+            << ", \"speedup\": " << speedup << ", \"fused_tokens_per_s\": " << tps << ", \"fused_gb_per_s\": " << gbs
+            << ", \"copy_gb_per_s\": " << copy_gbs << "}\n";
+      } else if (args.on("markdown")) {
+        out << "| " << kind_name(kind) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
+            << " | " << r.reference_s * 1e3 << " | " << std::setprecision(1) << speedup << "x | "
+            << std::setprecision(0) << tps << " | " << std::setprecision(1) << gbs << " | " << std::setprecision(0)
+            << 100 * gbs / copy_gbs << "% |\n";
+      } else {
+        out << std::left << std::setw(9) << kind_name(kind) << std::right << std::setw(4) << r.n << std::setw(7) << C
+            << std::setw(9) << N << std::setprecision(2) << std::setw(11) << r.fused_s * 1e3 << std::setw(10)
+            << r.reference_s * 1e3 << std::setprecision(1) << std::setw(8) << speedup << "x" << std::setprecision(0)
+            << std::setw(14) << tps << std::setprecision(1) << std::setw(13) << gbs << "\n";
+      }
+      out.flush();
+    }
+  }
+  return 0;
+}
+
+}  // namespace mhc::cli

@@ -1,0 +1,12 @@
+// The subcommands of `mhc`, one function each, taking the arguments after the subcommand's name
+// and returning the process exit status. Bad input throws std::invalid_argument (or c10::Error).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace mhc::cli {
+
+int bench_layer(const std::vector<std::string>& argv);
+
+}  // namespace mhc::cli

@@ -1,0 +1,76 @@
+// Fused CPU kernels of the residual family: the interface.
+//
+// Framework-free on purpose (the flash-attention split): plain pointers to contiguous row-major
+// buffers, sizes, and a thread count. The LibTorch binding (src/ops/binding.cpp) validates shapes
+// and dtypes, allocates, fills these structs and calls in. Instantiated for float (training) and
+// double (gradient checks). Shape letters: N tokens, n streams, C width, K = rows of phi, m = its
+// columns, P = projections per token (n for HC, 1 for mHC/mHC-lite, 0 for the plain residual).
+#pragma once
+
+#include <cstdint>
+
+#include "mhc/variant.h"
+
+namespace mhc::cpu {
+
+template <typename T>
+struct PreForwardParams {
+  const T* x;      // [N, n, C]
+  const T* phi;    // [K, m]
+  const T* bias;   // [B]
+  const T* alpha;  // [A]
+  T* h;            // [N, C]       out: H_pre·x
+  T* H_pre;        // [N, n]       out
+  T* H_post;       // [N, n]       out
+  T* H_res;        // [N, n, n]    out, row k = destination stream
+  T* proj;         // [N, P, m]    out: raw projections g (saved for backward)
+  T* rms;          // [N, P]       out: r = sqrt(mean(v^2) + eps) (saved for backward)
+  int64_t N;
+  int n;
+  int64_t C;
+  Kind kind;
+  int sinkhorn_iters;
+  int threads;
+};
+
+template <typename T>
+struct PreBackwardParams {
+  const T* dh;       // [N, C]
+  const T* dH_pre;   // [N, n]     may be null (no gradient flowed into that output)
+  const T* dH_post;  // [N, n]     may be null
+  const T* dH_res;   // [N, n, n]  may be null
+  const T* x;        // forward inputs and saved projections, as in PreForwardParams
+  const T* phi;
+  const T* bias;
+  const T* alpha;
+  const T* proj;
+  const T* rms;
+  T* dx;             // [N, n, C]  out (overwritten)
+  T* dphi;           // [K, m]     out (overwritten)
+  T* dbias;          // [B]        out (overwritten)
+  T* dalpha;         // [A]        out (overwritten)
+  int64_t N;
+  int n;
+  int64_t C;
+  Kind kind;
+  int sinkhorn_iters;
+  int threads;
+};
+
+template <typename T>
+void pre_forward(const PreForwardParams<T>& p);
+
+template <typename T>
+void pre_backward(const PreBackwardParams<T>& p);
+
+// x_next[k] = Σ_j H_res[k,j]·x[j] + H_post[k]·y, per token; one read of x and y, one write.
+template <typename T>
+void post_forward(T* out, const T* x, const T* y, const T* H_post, const T* H_res, int64_t N, int n,
+                  int64_t C, int threads);
+
+// All four gradients in one pass over (dout, x, y). Outputs are overwritten.
+template <typename T>
+void post_backward(T* dx, T* dy, T* dH_post, T* dH_res, const T* dout, const T* x, const T* y,
+                   const T* H_post, const T* H_res, int64_t N, int n, int64_t C, int threads);
+
+}  // namespace mhc::cpu

@@ -1,0 +1,549 @@
+// Fused CPU kernels for `pre`: coefficients + pre-mix, forward and backward (DESIGN.md §2–3).
+//
+// Work is split across OpenMP threads by tiles of kTileTokens tokens. For one tile:
+//   1. projection: g = v·phi and Σv² in the same pass over x (the rows v are whole tokens for
+//      mHC/mHC-lite, single streams for HC, so one routine serves both: x viewed as [N·P, K]);
+//   2. per token, the coefficients from (g, r): sigmoid / Sinkhorn–Knopp / permutation mixture /
+//      tanh gates, all in registers-sized scratch;
+//   3. h = H_pre·x while the tile is still in cache.
+// Backward recomputes the coefficients (and the 2t Sinkhorn iterates, per token, in scratch)
+// from the saved projections g and r, and walks back through them. phi's gradient is a reduction
+// over tokens: each thread accumulates into its own buffer and the buffers are summed in a fixed
+// order afterwards, so the result is deterministic for a given thread count and free of atomics.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "kernels.h"
+
+namespace mhc::cpu {
+namespace {
+
+constexpr int64_t kTileTokens = 16;
+// exp's argument is floored here (after the column-max shift): e^-80 ≈ 1.8e-35 is still a normal
+// fp32 number, so a row whose logits all sit far below their columns' maxima cannot underflow to an
+// all-zero row that no normalisation can repair. Entries that small relative to their column's max
+// are invisible in fp32 otherwise. The reference applies the same floor.
+constexpr double kExpFloor = -80.0;
+
+// What every token of one call shares.
+template <typename T>
+struct Variant {
+  Kind kind;
+  int n;
+  int64_t C, K, m, P;
+  int64_t res_count;  // entries behind H_res: n² logits (mHC, HC) or n! mixture weights (mHC-lite)
+  int t;
+  const T* bias;
+  const T* alpha;
+  std::vector<int> perms;  // mHC-lite: perms[k·n + i] = σ_k(i), lexicographic, k = 0 is identity
+
+  Variant(Kind kind_, int n_, int64_t C_, int t_, const T* bias_, const T* alpha_)
+      : kind(kind_), n(n_), C(C_), t(t_), bias(bias_), alpha(alpha_) {
+    const Layout l = layout(kind, n, C);
+    K = l.proj_rows;
+    m = l.proj_cols;
+    P = l.proj_per_token;
+    res_count = l.res_size;
+    if (kind == Kind::mhc_lite) {
+      std::vector<int> p(n);
+      std::iota(p.begin(), p.end(), 0);
+      do perms.insert(perms.end(), p.begin(), p.end());
+      while (std::next_permutation(p.begin(), p.end()));
+    }
+  }
+};
+
+// One token's coefficients.
+template <typename T>
+struct Coeffs {
+  T pre[kMaxStreams];
+  T post[kMaxStreams];
+  T res[kMaxStreams * kMaxStreams];
+};
+
+template <typename T>
+inline T sigmoid(T z) {
+  return T(1) / (T(1) + std::exp(-z));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The three products of the projection are small GEMMs with one short dimension (m ≤ 130):
+//   forward   g[rows, m]    = A[rows, K] · phi[K, m]
+//   backward  dA[rows, K]  += dg[rows, m] · phi^T[m, K]
+//             dphi[K, m]   += A^T[K, rows] · dg[rows, m]
+// One register-blocked micro-kernel serves all three: R output rows × NV vectors of W lanes held
+// in registers while the reduction runs, one operand broadcast from any strides, the other loaded
+// as whole vectors from a row-major matrix. GCC's vector extensions keep it portable (AVX2 with
+// -march=native, SSE pairs otherwise). phi is padded to mp = m rounded up to W columns.
+template <typename T>
+struct Simd {
+  static constexpr int W = 32 / sizeof(T);
+  typedef T V __attribute__((vector_size(32)));
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+};
+
+constexpr int kMicroRows = 4, kMicroVecs = 3;  // 12 accumulators + 3 operands + 1 broadcast
+
+// c[i·cs + j0 + …] (+)= Σ_k a[i·as_i + k·as_k] · b[k·bs + j0 + …], i < R, NV·W columns.
+template <typename T, int R, int NV>
+void gemm_micro(int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b, int64_t bs, T* c, int64_t cs,
+                bool accumulate) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  V acc[R][NV];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? S::load(c + i * cs + v * S::W) : V{};
+  for (int64_t k = 0; k < kdim; ++k) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = S::load(b + k * bs + v * S::W);
+    for (int i = 0; i < R; ++i) {
+      const V av = V{} + a[i * as_i + k * as_k];
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) S::store(c + i * cs + v * S::W, acc[i][v]);
+}
+
+template <typename T, int R>
+void gemm_rows(int nv, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b, int64_t bs, T* c, int64_t cs,
+               bool accumulate) {
+  switch (nv) {
+    case 1: return gemm_micro<T, R, 1>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+    case 2: return gemm_micro<T, R, 2>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+    default: return gemm_micro<T, R, 3>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+  }
+}
+
+// c[M, cols] (+)= a[M, kdim] · b[kdim, cols] for the vector-wide part of cols; returns the number
+// of columns done (cols rounded down to W), the caller finishes the tail.
+template <typename T>
+int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b, int64_t bs,
+             T* c, int64_t cs, bool accumulate) {
+  constexpr int W = Simd<T>::W;
+  const int64_t vec_cols = cols / W * W;
+  for (int64_t i0 = 0; i0 < M; i0 += kMicroRows) {
+    const int R = static_cast<int>(std::min<int64_t>(kMicroRows, M - i0));
+    for (int64_t j0 = 0; j0 < vec_cols; j0 += kMicroVecs * W) {
+      const int nv = static_cast<int>(std::min<int64_t>(kMicroVecs, (vec_cols - j0) / W));
+      const T* ai = a + i0 * as_i;
+      T* ci = c + i0 * cs + j0;
+      switch (R) {
+        case 1: gemm_rows<T, 1>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
+        case 2: gemm_rows<T, 2>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
+        case 3: gemm_rows<T, 3>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
+        default: gemm_rows<T, 4>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
+      }
+    }
+  }
+  return vec_cols;
+}
+
+int64_t padded(int64_t m, int W) { return (m + W - 1) / W * W; }
+
+// Forward projection of `rows` contiguous rows of length K: g[r][0..mp) = A[r]·phi_p, ss[r] = Σ A[r]².
+template <typename T>
+void project_rows(const T* A, int64_t rows, int64_t K, int64_t mp, const T* phi_p, T* g, T* ss) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* a = A + r * K;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < K; ++c) s += a[c] * a[c];
+    ss[r] = s;
+  }
+  gemm(rows, mp, K, A, K, int64_t(1), phi_p, mp, g, mp, /*accumulate=*/false);
+}
+
+// Backward of the projection for a tile: dA[r] += dg[r]·phi^T (dA already holds the other
+// terms), dphi_p += A^T·dg. phiT_p is phi_p transposed, [mp, K].
+template <typename T>
+void project_rows_backward(const T* A, const T* dg, int64_t rows, int64_t K, int64_t mp, const T* phiT_p, T* dA,
+                           T* dphi_p) {
+  const int64_t done = gemm(rows, K, mp, dg, mp, int64_t(1), phiT_p, K, dA, K, /*accumulate=*/true);
+  for (int64_t r = 0; r < rows; ++r)  // columns past the last whole vector (C not a multiple of W)
+    for (int64_t c = done; c < K; ++c) {
+      T s = dA[r * K + c];
+      for (int64_t j = 0; j < mp; ++j) s += dg[r * mp + j] * phiT_p[j * K + c];
+      dA[r * K + c] = s;
+    }
+  gemm(K, mp, rows, A, int64_t(1), K, dg, mp, dphi_p, mp, /*accumulate=*/true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinkhorn–Knopp on an n×n matrix. M0 = exp(H̃ - colmax) (floored), then t × (columns, rows).
+template <typename T>
+void sinkhorn_start(const T* logits, int n, int t, T* M) {
+  if (t == 0) {  // no projection at all: H_res = exp(H̃)
+    for (int e = 0; e < n * n; ++e) M[e] = std::exp(logits[e]);
+    return;
+  }
+  for (int j = 0; j < n; ++j) {
+    T colmax = logits[j];
+    for (int k = 1; k < n; ++k) colmax = std::max(colmax, logits[k * n + j]);
+    for (int k = 0; k < n; ++k) M[k * n + j] = std::exp(std::max(logits[k * n + j] - colmax, T(kExpFloor)));
+  }
+}
+
+template <typename T>
+void normalize_cols(const T* X, T* Y, int n) {
+  for (int j = 0; j < n; ++j) {
+    T s = 0;
+    for (int k = 0; k < n; ++k) s += X[k * n + j];
+    const T inv = T(1) / s;
+    for (int k = 0; k < n; ++k) Y[k * n + j] = X[k * n + j] * inv;
+  }
+}
+
+template <typename T>
+void normalize_rows(const T* X, T* Y, int n) {
+  for (int k = 0; k < n; ++k) {
+    T s = 0;
+    for (int j = 0; j < n; ++j) s += X[k * n + j];
+    const T inv = T(1) / s;
+    for (int j = 0; j < n; ++j) Y[k * n + j] = X[k * n + j] * inv;
+  }
+}
+
+// Backward of Y = X / s with s summed along columns (by_cols) or rows, in place on dY → dX:
+// dX = (dY − Σ_axis dY⊙Y) / s.
+template <typename T>
+void normalize_backward(const T* X, const T* Y, T* d, int n, bool by_cols) {
+  for (int a = 0; a < n; ++a) {
+    T s = 0, dot = 0;
+    for (int b = 0; b < n; ++b) {
+      const int e = by_cols ? b * n + a : a * n + b;
+      s += X[e];
+      dot += d[e] * Y[e];
+    }
+    const T inv = T(1) / s;
+    for (int b = 0; b < n; ++b) {
+      const int e = by_cols ? b * n + a : a * n + b;
+      d[e] = (d[e] - dot) * inv;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Coefficients of one token from its projections g [P, m] and norms r [P].
+// mHC / mHC-lite logits H̃ = α_group·g/r + b.
+template <typename T>
+void mhc_logits(const Variant<T>& v, const T* g, T r, T* logits) {
+  for (int64_t j = 0; j < v.m; ++j) {
+    const int group = j < v.n ? 0 : j < 2 * v.n ? 1 : 2;
+    logits[j] = v.alpha[group] * (g[j] / r) + v.bias[j];  // the reference's rounding order
+  }
+}
+
+template <typename T>
+void permutation_mixture(const Variant<T>& v, const T* weights, T* res) {
+  const int n = v.n;
+  std::fill(res, res + n * n, T(0));
+  for (int64_t k = 0; k < v.res_count; ++k) {
+    const int* sigma = v.perms.data() + k * n;
+    for (int i = 0; i < n; ++i) res[i * n + sigma[i]] += weights[k];
+  }
+}
+
+template <typename T>
+void softmax(const T* z, int64_t count, T* out) {
+  T zmax = z[0];
+  for (int64_t k = 1; k < count; ++k) zmax = std::max(zmax, z[k]);
+  T s = 0;
+  for (int64_t k = 0; k < count; ++k) s += (out[k] = std::exp(z[k] - zmax));
+  const T inv = T(1) / s;
+  for (int64_t k = 0; k < count; ++k) out[k] *= inv;
+}
+
+// scratch: at least m + res_count entries (mHC's SK runs in place in out.res).
+template <typename T>
+void coefficients(const Variant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {
+  const int n = v.n;
+  switch (v.kind) {
+    case Kind::residual:
+      out.pre[0] = out.post[0] = out.res[0] = T(1);
+      return;
+    case Kind::hc: {
+      const T s_alpha = v.alpha[0], s_beta = v.alpha[1];
+      for (int i = 0; i < n; ++i) {
+        const T* gi = g + i * v.m;
+        const T inv_r = T(1) / r[i];
+        out.pre[i] = v.bias[i] + s_alpha * std::tanh(gi[0] * inv_r);
+        out.post[i] = v.bias[n + i] + s_beta * std::tanh(gi[1] * inv_r);
+        for (int k = 0; k < n; ++k)
+          out.res[k * n + i] = v.bias[2 * n + k * n + i] + s_alpha * std::tanh(gi[2 + k] * inv_r);
+      }
+      return;
+    }
+    case Kind::mhc:
+    case Kind::mhc_lite: {
+      T* logits = scratch;
+      mhc_logits(v, g, r[0], logits);
+      for (int i = 0; i < n; ++i) {
+        out.pre[i] = sigmoid(logits[i]);
+        out.post[i] = T(2) * sigmoid(logits[n + i]);
+      }
+      if (v.kind == Kind::mhc) {
+        sinkhorn_start(logits + 2 * n, n, v.t, out.res);
+        for (int it = 0; it < v.t; ++it) {
+          normalize_cols(out.res, out.res, n);
+          normalize_rows(out.res, out.res, n);
+        }
+      } else {
+        T* weights = scratch + v.m;
+        softmax(logits + 2 * n, v.res_count, weights);
+        permutation_mixture(v, weights, out.res);
+      }
+      return;
+    }
+  }
+}
+
+// Backward of `coefficients` for one token. Given dH_pre, dH_post, dH_res (dres) it writes
+// dg [P, m] and dr [P] and accumulates dbias, dalpha. Also returns H_pre (needed for dx).
+// scratch: at least m + res_count + (2t+1)·n² entries.
+template <typename T>
+void coefficients_backward(const Variant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
+                           const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre) {
+  const int n = v.n;
+  switch (v.kind) {
+    case Kind::residual:
+      H_pre[0] = T(1);
+      return;
+    case Kind::hc: {
+      const T s_alpha = v.alpha[0], s_beta = v.alpha[1];
+      for (int i = 0; i < n; ++i) {
+        const T* gi = g + i * v.m;
+        T* dgi = dg + i * v.m;
+        const T inv_r = T(1) / r[i];
+        T dri = 0;
+        // column j of this stream's projection, its tanh, and the coefficient gradient behind it
+        auto gate = [&](int64_t j, T scale, T dcoef, T& dscale) {
+          const T u = std::tanh(gi[j] * inv_r);
+          dscale += dcoef * u;
+          const T dz = scale * dcoef * (T(1) - u * u);
+          dgi[j] = dz * inv_r;
+          dri -= dz * gi[j] * inv_r * inv_r;
+          return u;
+        };
+        H_pre[i] = v.bias[i] + s_alpha * gate(0, s_alpha, dpre[i], dalpha[0]);
+        gate(1, s_beta, dpost[i], dalpha[1]);
+        for (int k = 0; k < n; ++k) gate(2 + k, s_alpha, dres[k * n + i], dalpha[0]);
+        dr[i] = dri;
+        dbias[i] += dpre[i];
+        dbias[n + i] += dpost[i];
+        for (int k = 0; k < n; ++k) dbias[2 * n + k * n + i] += dres[k * n + i];
+      }
+      return;
+    }
+    case Kind::mhc:
+    case Kind::mhc_lite: {
+      T* logits = scratch;
+      T* dlogits = scratch + v.m;  // m entries
+      T* work = dlogits + v.m;
+      mhc_logits(v, g, r[0], logits);
+      for (int i = 0; i < n; ++i) {
+        const T s_pre = sigmoid(logits[i]), s_post = sigmoid(logits[n + i]);
+        H_pre[i] = s_pre;
+        dlogits[i] = dpre[i] * s_pre * (T(1) - s_pre);
+        dlogits[n + i] = dpost[i] * T(2) * s_post * (T(1) - s_post);
+      }
+      const T* res_logits = logits + 2 * n;
+      T* dres_logits = dlogits + 2 * n;
+      if (v.kind == Kind::mhc) {
+        // Recompute the iterates M_0 … M_2t (never stored across the forward), then walk back.
+        const int nn = n * n, t = v.t;
+        T* M = work;
+        sinkhorn_start(res_logits, n, t, M);
+        for (int s = 1; s <= 2 * t; ++s) {
+          if (s % 2) normalize_cols(M + (s - 1) * nn, M + s * nn, n);
+          else normalize_rows(M + (s - 1) * nn, M + s * nn, n);
+        }
+        for (int e = 0; e < nn; ++e) dres_logits[e] = dres[e];
+        for (int s = 2 * t; s >= 1; --s)
+          normalize_backward(M + (s - 1) * nn, M + s * nn, dres_logits, n, s % 2 == 1);
+        // Through exp; the column-max shift is a constant (the first column normalisation
+        // cancels it), and floored entries have no gradient.
+        for (int j = 0; j < n; ++j) {
+          T colmax = res_logits[j];
+          for (int k = 1; k < n; ++k) colmax = std::max(colmax, res_logits[k * n + j]);
+          for (int k = 0; k < n; ++k) {
+            const int e = k * n + j;
+            const bool live = t == 0 || res_logits[e] - colmax > T(kExpFloor);
+            dres_logits[e] = live ? dres_logits[e] * M[e] : T(0);
+          }
+        }
+      } else {
+        T* weights = work;
+        softmax(res_logits, v.res_count, weights);
+        T dot = 0;
+        for (int64_t k = 0; k < v.res_count; ++k) {  // da_k = ⟨dH_res, P_k⟩: a gather
+          const int* sigma = v.perms.data() + k * n;
+          T da = 0;
+          for (int i = 0; i < n; ++i) da += dres[i * n + sigma[i]];
+          dres_logits[k] = da;
+          dot += da * weights[k];
+        }
+        for (int64_t k = 0; k < v.res_count; ++k) dres_logits[k] = weights[k] * (dres_logits[k] - dot);
+      }
+      // Through H̃ = α·g/r + b.
+      const T inv_r = T(1) / r[0];
+      T dr0 = 0;
+      for (int64_t j = 0; j < v.m; ++j) {
+        const int group = j < n ? 0 : j < 2 * n ? 1 : 2;
+        const T a = v.alpha[group];
+        dg[j] = a * dlogits[j] * inv_r;
+        dalpha[group] += dlogits[j] * (g[j] / r[0]);
+        dbias[j] += dlogits[j];
+        dr0 -= a * g[j] * dlogits[j] * inv_r * inv_r;
+      }
+      dr[0] = dr0;
+      return;
+    }
+  }
+}
+
+template <typename T>
+int64_t scratch_size(const Variant<T>& v) {
+  return 2 * v.m + v.res_count + (2 * int64_t(v.t) + 1) * v.n * v.n;
+}
+
+int thread_count(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void pre_forward(const PreForwardParams<T>& p) {
+  const Variant<T> v(p.kind, p.n, p.C, p.sinkhorn_iters, p.bias, p.alpha);
+  const int n = p.n;
+  const int64_t C = p.C, m = v.m, mp = padded(m, Simd<T>::W), tiles = (p.N + kTileTokens - 1) / kTileTokens;
+  std::vector<T> phi_p(v.K * mp, T(0));
+  for (int64_t c = 0; c < v.K; ++c) std::copy(p.phi + c * m, p.phi + (c + 1) * m, phi_p.data() + c * mp);
+
+#pragma omp parallel num_threads(thread_count(p.threads))
+  {
+    std::vector<T> ss(kTileTokens * v.P), g(kTileTokens * v.P * mp), scratch(scratch_size(v));
+    Coeffs<T> cf;
+#pragma omp for schedule(static)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
+      project_rows(p.x + t0 * n * C, (t1 - t0) * v.P, v.K, mp, phi_p.data(), g.data(), ss.data());
+      for (int64_t tok = t0; tok < t1; ++tok) {
+        T* proj = p.proj + tok * v.P * m;
+        T* r = p.rms + tok * v.P;
+        for (int64_t q = 0; q < v.P; ++q) {
+          const int64_t row = (tok - t0) * v.P + q;
+          std::copy(g.data() + row * mp, g.data() + row * mp + m, proj + q * m);
+          r[q] = std::sqrt(ss[row] / T(v.K) + T(kRmsEps));
+        }
+        coefficients(v, proj, r, scratch.data(), cf);
+        std::copy(cf.pre, cf.pre + n, p.H_pre + tok * n);
+        std::copy(cf.post, cf.post + n, p.H_post + tok * n);
+        std::copy(cf.res, cf.res + n * n, p.H_res + tok * n * n);
+        const T* x = p.x + tok * n * C;
+        T* h = p.h + tok * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) h[c] = cf.pre[0] * x[c];
+        for (int i = 1; i < n; ++i) {
+          const T w = cf.pre[i];
+          const T* xi = x + i * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) h[c] += w * xi[c];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void pre_backward(const PreBackwardParams<T>& p) {
+  const Variant<T> v(p.kind, p.n, p.C, p.sinkhorn_iters, p.bias, p.alpha);
+  const int n = p.n;
+  const int64_t C = p.C, K = v.K, m = v.m, mp = padded(m, Simd<T>::W);
+  const int64_t tiles = (p.N + kTileTokens - 1) / kTileTokens;
+  const Layout l = layout(p.kind, n, C);
+  const int threads = thread_count(p.threads);
+
+  std::vector<T> phiT_p(mp * K, T(0));  // phi transposed, zero rows past m
+  for (int64_t c = 0; c < K; ++c)
+    for (int64_t j = 0; j < m; ++j) phiT_p[j * K + c] = p.phi[c * m + j];
+
+  // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
+  // on its own cache line so no two threads write one line.
+  const int64_t partial_len = K * mp + l.bias_size + l.alpha_size;
+  const int64_t stride = (partial_len + 15) / 16 * 16;
+  std::vector<T> partials(stride * threads, T(0));
+
+#pragma omp parallel num_threads(threads)
+  {
+    T* dphi_p = partials.data() + stride * omp_get_thread_num();
+    T* dbias = dphi_p + K * mp;
+    T* dalpha = dbias + l.bias_size;
+    std::vector<T> scratch(scratch_size(v)), dg_token(v.P * m), dg(kTileTokens * v.P * mp, T(0));
+    std::vector<T> dpre(n), dr(std::max<int64_t>(v.P, 1)), H_pre(n), zeros(n * n, T(0));
+#pragma omp for schedule(static)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
+      for (int64_t tok = t0; tok < t1; ++tok) {
+        const T* x = p.x + tok * n * C;
+        const T* dh = p.dh + tok * C;
+        for (int i = 0; i < n; ++i) {  // dH_pre[i] = ⟨dh, x_i⟩ (+ any gradient given for H_pre)
+          T acc = p.dH_pre ? p.dH_pre[tok * n + i] : T(0);
+          const T* xi = x + i * C;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t c = 0; c < C; ++c) acc += dh[c] * xi[c];
+          dpre[i] = acc;
+        }
+        const T* dpost = p.dH_post ? p.dH_post + tok * n : zeros.data();
+        const T* dres = p.dH_res ? p.dH_res + tok * n * n : zeros.data();
+        const T* r = p.rms + tok * v.P;
+        coefficients_backward(v, p.proj + tok * v.P * m, r, dpre.data(), dpost, dres, scratch.data(), dg_token.data(),
+                              dr.data(), dbias, dalpha, H_pre.data());
+        for (int64_t q = 0; q < v.P; ++q)  // into the tile's padded rows (padding stays zero)
+          std::copy(dg_token.data() + q * m, dg_token.data() + (q + 1) * m, dg.data() + ((tok - t0) * v.P + q) * mp);
+        // dx_i = H_pre[i]·dh + dr·x_i/(K·r), the rms term per projection row; dg·phi^T follows.
+        T* dx = p.dx + tok * n * C;
+        for (int i = 0; i < n; ++i) {
+          const int64_t q = v.P == n ? i : 0;  // HC: one projection per stream
+          const T coef = v.P ? dr[q] / (T(K) * r[q]) : T(0);
+          const T w = H_pre[i];
+          const T* xi = x + i * C;
+          T* dxi = dx + i * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c];
+        }
+      }
+      project_rows_backward(p.x + t0 * n * C, dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), p.dx + t0 * n * C,
+                            dphi_p);
+    }
+  }
+
+  // Sum the partials in thread order: deterministic for a given thread count.
+  auto sum_partials = [&](int64_t offset, int64_t e) {
+    T s = 0;
+    for (int th = 0; th < threads; ++th) s += partials[th * stride + offset + e];
+    return s;
+  };
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c = 0; c < K; ++c)
+    for (int64_t j = 0; j < m; ++j) p.dphi[c * m + j] = sum_partials(c * mp, j);
+  for (int64_t e = 0; e < l.bias_size; ++e) p.dbias[e] = sum_partials(K * mp, e);
+  for (int64_t e = 0; e < l.alpha_size; ++e) p.dalpha[e] = sum_partials(K * mp + l.bias_size, e);
+}
+
+template void pre_forward<float>(const PreForwardParams<float>&);
+template void pre_forward<double>(const PreForwardParams<double>&);
+template void pre_backward<float>(const PreBackwardParams<float>&);
+template void pre_backward<double>(const PreBackwardParams<double>&);
+
+}  // namespace mhc::cpu

@@ -1,0 +1,332 @@
+// LibTorch binding of the fused kernels: validation, registration, autograd.
+//
+// The ops are declared once (TORCH_LIBRARY) and implemented per dispatch key: CPU runs the
+// framework-free kernels of src/kernels/cpu, Autograd wraps `pre`/`post` in autograd Functions
+// whose forward saves what the fused backward needs (the raw projections g and norms r, a few
+// numbers per token) and whose backward calls the fused backward ops. Because everything goes
+// through the dispatcher, the same shared library gives autograd to the C++ trainer and to Python
+// (torch.ops.load_library), and a CUDA backend only adds a TORCH_LIBRARY_IMPL(mhc, CUDA, …).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <sstream>
+
+#include "../kernels/cpu/kernels.h"
+#include "mhc/ops.h"
+
+namespace mhc {
+
+using torch::Tensor;
+
+std::string error_message(const std::exception& e) {
+  if (auto* c10e = dynamic_cast<const c10::Error*>(&e)) return c10e->what_without_backtrace();
+  return e.what();
+}
+
+namespace {
+
+std::string shape_of(const Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+Kind kind_or_throw(c10::string_view name) {
+  try {
+    return parse_kind(std::string(name));
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, "mhc.pre: ", e.what());
+  }
+}
+
+void check_float(const char* op, const char* name, const Tensor& t, const Tensor& like) {
+  TORCH_CHECK_TYPE(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble, op, ": ", name,
+                   " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", name, " is ", t.scalar_type(), " but x is ",
+                   like.scalar_type(), " (all inputs must share one dtype)");
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but x is on ", like.device());
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, c10::IntArrayRef expected, const char* what) {
+  TORCH_CHECK_VALUE(t.sizes() == expected, op, ": ", name, " must be ", what, " = ", expected, ", got ",
+                    shape_of(t));
+}
+
+}  // namespace
+
+Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+                      int64_t sinkhorn_iters) {
+  const char* op = "mhc.pre";
+  TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be 3-D [N, n, C] (tokens, streams, width), got shape ",
+                    shape_of(x));
+  for (auto [name, t] : {std::pair{"x", &x}, {"phi", &phi}, {"bias", &bias}, {"alpha", &alpha}})
+    check_float(op, name, *t, x);
+  TORCH_CHECK_VALUE(sinkhorn_iters >= 0 && sinkhorn_iters <= kMaxSinkhornIters, op,
+                    ": sinkhorn_iters must be in [0, ", kMaxSinkhornIters, "], got ", sinkhorn_iters);
+  const int64_t n = x.size(1), C = x.size(2);
+  TORCH_CHECK_VALUE(C >= 1, op, ": x's width C must be at least 1, got shape ", shape_of(x));
+  Layout l;
+  try {
+    l = layout(kind, n, C);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, op, ": ", e.what(), " (x has shape ", shape_of(x), ")");
+  }
+  if (kind == Kind::residual) {
+    TORCH_CHECK_VALUE(phi.numel() == 0 && bias.numel() == 0 && alpha.numel() == 0, op,
+                      ": residual has no parameters; phi, bias and alpha must be empty");
+    return l;
+  }
+  const std::string k = kind_name(kind);
+  check_shape(op, "phi", phi, {l.proj_rows, l.proj_cols},
+              kind == Kind::hc ? "[C, n + 2] for hc" : (k == "mhc" ? "[n*C, 2n + n*n] for mhc" : "[n*C, 2n + n!] for mhc-lite"));
+  check_shape(op, "bias", bias, {l.bias_size}, kind == Kind::mhc_lite ? "[2n + n!]" : "[2n + n*n]");
+  check_shape(op, "alpha", alpha, {l.alpha_size}, kind == Kind::hc ? "[2] (s_alpha, s_beta)" : "[3] (pre, post, res)");
+  return l;
+}
+
+void check_post_args(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  const char* op = "mhc.post";
+  TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be 3-D [N, n, C], got shape ", shape_of(x));
+  for (auto [name, t] : {std::pair{"x", &x}, {"y", &y}, {"H_post", &H_post}, {"H_res", &H_res}})
+    check_float(op, name, *t, x);
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+  TORCH_CHECK_VALUE(n >= 1 && n <= kMaxStreams, op, ": n must be 1 to ", kMaxStreams, ", got x of shape ",
+                    shape_of(x));
+  check_shape(op, "y", y, {N, C}, "[N, C]");
+  check_shape(op, "H_post", H_post, {N, n}, "[N, n]");
+  check_shape(op, "H_res", H_res, {N, n, n}, "[N, n, n]");
+}
+
+namespace {
+
+int kernel_threads() { return at::get_num_threads(); }
+
+// ---------------------------------------------------------------------------------- CPU kernels
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Tensor& x_, const Tensor& phi_,
+                                                                       const Tensor& bias_, const Tensor& alpha_,
+                                                                       c10::string_view kind_name,
+                                                                       int64_t sinkhorn_iters) {
+  const Kind kind = kind_or_throw(kind_name);
+  const Layout l = check_pre_args(x_, phi_, bias_, alpha_, kind, sinkhorn_iters);
+  const Tensor x = x_.contiguous(), phi = phi_.contiguous(), bias = bias_.contiguous(), alpha = alpha_.contiguous();
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+  auto opts = x.options();
+  Tensor h = torch::empty({N, C}, opts), H_pre = torch::empty({N, n}, opts), H_post = torch::empty({N, n}, opts),
+         H_res = torch::empty({N, n, n}, opts), proj = torch::empty({N, l.proj_per_token, l.proj_cols}, opts),
+         rms = torch::empty({N, l.proj_per_token}, opts);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre", [&] {
+    cpu::PreForwardParams<scalar_t> p{x.data_ptr<scalar_t>(),      phi.data_ptr<scalar_t>(),
+                                      bias.data_ptr<scalar_t>(),   alpha.data_ptr<scalar_t>(),
+                                      h.data_ptr<scalar_t>(),      H_pre.data_ptr<scalar_t>(),
+                                      H_post.data_ptr<scalar_t>(), H_res.data_ptr<scalar_t>(),
+                                      proj.data_ptr<scalar_t>(),   rms.data_ptr<scalar_t>(),
+                                      N, static_cast<int>(n), C, kind, static_cast<int>(sinkhorn_iters),
+                                      kernel_threads()};
+    cpu::pre_forward(p);
+  });
+  return {h, H_pre, H_post, H_res, proj, rms};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> pre_cpu(const Tensor& x, const Tensor& phi, const Tensor& bias,
+                                                   const Tensor& alpha, c10::string_view kind, int64_t t) {
+  auto out = pre_fwd_cpu(x, phi, bias, alpha, kind, t);
+  return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
+}
+
+// Gradients that did not flow arrive undefined: the kernel reads a null pointer as zeros.
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const c10::optional<Tensor>& dH_pre_,
+                                                       const c10::optional<Tensor>& dH_post_,
+                                                       const c10::optional<Tensor>& dH_res_, const Tensor& x_,
+                                                       const Tensor& phi_, const Tensor& bias_, const Tensor& alpha_,
+                                                       const Tensor& proj_, const Tensor& rms_,
+                                                       c10::string_view kind_name, int64_t sinkhorn_iters) {
+  const Kind kind = kind_or_throw(kind_name);
+  check_pre_args(x_, phi_, bias_, alpha_, kind, sinkhorn_iters);
+  const Tensor x = x_.contiguous(), phi = phi_.contiguous(), bias = bias_.contiguous(), alpha = alpha_.contiguous();
+  const Tensor dh = dh_.contiguous(), proj = proj_.contiguous(), rms = rms_.contiguous();
+  auto optional_grad = [](const c10::optional<Tensor>& g) {
+    return g.has_value() && g->defined() ? g->contiguous() : Tensor();
+  };
+  const Tensor dH_pre = optional_grad(dH_pre_), dH_post = optional_grad(dH_post_), dH_res = optional_grad(dH_res_);
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+  Tensor dx = torch::empty_like(x), dphi = torch::empty_like(phi), dbias = torch::empty_like(bias),
+         dalpha = torch::empty_like(alpha);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre_backward", [&] {
+    cpu::PreBackwardParams<scalar_t> p{dh.data_ptr<scalar_t>(),
+                                       ptr_or_null<scalar_t>(dH_pre),
+                                       ptr_or_null<scalar_t>(dH_post),
+                                       ptr_or_null<scalar_t>(dH_res),
+                                       x.data_ptr<scalar_t>(),
+                                       phi.data_ptr<scalar_t>(),
+                                       bias.data_ptr<scalar_t>(),
+                                       alpha.data_ptr<scalar_t>(),
+                                       proj.data_ptr<scalar_t>(),
+                                       rms.data_ptr<scalar_t>(),
+                                       dx.data_ptr<scalar_t>(),
+                                       dphi.data_ptr<scalar_t>(),
+                                       dbias.data_ptr<scalar_t>(),
+                                       dalpha.data_ptr<scalar_t>(),
+                                       N,
+                                       static_cast<int>(n),
+                                       C,
+                                       kind,
+                                       static_cast<int>(sinkhorn_iters),
+                                       kernel_threads()};
+    cpu::pre_backward(p);
+  });
+  return {dx, dphi, dbias, dalpha};
+}
+
+Tensor post_cpu(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, const Tensor& H_res_) {
+  check_post_args(x_, y_, H_post_, H_res_);
+  const Tensor x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(), H_res = H_res_.contiguous();
+  Tensor out = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.post", [&] {
+    cpu::post_forward(out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                      H_post.data_ptr<scalar_t>(), H_res.data_ptr<scalar_t>(), x.size(0), static_cast<int>(x.size(1)),
+                      x.size(2), kernel_threads());
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> post_bwd_cpu(const Tensor& dout_, const Tensor& x_, const Tensor& y_,
+                                                        const Tensor& H_post_, const Tensor& H_res_) {
+  check_post_args(x_, y_, H_post_, H_res_);
+  const Tensor x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(), H_res = H_res_.contiguous();
+  const Tensor dout = dout_.contiguous();
+  Tensor dx = torch::empty_like(x), dy = torch::empty_like(y), dH_post = torch::empty_like(H_post),
+         dH_res = torch::empty_like(H_res);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.post_backward", [&] {
+    cpu::post_backward(dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dH_post.data_ptr<scalar_t>(),
+                       dH_res.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                       y.data_ptr<scalar_t>(), H_post.data_ptr<scalar_t>(), H_res.data_ptr<scalar_t>(), x.size(0),
+                       static_cast<int>(x.size(1)), x.size(2), kernel_threads());
+  });
+  return {dx, dy, dH_post, dH_res};
+}
+
+// ------------------------------------------------------------------------- dispatcher handles
+using PreFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                         const Tensor&, c10::string_view, int64_t);
+using PreFwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                                            const Tensor&, const Tensor&,
+                                                                            c10::string_view, int64_t);
+using PreBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
+    int64_t);
+using PostFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
+using PostBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                             const Tensor&, const Tensor&);
+
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+// ------------------------------------------------------------------------------------ autograd
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class PreFunction : public torch::autograd::Function<PreFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& phi, const Tensor& bias,
+                               const Tensor& alpha, c10::string_view kind, int64_t t) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = op<PreFwdFn>("mhc::pre_fwd");
+    auto [h, H_pre, H_post, H_res, proj, rms] = fwd.call(x, phi, bias, alpha, kind, t);
+    ctx->save_for_backward({x, phi, bias, alpha, proj, rms});
+    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["t"] = t;
+    return {h, H_pre, H_post, H_res};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto bwd = op<PreBwdFn>("mhc::pre_bwd");
+    const auto s = ctx->get_saved_variables();
+    const Tensor dh = grads[0].defined() ? grads[0] : torch::zeros({s[0].size(0), s[0].size(2)}, s[0].options());
+    auto [dx, dphi, dbias, dalpha] = bwd.call(dh, grads[1], grads[2], grads[3], s[0], s[1], s[2], s[3], s[4], s[5],
+                                              ctx->saved_data["kind"].toStringRef(), ctx->saved_data["t"].toInt());
+    return {dx, dphi, dbias, dalpha, Tensor(), Tensor()};
+  }
+};
+
+class PostFunction : public torch::autograd::Function<PostFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, const Tensor& H_post,
+                        const Tensor& H_res) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = op<PostFn>("mhc::post");
+    ctx->save_for_backward({x, y, H_post, H_res});
+    return fwd.call(x, y, H_post, H_res);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto bwd = op<PostBwdFn>("mhc::post_bwd");
+    const auto s = ctx->get_saved_variables();
+    auto [dx, dy, dH_post, dH_res] = bwd.call(grads[0], s[0], s[1], s[2], s[3]);
+    return {dx, dy, dH_post, dH_res};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> pre_autograd(const Tensor& x, const Tensor& phi, const Tensor& bias,
+                                                        const Tensor& alpha, c10::string_view kind, int64_t t) {
+  auto out = PreFunction::apply(x, phi, bias, alpha, kind, t);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  return PostFunction::apply(x, y, H_post, H_res);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ C++ front door
+PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+              int64_t sinkhorn_iters) {
+  static auto handle = op<PreFn>("mhc::pre");
+  auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, kind_name(kind), sinkhorn_iters);
+  return {h, H_pre, H_post, H_res};
+}
+
+Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  static auto handle = op<PostFn>("mhc::post");
+  return handle.call(x, y, H_post, H_res);
+}
+
+}  // namespace mhc
+
+TORCH_LIBRARY(mhc, m) {
+  m.def("pre(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str kind, int sinkhorn_iters=20)"
+        " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res)");
+  m.def("post(Tensor x, Tensor y, Tensor H_post, Tensor H_res) -> Tensor");
+  // Internal halves of the fused autograd: the forward also returns the projections g and norms r.
+  m.def("pre_fwd(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str kind, int sinkhorn_iters)"
+        " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res, Tensor proj, Tensor rms)");
+  m.def("pre_bwd(Tensor dh, Tensor? dH_pre, Tensor? dH_post, Tensor? dH_res, Tensor x, Tensor phi,"
+        " Tensor bias, Tensor alpha, Tensor proj, Tensor rms, str kind, int sinkhorn_iters)"
+        " -> (Tensor dx, Tensor dphi, Tensor dbias, Tensor dalpha)");
+  m.def("post_bwd(Tensor dout, Tensor x, Tensor y, Tensor H_post, Tensor H_res)"
+        " -> (Tensor dx, Tensor dy, Tensor dH_post, Tensor dH_res)");
+}
+
+TORCH_LIBRARY_IMPL(mhc, CPU, m) {
+  m.impl("pre", mhc::pre_cpu);
+  m.impl("post", mhc::post_cpu);
+  m.impl("pre_fwd", mhc::pre_fwd_cpu);
+  m.impl("pre_bwd", mhc::pre_bwd_cpu);
+  m.impl("post_bwd", mhc::post_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(mhc, Autograd, m) {
+  m.impl("pre", mhc::pre_autograd);
+  m.impl("post", mhc::post_autograd);
+}

@@ -1,0 +1,113 @@
+// HyperConnection module: parameters, DESIGN.md §2 initialisation, and the pre/post front end.
+#include "mhc/module.h"
+
+#include <stdexcept>
+
+namespace mhc {
+
+using torch::Tensor;
+
+BiasInit BiasInit::named(const std::string& name) {
+  if (name == "paper") return {};
+  if (name == "zero") return {0.0, 0.0};
+  throw std::invalid_argument("unknown bias init '" + name + "' (accepted: paper, zero)");
+}
+
+Parameters initial_parameters(const HyperConnectionOptions& o) {
+  const int64_t n = o.streams(), C = o.dim();
+  const Layout l = layout(o.kind(), n, C);
+  const int64_t lead = o.sublayer_index() % n;  // the stream this sublayer reads and writes first
+  Parameters p{torch::zeros({l.proj_rows, l.proj_cols}), torch::zeros({l.bias_size}), torch::zeros({l.alpha_size})};
+  switch (o.kind()) {
+    case Kind::residual:
+      break;
+    case Kind::hc:
+      // Step 0 is exactly a pre-norm residual network: H_pre = e_lead, H_res = I, H_post = 1.
+      p.bias[lead] = 1.0;
+      p.bias.slice(0, n, 2 * n).fill_(1.0);
+      p.bias.slice(0, 2 * n).view({n, n}).copy_(torch::eye(n));
+      p.alpha.fill_(0.01);
+      break;
+    case Kind::mhc:
+    case Kind::mhc_lite: {
+      const double s = o.bias_init().stream_logit;
+      for (auto group : {p.bias.slice(0, 0, n), p.bias.slice(0, n, 2 * n)}) {
+        group.fill_(-s);
+        group[lead] = s;
+      }
+      Tensor res = p.bias.slice(0, 2 * n);
+      res.fill_(o.bias_init().res_off_logit);
+      if (o.kind() == Kind::mhc) res.view({n, n}).diagonal().zero_();
+      else res[0] = 0.0;  // the identity is the first permutation
+      p.alpha.fill_(0.01);
+      break;
+    }
+  }
+  return p;
+}
+
+HyperConnectionImpl::HyperConnectionImpl(const HyperConnectionOptions& options) : options_(options) {
+  TORCH_CHECK_VALUE(options.sinkhorn_iters() >= 0 && options.sinkhorn_iters() <= kMaxSinkhornIters,
+                    "sinkhorn_iters must be in [0, ", kMaxSinkhornIters, "], got ", options.sinkhorn_iters());
+  Parameters p;
+  try {
+    p = initial_parameters(options);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+  if (options.kind() == Kind::residual) {
+    phi = p.phi, bias = p.bias, alpha = p.alpha;
+  } else {
+    phi = register_parameter("phi", p.phi);
+    bias = register_parameter("bias", p.bias);
+    alpha = register_parameter("alpha", p.alpha);
+  }
+}
+
+PreOutput HyperConnectionImpl::pre(const Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() >= 2, "HyperConnection.pre: x must be [..., n, C], got ", x.sizes());
+  const int64_t n = x.size(-2), C = x.size(-1);
+  TORCH_CHECK_VALUE(n == options_.streams() && C == options_.dim(), "HyperConnection.pre: x is [..., ", n, ", ", C,
+                    "] but this connection has n = ", options_.streams(), " streams of width C = ", options_.dim());
+  const Tensor flat = x.reshape({-1, n, C});
+  // Parameters follow x's dtype and device, so a double-precision check needs no second module.
+  auto like = [&](const Tensor& t) { return t.to(x.options()); };
+  PreOutput out = options_.use_reference()
+                      ? reference::pre(flat, like(phi), like(bias), like(alpha), options_.kind(), options_.sinkhorn_iters())
+                      : mhc::pre(flat, like(phi), like(bias), like(alpha), options_.kind(), options_.sinkhorn_iters());
+  auto lead = x.sizes().slice(0, x.dim() - 2).vec();
+  auto with = [&](std::vector<int64_t> tail) {
+    auto s = lead;
+    s.insert(s.end(), tail.begin(), tail.end());
+    return s;
+  };
+  return {out.h.view(with({C})), out.H_pre.view(with({n})), out.H_post.view(with({n})), out.H_res.view(with({n, n}))};
+}
+
+Tensor HyperConnectionImpl::post(const Tensor& x, const Tensor& y, const PreOutput& mix) {
+  TORCH_CHECK_VALUE(x.dim() >= 2, "HyperConnection.post: x must be [..., n, C], got ", x.sizes());
+  const int64_t n = x.size(-2), C = x.size(-1);
+  const Tensor flat = x.reshape({-1, n, C});
+  const int64_t N = flat.size(0);
+  TORCH_CHECK_VALUE(y.numel() == N * C, "HyperConnection.post: y must be [..., ", C, "] with x's leading dims, got ",
+                    y.sizes());
+  const Tensor yf = y.reshape({N, C}), hp = mix.H_post.reshape({N, n}), hr = mix.H_res.reshape({N, n, n});
+  const Tensor out = options_.use_reference() ? reference::post(flat, yf, hp, hr) : mhc::post(flat, yf, hp, hr);
+  return out.view(x.sizes());
+}
+
+Tensor HyperConnectionImpl::forward(const Tensor& x, const std::function<Tensor(const Tensor&)>& sublayer) {
+  const PreOutput mix = pre(x);
+  return post(x, sublayer(mix.h), mix);
+}
+
+Tensor expand_streams(const Tensor& e, int64_t n) {
+  TORCH_CHECK_VALUE(e.dim() >= 1 && n >= 1, "expand_streams: need e [..., C] and n >= 1, got ", e.sizes(), ", n = ", n);
+  auto sizes = e.sizes().vec();
+  sizes.insert(sizes.end() - 1, n);  // [..., C] -> [..., n, C]
+  return e.unsqueeze(-2).expand(sizes).contiguous();
+}
+
+Tensor reduce_streams(const Tensor& x) { return x.sum(-2); }
+
+}  // namespace mhc

@@ -1,0 +1,94 @@
+// Plain-LibTorch reference of every variant (DESIGN.md §1–2), written for reading, not speed.
+//
+// This is the specification the fused kernels are tested against and the "eager" side of
+// `mhc bench layer`. Autograd provides the backward. It follows DESIGN.md literally: the
+// projection g = v·phi is divided by r after the product, Sinkhorn–Knopp normalises columns
+// first and rows last, the column-max shift before exp is a constant (detached).
+#include <algorithm>
+#include <numeric>
+
+#include "mhc/ops.h"
+
+namespace mhc::reference {
+
+using torch::Tensor;
+namespace idx = torch::indexing;
+
+namespace {
+constexpr double kExpFloor = -80.0;  // same floor as the kernels (see src/kernels/cpu/pre.cpp)
+
+Tensor sinkhorn(const Tensor& logits, int64_t t) {  // logits [N, n, n]
+  if (t == 0) return logits.exp();
+  const Tensor colmax = std::get<0>(logits.max(/*dim=*/1, /*keepdim=*/true)).detach();
+  Tensor M = (logits - colmax).clamp_min(kExpFloor).exp();
+  for (int64_t it = 0; it < t; ++it) {
+    M = M / M.sum(1, true);  // columns
+    M = M / M.sum(2, true);  // rows
+  }
+  return M;
+}
+}  // namespace
+
+Tensor permutation_matrices(int64_t n, torch::ScalarType dtype) {
+  std::vector<int64_t> sigma(n);
+  std::iota(sigma.begin(), sigma.end(), 0);
+  Tensor P = torch::zeros({factorial(static_cast<int>(n)), n, n}, torch::TensorOptions().dtype(dtype));
+  int64_t k = 0;
+  do {
+    for (int64_t i = 0; i < n; ++i) P[k][i][sigma[i]] = 1;
+    ++k;
+  } while (std::next_permutation(sigma.begin(), sigma.end()));
+  return P;
+}
+
+PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+              int64_t sinkhorn_iters) {
+  check_pre_args(x, phi, bias, alpha, kind, sinkhorn_iters);
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+  Tensor H_pre, H_post, H_res;
+  switch (kind) {
+    case Kind::residual:
+      H_pre = H_post = x.new_ones({N, 1});
+      H_res = x.new_ones({N, 1, 1});
+      break;
+    case Kind::hc: {
+      // Per-stream RMSNorm, then x̄_i·[w_pre | w_post | W_res] through tanh.
+      const Tensor r = (x.square().mean(-1, true) + kRmsEps).sqrt();  // [N, n, 1]
+      const Tensor u = (x.matmul(phi) / r).tanh();                     // [N, n, 2 + n]
+      const Tensor a_pre = bias.slice(0, 0, n), b_post = bias.slice(0, n, 2 * n);
+      const Tensor A_res = bias.slice(0, 2 * n).view({n, n});
+      H_pre = a_pre + alpha[0] * u.select(2, 0);
+      H_post = b_post + alpha[1] * u.select(2, 1);
+      H_res = A_res + alpha[0] * u.slice(2, 2).transpose(1, 2);  // [N, k, i] = tanh(x̄_i·W_res)[k]
+      break;
+    }
+    case Kind::mhc:
+    case Kind::mhc_lite: {
+      const Tensor v = x.reshape({N, n * C});
+      const Tensor r = (v.square().mean(-1, true) + kRmsEps).sqrt();  // [N, 1]
+      const Tensor g = v.matmul(phi) / r;                              // [N, m]
+      const Tensor pre_logits = alpha[0] * g.slice(1, 0, n) + bias.slice(0, 0, n);
+      const Tensor post_logits = alpha[1] * g.slice(1, n, 2 * n) + bias.slice(0, n, 2 * n);
+      const Tensor res_logits = alpha[2] * g.slice(1, 2 * n) + bias.slice(0, 2 * n);
+      H_pre = pre_logits.sigmoid();
+      H_post = 2 * post_logits.sigmoid();
+      if (kind == Kind::mhc) {
+        H_res = sinkhorn(res_logits.view({N, n, n}), sinkhorn_iters);
+      } else {
+        const Tensor weights = res_logits.softmax(-1);  // [N, n!]
+        const Tensor P = permutation_matrices(n, x.scalar_type()).to(x.device()).view({-1, n * n});
+        H_res = weights.matmul(P).view({N, n, n});
+      }
+      break;
+    }
+  }
+  const Tensor h = (H_pre.unsqueeze(-1) * x).sum(1);
+  return {h, H_pre, H_post, H_res};
+}
+
+Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  check_post_args(x, y, H_post, H_res);
+  return H_res.matmul(x) + H_post.unsqueeze(-1) * y.unsqueeze(1);
+}
+
+}  // namespace mhc::reference

@@ -1,0 +1,119 @@
+// Shared pieces of the op tests: input generators for every variant and scenario, the sublayer
+// used to compose pre and post, and the precision-derived comparison.
+//
+// Tolerances are derived, not guessed (the flash-attention habit): the fused fp32 result is
+// compared with the reference evaluated in fp64, and may differ from it by at most a small multiple
+// of the fp32 *reference's* own distance to fp64 on the same inputs — that distance is exactly
+// what fp32 rounding does to this computation — plus a few fp32 ulps of the result's scale, for
+// outputs the fp32 reference happens to get exactly right.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "mhc/module.h"
+#include "mhc/ops.h"
+
+namespace mhc::test {
+
+using torch::Tensor;
+
+enum class Scenario { random, large_logits, zero_rows };
+
+inline const char* scenario_name(Scenario s) {
+  return s == Scenario::random ? "random" : s == Scenario::large_logits ? "large_logits" : "zero_rows";
+}
+
+struct Inputs {
+  Tensor x, phi, bias, alpha;  // the op's inputs
+  Tensor w_branch;             // [C] weights of the sublayer F(h) = tanh(h ⊙ w)
+  Tensor dout, dH_pre;         // upstream gradients of x_next and of H_pre
+
+  Inputs to(torch::ScalarType dtype) const {
+    auto c = [&](const Tensor& t) { return t.to(dtype).detach().requires_grad_(t.requires_grad()); };
+    return {c(x), c(phi), c(bias), c(alpha), c(w_branch), dout.to(dtype), dH_pre.to(dtype)};
+  }
+};
+
+// Inputs in float64 (cast down for fp32 runs, so both precisions see the same numbers).
+inline Inputs make_inputs(Kind kind, int64_t N, int64_t n, int64_t C, Scenario scenario, uint64_t seed) {
+  torch::manual_seed(seed);
+  const auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+  const Layout l = layout(kind, n, C);
+  Tensor x = torch::randn({N, n, C}, f64);
+  Tensor phi = torch::randn({l.proj_rows, l.proj_cols}, f64) / std::sqrt(double(std::max<int64_t>(l.proj_rows, 1)));
+  Tensor bias = torch::randn({l.bias_size}, f64);
+  Tensor alpha = torch::rand({l.alpha_size}, f64) + 0.5;  // O(1) gains: the dynamic paths matter
+  if (scenario == Scenario::large_logits) {
+    // Logits of ±80 before exp/softmax/sigmoid/tanh: biases at ±80 with O(1) dynamic parts.
+    bias = 80 * (2 * torch::randint(0, 2, {l.bias_size}, f64) - 1);
+    alpha = alpha * 4;
+  }
+  if (scenario == Scenario::zero_rows) x.index_put_({torch::indexing::Slice(0, N, 3)}, 0.0);  // every 3rd token is all zeros
+  Inputs in{x, phi, bias, alpha, torch::randn({C}, f64), torch::randn({N, n, C}, f64), torch::randn({N, n}, f64)};
+  for (Tensor* t : {&in.x, &in.phi, &in.bias, &in.alpha, &in.w_branch}) t->requires_grad_(true);
+  return in;
+}
+
+struct Outputs {
+  std::vector<std::string> names;
+  std::vector<Tensor> values;  // forward outputs, then gradients
+};
+
+// One sublayer, pre → F → post, forward and backward, by the fused ops or the reference.
+// Also exercises a gradient flowing into H_pre directly (as a diagnostic loss would).
+inline Outputs run_sublayer(const Inputs& in, Kind kind, int64_t t, bool fused) {
+  for (const Tensor* p : {&in.x, &in.phi, &in.bias, &in.alpha, &in.w_branch})
+    if (p->grad().defined()) p->mutable_grad() = Tensor();
+  const PreOutput mix = fused ? mhc::pre(in.x, in.phi, in.bias, in.alpha, kind, t)
+                              : reference::pre(in.x, in.phi, in.bias, in.alpha, kind, t);
+  const Tensor y = torch::tanh(mix.h * in.w_branch);
+  const Tensor out = fused ? mhc::post(in.x, y, mix.H_post, mix.H_res) : reference::post(in.x, y, mix.H_post, mix.H_res);
+  const Tensor loss = (out * in.dout).sum() + (mix.H_pre * in.dH_pre).sum();
+  loss.backward();
+  Outputs o;
+  auto add = [&](const std::string& name, const Tensor& t) {
+    o.names.push_back(name);
+    o.values.push_back(t.defined() ? t.detach().clone() : Tensor());
+  };
+  add("h", mix.h), add("H_pre", mix.H_pre), add("H_post", mix.H_post), add("H_res", mix.H_res), add("x_next", out);
+  add("dx", in.x.grad()), add("dw_branch", in.w_branch.grad());
+  if (kind != Kind::residual) add("dphi", in.phi.grad()), add("dbias", in.bias.grad()), add("dalpha", in.alpha.grad());
+  return o;
+}
+
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  return a.numel() ? (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>() : 0.0;
+}
+
+// fused32 vs ref64, with the tolerance derived from ref32's own error (see the file comment).
+inline void expect_close_fp32(const Outputs& fused32, const Outputs& ref32, const Outputs& ref64,
+                              const std::string& what) {
+  constexpr double u32 = 5.960464477539063e-08;  // 2^-24, fp32 unit roundoff
+  for (size_t i = 0; i < ref64.names.size(); ++i) {
+    const Tensor& r = ref64.values[i];
+    ASSERT_TRUE(fused32.values[i].defined()) << what << ": fused produced no " << ref64.names[i];
+    ASSERT_TRUE(torch::isfinite(fused32.values[i]).all().item<bool>()) << what << ": " << ref64.names[i] << " not finite";
+    const double scale = r.numel() ? r.abs().max().item<double>() : 0.0;
+    const double ref_err = max_abs_diff(ref32.values[i], r);
+    const double tol = 8 * ref_err + 64 * u32 * scale;
+    const double err = max_abs_diff(fused32.values[i], r);
+    EXPECT_LE(err, tol) << what << ": " << ref64.names[i] << " fused fp32 error " << err << " > tol " << tol
+                        << " (fp32 reference error " << ref_err << ", scale " << scale << ")";
+  }
+}
+
+// Same numbers in fp64: the fused kernels instantiated for double must agree to ~1e-12 relative.
+inline void expect_close_fp64(const Outputs& fused64, const Outputs& ref64, const std::string& what) {
+  for (size_t i = 0; i < ref64.names.size(); ++i) {
+    const Tensor& r = ref64.values[i];
+    const double scale = r.numel() ? std::max(1.0, r.abs().max().item<double>()) : 1.0;
+    const double err = max_abs_diff(fused64.values[i], r);
+    EXPECT_LE(err, 1e-10 * scale) << what << ": " << ref64.names[i] << " fused fp64 error " << err;
+  }
+}
+
+}  // namespace mhc::test
