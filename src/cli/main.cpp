@@ -41,11 +41,10 @@ int main(int argc, char** argv) {
   try {
     if (args[0] == "bench") {
       if (args.size() >= 2 && args[1] == "layer") return mhc::cli::bench_layer({args.begin() + 2, args.end()});
-      std::cerr << "mhc bench: unknown benchmark '" << (args.size() >= 2 ? args[1] : "") << "' (accepted: layer)\n";
-      return 2;
+      throw std::invalid_argument("mhc bench: unknown benchmark '" + (args.size() >= 2 ? args[1] : "") +
+                                  "' (accepted: layer)");
     }
-    std::cerr << "mhc: unknown command '" << args[0] << "' (accepted: bench)\n";
-    return 2;
+    throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: bench)");
   } catch (const std::invalid_argument& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;

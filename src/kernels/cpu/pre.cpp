@@ -244,14 +244,21 @@ void mhc_logits(const Variant<T>& v, const T* g, T r, T* logits) {
   }
 }
 
+// H_res = Σ_k softmax(z)_k·P_k. Accumulated in double and rounded once: an entry sums (n−1)!
+// weights, and at n = 5 fp32 accumulation alone would put row and column sums ~1e-6 from 1.
 template <typename T>
-void permutation_mixture(const Variant<T>& v, const T* weights, T* res) {
+void permutation_mixture(const Variant<T>& v, const T* z, T* res) {
   const int n = v.n;
-  std::fill(res, res + n * n, T(0));
+  double acc[kMaxStreamsLite * kMaxStreamsLite] = {};
+  double zmax = z[0], total = 0;
+  for (int64_t k = 1; k < v.res_count; ++k) zmax = std::max<double>(zmax, z[k]);
   for (int64_t k = 0; k < v.res_count; ++k) {
+    const double e = std::exp(double(z[k]) - zmax);
+    total += e;
     const int* sigma = v.perms.data() + k * n;
-    for (int i = 0; i < n; ++i) res[i * n + sigma[i]] += weights[k];
+    for (int i = 0; i < n; ++i) acc[i * n + sigma[i]] += e;
   }
+  for (int e = 0; e < n * n; ++e) res[e] = T(acc[e] / total);
 }
 
 template <typename T>
@@ -264,7 +271,7 @@ void softmax(const T* z, int64_t count, T* out) {
   for (int64_t k = 0; k < count; ++k) out[k] *= inv;
 }
 
-// scratch: at least m + res_count entries (mHC's SK runs in place in out.res).
+// scratch: at least m entries (mHC's SK runs in place in out.res).
 template <typename T>
 void coefficients(const Variant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {
   const int n = v.n;
@@ -299,9 +306,7 @@ void coefficients(const Variant<T>& v, const T* g, const T* r, T* scratch, Coeff
           normalize_rows(out.res, out.res, n);
         }
       } else {
-        T* weights = scratch + v.m;
-        softmax(logits + 2 * n, v.res_count, weights);
-        permutation_mixture(v, weights, out.res);
+        permutation_mixture(v, logits + 2 * n, out.res);
       }
       return;
     }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Bad command lines: each must exit with status 2 and print exactly one line, on stderr, that
+# matches the expected message (it names the bad value and what is accepted).
+set -u
+mhc=$1
+failures=0
+
+expect_error() {  # expect_error REGEX ARGS...
+  local pattern=$1
+  shift
+  local out err status
+  err=$("$mhc" "$@" 2>&1 >/dev/null)
+  status=$?
+  out=$("$mhc" "$@" 2>/dev/null)
+  if [ "$status" -ne 2 ] || [ -n "$out" ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] ||
+     ! printf '%s' "$err" | grep -Eq "^error: $pattern"; then
+    echo "FAIL: mhc $* -> status $status, stderr: $err"
+    failures=$((failures + 1))
+  fi
+}
+
+expect_error "mhc: unknown command 'trian' \(accepted: bench\)" trian
+expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer\)" bench layers
+expect_error "mhc bench layer: unknown flag --widht \(accepted: --kind, .*--json" bench layer --widht 8
+expect_error "unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite\)" bench layer --kind mhc,sinkhorn
+expect_error "--tokens must be a whole number in \[1, [0-9]+\], got 'many'" bench layer --tokens many
+expect_error "--dim must be a whole number in \[1, [0-9]+\], got '-5'" bench layer --dim 512,-5
+expect_error "--reps must be a whole number in \[5, [0-9]+\], got '2'" bench layer --reps 2
+expect_error "mhc-lite takes 1 to 5 streams .*got n = 6; for more streams use KromHC" bench layer --kind mhc-lite --streams 6
+expect_error "mhc bench layer: --dim needs a value" bench layer --dim
+expect_error "mhc bench layer: unexpected argument 'fast'" bench layer fast
+
+echo "$((10 - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,113 @@
+// Bad input gets a one-line error that names the bad value and what is accepted — never a crash,
+// a hang or a silently wrong result.
+#include "helpers.h"
+
+namespace mhc::test {
+namespace {
+
+// Runs f, expects a c10::Error whose backtrace-free message is one line containing every needle.
+template <typename F>
+void expect_error(F&& f, std::vector<std::string> needles) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    const std::string msg = error_message(e);
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
+    for (const auto& needle : needles) EXPECT_NE(msg.find(needle), std::string::npos) << "'" << needle << "' not in: " << msg;
+    return;
+  }
+  ADD_FAILURE() << "no error raised; expected one mentioning " << needles[0];
+}
+
+struct Params {
+  Tensor phi, bias, alpha;
+};
+
+Params params(Kind kind, int64_t n, int64_t C) {
+  const Layout l = layout(kind, n, C);
+  return {torch::zeros({l.proj_rows, l.proj_cols}), torch::zeros({l.bias_size}), torch::zeros({l.alpha_size})};
+}
+
+TEST(BadInput, WrongRankOrShape) {
+  const Params p = params(Kind::mhc, 4, 8);
+  expect_error([&] { mhc::pre(torch::zeros({4, 8}), p.phi, p.bias, p.alpha, Kind::mhc, 20); }, {"x must be 3-D", "[4, 8]"});
+  expect_error([&] { mhc::pre(torch::zeros({2, 4, 8}), p.phi.t(), p.bias, p.alpha, Kind::mhc, 20); },
+               {"phi must be", "[32, 24]", "[24, 32]"});
+  expect_error([&] { mhc::pre(torch::zeros({2, 4, 8}), p.phi, p.bias.narrow(0, 0, 3), p.alpha, Kind::mhc, 20); },
+               {"bias must be", "[24]", "[3]"});
+  expect_error([&] { mhc::pre(torch::zeros({2, 4, 8}), p.phi, p.bias, torch::zeros({2}), Kind::mhc, 20); },
+               {"alpha must be", "[3]", "[2]"});
+  const Tensor x = torch::zeros({2, 4, 8});
+  expect_error([&] { mhc::post(x, torch::zeros({2, 7}), torch::zeros({2, 4}), torch::zeros({2, 4, 4})); },
+               {"y must be", "[2, 8]", "[2, 7]"});
+  expect_error([&] { mhc::post(x, torch::zeros({2, 8}), torch::zeros({2, 3}), torch::zeros({2, 4, 4})); },
+               {"H_post must be", "[2, 4]"});
+  expect_error([&] { mhc::post(x, torch::zeros({2, 8}), torch::zeros({2, 4}), torch::zeros({2, 4})); },
+               {"H_res must be", "[2, 4, 4]"});
+}
+
+TEST(BadInput, StreamCountMismatchBetweenXAndParameters) {
+  const Params p = params(Kind::mhc, 4, 8);  // made for n = 4
+  expect_error([&] { mhc::pre(torch::zeros({2, 2, 8}), p.phi, p.bias, p.alpha, Kind::mhc, 20); },
+               {"phi must be", "[16, 8]"});
+  HyperConnection hc(HyperConnectionOptions(Kind::mhc, 4, 8));
+  expect_error([&] { hc->pre(torch::zeros({2, 3, 8})); }, {"n = 4", "[..., 3, 8]"});
+}
+
+TEST(BadInput, UnsupportedStreamCounts) {
+  const Tensor x = torch::zeros({2, 6, 4});
+  const Params p = params(Kind::mhc, 6, 4);
+  expect_error([&] { mhc::pre(x, p.phi, p.bias, p.alpha, Kind::mhc_lite, 20); }, {"mhc-lite", "1 to 5", "n = 6", "KromHC"});
+  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::mhc_lite, 6, 4)); }, {"n = 6", "KromHC"});
+  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::mhc, 9, 4)); }, {"1 to 8", "n = 9"});
+  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::hc, 0, 4)); }, {"1 to 8", "n = 0"});
+  expect_error([&] { mhc::pre(torch::zeros({2, 2, 4}), Tensor(torch::zeros({0})), torch::zeros({0}), torch::zeros({0}),
+                              Kind::residual, 0); },
+               {"residual takes exactly 1 stream", "n = 2"});
+}
+
+TEST(BadInput, SinkhornIterations) {
+  const Params p = params(Kind::mhc, 2, 4);
+  const Tensor x = torch::zeros({1, 2, 4});
+  expect_error([&] { mhc::pre(x, p.phi, p.bias, p.alpha, Kind::mhc, -1); }, {"sinkhorn_iters", "[0, 100]", "-1"});
+  expect_error([&] { mhc::pre(x, p.phi, p.bias, p.alpha, Kind::mhc, 101); }, {"sinkhorn_iters", "101"});
+  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::mhc, 2, 4).sinkhorn_iters(-3)); }, {"-3"});
+}
+
+TEST(BadInput, DtypesAndDevices) {
+  const Params p = params(Kind::mhc, 2, 4);
+  expect_error([&] { mhc::pre(torch::zeros({1, 2, 4}, torch::kInt), p.phi, p.bias, p.alpha, Kind::mhc, 20); },
+               {"x must be float32 or float64", "Int"});
+  expect_error([&] { mhc::pre(torch::zeros({1, 2, 4}, torch::kDouble), p.phi, p.bias, p.alpha, Kind::mhc, 20); },
+               {"phi is Float but x is Double"});
+  expect_error([&] { mhc::post(torch::zeros({1, 2, 4}), torch::zeros({1, 4}, torch::kHalf), torch::zeros({1, 2}),
+                               torch::zeros({1, 2, 2})); },
+               {"y must be float32 or float64", "Half"});
+}
+
+TEST(BadInput, KindNames) {
+  expect_error([&] { HyperConnection(HyperConnectionOptions(parse_kind("mhc-heavy"), 2, 4)); },
+               {"mhc-heavy", "residual, hc, mhc, mhc-lite"});
+  expect_error([&] { BiasInit::named("ones"); }, {"ones", "paper, zero"});
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mhc::pre", "");
+  const Params p = params(Kind::mhc, 2, 4);
+  expect_error([&] {
+    op.typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                        c10::string_view, int64_t)>()
+        .call(torch::zeros({1, 2, 4}), p.phi, p.bias, p.alpha, "sinkhorn", 20);
+  }, {"unknown residual kind 'sinkhorn'", "mhc-lite"});
+}
+
+TEST(BadInput, NonFiniteInputsPropagateAndDoNotCrash) {
+  // NaN in x is the caller's to detect (the trainer checks its loss); the kernels must neither
+  // crash nor hide it.
+  const Params p = params(Kind::mhc, 2, 4);
+  Tensor x = torch::randn({3, 2, 4});
+  x[1][0][2] = NAN;
+  const PreOutput mix = mhc::pre(x, p.phi + 0.1, p.bias, p.alpha + 1, Kind::mhc, 20);
+  EXPECT_TRUE(torch::isnan(mix.H_res[1]).any().item<bool>());
+  EXPECT_TRUE(torch::isfinite(mix.H_res[0]).all().item<bool>());
+}
+
+}  // namespace
+}  // namespace mhc::test
