@@ -107,7 +107,8 @@ void gemm_micro(int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b
     V bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = S::load(b + k * bs + v * S::W);
     for (int i = 0; i < R; ++i) {
-      const V av = V{} + a[i * as_i + k * as_k];
+      V av;
+      for (int l = 0; l < S::W; ++l) av[l] = a[i * as_i + k * as_k];  // a broadcast
       for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
     }
   }
@@ -149,25 +150,111 @@ int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, in
   return vec_cols;
 }
 
+// The forward projection in dot-product form: g[i][j] = Σ_k a[i·lda + k]·bt[j·ldb + k], both
+// operands read along contiguous k (x rows and phi^T rows), R×J vector accumulators reduced
+// horizontally at the end. A J-column panel of phi^T (J·K values) stays in L1 for all the tile's
+// row blocks. Sums of length K in fp32 with W interleaved partial sums.
+template <typename T, int R, int J>
+void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  V acc[R][J];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < J; ++j) acc[i][j] = V{};
+  int64_t k = 0;
+  for (; k + S::W <= K; k += S::W) {
+    V bv[J];
+    for (int j = 0; j < J; ++j) bv[j] = S::load(bt + j * ldb + k);
+    for (int i = 0; i < R; ++i) {
+      const V av = S::load(a + i * lda + k);
+      for (int j = 0; j < J; ++j) acc[i][j] += av * bv[j];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < J; ++j) {
+      T s = 0;
+      for (int l = 0; l < S::W; ++l) s += acc[i][j][l];
+      for (int64_t kk = k; kk < K; ++kk) s += a[i * lda + kk] * bt[j * ldb + kk];
+      g[i * ldg + j] = s;
+    }
+}
+
+template <typename T, int R>
+void dot_rows(int J, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg) {
+  switch (J) {
+    case 1: return dot_micro<T, R, 1>(K, a, lda, bt, ldb, g, ldg);
+    case 2: return dot_micro<T, R, 2>(K, a, lda, bt, ldb, g, ldg);
+    default: return dot_micro<T, R, 3>(K, a, lda, bt, ldb, g, ldg);
+  }
+}
+
+// g[M, m] = a[M, K] · bt[m, K]^T.
+template <typename T>
+void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T* bt, T* g, int64_t ldg) {
+  for (int64_t j0 = 0; j0 < m; j0 += 3) {
+    const int J = static_cast<int>(std::min<int64_t>(3, m - j0));
+    for (int64_t i0 = 0; i0 < M; i0 += kMicroRows) {
+      const int R = static_cast<int>(std::min<int64_t>(kMicroRows, M - i0));
+      const T* ai = a + i0 * lda;
+      T* gi = g + i0 * ldg + j0;
+      switch (R) {
+        case 1: dot_rows<T, 1>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
+        case 2: dot_rows<T, 2>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
+        case 3: dot_rows<T, 3>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
+        default: dot_rows<T, 4>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
+      }
+    }
+  }
+}
+
 int64_t padded(int64_t m, int W) { return (m + W - 1) / W * W; }
 
-// Forward projection of `rows` contiguous rows of length K: g[r][0..mp) = A[r]·phi_p, ss[r] = Σ A[r]².
+// phi [K, m] transposed into [rows, K], rows ≥ m, the rows past m zero (vector padding).
 template <typename T>
-void project_rows(const T* A, int64_t rows, int64_t K, int64_t mp, const T* phi_p, T* g, T* ss) {
+std::vector<T> transpose_phi(const T* phi, int64_t K, int64_t m, int64_t rows) {
+  std::vector<T> phiT(rows * K, T(0));
+  for (int64_t c = 0; c < K; ++c)
+    for (int64_t j = 0; j < m; ++j) phiT[j * K + c] = phi[c * m + j];
+  return phiT;
+}
+
+// Row stride of a staged tile: rows of x sit nC floats apart (8 KiB at C = 512, n = 4), so the
+// same column of every row maps to one L1 set and a GEMM walking down a column thrashes it. The
+// staged copy pads each row by one cache line.
+template <typename T>
+int64_t staged_stride(int64_t K) {
+  constexpr int64_t line = 64 / sizeof(T);
+  return padded(K, line) + line;
+}
+
+// Copies `rows` rows of length K into `staged` (stride staged_stride(K)); with ss, also their
+// sums of squares — the same pass over x that the projection then reads from cache.
+template <typename T>
+void stage_rows(const T* A, int64_t rows, int64_t K, T* staged, T* ss) {
+  const int64_t Ks = staged_stride<T>(K);
   for (int64_t r = 0; r < rows; ++r) {
     const T* a = A + r * K;
+    T* out = staged + r * Ks;
     T s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t c = 0; c < K; ++c) s += a[c] * a[c];
-    ss[r] = s;
+    for (int64_t c = 0; c < K; ++c) {
+      out[c] = a[c];
+      s += a[c] * a[c];
+    }
+    if (ss) ss[r] = s;
   }
-  gemm(rows, mp, K, A, K, int64_t(1), phi_p, mp, g, mp, /*accumulate=*/false);
+}
+
+// Forward projection of a staged tile: g[r][0..m) = A[r]·phi, from phiT = phi^T [m, K].
+template <typename T>
+void project_rows(const T* staged, int64_t rows, int64_t K, int64_t m, const T* phiT, T* g) {
+  gemm_dot(rows, m, K, staged, staged_stride<T>(K), phiT, g, m);
 }
 
 // Backward of the projection for a tile: dA[r] += dg[r]·phi^T (dA already holds the other
-// terms), dphi_p += A^T·dg. phiT_p is phi_p transposed, [mp, K].
+// terms), dphi_p += A^T·dg (A staged). phiT_p is phi_p transposed, [mp, K].
 template <typename T>
-void project_rows_backward(const T* A, const T* dg, int64_t rows, int64_t K, int64_t mp, const T* phiT_p, T* dA,
+void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K, int64_t mp, const T* phiT_p, T* dA,
                            T* dphi_p) {
   const int64_t done = gemm(rows, K, mp, dg, mp, int64_t(1), phiT_p, K, dA, K, /*accumulate=*/true);
   for (int64_t r = 0; r < rows; ++r)  // columns past the last whole vector (C not a multiple of W)
@@ -176,7 +263,7 @@ void project_rows_backward(const T* A, const T* dg, int64_t rows, int64_t K, int
       for (int64_t j = 0; j < mp; ++j) s += dg[r * mp + j] * phiT_p[j * K + c];
       dA[r * K + c] = s;
     }
-  gemm(K, mp, rows, A, int64_t(1), K, dg, mp, dphi_p, mp, /*accumulate=*/true);
+  gemm(K, mp, rows, staged, int64_t(1), staged_stride<T>(K), dg, mp, dphi_p, mp, /*accumulate=*/true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,26 +518,23 @@ template <typename T>
 void pre_forward(const PreForwardParams<T>& p) {
   const Variant<T> v(p.kind, p.n, p.C, p.sinkhorn_iters, p.bias, p.alpha);
   const int n = p.n;
-  const int64_t C = p.C, m = v.m, mp = padded(m, Simd<T>::W), tiles = (p.N + kTileTokens - 1) / kTileTokens;
-  std::vector<T> phi_p(v.K * mp, T(0));
-  for (int64_t c = 0; c < v.K; ++c) std::copy(p.phi + c * m, p.phi + (c + 1) * m, phi_p.data() + c * mp);
+  const int64_t C = p.C, m = v.m, tiles = (p.N + kTileTokens - 1) / kTileTokens;
+  const std::vector<T> phiT = transpose_phi(p.phi, v.K, m, m);
 
 #pragma omp parallel num_threads(thread_count(p.threads))
   {
-    std::vector<T> ss(kTileTokens * v.P), g(kTileTokens * v.P * mp), scratch(scratch_size(v));
+    std::vector<T> ss(kTileTokens * v.P), scratch(scratch_size(v));
+    std::vector<T> staged(kTileTokens * v.P * staged_stride<T>(v.K));
     Coeffs<T> cf;
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
-      project_rows(p.x + t0 * n * C, (t1 - t0) * v.P, v.K, mp, phi_p.data(), g.data(), ss.data());
+      stage_rows(p.x + t0 * n * C, (t1 - t0) * v.P, v.K, staged.data(), ss.data());
+      project_rows(staged.data(), (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m);
       for (int64_t tok = t0; tok < t1; ++tok) {
-        T* proj = p.proj + tok * v.P * m;
+        const T* proj = p.proj + tok * v.P * m;
         T* r = p.rms + tok * v.P;
-        for (int64_t q = 0; q < v.P; ++q) {
-          const int64_t row = (tok - t0) * v.P + q;
-          std::copy(g.data() + row * mp, g.data() + row * mp + m, proj + q * m);
-          r[q] = std::sqrt(ss[row] / T(v.K) + T(kRmsEps));
-        }
+        for (int64_t q = 0; q < v.P; ++q) r[q] = std::sqrt(ss[(tok - t0) * v.P + q] / T(v.K) + T(kRmsEps));
         coefficients(v, proj, r, scratch.data(), cf);
         std::copy(cf.pre, cf.pre + n, p.H_pre + tok * n);
         std::copy(cf.post, cf.post + n, p.H_post + tok * n);
@@ -479,9 +563,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
   const Layout l = layout(p.kind, n, C);
   const int threads = thread_count(p.threads);
 
-  std::vector<T> phiT_p(mp * K, T(0));  // phi transposed, zero rows past m
-  for (int64_t c = 0; c < K; ++c)
-    for (int64_t j = 0; j < m; ++j) phiT_p[j * K + c] = p.phi[c * m + j];
+  const std::vector<T> phiT_p = transpose_phi(p.phi, K, m, mp);
 
   // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
   // on its own cache line so no two threads write one line.
@@ -496,6 +578,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
     T* dalpha = dbias + l.bias_size;
     std::vector<T> scratch(scratch_size(v)), dg_token(v.P * m), dg(kTileTokens * v.P * mp, T(0));
     std::vector<T> dpre(n), dr(std::max<int64_t>(v.P, 1)), H_pre(n), zeros(n * n, T(0));
+    std::vector<T> staged(kTileTokens * v.P * staged_stride<T>(K));
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
@@ -528,7 +611,8 @@ void pre_backward(const PreBackwardParams<T>& p) {
           for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c];
         }
       }
-      project_rows_backward(p.x + t0 * n * C, dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), p.dx + t0 * n * C,
+      stage_rows(p.x + t0 * n * C, (t1 - t0) * v.P, K, staged.data(), static_cast<T*>(nullptr));
+      project_rows_backward(staged.data(), dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), p.dx + t0 * n * C,
                             dphi_p);
     }
   }
