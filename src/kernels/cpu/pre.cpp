@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -267,56 +268,104 @@ void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sinkhorn–Knopp on an n×n matrix. M0 = exp(H̃ - colmax) (floored), then t × (columns, rows).
-template <typename T>
-void sinkhorn_start(const T* logits, int n, int t, T* M) {
+// Sinkhorn–Knopp on an N×N matrix, N a compile-time stream count so the 2t normalisations of a
+// few dozen numbers unroll fully (they are the bulk of the per-token coefficient work).
+// M0 = exp(H̃ − colmax) (floored), then t × (columns, rows).
+template <typename T, int N>
+void sinkhorn_start(const T* logits, int t, T* M) {
   if (t == 0) {  // no projection at all: H_res = exp(H̃)
-    for (int e = 0; e < n * n; ++e) M[e] = std::exp(logits[e]);
+    for (int e = 0; e < N * N; ++e) M[e] = std::exp(logits[e]);
     return;
   }
-  for (int j = 0; j < n; ++j) {
+  for (int j = 0; j < N; ++j) {
     T colmax = logits[j];
-    for (int k = 1; k < n; ++k) colmax = std::max(colmax, logits[k * n + j]);
-    for (int k = 0; k < n; ++k) M[k * n + j] = std::exp(std::max(logits[k * n + j] - colmax, T(kExpFloor)));
+    for (int k = 1; k < N; ++k) colmax = std::max(colmax, logits[k * N + j]);
+    for (int k = 0; k < N; ++k) M[k * N + j] = std::exp(std::max(logits[k * N + j] - colmax, T(kExpFloor)));
   }
 }
 
-template <typename T>
-void normalize_cols(const T* X, T* Y, int n) {
-  for (int j = 0; j < n; ++j) {
+// Y = X / (sums along columns or rows); X and Y may alias.
+template <typename T, int N, bool kByCols>
+void normalize(const T* X, T* Y) {
+  for (int a = 0; a < N; ++a) {
     T s = 0;
-    for (int k = 0; k < n; ++k) s += X[k * n + j];
+    for (int b = 0; b < N; ++b) s += X[kByCols ? b * N + a : a * N + b];
     const T inv = T(1) / s;
-    for (int k = 0; k < n; ++k) Y[k * n + j] = X[k * n + j] * inv;
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
+      Y[e] = X[e] * inv;
+    }
   }
 }
 
-template <typename T>
-void normalize_rows(const T* X, T* Y, int n) {
-  for (int k = 0; k < n; ++k) {
-    T s = 0;
-    for (int j = 0; j < n; ++j) s += X[k * n + j];
-    const T inv = T(1) / s;
-    for (int j = 0; j < n; ++j) Y[k * n + j] = X[k * n + j] * inv;
-  }
-}
-
-// Backward of Y = X / s with s summed along columns (by_cols) or rows, in place on dY → dX:
-// dX = (dY − Σ_axis dY⊙Y) / s.
-template <typename T>
-void normalize_backward(const T* X, const T* Y, T* d, int n, bool by_cols) {
-  for (int a = 0; a < n; ++a) {
+// Backward of Y = X / s, in place on d (dY → dX): dX = (dY − Σ_axis dY⊙Y) / s.
+template <typename T, int N, bool kByCols>
+void normalize_backward(const T* X, const T* Y, T* d) {
+  for (int a = 0; a < N; ++a) {
     T s = 0, dot = 0;
-    for (int b = 0; b < n; ++b) {
-      const int e = by_cols ? b * n + a : a * n + b;
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
       s += X[e];
       dot += d[e] * Y[e];
     }
     const T inv = T(1) / s;
-    for (int b = 0; b < n; ++b) {
-      const int e = by_cols ? b * n + a : a * n + b;
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
       d[e] = (d[e] - dot) * inv;
     }
+  }
+}
+
+template <typename T, int N>
+void sinkhorn_forward(const T* logits, int t, T* M) {
+  sinkhorn_start<T, N>(logits, t, M);
+  for (int it = 0; it < t; ++it) {
+    normalize<T, N, true>(M, M);
+    normalize<T, N, false>(M, M);
+  }
+}
+
+// dlogits = ∂⟨dres, SK_t(exp(logits))⟩/∂logits. Recomputes the iterates M_0 … M_2t into
+// work [(2t+1)·N²] (never stored across the forward) and walks back through them.
+template <typename T, int N>
+void sinkhorn_backward(const T* logits, int t, const T* dres, T* work, T* dlogits) {
+  constexpr int nn = N * N;
+  T* M = work;
+  sinkhorn_start<T, N>(logits, t, M);
+  for (int s = 1; s <= 2 * t; s += 2) {
+    normalize<T, N, true>(M + (s - 1) * nn, M + s * nn);
+    normalize<T, N, false>(M + s * nn, M + (s + 1) * nn);
+  }
+  for (int e = 0; e < nn; ++e) dlogits[e] = dres[e];
+  for (int s = 2 * t; s >= 2; s -= 2) {
+    normalize_backward<T, N, false>(M + (s - 1) * nn, M + s * nn, dlogits);
+    normalize_backward<T, N, true>(M + (s - 2) * nn, M + (s - 1) * nn, dlogits);
+  }
+  // Through exp; the column-max shift is a constant (the first column normalisation cancels
+  // it), and floored entries have no gradient.
+  for (int j = 0; j < N; ++j) {
+    T colmax = logits[j];
+    for (int k = 1; k < N; ++k) colmax = std::max(colmax, logits[k * N + j]);
+    for (int k = 0; k < N; ++k) {
+      const int e = k * N + j;
+      const bool live = t == 0 || logits[e] - colmax > T(kExpFloor);
+      dlogits[e] = live ? dlogits[e] * M[e] : T(0);
+    }
+  }
+}
+
+// Calls f(std::integral_constant<int, n>{}) for the runtime stream count n ≤ kMaxStreams.
+template <typename F>
+void with_streams(int n, F&& f) {
+  switch (n) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
   }
 }
 
@@ -387,11 +436,7 @@ void coefficients(const Variant<T>& v, const T* g, const T* r, T* scratch, Coeff
         out.post[i] = T(2) * sigmoid(logits[n + i]);
       }
       if (v.kind == Kind::mhc) {
-        sinkhorn_start(logits + 2 * n, n, v.t, out.res);
-        for (int it = 0; it < v.t; ++it) {
-          normalize_cols(out.res, out.res, n);
-          normalize_rows(out.res, out.res, n);
-        }
+        with_streams(n, [&](auto N) { sinkhorn_forward<T, N()>(logits + 2 * n, v.t, out.res); });
       } else {
         permutation_mixture(v, logits + 2 * n, out.res);
       }
@@ -452,28 +497,7 @@ void coefficients_backward(const Variant<T>& v, const T* g, const T* r, const T*
       const T* res_logits = logits + 2 * n;
       T* dres_logits = dlogits + 2 * n;
       if (v.kind == Kind::mhc) {
-        // Recompute the iterates M_0 … M_2t (never stored across the forward), then walk back.
-        const int nn = n * n, t = v.t;
-        T* M = work;
-        sinkhorn_start(res_logits, n, t, M);
-        for (int s = 1; s <= 2 * t; ++s) {
-          if (s % 2) normalize_cols(M + (s - 1) * nn, M + s * nn, n);
-          else normalize_rows(M + (s - 1) * nn, M + s * nn, n);
-        }
-        for (int e = 0; e < nn; ++e) dres_logits[e] = dres[e];
-        for (int s = 2 * t; s >= 1; --s)
-          normalize_backward(M + (s - 1) * nn, M + s * nn, dres_logits, n, s % 2 == 1);
-        // Through exp; the column-max shift is a constant (the first column normalisation
-        // cancels it), and floored entries have no gradient.
-        for (int j = 0; j < n; ++j) {
-          T colmax = res_logits[j];
-          for (int k = 1; k < n; ++k) colmax = std::max(colmax, res_logits[k * n + j]);
-          for (int k = 0; k < n; ++k) {
-            const int e = k * n + j;
-            const bool live = t == 0 || res_logits[e] - colmax > T(kExpFloor);
-            dres_logits[e] = live ? dres_logits[e] * M[e] : T(0);
-          }
-        }
+        with_streams(n, [&](auto N) { sinkhorn_backward<T, N()>(res_logits, v.t, dres, work, dres_logits); });
       } else {
         T* weights = work;
         softmax(res_logits, v.res_count, weights);
