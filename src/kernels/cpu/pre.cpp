@@ -128,16 +128,18 @@ void gemm_rows(int nv, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, con
 }
 
 // c[M, cols] (+)= a[M, kdim] · b[kdim, cols] for the vector-wide part of cols; returns the number
-// of columns done (cols rounded down to W), the caller finishes the tail.
+// of columns done (cols rounded down to W), the caller finishes the tail. Column panels outside,
+// row blocks inside: the b panel a micro-kernel streams ([kdim, 3W], a few KiB for the short
+// kdim of the backward products) stays in L1 while every row block of the tile reuses it.
 template <typename T>
 int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b, int64_t bs,
              T* c, int64_t cs, bool accumulate) {
   constexpr int W = Simd<T>::W;
   const int64_t vec_cols = cols / W * W;
-  for (int64_t i0 = 0; i0 < M; i0 += kMicroRows) {
-    const int R = static_cast<int>(std::min<int64_t>(kMicroRows, M - i0));
-    for (int64_t j0 = 0; j0 < vec_cols; j0 += kMicroVecs * W) {
-      const int nv = static_cast<int>(std::min<int64_t>(kMicroVecs, (vec_cols - j0) / W));
+  for (int64_t j0 = 0; j0 < vec_cols; j0 += kMicroVecs * W) {
+    const int nv = static_cast<int>(std::min<int64_t>(kMicroVecs, (vec_cols - j0) / W));
+    for (int64_t i0 = 0; i0 < M; i0 += kMicroRows) {
+      const int R = static_cast<int>(std::min<int64_t>(kMicroRows, M - i0));
       const T* ai = a + i0 * as_i;
       T* ci = c + i0 * cs + j0;
       switch (R) {
@@ -154,26 +156,38 @@ int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, in
 // The forward projection in dot-product form: g[i][j] = Σ_k a[i·lda + k]·bt[j·ldb + k], both
 // operands read along contiguous k (x rows and phi^T rows), R×J vector accumulators reduced
 // horizontally at the end. A J-column panel of phi^T (J·K values) stays in L1 for all the tile's
-// row blocks. Sums of length K in fp32 with W interleaved partial sums.
-template <typename T, int R, int J>
-void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg) {
+// row blocks. Sums of length K in fp32 with W interleaved partial sums. With kSumSquares the same
+// loads also give Σ a² per row (DeepSeek's fusion: the RMS norm costs no extra pass over x).
+template <typename T, int R, int J, bool kSumSquares>
+void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg, T* ss,
+               bool accumulate) {
   using S = Simd<T>;
   using V = typename S::V;
-  V acc[R][J];
-  for (int i = 0; i < R; ++i)
+  V acc[R][J], sq[R];
+  for (int i = 0; i < R; ++i) {
+    sq[i] = V{};
     for (int j = 0; j < J; ++j) acc[i][j] = V{};
+  }
   int64_t k = 0;
   for (; k + S::W <= K; k += S::W) {
     V bv[J];
     for (int j = 0; j < J; ++j) bv[j] = S::load(bt + j * ldb + k);
     for (int i = 0; i < R; ++i) {
       const V av = S::load(a + i * lda + k);
+      if constexpr (kSumSquares) sq[i] += av * av;
       for (int j = 0; j < J; ++j) acc[i][j] += av * bv[j];
     }
   }
+  if constexpr (kSumSquares)
+    for (int i = 0; i < R; ++i) {
+      T s = accumulate ? ss[i] : T(0);
+      for (int l = 0; l < S::W; ++l) s += sq[i][l];
+      for (int64_t kk = k; kk < K; ++kk) s += a[i * lda + kk] * a[i * lda + kk];
+      ss[i] = s;
+    }
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < J; ++j) {
-      T s = 0;
+      T s = accumulate ? g[i * ldg + j] : T(0);
       for (int l = 0; l < S::W; ++l) s += acc[i][j][l];
       for (int64_t kk = k; kk < K; ++kk) s += a[i * lda + kk] * bt[j * ldb + kk];
       g[i * ldg + j] = s;
@@ -181,28 +195,40 @@ void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* 
 }
 
 template <typename T, int R>
-void dot_rows(int J, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg) {
+void dot_rows(int J, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg, T* ss,
+              bool accumulate) {
+  if (ss) return dot_micro<T, R, 3, true>(K, a, lda, bt, ldb, g, ldg, ss, accumulate);  // first panel: J = 3
   switch (J) {
-    case 1: return dot_micro<T, R, 1>(K, a, lda, bt, ldb, g, ldg);
-    case 2: return dot_micro<T, R, 2>(K, a, lda, bt, ldb, g, ldg);
-    default: return dot_micro<T, R, 3>(K, a, lda, bt, ldb, g, ldg);
+    case 1: return dot_micro<T, R, 1, false>(K, a, lda, bt, ldb, g, ldg, ss, accumulate);
+    case 2: return dot_micro<T, R, 2, false>(K, a, lda, bt, ldb, g, ldg, ss, accumulate);
+    default: return dot_micro<T, R, 3, false>(K, a, lda, bt, ldb, g, ldg, ss, accumulate);
   }
 }
 
-// g[M, m] = a[M, K] · bt[m, K]^T.
+// g[M, m] = a[M, K] · bt[m, K]^T and ss[M] = Σ_k a², blocked along K so that a row block of a
+// ([4, kBlockK], 8 KiB) stays in L1 while all the column panels of bt stream past it from L2.
+// bt's rows are ldb apart. The first column panel also sums the squares (every variant has m ≥ 3).
+constexpr int64_t kBlockK = 512;
+
 template <typename T>
-void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T* bt, T* g, int64_t ldg) {
-  for (int64_t j0 = 0; j0 < m; j0 += 3) {
-    const int J = static_cast<int>(std::min<int64_t>(3, m - j0));
+void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg,
+              T* ss) {
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    const int64_t kc = std::min(kBlockK, K - k0);
     for (int64_t i0 = 0; i0 < M; i0 += kMicroRows) {
       const int R = static_cast<int>(std::min<int64_t>(kMicroRows, M - i0));
-      const T* ai = a + i0 * lda;
-      T* gi = g + i0 * ldg + j0;
-      switch (R) {
-        case 1: dot_rows<T, 1>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
-        case 2: dot_rows<T, 2>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
-        case 3: dot_rows<T, 3>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
-        default: dot_rows<T, 4>(J, K, ai, lda, bt + j0 * K, K, gi, ldg); break;
+      const T* ai = a + i0 * lda + k0;
+      for (int64_t j0 = 0; j0 < m; j0 += 3) {
+        const int J = static_cast<int>(std::min<int64_t>(3, m - j0));
+        const T* bj = bt + j0 * ldb + k0;
+        T* gi = g + i0 * ldg + j0;
+        T* si = j0 == 0 ? ss + i0 : nullptr;
+        switch (R) {
+          case 1: dot_rows<T, 1>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
+          case 2: dot_rows<T, 2>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
+          case 3: dot_rows<T, 3>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
+          default: dot_rows<T, 4>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
+        }
       }
     }
   }
@@ -210,46 +236,29 @@ void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T*
 
 int64_t padded(int64_t m, int W) { return (m + W - 1) / W * W; }
 
-// phi [K, m] transposed into [rows, K], rows ≥ m, the rows past m zero (vector padding).
+// phi [K, m] transposed into [rows, ld], rows ≥ m, ld ≥ K, the padding zero.
 template <typename T>
-std::vector<T> transpose_phi(const T* phi, int64_t K, int64_t m, int64_t rows) {
-  std::vector<T> phiT(rows * K, T(0));
+std::vector<T> transpose_phi(const T* phi, int64_t K, int64_t m, int64_t rows, int64_t ld) {
+  std::vector<T> phiT(rows * ld, T(0));
   for (int64_t c = 0; c < K; ++c)
-    for (int64_t j = 0; j < m; ++j) phiT[j * K + c] = phi[c * m + j];
+    for (int64_t j = 0; j < m; ++j) phiT[j * ld + c] = phi[c * m + j];
   return phiT;
 }
 
-// Row stride of a staged tile: rows of x sit nC floats apart (8 KiB at C = 512, n = 4), so the
-// same column of every row maps to one L1 set and a GEMM walking down a column thrashes it. The
-// staged copy pads each row by one cache line.
+// Row stride of staged copies: rows of x sit nC floats apart (8 KiB at C = 512, n = 4), so the
+// same column of every row maps to one L1 set and a product walking down a column (dphi's)
+// thrashes it. A staged copy pads each row by one cache line; phi^T is stored the same way.
 template <typename T>
 int64_t staged_stride(int64_t K) {
   constexpr int64_t line = 64 / sizeof(T);
   return padded(K, line) + line;
 }
 
-// Copies `rows` rows of length K into `staged` (stride staged_stride(K)); with ss, also their
-// sums of squares — the same pass over x that the projection then reads from cache.
+// Forward projection of `rows` contiguous rows of x: g[r][0..m) = A[r]·phi and ss[r] = Σ A[r]²,
+// in one pass over x. phiT = phi^T, [m, staged_stride(K)].
 template <typename T>
-void stage_rows(const T* A, int64_t rows, int64_t K, T* staged, T* ss) {
-  const int64_t Ks = staged_stride<T>(K);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* a = A + r * K;
-    T* out = staged + r * Ks;
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t c = 0; c < K; ++c) {
-      out[c] = a[c];
-      s += a[c] * a[c];
-    }
-    if (ss) ss[r] = s;
-  }
-}
-
-// Forward projection of a staged tile: g[r][0..m) = A[r]·phi, from phiT = phi^T [m, K].
-template <typename T>
-void project_rows(const T* staged, int64_t rows, int64_t K, int64_t m, const T* phiT, T* g) {
-  gemm_dot(rows, m, K, staged, staged_stride<T>(K), phiT, g, m);
+void project_rows(const T* A, int64_t rows, int64_t K, int64_t m, const T* phiT, T* g, T* ss) {
+  gemm_dot(rows, m, K, A, K, phiT, staged_stride<T>(K), g, m, ss);
 }
 
 // Backward of the projection for a tile: dA[r] += dg[r]·phi^T (dA already holds the other
@@ -543,18 +552,16 @@ void pre_forward(const PreForwardParams<T>& p) {
   const Variant<T> v(p.kind, p.n, p.C, p.sinkhorn_iters, p.bias, p.alpha);
   const int n = p.n;
   const int64_t C = p.C, m = v.m, tiles = (p.N + kTileTokens - 1) / kTileTokens;
-  const std::vector<T> phiT = transpose_phi(p.phi, v.K, m, m);
+  const std::vector<T> phiT = transpose_phi(p.phi, v.K, m, m, staged_stride<T>(v.K));
 
 #pragma omp parallel num_threads(thread_count(p.threads))
   {
     std::vector<T> ss(kTileTokens * v.P), scratch(scratch_size(v));
-    std::vector<T> staged(kTileTokens * v.P * staged_stride<T>(v.K));
     Coeffs<T> cf;
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
-      stage_rows(p.x + t0 * n * C, (t1 - t0) * v.P, v.K, staged.data(), ss.data());
-      project_rows(staged.data(), (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m);
+      project_rows(p.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data());
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* proj = p.proj + tok * v.P * m;
         T* r = p.rms + tok * v.P;
@@ -587,7 +594,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
   const Layout l = layout(p.kind, n, C);
   const int threads = thread_count(p.threads);
 
-  const std::vector<T> phiT_p = transpose_phi(p.phi, K, m, mp);
+  const std::vector<T> phiT_p = transpose_phi(p.phi, K, m, mp, K);
 
   // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
   // on its own cache line so no two threads write one line.
@@ -602,19 +609,30 @@ void pre_backward(const PreBackwardParams<T>& p) {
     T* dalpha = dbias + l.bias_size;
     std::vector<T> scratch(scratch_size(v)), dg_token(v.P * m), dg(kTileTokens * v.P * mp, T(0));
     std::vector<T> dpre(n), dr(std::max<int64_t>(v.P, 1)), H_pre(n), zeros(n * n, T(0));
-    std::vector<T> staged(kTileTokens * v.P * staged_stride<T>(K));
+    const int64_t Ks = staged_stride<T>(K);
+    std::vector<T> staged(kTileTokens * v.P * Ks);
+    // Where stream i of token tok sits in the staged tile: its own row for HC, a slice of the
+    // token's row for mHC / mHC-lite. The plain residual stages nothing and reads x in place.
+    auto staged_stream = [&](int64_t tok_in_tile, int i) -> T* {
+      return v.P == n ? staged.data() + (tok_in_tile * n + i) * Ks : staged.data() + tok_in_tile * Ks + i * C;
+    };
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
       for (int64_t tok = t0; tok < t1; ++tok) {
-        const T* x = p.x + tok * n * C;
         const T* dh = p.dh + tok * C;
-        for (int i = 0; i < n; ++i) {  // dH_pre[i] = ⟨dh, x_i⟩ (+ any gradient given for H_pre)
+        T* x_at[kMaxStreams];
+        for (int i = 0; i < n; ++i) {  // one pass: stage x_i, and dH_pre[i] = ⟨dh, x_i⟩ (+ any given)
+          const T* xi = p.x + (tok * n + i) * C;
+          T* out = v.P ? staged_stream(tok - t0, i) : const_cast<T*>(xi);
           T acc = p.dH_pre ? p.dH_pre[tok * n + i] : T(0);
-          const T* xi = x + i * C;
 #pragma omp simd reduction(+ : acc)
-          for (int64_t c = 0; c < C; ++c) acc += dh[c] * xi[c];
+          for (int64_t c = 0; c < C; ++c) {
+            if (v.P) out[c] = xi[c];
+            acc += dh[c] * xi[c];
+          }
           dpre[i] = acc;
+          x_at[i] = out;
         }
         const T* dpost = p.dH_post ? p.dH_post + tok * n : zeros.data();
         const T* dres = p.dH_res ? p.dH_res + tok * n * n : zeros.data();
@@ -629,13 +647,12 @@ void pre_backward(const PreBackwardParams<T>& p) {
           const int64_t q = v.P == n ? i : 0;  // HC: one projection per stream
           const T coef = v.P ? dr[q] / (T(K) * r[q]) : T(0);
           const T w = H_pre[i];
-          const T* xi = x + i * C;
+          const T* xi = x_at[i];
           T* dxi = dx + i * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c];
         }
       }
-      stage_rows(p.x + t0 * n * C, (t1 - t0) * v.P, K, staged.data(), static_cast<T*>(nullptr));
       project_rows_backward(staged.data(), dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), p.dx + t0 * n * C,
                             dphi_p);
     }
