@@ -77,11 +77,11 @@ Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, co
                       ": residual has no parameters; phi, bias and alpha must be empty");
     return l;
   }
-  const std::string k = kind_name(kind);
+  const bool hc = kind == Kind::hc, lite = kind == Kind::mhc_lite;
   check_shape(op, "phi", phi, {l.proj_rows, l.proj_cols},
-              kind == Kind::hc ? "[C, n + 2] for hc" : (k == "mhc" ? "[n*C, 2n + n*n] for mhc" : "[n*C, 2n + n!] for mhc-lite"));
-  check_shape(op, "bias", bias, {l.bias_size}, kind == Kind::mhc_lite ? "[2n + n!]" : "[2n + n*n]");
-  check_shape(op, "alpha", alpha, {l.alpha_size}, kind == Kind::hc ? "[2] (s_alpha, s_beta)" : "[3] (pre, post, res)");
+              hc ? "[C, n + 2] for hc" : lite ? "[n*C, 2n + n!] for mhc-lite" : "[n*C, 2n + n*n] for mhc");
+  check_shape(op, "bias", bias, {l.bias_size}, lite ? "[2n + n!]" : "[2n + n*n]");
+  check_shape(op, "alpha", alpha, {l.alpha_size}, hc ? "[2] (s_alpha, s_beta)" : "[3] (pre, post, res)");
   return l;
 }
 
@@ -103,27 +103,41 @@ namespace {
 int kernel_threads() { return at::get_num_threads(); }
 
 // ---------------------------------------------------------------------------------- CPU kernels
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Tensor& x_, const Tensor& phi_,
-                                                                       const Tensor& bias_, const Tensor& alpha_,
-                                                                       c10::string_view kind_name,
-                                                                       int64_t sinkhorn_iters) {
-  const Kind kind = kind_or_throw(kind_name);
-  const Layout l = check_pre_args(x_, phi_, bias_, alpha_, kind, sinkhorn_iters);
-  const Tensor x = x_.contiguous(), phi = phi_.contiguous(), bias = bias_.contiguous(), alpha = alpha_.contiguous();
-  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+// The inputs of `pre`, validated and made contiguous, as both directions' kernels read them.
+struct PreArgs {
+  Tensor x, phi, bias, alpha;
+  Kind kind;
+  int64_t sinkhorn_iters;
+  Layout layout;
+
+  PreArgs(const Tensor& x_, const Tensor& phi_, const Tensor& bias_, const Tensor& alpha_, c10::string_view name,
+          int64_t t)
+      : kind(kind_or_throw(name)), sinkhorn_iters(t), layout(check_pre_args(x_, phi_, bias_, alpha_, kind, t)) {
+    x = x_.contiguous(), phi = phi_.contiguous(), bias = bias_.contiguous(), alpha = alpha_.contiguous();
+  }
+
+  template <typename scalar_t>
+  cpu::PreInputs<scalar_t> kernel_inputs() const {
+    return {x.data_ptr<scalar_t>(), phi.data_ptr<scalar_t>(),   bias.data_ptr<scalar_t>(),
+            alpha.data_ptr<scalar_t>(), x.size(0),                static_cast<int>(x.size(1)),
+            x.size(2),                kind,                      static_cast<int>(sinkhorn_iters),
+            kernel_threads()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Tensor& x, const Tensor& phi,
+                                                                       const Tensor& bias, const Tensor& alpha,
+                                                                       c10::string_view kind, int64_t t) {
+  const PreArgs a(x, phi, bias, alpha, kind, t);
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2), P = a.layout.proj_per_token;
   auto opts = x.options();
   Tensor h = torch::empty({N, C}, opts), H_pre = torch::empty({N, n}, opts), H_post = torch::empty({N, n}, opts),
-         H_res = torch::empty({N, n, n}, opts), proj = torch::empty({N, l.proj_per_token, l.proj_cols}, opts),
-         rms = torch::empty({N, l.proj_per_token}, opts);
+         H_res = torch::empty({N, n, n}, opts), proj = torch::empty({N, P, a.layout.proj_cols}, opts),
+         rms = torch::empty({N, P}, opts);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre", [&] {
-    cpu::PreForwardParams<scalar_t> p{x.data_ptr<scalar_t>(),      phi.data_ptr<scalar_t>(),
-                                      bias.data_ptr<scalar_t>(),   alpha.data_ptr<scalar_t>(),
-                                      h.data_ptr<scalar_t>(),      H_pre.data_ptr<scalar_t>(),
-                                      H_post.data_ptr<scalar_t>(), H_res.data_ptr<scalar_t>(),
-                                      proj.data_ptr<scalar_t>(),   rms.data_ptr<scalar_t>(),
-                                      N, static_cast<int>(n), C, kind, static_cast<int>(sinkhorn_iters),
-                                      kernel_threads()};
-    cpu::pre_forward(p);
+    cpu::pre_forward(cpu::PreForwardParams<scalar_t>{
+        a.kernel_inputs<scalar_t>(), h.data_ptr<scalar_t>(), H_pre.data_ptr<scalar_t>(), H_post.data_ptr<scalar_t>(),
+        H_res.data_ptr<scalar_t>(), proj.data_ptr<scalar_t>(), rms.data_ptr<scalar_t>()});
   });
   return {h, H_pre, H_post, H_res, proj, rms};
 }
@@ -134,7 +148,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_cpu(const Tensor& x, const Tensor
   return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
 }
 
-// Gradients that did not flow arrive undefined: the kernel reads a null pointer as zeros.
+// Gradients that did not flow arrive undefined (or absent): the kernel reads a null pointer as zeros.
+Tensor contiguous_or_undefined(const c10::optional<Tensor>& g) {
+  return g.has_value() && g->defined() ? g->contiguous() : Tensor();
+}
+
 template <typename scalar_t>
 const scalar_t* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
@@ -142,43 +160,21 @@ const scalar_t* ptr_or_null(const Tensor& t) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const c10::optional<Tensor>& dH_pre_,
                                                        const c10::optional<Tensor>& dH_post_,
-                                                       const c10::optional<Tensor>& dH_res_, const Tensor& x_,
-                                                       const Tensor& phi_, const Tensor& bias_, const Tensor& alpha_,
-                                                       const Tensor& proj_, const Tensor& rms_,
-                                                       c10::string_view kind_name, int64_t sinkhorn_iters) {
-  const Kind kind = kind_or_throw(kind_name);
-  check_pre_args(x_, phi_, bias_, alpha_, kind, sinkhorn_iters);
-  const Tensor x = x_.contiguous(), phi = phi_.contiguous(), bias = bias_.contiguous(), alpha = alpha_.contiguous();
+                                                       const c10::optional<Tensor>& dH_res_, const Tensor& x,
+                                                       const Tensor& phi, const Tensor& bias, const Tensor& alpha,
+                                                       const Tensor& proj_, const Tensor& rms_, c10::string_view kind,
+                                                       int64_t t) {
+  const PreArgs a(x, phi, bias, alpha, kind, t);
   const Tensor dh = dh_.contiguous(), proj = proj_.contiguous(), rms = rms_.contiguous();
-  auto optional_grad = [](const c10::optional<Tensor>& g) {
-    return g.has_value() && g->defined() ? g->contiguous() : Tensor();
-  };
-  const Tensor dH_pre = optional_grad(dH_pre_), dH_post = optional_grad(dH_post_), dH_res = optional_grad(dH_res_);
-  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
-  Tensor dx = torch::empty_like(x), dphi = torch::empty_like(phi), dbias = torch::empty_like(bias),
-         dalpha = torch::empty_like(alpha);
+  const Tensor dH_pre = contiguous_or_undefined(dH_pre_), dH_post = contiguous_or_undefined(dH_post_),
+               dH_res = contiguous_or_undefined(dH_res_);
+  Tensor dx = torch::empty_like(a.x), dphi = torch::empty_like(a.phi), dbias = torch::empty_like(a.bias),
+         dalpha = torch::empty_like(a.alpha);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre_backward", [&] {
-    cpu::PreBackwardParams<scalar_t> p{dh.data_ptr<scalar_t>(),
-                                       ptr_or_null<scalar_t>(dH_pre),
-                                       ptr_or_null<scalar_t>(dH_post),
-                                       ptr_or_null<scalar_t>(dH_res),
-                                       x.data_ptr<scalar_t>(),
-                                       phi.data_ptr<scalar_t>(),
-                                       bias.data_ptr<scalar_t>(),
-                                       alpha.data_ptr<scalar_t>(),
-                                       proj.data_ptr<scalar_t>(),
-                                       rms.data_ptr<scalar_t>(),
-                                       dx.data_ptr<scalar_t>(),
-                                       dphi.data_ptr<scalar_t>(),
-                                       dbias.data_ptr<scalar_t>(),
-                                       dalpha.data_ptr<scalar_t>(),
-                                       N,
-                                       static_cast<int>(n),
-                                       C,
-                                       kind,
-                                       static_cast<int>(sinkhorn_iters),
-                                       kernel_threads()};
-    cpu::pre_backward(p);
+    cpu::pre_backward(cpu::PreBackwardParams<scalar_t>{
+        a.kernel_inputs<scalar_t>(), proj.data_ptr<scalar_t>(), rms.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(dH_pre), ptr_or_null<scalar_t>(dH_post), ptr_or_null<scalar_t>(dH_res),
+        dx.data_ptr<scalar_t>(), dphi.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>(), dalpha.data_ptr<scalar_t>()});
   });
   return {dx, dphi, dbias, dalpha};
 }

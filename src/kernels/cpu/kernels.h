@@ -13,18 +13,13 @@
 
 namespace mhc::cpu {
 
+// What both directions of `pre` read: the op's inputs and sizes.
 template <typename T>
-struct PreForwardParams {
+struct PreInputs {
   const T* x;      // [N, n, C]
   const T* phi;    // [K, m]
   const T* bias;   // [B]
   const T* alpha;  // [A]
-  T* h;            // [N, C]       out: H_pre·x
-  T* H_pre;        // [N, n]       out
-  T* H_post;       // [N, n]       out
-  T* H_res;        // [N, n, n]    out, row k = destination stream
-  T* proj;         // [N, P, m]    out: raw projections g (saved for backward)
-  T* rms;          // [N, P]       out: r = sqrt(mean(v^2) + eps) (saved for backward)
   int64_t N;
   int n;
   int64_t C;
@@ -34,27 +29,29 @@ struct PreForwardParams {
 };
 
 template <typename T>
+struct PreForwardParams {
+  PreInputs<T> in;
+  T* h;       // [N, C]       out: H_pre·x
+  T* H_pre;   // [N, n]       out
+  T* H_post;  // [N, n]       out
+  T* H_res;   // [N, n, n]    out, row k = destination stream
+  T* proj;    // [N, P, m]    out: raw projections g (saved for backward)
+  T* rms;     // [N, P]       out: r = sqrt(mean(v^2) + eps) (saved for backward)
+};
+
+template <typename T>
 struct PreBackwardParams {
+  PreInputs<T> in;
+  const T* proj;     // saved by the forward
+  const T* rms;
   const T* dh;       // [N, C]
   const T* dH_pre;   // [N, n]     may be null (no gradient flowed into that output)
   const T* dH_post;  // [N, n]     may be null
   const T* dH_res;   // [N, n, n]  may be null
-  const T* x;        // forward inputs and saved projections, as in PreForwardParams
-  const T* phi;
-  const T* bias;
-  const T* alpha;
-  const T* proj;
-  const T* rms;
   T* dx;             // [N, n, C]  out (overwritten)
   T* dphi;           // [K, m]     out (overwritten)
   T* dbias;          // [B]        out (overwritten)
   T* dalpha;         // [A]        out (overwritten)
-  int64_t N;
-  int n;
-  int64_t C;
-  Kind kind;
-  int sinkhorn_iters;
-  int threads;
 };
 
 template <typename T>

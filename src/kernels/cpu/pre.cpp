@@ -43,8 +43,8 @@ struct Variant {
   const T* alpha;
   std::vector<int> perms;  // mHC-lite: perms[k·n + i] = σ_k(i), lexicographic, k = 0 is identity
 
-  Variant(Kind kind_, int n_, int64_t C_, int t_, const T* bias_, const T* alpha_)
-      : kind(kind_), n(n_), C(C_), t(t_), bias(bias_), alpha(alpha_) {
+  explicit Variant(const PreInputs<T>& in)
+      : kind(in.kind), n(in.n), C(in.C), t(in.sinkhorn_iters), bias(in.bias), alpha(in.alpha) {
     const Layout l = layout(kind, n, C);
     K = l.proj_rows;
     m = l.proj_cols;
@@ -549,19 +549,19 @@ int thread_count(int requested) { return requested > 0 ? requested : omp_get_max
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void pre_forward(const PreForwardParams<T>& p) {
-  const Variant<T> v(p.kind, p.n, p.C, p.sinkhorn_iters, p.bias, p.alpha);
-  const int n = p.n;
-  const int64_t C = p.C, m = v.m, tiles = (p.N + kTileTokens - 1) / kTileTokens;
-  const std::vector<T> phiT = transpose_phi(p.phi, v.K, m, m, staged_stride<T>(v.K));
+  const Variant<T> v(p.in);
+  const int n = p.in.n;
+  const int64_t C = p.in.C, m = v.m, tiles = (p.in.N + kTileTokens - 1) / kTileTokens;
+  const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, m, staged_stride<T>(v.K));
 
-#pragma omp parallel num_threads(thread_count(p.threads))
+#pragma omp parallel num_threads(thread_count(p.in.threads))
   {
     std::vector<T> ss(kTileTokens * v.P), scratch(scratch_size(v));
     Coeffs<T> cf;
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
-      project_rows(p.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data());
+      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.in.N, t0 + kTileTokens);
+      project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data());
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* proj = p.proj + tok * v.P * m;
         T* r = p.rms + tok * v.P;
@@ -570,7 +570,7 @@ void pre_forward(const PreForwardParams<T>& p) {
         std::copy(cf.pre, cf.pre + n, p.H_pre + tok * n);
         std::copy(cf.post, cf.post + n, p.H_post + tok * n);
         std::copy(cf.res, cf.res + n * n, p.H_res + tok * n * n);
-        const T* x = p.x + tok * n * C;
+        const T* x = p.in.x + tok * n * C;
         T* h = p.h + tok * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) h[c] = cf.pre[0] * x[c];
@@ -587,14 +587,14 @@ void pre_forward(const PreForwardParams<T>& p) {
 
 template <typename T>
 void pre_backward(const PreBackwardParams<T>& p) {
-  const Variant<T> v(p.kind, p.n, p.C, p.sinkhorn_iters, p.bias, p.alpha);
-  const int n = p.n;
-  const int64_t C = p.C, K = v.K, m = v.m, mp = padded(m, Simd<T>::W);
-  const int64_t tiles = (p.N + kTileTokens - 1) / kTileTokens;
-  const Layout l = layout(p.kind, n, C);
-  const int threads = thread_count(p.threads);
+  const Variant<T> v(p.in);
+  const int n = p.in.n;
+  const int64_t C = p.in.C, K = v.K, m = v.m, mp = padded(m, Simd<T>::W);
+  const int64_t tiles = (p.in.N + kTileTokens - 1) / kTileTokens;
+  const Layout l = layout(p.in.kind, n, C);
+  const int threads = thread_count(p.in.threads);
 
-  const std::vector<T> phiT_p = transpose_phi(p.phi, K, m, mp, K);
+  const std::vector<T> phiT_p = transpose_phi(p.in.phi, K, m, mp, K);
 
   // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
   // on its own cache line so no two threads write one line.
@@ -618,12 +618,12 @@ void pre_backward(const PreBackwardParams<T>& p) {
     };
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.N, t0 + kTileTokens);
+      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.in.N, t0 + kTileTokens);
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* dh = p.dh + tok * C;
         T* x_at[kMaxStreams];
         for (int i = 0; i < n; ++i) {  // one pass: stage x_i, and dH_pre[i] = ⟨dh, x_i⟩ (+ any given)
-          const T* xi = p.x + (tok * n + i) * C;
+          const T* xi = p.in.x + (tok * n + i) * C;
           T* out = v.P ? staged_stream(tok - t0, i) : const_cast<T*>(xi);
           T acc = p.dH_pre ? p.dH_pre[tok * n + i] : T(0);
 #pragma omp simd reduction(+ : acc)
