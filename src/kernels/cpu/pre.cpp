@@ -91,6 +91,11 @@ struct Simd {
     return v;
   }
   static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  // All lanes = a. Spelled out so GCC emits one broadcast (a lane loop becomes 4 inserts + 1 permute).
+  static V splat(T a) {
+    if constexpr (W == 8) return V{a, a, a, a, a, a, a, a};
+    else return V{a, a, a, a};
+  }
 };
 
 constexpr int kMicroRows = 4, kMicroVecs = 3;  // 12 accumulators + 3 operands + 1 broadcast
@@ -108,8 +113,7 @@ void gemm_micro(int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b
     V bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = S::load(b + k * bs + v * S::W);
     for (int i = 0; i < R; ++i) {
-      V av;
-      for (int l = 0; l < S::W; ++l) av[l] = a[i * as_i + k * as_k];  // a broadcast
+      const V av = S::splat(a[i * as_i + k * as_k]);
       for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
     }
   }
@@ -262,18 +266,19 @@ void project_rows(const T* A, int64_t rows, int64_t K, int64_t m, const T* phiT,
 }
 
 // Backward of the projection for a tile: dA[r] += dg[r]·phi^T (dA already holds the other
-// terms), dphi_p += A^T·dg (A staged). phiT_p is phi_p transposed, [mp, K].
+// terms), dphi_p += A^T·dg (A staged). phiT_p is phi transposed and padded, [mp, staged_stride(K)].
 template <typename T>
 void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K, int64_t mp, const T* phiT_p, T* dA,
                            T* dphi_p) {
-  const int64_t done = gemm(rows, K, mp, dg, mp, int64_t(1), phiT_p, K, dA, K, /*accumulate=*/true);
+  const int64_t Ks = staged_stride<T>(K);
+  const int64_t done = gemm(rows, K, mp, dg, mp, int64_t(1), phiT_p, Ks, dA, K, /*accumulate=*/true);
   for (int64_t r = 0; r < rows; ++r)  // columns past the last whole vector (C not a multiple of W)
     for (int64_t c = done; c < K; ++c) {
       T s = dA[r * K + c];
-      for (int64_t j = 0; j < mp; ++j) s += dg[r * mp + j] * phiT_p[j * K + c];
+      for (int64_t j = 0; j < mp; ++j) s += dg[r * mp + j] * phiT_p[j * Ks + c];
       dA[r * K + c] = s;
     }
-  gemm(K, mp, rows, staged, int64_t(1), staged_stride<T>(K), dg, mp, dphi_p, mp, /*accumulate=*/true);
+  gemm(K, mp, rows, staged, int64_t(1), Ks, dg, mp, dphi_p, mp, /*accumulate=*/true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -594,7 +599,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
   const Layout l = layout(p.in.kind, n, C);
   const int threads = thread_count(p.in.threads);
 
-  const std::vector<T> phiT_p = transpose_phi(p.in.phi, K, m, mp, K);
+  const std::vector<T> phiT_p = transpose_phi(p.in.phi, K, m, mp, staged_stride<T>(K));
 
   // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
   // on its own cache line so no two threads write one line.
