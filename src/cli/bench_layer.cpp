@@ -8,7 +8,9 @@
 //   pre fwd   reads x (nC), writes h (C)          post fwd  reads x, y ((n+1)C), writes nC
 //   post bwd  reads dout, x, y, writes dx, dy     pre bwd   reads dh, x, writes dx
 // i.e. (8n + 5)·C values per token, each once; it is printed next to this machine's copy bandwidth
-// (a large multi-threaded memcpy, read + write counted), the ceiling for a streaming kernel.
+// (a large multi-threaded memcpy, read + write counted), the ceiling for a streaming kernel. The
+// Markdown table adds the copy-bound time (those bytes at copy speed: no fused path can be
+// faster) and the speedup over the reference that this bound allows.
 #include <omp.h>
 
 #include <algorithm>
@@ -134,8 +136,9 @@ int bench_layer(const std::vector<std::string>& argv) {
   if (args.on("markdown")) {
     out << "Machine: " << machine << "; copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s (read + write).\n"
         << "N = " << N << " tokens, fp32, fwd+bwd of one sublayer with F = identity, median of " << reps << ".\n\n"
-        << "| kind | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |\n"
-        << "|---|---|---|---|---|---|---|---|---|\n";
+        << "| kind | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |"
+           " copy-bound ms | speedup bound |\n"
+        << "|---|---|---|---|---|---|---|---|---|---|---|\n";
   } else if (!args.on("json")) {
     out << "machine: " << machine << " | copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s\n"
         << "kind        n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s\n";
@@ -144,17 +147,19 @@ int bench_layer(const std::vector<std::string>& argv) {
     for (int64_t C : dims) {
       const Result r = run_case(kind, N, kind == Kind::residual ? 1 : n, C, t, warmup, reps);
       const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
+      const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
       if (args.on("json")) {
         out << std::setprecision(6) << "{\"kind\": \"" << kind_name(kind) << "\", \"streams\": " << r.n
             << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"threads\": " << threads
             << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
             << ", \"speedup\": " << speedup << ", \"fused_tokens_per_s\": " << tps << ", \"fused_gb_per_s\": " << gbs
-            << ", \"copy_gb_per_s\": " << copy_gbs << "}\n";
+            << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3 << "}\n";
       } else if (args.on("markdown")) {
         out << "| " << kind_name(kind) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
             << " | " << r.reference_s * 1e3 << " | " << std::setprecision(1) << speedup << "x | "
             << std::setprecision(0) << tps << " | " << std::setprecision(1) << gbs << " | " << std::setprecision(0)
-            << 100 * gbs / copy_gbs << "% |\n";
+            << 100 * gbs / copy_gbs << "% | " << std::setprecision(2) << floor_s * 1e3 << " | " << std::setprecision(1)
+            << r.reference_s / floor_s << "x |\n";
       } else {
         out << std::left << std::setw(9) << kind_name(kind) << std::right << std::setw(4) << r.n << std::setw(7) << C
             << std::setw(9) << N << std::setprecision(2) << std::setw(11) << r.fused_s * 1e3 << std::setw(10)
