@@ -52,6 +52,9 @@ TEST(BadInput, StreamCountMismatchBetweenXAndParameters) {
                {"phi must be", "[16, 8]"});
   HyperConnection hc(HyperConnectionOptions(Kind::mhc, 4, 8));
   expect_error([&] { hc->pre(torch::zeros({2, 3, 8})); }, {"n = 4", "[..., 3, 8]"});
+  const Tensor x = torch::zeros({2, 5, 4, 8});
+  const PreOutput mix = hc->pre(x);
+  expect_error([&] { hc->post(x, torch::zeros({5, 2, 8}), mix); }, {"y must be [2, 5, 8]", "[5, 2, 8]"});
 }
 
 TEST(BadInput, UnsupportedStreamCounts) {

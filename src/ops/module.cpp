@@ -89,8 +89,10 @@ Tensor HyperConnectionImpl::post(const Tensor& x, const Tensor& y, const PreOutp
   const int64_t n = x.size(-2), C = x.size(-1);
   const Tensor flat = x.reshape({-1, n, C});
   const int64_t N = flat.size(0);
-  TORCH_CHECK_VALUE(y.numel() == N * C, "HyperConnection.post: y must be [..., ", C, "] with x's leading dims, got ",
-                    y.sizes());
+  auto y_sizes = x.sizes().vec();
+  y_sizes.erase(y_sizes.end() - 2);  // x without its stream dim: [..., C]
+  TORCH_CHECK_VALUE(y.sizes() == c10::IntArrayRef(y_sizes), "HyperConnection.post: y must be ", c10::IntArrayRef(y_sizes),
+                    " (x without its stream dim), got ", y.sizes());
   const Tensor yf = y.reshape({N, C}), hp = mix.H_post.reshape({N, n}), hr = mix.H_res.reshape({N, n, n});
   const Tensor out = options_.use_reference() ? reference::post(flat, yf, hp, hr) : mhc::post(flat, yf, hp, hr);
   return out.view(x.sizes());
