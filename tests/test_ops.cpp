@@ -35,6 +35,9 @@ std::vector<Case> all_cases() {
   return cases;
 }
 
+// gtest prints a failing parameter with this instead of its bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << case_name({c, 0}); }
+
 class FusedVsReference : public testing::TestWithParam<Case> {};
 
 TEST_P(FusedVsReference, ValuesAndGradients) {
