@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: run test build setup bench-docs clean
+.PHONY: run test build setup bench-docs python-package clean
 
 run: build
 	$(BUILD)/mhc bench layer --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512 --threads $(JOBS)
@@ -21,6 +21,10 @@ setup:
 # Regenerates docs/benchmarks.md from `mhc bench layer` on this machine.
 bench-docs: build
 	bash scripts/benchmarks.sh $(BUILD)/mhc > docs/benchmarks.md.tmp && mv docs/benchmarks.md.tmp docs/benchmarks.md
+
+# Copies the built library into the Python package, so that `pip install ./python` carries it.
+python-package: build
+	cp $(BUILD)/libmhc.so $(BUILD)/libmhc.torch-version python/mhc/
 
 clean:
 	rm -rf $(BUILD)

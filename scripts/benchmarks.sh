@@ -24,3 +24,17 @@ here. The plain residual row (n = 1) is the cost of \`x + F(x)\` through the sam
 
 HEADER
 "$mhc" bench layer --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
+
+cat <<SECTION
+
+## The same ops from Python, vs an independent pure-PyTorch implementation
+
+\`python/bench.py --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --markdown\`
+(with Debian's \`/usr/bin/python3\` and \`PYTHONPATH=python\`). The pure-PyTorch side is
+\`python/tests/pure_torch.py\`, written from DESIGN.md alone; F = identity as above. Run with
+glibc told to keep freed memory (\`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736\`), the policy
+\`mhc\` sets for itself: without it every fresh activation-sized tensor is page-faulted in anew.
+
+SECTION
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 PYTHONPATH="$(dirname "$0")/../python" /usr/bin/python3 "$(dirname "$0")/../python/bench.py" \
+  --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown

@@ -9,6 +9,7 @@ packages=(
   libopenblas0-pthread  # without it LibTorch's matmuls run on the reference BLAS, ~50x slower
   libgloo-dev           # c10d's CPU collectives (data-parallel training)
   googletest libgtest-dev libbenchmark-dev
+  python3-torch python3-pytest  # the Python front end and its tests (/usr/bin/python3)
 )
 
 missing=()

@@ -113,3 +113,22 @@ Tensor expand_streams(const Tensor& e, int64_t n) {
 Tensor reduce_streams(const Tensor& x) { return x.sum(-2); }
 
 }  // namespace mhc
+
+// The initialisation as an op too, so the Python front end builds its parameters from this one
+// definition rather than a second copy of DESIGN.md §2.
+TORCH_LIBRARY_FRAGMENT(mhc, m) {
+  m.def("initial_parameters(str kind, int streams, int dim, int sublayer_index=0, float stream_logit=1.0,"
+        " float res_off_logit=-8.0) -> (Tensor phi, Tensor bias, Tensor alpha)",
+        [](c10::string_view kind, int64_t streams, int64_t dim, int64_t sublayer_index, double stream_logit,
+           double res_off_logit) {
+          try {
+            const auto o = mhc::HyperConnectionOptions(mhc::parse_kind(std::string(kind)), streams, dim)
+                               .sublayer_index(sublayer_index)
+                               .bias_init({stream_logit, res_off_logit});
+            const mhc::Parameters p = mhc::initial_parameters(o);
+            return std::make_tuple(p.phi, p.bias, p.alpha);
+          } catch (const std::invalid_argument& e) {
+            TORCH_CHECK_VALUE(false, "mhc.initial_parameters: ", e.what());
+          }
+        });
+}

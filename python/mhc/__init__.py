@@ -1,0 +1,22 @@
+"""mhc: hyper-connection residuals (HC, mHC, mHC-lite) for PyTorch, on the fused C++ ops.
+
+    import torch, mhc
+    hc = mhc.HyperConnection("mhc", streams=4, dim=512, sublayer_index=0)
+    x = mhc.expand_streams(embeddings, 4)          # [..., C] -> [..., 4, C]
+    x = hc(x, attention)                           # pre -> attention -> post
+    out = mhc.reduce_streams(x)                    # [..., C]
+
+The ops themselves are torch.ops.mhc.pre / torch.ops.mhc.post (see include/mhc/ops.h).
+"""
+from . import _library
+
+library_path = _library.load()
+
+from ._fake import register_fake_implementations  # noqa: E402  (needs the ops loaded)
+from .modules import HyperConnection, Mix, expand_streams, reduce_streams  # noqa: E402
+
+register_fake_implementations()
+
+KINDS = ("residual", "hc", "mhc", "mhc-lite")
+
+__all__ = ["HyperConnection", "Mix", "expand_streams", "reduce_streams", "KINDS", "library_path"]

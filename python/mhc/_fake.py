@@ -1,0 +1,37 @@
+"""Shape-only (fake/meta) implementations of the ops, so torch.compile (torch >= 2.4) can trace
+through them without running the kernels. Older torch has no torch.library.register_fake and
+does not need it."""
+import torch
+
+
+def _has_register_fake():
+    return hasattr(torch, "library") and hasattr(torch.library, "register_fake")
+
+
+def register_fake_implementations():
+    if not _has_register_fake():
+        return
+
+    @torch.library.register_fake("mhc::pre")
+    def _pre(x, phi, bias, alpha, kind, sinkhorn_iters=20):
+        N, n, C = x.shape
+        return x.new_empty(N, C), x.new_empty(N, n), x.new_empty(N, n), x.new_empty(N, n, n)
+
+    @torch.library.register_fake("mhc::post")
+    def _post(x, y, H_post, H_res):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("mhc::pre_fwd")
+    def _pre_fwd(x, phi, bias, alpha, kind, sinkhorn_iters):
+        N, n, C = x.shape
+        per_token = n if kind == "hc" else (0 if kind == "residual" else 1)
+        return (x.new_empty(N, C), x.new_empty(N, n), x.new_empty(N, n), x.new_empty(N, n, n),
+                x.new_empty(N, per_token, phi.shape[1] if phi.dim() == 2 else 0), x.new_empty(N, per_token))
+
+    @torch.library.register_fake("mhc::pre_bwd")
+    def _pre_bwd(dh, dH_pre, dH_post, dH_res, x, phi, bias, alpha, proj, rms, kind, sinkhorn_iters):
+        return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(bias), torch.empty_like(alpha)
+
+    @torch.library.register_fake("mhc::post_bwd")
+    def _post_bwd(dout, x, y, H_post, H_res):
+        return torch.empty_like(x), torch.empty_like(y), torch.empty_like(H_post), torch.empty_like(H_res)

@@ -1,0 +1,85 @@
+"""nn.Module front end: one sublayer's connection, parameters made by the library's own
+initialisation (torch.ops.mhc.initial_parameters, DESIGN.md §2).
+
+Parameters (the names and layouts a checkpoint holds; see include/mhc/variant.h):
+    phi   [K, m]  projection weights, columns [pre | post | res]
+                  hc:       K = C,   m = n + 2    (w_pre | w_post | W_res, column 2+k feeds H_res row k)
+                  mhc:      K = n*C, m = 2n + n*n (res logits row-major, row k = destination stream)
+                  mhc-lite: K = n*C, m = 2n + n!  (permutations in lexicographic order, identity first)
+    bias  [B]     hc: a_pre (n) | b_post (n) | A_res (n*n, row-major); mhc/mhc-lite: logit biases as phi's columns
+    alpha [A]     hc: [s_alpha, s_beta]; mhc/mhc-lite: [alpha_pre, alpha_post, alpha_res]
+The plain residual has none. vec(x) is the token's n×C state flattened stream-major.
+"""
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class Mix(NamedTuple):
+    """The coefficients pre() made for each token, which post() consumes."""
+    H_pre: Tensor   # [..., n]
+    H_post: Tensor  # [..., n]
+    H_res: Tensor   # [..., n, n], row k is the destination stream
+
+
+class HyperConnection(nn.Module):
+    """Wraps one sublayer F: h = H_pre·x, y = F(h), x_next = H_res·x + H_post^T·y.
+
+    kind: "residual" (streams must be 1), "hc", "mhc" (Sinkhorn–Knopp, sinkhorn_iters in
+    [0, 100]) or "mhc-lite" (streams ≤ 5). sublayer_index l picks the stream l mod n that the
+    initial biases favour; stream_logit / res_off_logit are the initial bias magnitudes
+    (1 and -8 in the papers; 0 and 0 make mHC a plain residual mean at step 0).
+    """
+
+    def __init__(self, kind: str, streams: int, dim: int, sublayer_index: int = 0, sinkhorn_iters: int = 20,
+                 stream_logit: float = 1.0, res_off_logit: float = -8.0):
+        super().__init__()
+        self.kind, self.streams, self.dim, self.sinkhorn_iters = kind, streams, dim, sinkhorn_iters
+        phi, bias, alpha = torch.ops.mhc.initial_parameters(kind, streams, dim, sublayer_index, stream_logit,
+                                                            res_off_logit)
+        if kind == "residual":  # no parameters; empty buffers still follow .to(device)
+            for name, t in (("phi", phi), ("bias", bias), ("alpha", alpha)):
+                self.register_buffer(name, t, persistent=False)
+        else:
+            self.phi, self.bias, self.alpha = nn.Parameter(phi), nn.Parameter(bias), nn.Parameter(alpha)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, streams={self.streams}, dim={self.dim}, sinkhorn_iters={self.sinkhorn_iters}"
+
+    def _check(self, x: Tensor, where: str) -> None:
+        if x.dim() < 2 or x.shape[-2:] != (self.streams, self.dim):
+            raise ValueError(f"HyperConnection.{where}: x must be [..., {self.streams}, {self.dim}], "
+                             f"got {list(x.shape)}")
+
+    def pre(self, x: Tensor):
+        """x [..., n, C] -> (h [..., C], Mix)."""
+        self._check(x, "pre")
+        lead, n, C = x.shape[:-2], self.streams, self.dim
+        h, H_pre, H_post, H_res = torch.ops.mhc.pre(x.reshape(-1, n, C), self.phi.to(x), self.bias.to(x),
+                                                    self.alpha.to(x), self.kind, self.sinkhorn_iters)
+        return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n))
+
+    def post(self, x: Tensor, y: Tensor, mix: Mix) -> Tensor:
+        """x [..., n, C], y [..., C] -> x_next [..., n, C]."""
+        self._check(x, "post")
+        if y.shape != x.shape[:-2] + x.shape[-1:]:
+            raise ValueError(f"HyperConnection.post: y must be {list(x.shape[:-2] + x.shape[-1:])}, got {list(y.shape)}")
+        n, C = self.streams, self.dim
+        out = torch.ops.mhc.post(x.reshape(-1, n, C), y.reshape(-1, C), mix.H_post.reshape(-1, n),
+                                 mix.H_res.reshape(-1, n, n))
+        return out.view(x.shape)
+
+    def forward(self, x: Tensor, branch: Callable[[Tensor], Tensor]) -> Tensor:
+        h, mix = self.pre(x)
+        return self.post(x, branch(h), mix)
+
+
+def expand_streams(e: Tensor, streams: int) -> Tensor:
+    """[..., C] -> [..., n, C]: n copies (the model's x_0)."""
+    return e.unsqueeze(-2).expand(*e.shape[:-1], streams, e.shape[-1]).contiguous()
+
+
+def reduce_streams(x: Tensor) -> Tensor:
+    """[..., n, C] -> [..., C]: the sum of the streams."""
+    return x.sum(-2)

@@ -1,0 +1,84 @@
+"""An independent pure-PyTorch implementation of the residual family, written from DESIGN.md §1–2
+alone (not from the C++ reference), for the Python tests and python/bench.py to compare with.
+
+Same parameter layouts as the library (python/mhc/modules.py): phi [K, m], bias [B], alpha [A].
+"""
+import itertools
+import math
+
+import torch
+
+EPS = 1e-6
+
+
+def rms(v):
+    return torch.sqrt(v.pow(2).mean(-1, keepdim=True) + EPS)
+
+
+def permutation_matrices(n, dtype=torch.float64):
+    perms = list(itertools.permutations(range(n)))  # lexicographic, identity first
+    P = torch.zeros(len(perms), n, n, dtype=dtype)
+    for k, sigma in enumerate(perms):
+        for i, j in enumerate(sigma):
+            P[k, i, j] = 1.0
+    return P
+
+
+def sinkhorn(logits, t):
+    """SK_t(exp(logits)), columns first, rows last; column-max shift before exp (t ≥ 1)."""
+    if t == 0:
+        return logits.exp()
+    M = (logits - logits.max(dim=-2, keepdim=True).values.detach()).exp()
+    for _ in range(t):
+        M = M / M.sum(dim=-2, keepdim=True)
+        M = M / M.sum(dim=-1, keepdim=True)
+    return M
+
+
+def coefficients(x, phi, bias, alpha, kind, t=20):
+    """x [N, n, C] -> (H_pre [N, n], H_post [N, n], H_res [N, n, n])."""
+    N, n, C = x.shape
+    if kind == "residual":
+        one = x.new_ones(N, 1)
+        return one, one, one.view(N, 1, 1)
+    if kind == "hc":
+        u = torch.tanh((x @ phi) / rms(x))  # [N, n, n+2]: per-stream x̄_i · [w_pre | w_post | W_res]
+        a_pre, b_post, A_res = bias[:n], bias[n:2 * n], bias[2 * n:].view(n, n)
+        s_alpha, s_beta = alpha[0], alpha[1]
+        H_pre = a_pre + s_alpha * u[..., 0]
+        H_post = b_post + s_beta * u[..., 1]
+        H_res = A_res + s_alpha * u[..., 2:].transpose(-1, -2)  # H_res[k, i] uses stream i's gate k
+        return H_pre, H_post, H_res
+    v = x.reshape(N, n * C)
+    g = (v @ phi) / rms(v)
+    pre = alpha[0] * g[:, :n] + bias[:n]
+    post = alpha[1] * g[:, n:2 * n] + bias[n:2 * n]
+    res = alpha[2] * g[:, 2 * n:] + bias[2 * n:]
+    if kind == "mhc":
+        H_res = sinkhorn(res.view(N, n, n), t)
+    elif kind == "mhc-lite":
+        weights = torch.softmax(res, dim=-1)
+        H_res = torch.einsum("nk,kij->nij", weights, permutation_matrices(n, x.dtype))
+    else:
+        raise ValueError(kind)
+    return torch.sigmoid(pre), 2 * torch.sigmoid(post), H_res
+
+
+def pre(x, phi, bias, alpha, kind, t=20):
+    H_pre, H_post, H_res = coefficients(x, phi, bias, alpha, kind, t)
+    h = torch.einsum("ni,nic->nc", H_pre, x)
+    return h, H_pre, H_post, H_res
+
+
+def post(x, y, H_post, H_res):
+    return torch.einsum("nkj,njc->nkc", H_res, x) + H_post.unsqueeze(-1) * y.unsqueeze(1)
+
+
+def layout(kind, n, C):
+    """(phi shape, bias size, alpha size)."""
+    if kind == "residual":
+        return (0, 0), 0, 0
+    if kind == "hc":
+        return (C, n + 2), 2 * n + n * n, 2
+    res = n * n if kind == "mhc" else math.factorial(n)
+    return (n * C, 2 * n + res), 2 * n + res, 3

@@ -1,0 +1,167 @@
+"""The fused ops from Python: torch.ops.mhc.* and mhc.HyperConnection against an independent
+pure-PyTorch implementation (pure_torch.py), gradcheck, a toy model, the README example, and the
+loader's refusal of a library built for another torch."""
+import math
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mhc
+import pure_torch
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CASES = [("residual", 1)] + [("hc", n) for n in (1, 2, 4)] + [("mhc", n) for n in (1, 2, 4, 8)] + \
+        [("mhc-lite", n) for n in (1, 2, 4, 5)]
+
+
+def make_inputs(kind, n, C=7, N=11, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    phi_shape, B, A = pure_torch.layout(kind, n, C)
+    x = torch.randn(N, n, C, generator=g, dtype=dtype)
+    phi = torch.randn(*phi_shape, generator=g, dtype=dtype) / math.sqrt(max(phi_shape[0], 1))
+    bias = torch.randn(B, generator=g, dtype=dtype)
+    alpha = torch.rand(A, generator=g, dtype=dtype) + 0.5
+    w = torch.randn(C, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (x, phi, bias, alpha, w)]
+
+
+def sublayer(ops, kind, x, phi, bias, alpha, w, t=20):
+    """pre -> F(h) = tanh(h·w) -> post; every output folded into one scalar per piece."""
+    h, H_pre, H_post, H_res = ops.pre(x, phi, bias, alpha, kind, t)
+    y = torch.tanh(h * w)
+    return h, H_pre, H_post, H_res, ops.post(x, y, H_post, H_res)
+
+
+def values_and_grads(ops, kind, inputs, t=20):
+    outs = sublayer(ops, kind, *inputs, t=t)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+    wanted = [t for t in inputs if t.numel()]
+    grads = torch.autograd.grad(loss, wanted)
+    return [o.detach() for o in outs] + list(grads)
+
+
+@pytest.mark.parametrize("kind,n", CASES)
+def test_fused_matches_pure_torch_in_double(kind, n):
+    inputs = make_inputs(kind, n)
+    fused = values_and_grads(torch.ops.mhc, kind, inputs)
+    pure = values_and_grads(pure_torch, kind, inputs)
+    for a, b in zip(fused, pure):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind,n", CASES)
+def test_fused_fp32_within_fp32_rounding(kind, n):
+    """fp32 fused vs fp64 pure, bounded by a multiple of fp32 pure's own error (derived tolerance)."""
+    inputs64 = make_inputs(kind, n, seed=3)
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    exact = values_and_grads(pure_torch, kind, inputs64)
+    fused = values_and_grads(torch.ops.mhc, kind, inputs32)
+    pure32 = values_and_grads(pure_torch, kind, inputs32)
+    u = 2.0 ** -24
+    for f, p, e in zip(fused, pure32, exact):
+        if e.numel() == 0:
+            continue
+        tol = 8 * (p.double() - e).abs().max().item() + 64 * u * e.abs().max().item()
+        assert (f.double() - e).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("kind,n,t", [("residual", 1, 0), ("hc", 3, 0), ("mhc", 3, 20), ("mhc", 2, 0), ("mhc-lite", 3, 0)])
+def test_gradcheck_double(kind, n, t):
+    x, phi, bias, alpha, w = make_inputs(kind, n, C=4, N=3)
+    params = [p for p in (x, phi, bias, alpha) if p.numel()]
+
+    def f(*ps):
+        it = iter(ps)
+        args = [next(it) if p.numel() else p for p in (x, phi, bias, alpha)]
+        return sublayer(torch.ops.mhc, kind, *args, w.detach(), t=t)
+
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_module_initialisation_and_shapes():
+    hc = mhc.HyperConnection("mhc-lite", streams=4, dim=16, sublayer_index=6)
+    assert [name for name, _ in hc.named_parameters()] == ["phi", "bias", "alpha"]
+    assert hc.phi.shape == (64, 8 + 24) and hc.bias.shape == (32,) and hc.alpha.shape == (3,)
+    h, mix = hc.pre(torch.randn(2, 5, 4, 16))
+    assert h.shape == (2, 5, 16) and mix.H_res.shape == (2, 5, 4, 4)
+    s = torch.sigmoid(torch.tensor(1.0)).item()
+    torch.testing.assert_close(mix.H_pre[0, 0], torch.tensor([1 - s, 1 - s, s, 1 - s]))  # stream 6 mod 4
+    assert list(mhc.HyperConnection("residual", 1, 8).parameters()) == []
+
+
+def test_bad_input_is_a_one_line_error():
+    with pytest.raises(Exception, match=r"unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite\)"):
+        mhc.HyperConnection("sinkhorn", 4, 8)
+    with pytest.raises(Exception, match=r"mhc-lite takes 1 to 5 streams.*n = 6.*KromHC"):
+        mhc.HyperConnection("mhc-lite", 6, 8)
+    hc = mhc.HyperConnection("mhc", 4, 8)
+    with pytest.raises(ValueError, match=r"x must be \[\.\.\., 4, 8\], got \[2, 3, 8\]"):
+        hc.pre(torch.randn(2, 3, 8))
+    with pytest.raises(Exception, match=r"sinkhorn_iters must be in \[0, 100\], got -1"):
+        torch.ops.mhc.pre(torch.randn(2, 4, 8), hc.phi, hc.bias, hc.alpha, "mhc", -1)
+
+
+def test_toy_model_trains():
+    torch.manual_seed(0)
+    vocab, C, n, T = 16, 32, 4, 12
+
+    class Block(torch.nn.Module):
+        def __init__(self, l):
+            super().__init__()
+            self.hc = mhc.HyperConnection("mhc", n, C, sublayer_index=l)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(C, 4 * C), torch.nn.GELU(), torch.nn.Linear(4 * C, C))
+
+        def forward(self, x):
+            return self.hc(x, lambda h: self.mlp(h / pure_torch.rms(h)))
+
+    emb, head = torch.nn.Embedding(vocab, C), torch.nn.Linear(C, vocab)
+    blocks = torch.nn.ModuleList([Block(0), Block(1)])
+    params = list(emb.parameters()) + list(head.parameters()) + list(blocks.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+    tokens = torch.arange(T + 1) * 5 % vocab  # a fixed pattern: next token = previous + 5 (mod 16)
+    losses = []
+    for _ in range(20):
+        x = mhc.expand_streams(emb(tokens[:-1]), n)
+        for block in blocks:
+            x = block(x)
+        logits = head(mhc.reduce_streams(x))
+        loss = torch.nn.functional.cross_entropy(logits, tokens[1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_readme_example_runs():
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) == 1 and len(blocks[0].strip().splitlines()) <= 10
+    exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+def test_library_for_another_torch_is_refused(tmp_path):
+    shutil.copy(mhc.library_path, tmp_path / "libmhc.so")
+    (tmp_path / "libmhc.torch-version").write_text("9.9.0\n")
+    env = dict(os.environ, MHC_LIBRARY=str(tmp_path / "libmhc.so"), PYTHONPATH=str(REPO / "python"))
+    run = subprocess.run([sys.executable, "-c", "import mhc"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert f"built against torch 9.9.0 but this is torch {torch.__version__}" in last, run.stderr
+    assert "undefined symbol" not in run.stderr
+
+
+def test_bench_runs():
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    run = subprocess.run([sys.executable, str(REPO / "python" / "bench.py"), "--kind", "hc,mhc", "--tokens", "64",
+                          "--dim", "16", "--reps", "3", "--warmup", "1", "--markdown"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"^\| mhc \| 4 \| 16 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$", run.stdout, re.M), run.stdout
