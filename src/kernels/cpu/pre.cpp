@@ -77,10 +77,12 @@ inline T sigmoid(T z) {
 //   forward   g[rows, m]    = A[rows, K] · phi[K, m]
 //   backward  dA[rows, K]  += dg[rows, m] · phi^T[m, K]
 //             dphi[K, m]   += A^T[K, rows] · dg[rows, m]
-// One register-blocked micro-kernel serves all three: R output rows × NV vectors of W lanes held
-// in registers while the reduction runs, one operand broadcast from any strides, the other loaded
-// as whole vectors from a row-major matrix. GCC's vector extensions keep it portable (AVX2 with
-// -march=native, SSE pairs otherwise). phi is padded to mp = m rounded up to W columns.
+// The two backward products share one register-blocked micro-kernel (gemm_micro): R output rows ×
+// NV vectors of W lanes held in registers while the reduction runs, one operand broadcast from any
+// strides, the other loaded as whole vectors from a row-major matrix; there phi^T is padded to
+// mp = m rounded up to W rows. The forward product reads both operands along K and runs in
+// dot-product form (gemm_dot), which also gives Σv² from the same loads. GCC's vector extensions
+// keep both portable (AVX2 with -march=native, SSE pairs otherwise).
 template <typename T>
 struct Simd {
   static constexpr int W = 32 / sizeof(T);
@@ -136,7 +138,7 @@ void gemm_rows(int nv, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, con
 
 // c[M, cols] (+)= a[M, kdim] · b[kdim, cols] for the vector-wide part of cols; returns the number
 // of columns done (cols rounded down to W), the caller finishes the tail. Column panels outside,
-// row blocks inside: the b panel a micro-kernel streams ([kdim, 3W], a few KiB for the short
+// row blocks inside: the b panel a micro-kernel streams ([kdim, 2W], a few KiB for the short
 // kdim of the backward products) stays in L1 while every row block of the tile reuses it.
 template <typename T>
 int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b, int64_t bs,
