@@ -14,12 +14,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
-#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
+#include "common.h"
 
 namespace mhc::cpu {
 namespace {
@@ -81,25 +80,8 @@ inline T sigmoid(T z) {
 // NV vectors of W lanes held in registers while the reduction runs, one operand broadcast from any
 // strides, the other loaded as whole vectors from a row-major matrix; there phi^T is padded to
 // mp = m rounded up to W rows. The forward product reads both operands along K and runs in
-// dot-product form (gemm_dot), which also gives Σv² from the same loads. GCC's vector extensions
-// keep both portable (AVX2 with -march=native, SSE pairs otherwise).
-template <typename T>
-struct Simd {
-  static constexpr int W = 32 / sizeof(T);
-  typedef T V __attribute__((vector_size(32)));
-  static V load(const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-  // All lanes = a. Spelled out so GCC emits one broadcast (a lane loop becomes 4 inserts + 1 permute).
-  static V splat(T a) {
-    if constexpr (W == 8) return V{a, a, a, a, a, a, a, a};
-    else return V{a, a, a, a};
-  }
-};
-
+// dot-product form (gemm_dot), which also gives Σv² from the same loads. Both use simd.h's
+// 32-byte vectors.
 // Register tiles (AVX2 has 16 vector registers): 6 rows × 2 vectors/columns, i.e. 12 accumulators,
 // 2 operands and 1 broadcast or row. Measured here 10–20% faster than 4 × 3, which leaves GCC no
 // register for the operands.
@@ -374,21 +356,6 @@ void sinkhorn_backward(const T* logits, int t, const T* dres, T* work, T* dlogit
   }
 }
 
-// Calls f(std::integral_constant<int, n>{}) for the runtime stream count n ≤ kMaxStreams.
-template <typename F>
-void with_streams(int n, F&& f) {
-  switch (n) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 6: return f(std::integral_constant<int, 6>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    default: return f(std::integral_constant<int, 8>{});
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Coefficients of one token from its projections g [P, m] and norms r [P].
 // mHC / mHC-lite logits H̃ = α_group·g/r + b.
@@ -552,8 +519,6 @@ template <typename T>
 int64_t scratch_size(const Variant<T>& v) {
   return 2 * v.m + v.res_count + (2 * int64_t(v.t) + 1) * v.n * v.n;
 }
-
-int thread_count(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
 
 }  // namespace
 
