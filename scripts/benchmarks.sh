@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates docs/benchmarks.md (on stdout) from `mhc bench layer` on this machine:
+# Regenerates docs/benchmarks.md (on stdout) on this machine from `mhc bench layer`, python/bench.py
+# and bench_kernels:
 #   bash scripts/benchmarks.sh build/mhc > docs/benchmarks.md      (or: make bench-docs)
 set -euo pipefail
 mhc=${1:-build/mhc}
@@ -38,3 +39,16 @@ glibc told to keep freed memory (\`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=687
 SECTION
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 PYTHONPATH="$(dirname "$0")/../python" /usr/bin/python3 "$(dirname "$0")/../python/bench.py" \
   --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
+
+cat <<SECTION
+
+## Each fused kernel alone (no LibTorch)
+
+\`bench_kernels --benchmark_min_time=0.3\` (bench/kernels.cpp, Google Benchmark): N = 4096, n = 4,
+on raw buffers. bytes_per_second counts the values each kernel must move (as in the GB/s column
+above); GFLOP/s counts the projection's multiply-adds, the only non-streaming work.
+
+\`\`\`
+SECTION
+"$(dirname "$mhc")/bench_kernels" --benchmark_min_time=0.3 2>/dev/null | grep -E '^(run/|Benchmark|-)'
+echo '```'
