@@ -94,7 +94,9 @@ TEST(FusedOps, EmptyBatch) {
     const Outputs o = run_sublayer(in, kind, 20, true);
     EXPECT_EQ(o.values[0].sizes(), (std::vector<int64_t>{0, 8})) << kind_name(kind);
     EXPECT_EQ(o.values[4].sizes(), (std::vector<int64_t>{0, n, 8})) << kind_name(kind);
-    if (kind != Kind::residual) EXPECT_EQ(in.phi.grad().abs().sum().item<double>(), 0.0) << kind_name(kind);
+    if (kind != Kind::residual) {
+      EXPECT_EQ(in.phi.grad().abs().sum().item<double>(), 0.0) << kind_name(kind);
+    }
   }
 }
 
