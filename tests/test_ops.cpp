@@ -73,6 +73,21 @@ TEST(FusedOps, SameResultForAnyThreadCount) {
   EXPECT_TRUE(torch::equal(one.values[4], two.values[4])) << "x_next differs between 1 and 2 threads";
 }
 
+// Gradients that never flow (here only h is used, so H_post and H_res get none) are read as zeros.
+TEST(FusedOps, GradientOfHAlone) {
+  for (Kind kind : {Kind::hc, Kind::mhc, Kind::mhc_lite}) {
+    const Inputs in = make_inputs(kind, 9, 3, 16, Scenario::random, 5);
+    std::vector<Tensor> grads[2];
+    for (bool fused : {true, false}) {
+      const PreOutput mix = fused ? mhc::pre(in.x, in.phi, in.bias, in.alpha, kind, 20)
+                                  : reference::pre(in.x, in.phi, in.bias, in.alpha, kind, 20);
+      grads[fused] = torch::autograd::grad({(mix.h * in.dout.select(1, 0)).sum()}, {in.x, in.phi, in.bias, in.alpha});
+    }
+    for (size_t i = 0; i < grads[0].size(); ++i)
+      EXPECT_LE(max_abs_diff(grads[0][i], grads[1][i]), 1e-10) << kind_name(kind) << " input " << i;
+  }
+}
+
 // Strided inputs are made contiguous by the binding, not misread.
 TEST(FusedOps, NonContiguousInputsAreHandled) {
   const Inputs in = make_inputs(Kind::mhc, 20, 4, 16, Scenario::random, 3).to(torch::kFloat);
