@@ -46,7 +46,8 @@ cat <<SECTION
 
 \`bench_kernels --benchmark_min_time=0.3\` (bench/kernels.cpp, Google Benchmark): N = 4096, n = 4,
 on raw buffers. bytes_per_second counts the values each kernel must move (as in the GB/s column
-above); GFLOP/s counts the projection's multiply-adds, the only non-streaming work.
+above); GFLOP/s counts the projection's multiply-adds, the only non-streaming work, to set against
+\`fma_peak\`, this machine's FMA throughput on all threads.
 
 \`\`\`
 SECTION
