@@ -51,5 +51,5 @@ above); GFLOP/s counts the projection's multiply-adds, the only non-streaming wo
 
 \`\`\`
 SECTION
-"$(dirname "$mhc")/bench_kernels" --benchmark_min_time=0.3 2>/dev/null | grep -E '^(run/|Benchmark|-)'
+"$(dirname "$mhc")/bench_kernels" --benchmark_min_time=0.3 2>/dev/null | grep -E '^(run/|fma_peak|Benchmark|-)'
 echo '```'
