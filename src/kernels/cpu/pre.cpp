@@ -83,8 +83,8 @@ inline T sigmoid(T z) {
 // dot-product form (gemm_dot), which also gives Σv² from the same loads. Both use simd.h's
 // 32-byte vectors.
 // Register tiles (AVX2 has 16 vector registers): 6 rows × 2 vectors/columns, i.e. 12 accumulators,
-// 2 operands and 1 broadcast or row. Measured here 10–20% faster than 4 × 3, which leaves GCC no
-// register for the operands.
+// 2 operands and 1 broadcast or row. A 4 × 3 tile also has 12 accumulators but leaves no register
+// for its 3 operands, so GCC reloads them from memory for every row.
 constexpr int kGemmRows = 6, kGemmVecs = 2;
 constexpr int kDotRows = 6, kDotCols = 2;
 
