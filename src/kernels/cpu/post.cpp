@@ -44,59 +44,43 @@ void post_forward_token(T* out, const T* x, const T* y, const T* hp, const T* hr
     }
 }
 
+// One pass over dout for one input row v (y, or a stream x_j): mixed = Σ_k w[k·ws]·dout_k and
+// dots[k·ds] = ⟨dout_k, v⟩. The backward of post is this pass once for y (w = H_post) and once
+// per stream j (w = column j of H_res).
 template <typename T, int N>
-void post_backward_token(T* dx, T* dy, T* dHp, T* dHr, const T* dout, const T* x, const T* y, const T* hp,
-                         const T* hr, int64_t C) {
+void mix_and_dot(const T* dout, const T* v, const T* w, int ws, T* mixed, T* dots, int ds, int64_t C) {
   using S = Simd<T>;
   using V = typename S::V;
   const int64_t vec_end = C / S::W * S::W;
-  // dy = Σ_k H_post[k]·dout_k and dH_post[k] = ⟨dout_k, y⟩ in one pass.
   V acc[N];
   for (int k = 0; k < N; ++k) acc[k] = V{};
   for (int64_t c = 0; c < vec_end; c += S::W) {
-    const V yv = S::load(y + c);
-    V dyv = V{};
+    const V vv = S::load(v + c);
+    V mv = V{};
     for (int k = 0; k < N; ++k) {
       const V dk = S::load(dout + k * C + c);
-      dyv += S::splat(hp[k]) * dk;
-      acc[k] += dk * yv;
+      mv += S::splat(w[k * ws]) * dk;
+      acc[k] += dk * vv;
     }
-    S::store(dy + c, dyv);
+    S::store(mixed + c, mv);
   }
-  for (int k = 0; k < N; ++k) dHp[k] = horizontal_sum<T>(acc[k]);
-  for (int64_t c = vec_end; c < C; ++c) {
-    T d = 0;
+  for (int k = 0; k < N; ++k) dots[k * ds] = horizontal_sum<T>(acc[k]);
+  for (int64_t c = vec_end; c < C; ++c) {  // C not a multiple of the vector width
+    T m = 0;
     for (int k = 0; k < N; ++k) {
-      d += hp[k] * dout[k * C + c];
-      dHp[k] += dout[k * C + c] * y[c];
+      m += w[k * ws] * dout[k * C + c];
+      dots[k * ds] += dout[k * C + c] * v[c];
     }
-    dy[c] = d;
+    mixed[c] = m;
   }
-  // Per source stream j: dx_j = Σ_k H_res[k,j]·dout_k and dH_res[k,j] = ⟨dout_k, x_j⟩ in one pass.
-  for (int j = 0; j < N; ++j) {
-    const T* xj = x + j * C;
-    T* dxj = dx + j * C;
-    for (int k = 0; k < N; ++k) acc[k] = V{};
-    for (int64_t c = 0; c < vec_end; c += S::W) {
-      const V xv = S::load(xj + c);
-      V dxv = V{};
-      for (int k = 0; k < N; ++k) {
-        const V dk = S::load(dout + k * C + c);
-        dxv += S::splat(hr[k * N + j]) * dk;
-        acc[k] += dk * xv;
-      }
-      S::store(dxj + c, dxv);
-    }
-    for (int k = 0; k < N; ++k) dHr[k * N + j] = horizontal_sum<T>(acc[k]);
-    for (int64_t c = vec_end; c < C; ++c) {
-      T d = 0;
-      for (int k = 0; k < N; ++k) {
-        d += hr[k * N + j] * dout[k * C + c];
-        dHr[k * N + j] += dout[k * C + c] * xj[c];
-      }
-      dxj[c] = d;
-    }
-  }
+}
+
+template <typename T, int N>
+void post_backward_token(T* dx, T* dy, T* dHp, T* dHr, const T* dout, const T* x, const T* y, const T* hp,
+                         const T* hr, int64_t C) {
+  mix_and_dot<T, N>(dout, y, hp, 1, dy, dHp, 1, C);  // dy, dH_post
+  for (int j = 0; j < N; ++j)                        // dx_j, dH_res[:, j]
+    mix_and_dot<T, N>(dout, x + j * C, hr + j, N, dx + j * C, dHr + j, N, C);
 }
 
 }  // namespace
