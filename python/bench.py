@@ -42,12 +42,22 @@ def run_case(kind, N, n, C, t, warmup, reps):
     return statistics.median(fused), statistics.median(pure)
 
 
+def widths(text):
+    try:
+        dims = [int(d) for d in text.split(",")]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"--dim takes comma-separated positive widths, got '{text}'")
+    return dims
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", default="mhc", help="comma-separated: " + ", ".join(mhc.KINDS))
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--streams", type=int, default=4)
-    ap.add_argument("--dim", default="512", help="comma-separated widths")
+    ap.add_argument("--dim", type=widths, default="512", help="comma-separated widths")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--sinkhorn-iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
@@ -67,8 +77,11 @@ def main():
         print("kind        n      C   fused ms   pure ms  speedup")
     for kind in kinds:
         n = 1 if kind == "residual" else args.streams
-        for C in (int(d) for d in args.dim.split(",")):
-            f, p = run_case(kind, args.tokens, n, C, args.sinkhorn_iters, args.warmup, args.reps)
+        for C in args.dim:
+            try:
+                f, p = run_case(kind, args.tokens, n, C, args.sinkhorn_iters, args.warmup, args.reps)
+            except (RuntimeError, ValueError) as e:  # the ops' own one-line errors (bad n, t, ...)
+                sys.exit(f"error: {str(e).splitlines()[0]}")
             if args.markdown:
                 print(f"| {kind} | {n} | {C} | {f * 1e3:.2f} | {p * 1e3:.2f} | {p / f:.1f}x |")
             else:

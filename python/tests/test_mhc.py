@@ -165,3 +165,16 @@ def test_bench_runs():
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert re.search(r"^\| mhc \| 4 \| 16 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$", run.stdout, re.M), run.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dim", "abc"], "--dim takes comma-separated positive widths, got 'abc'"),
+    (["--kind", "mhc-lite", "--streams", "6"], "mhc-lite takes 1 to 5 streams"),
+    (["--kind", "mhc", "--sinkhorn-iters", "-2"], "sinkhorn_iters must be in [0, 100], got -2"),
+])
+def test_bench_bad_flags_are_one_line_errors(args, message):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    run = subprocess.run([sys.executable, str(REPO / "python" / "bench.py"), "--tokens", "8", "--dim", "8"] + args,
+                         env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    assert message in run.stderr.strip().splitlines()[-1], run.stderr
