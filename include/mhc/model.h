@@ -1,0 +1,100 @@
+// A GPT whose residual stream is any member of the residual family (DESIGN.md §1):
+//
+//   tokens -> embedding e -> x_0 = [e, …, e] (n streams) -> L blocks × (attention, MLP) -> sum of
+//   streams -> RMSNorm -> LM head
+//
+// Each sublayer F is RMSNorm -> attention (rotary positions, causal) or RMSNorm -> SwiGLU MLP, and
+// is wrapped by one HyperConnection: h = H_pre·x, y = F(h), x' = H_res·x + H_post^T·y. With the
+// plain residual (n = 1) the update is x' = x + F(x) with no connection op at all, so it is the
+// honest baseline every variant is timed against.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "mhc/module.h"
+
+namespace mhc {
+
+struct GPTConfig {
+  int64_t vocab = 4096;
+  int64_t dim = 128;
+  int64_t layers = 4;  // blocks; each has an attention and an MLP sublayer
+  int64_t heads = 4;
+  int64_t seq_len = 128;
+  Kind residual = Kind::mhc;
+  int64_t streams = 4;
+  int64_t sinkhorn_iters = 20;
+  BiasInit bias_init = {};
+  // Throws std::invalid_argument naming the first bad value and what is accepted.
+  void check() const;
+  // SwiGLU's hidden width: 8/3·dim (same parameter count as a 4·dim GELU MLP), rounded up to 32.
+  int64_t mlp_hidden() const { return (8 * dim / 3 + 31) / 32 * 32; }
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  explicit RMSNormImpl(int64_t dim);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+};
+TORCH_MODULE(RMSNorm);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const GPTConfig& config);
+  // h [B, T, C] -> [B, T, C]
+  torch::Tensor forward(const torch::Tensor& h);
+
+ private:
+  int64_t heads_;
+  RMSNorm norm_{nullptr};
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+  torch::Tensor cos_, sin_;  // rotary tables [T_max, head_dim / 2], recomputed (not saved)
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  explicit MLPImpl(const GPTConfig& config);
+  torch::Tensor forward(const torch::Tensor& h);
+
+ private:
+  RMSNorm norm_{nullptr};
+  torch::nn::Linear gate_{nullptr}, up_{nullptr}, down_{nullptr};
+};
+TORCH_MODULE(MLP);
+
+// One block: attention and MLP sublayers, each with its connection (none for the plain residual).
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const GPTConfig& config, int64_t index);
+  // x [B, T, n, C] -> [B, T, n, C]
+  torch::Tensor forward(const torch::Tensor& x);
+  Attention attention{nullptr};
+  MLP mlp{nullptr};
+  HyperConnection attention_connection{nullptr}, mlp_connection{nullptr};
+};
+TORCH_MODULE(Block);
+
+class GPTImpl : public torch::nn::Module {
+ public:
+  explicit GPTImpl(const GPTConfig& config);
+  // tokens [B, T] int64 -> logits [B, T, vocab]
+  torch::Tensor forward(const torch::Tensor& tokens);
+  // Mean cross-entropy of next-token prediction, in nats.
+  torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& targets);
+  const GPTConfig& config() const { return config_; }
+  // The sublayers' connections in depth order (attention of block 0, MLP of block 0, …); empty for
+  // the plain residual.
+  std::vector<HyperConnection> connections() const;
+
+ private:
+  GPTConfig config_;
+  torch::nn::Embedding embed_{nullptr};
+  std::vector<Block> blocks_;
+  RMSNorm final_norm_{nullptr};
+  torch::nn::Linear head_{nullptr};
+};
+TORCH_MODULE(GPT);
+
+}  // namespace mhc

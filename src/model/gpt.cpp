@@ -1,0 +1,157 @@
+// The GPT of mhc/model.h: pre-norm sublayers wrapped by the residual family's connections.
+#include <torch/version.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "mhc/model.h"
+
+namespace mhc {
+
+using torch::Tensor;
+
+namespace {
+
+constexpr double kInitStd = 0.02;  // GPT-2's; output projections are further scaled by 1/sqrt(2L)
+
+torch::nn::Linear linear(int64_t in, int64_t out, double std) {
+  auto l = torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  torch::NoGradGuard no_grad;
+  l->weight.normal_(0.0, std);
+  return l;
+}
+
+}  // namespace
+
+void GPTConfig::check() const {
+  auto bad = [](const std::string& m) { throw std::invalid_argument(m); };
+  if (vocab < 2) bad("vocabulary size must be at least 2, got " + std::to_string(vocab));
+  if (dim < 2) bad("--dim must be at least 2, got " + std::to_string(dim));
+  if (layers < 1) bad("--layers must be at least 1, got " + std::to_string(layers));
+  if (heads < 1 || dim % heads != 0)
+    bad("--heads " + std::to_string(heads) + " does not divide --dim " + std::to_string(dim) +
+        " (accepted: a divisor of the width)");
+  if ((dim / heads) % 2 != 0)
+    bad("head size --dim/--heads = " + std::to_string(dim / heads) + " must be even (rotary embeddings rotate pairs)");
+  if (seq_len < 1) bad("--seq-len must be at least 1, got " + std::to_string(seq_len));
+  if (residual == Kind::residual && streams != 1)
+    bad("--streams " + std::to_string(streams) + " with --residual residual: the plain residual has one stream");
+  check_streams(residual, streams);
+  if (sinkhorn_iters < 0 || sinkhorn_iters > kMaxSinkhornIters)
+    bad("--sinkhorn-iters must be in [0, " + std::to_string(kMaxSinkhornIters) + "], got " +
+        std::to_string(sinkhorn_iters));
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim) { weight = register_parameter("weight", torch::ones({dim})); }
+
+Tensor RMSNormImpl::forward(const Tensor& x) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + kRmsEps) * weight;
+}
+
+AttentionImpl::AttentionImpl(const GPTConfig& c) : heads_(c.heads) {
+  norm_ = register_module("norm", RMSNorm(c.dim));
+  qkv_ = register_module("qkv", linear(c.dim, 3 * c.dim, kInitStd));
+  out_ = register_module("out", linear(c.dim, c.dim, kInitStd / std::sqrt(2.0 * c.layers)));
+  // Rotary embeddings (RoFormer), half-split pairs: position t rotates pair i by t·10000^(−2i/D).
+  const int64_t half = c.dim / c.heads / 2;
+  const Tensor inv_freq = torch::pow(10000.0, -torch::arange(half, torch::kDouble) / half);
+  const Tensor angle = torch::outer(torch::arange(c.seq_len, torch::kDouble), inv_freq);
+  cos_ = angle.cos().to(torch::kFloat);
+  sin_ = angle.sin().to(torch::kFloat);
+}
+
+Tensor AttentionImpl::forward(const Tensor& h) {
+  const int64_t B = h.size(0), T = h.size(1), C = h.size(2), D = C / heads_;
+  const auto qkv = qkv_(norm_(h)).view({B, T, 3, heads_, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+  if (cos_.device() != h.device() || cos_.scalar_type() != h.scalar_type())
+    cos_ = cos_.to(h.device(), h.scalar_type()), sin_ = sin_.to(h.device(), h.scalar_type());
+  const Tensor cos = cos_.slice(0, 0, T), sin = sin_.slice(0, 0, T);
+  auto rotate = [&](const Tensor& t) {
+    const auto halves = t.chunk(2, -1);
+    return torch::cat({halves[0] * cos - halves[1] * sin, halves[0] * sin + halves[1] * cos}, -1);
+  };
+  const Tensor q = rotate(qkv[0]), k = rotate(qkv[1]), v = qkv[2];
+#if TORCH_VERSION_MAJOR >= 2
+  const Tensor y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+#else
+  // LibTorch 1.13 has no public fused attention: the textbook form, masked before the softmax.
+  const Tensor future = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(h.device())).triu(1);
+  const Tensor scores = torch::matmul(q, k.transpose(-2, -1)).mul_(1.0 / std::sqrt(static_cast<double>(D)));
+  const Tensor y = torch::matmul(scores.masked_fill_(future, -INFINITY).softmax(-1), v);
+#endif
+  return out_(y.transpose(1, 2).reshape({B, T, C}));
+}
+
+MLPImpl::MLPImpl(const GPTConfig& c) {
+  norm_ = register_module("norm", RMSNorm(c.dim));
+  gate_ = register_module("gate", linear(c.dim, c.mlp_hidden(), kInitStd));
+  up_ = register_module("up", linear(c.dim, c.mlp_hidden(), kInitStd));
+  down_ = register_module("down", linear(c.mlp_hidden(), c.dim, kInitStd / std::sqrt(2.0 * c.layers)));
+}
+
+Tensor MLPImpl::forward(const Tensor& h) {
+  const Tensor z = norm_(h);
+  return down_(torch::silu(gate_(z)) * up_(z));
+}
+
+BlockImpl::BlockImpl(const GPTConfig& c, int64_t index) {
+  attention = register_module("attn", Attention(c));
+  mlp = register_module("mlp", MLP(c));
+  if (c.residual == Kind::residual) return;
+  auto options = [&](int64_t sublayer) {
+    return HyperConnectionOptions(c.residual, c.streams, c.dim)
+        .sublayer_index(sublayer)
+        .sinkhorn_iters(c.sinkhorn_iters)
+        .bias_init(c.bias_init);
+  };
+  attention_connection = register_module("attn_hc", HyperConnection(options(2 * index)));
+  mlp_connection = register_module("mlp_hc", HyperConnection(options(2 * index + 1)));
+}
+
+Tensor BlockImpl::forward(const Tensor& x) {
+  const auto attend = [&](const Tensor& h) { return attention(h); };
+  const auto transform = [&](const Tensor& h) { return mlp(h); };
+  if (!attention_connection) {  // plain residual: x is [B, T, 1, C]
+    const Tensor y = x + attend(x.squeeze(-2)).unsqueeze(-2);
+    return y + transform(y.squeeze(-2)).unsqueeze(-2);
+  }
+  return mlp_connection->forward(attention_connection->forward(x, attend), transform);
+}
+
+GPTImpl::GPTImpl(const GPTConfig& config) : config_(config) {
+  config_.check();
+  embed_ = register_module("embed", torch::nn::Embedding(config.vocab, config.dim));
+  {
+    torch::NoGradGuard no_grad;
+    embed_->weight.normal_(0.0, kInitStd);
+  }
+  auto list = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t l = 0; l < config.layers; ++l) {
+    blocks_.push_back(Block(config, l));
+    list->push_back(blocks_.back());
+  }
+  final_norm_ = register_module("final_norm", RMSNorm(config.dim));
+  head_ = register_module("head", linear(config.dim, config.vocab, kInitStd));
+}
+
+std::vector<HyperConnection> GPTImpl::connections() const {
+  std::vector<HyperConnection> out;
+  for (const auto& b : blocks_)
+    if (b->attention_connection) out.push_back(b->attention_connection), out.push_back(b->mlp_connection);
+  return out;
+}
+
+Tensor GPTImpl::forward(const Tensor& tokens) {
+  TORCH_CHECK_VALUE(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len, "GPT: tokens must be [B, T] with T <= ",
+                    config_.seq_len, ", got ", tokens.sizes());
+  Tensor x = expand_streams(embed_(tokens), config_.streams);  // [B, T, n, C]
+  for (auto& block : blocks_) x = block(x);
+  return head_(final_norm_(reduce_streams(x)));
+}
+
+Tensor GPTImpl::loss(const Tensor& tokens, const Tensor& targets) {
+  const Tensor logits = forward(tokens);
+  return torch::nn::functional::cross_entropy(logits.view({-1, config_.vocab}).to(torch::kFloat), targets.reshape({-1}));
+}
+
+}  // namespace mhc
