@@ -1,0 +1,126 @@
+// Training: the settings of a run (presets, TOML file, flags, config.json), AdamW with a warmup +
+// cosine schedule, safetensors checkpoints, and the loop that ties them to the GPT and the data.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "mhc/data.h"
+#include "mhc/model.h"
+
+namespace mhc::train {
+
+// ---- Settings -----------------------------------------------------------------------------------
+
+// One setting of a run, named as its `mhc train` flag. A resumed run may change only `run` settings;
+// the others define the model, the data or the optimisation and must match the checkpoint.
+struct SettingSpec {
+  std::string name, default_value, help;
+  char type;  // 'i' integer, 'f' real, 's' string
+  bool run;
+};
+const std::vector<SettingSpec>& setting_specs();
+// The defaults are the `tiny` preset; these are what `small` and `deep` change.
+const std::map<std::string, std::map<std::string, std::string>>& presets();
+
+// Resolved values by name (all of setting_specs()), with typed, range-checked readers whose errors
+// name the flag and the accepted range.
+class Settings {
+ public:
+  std::map<std::string, std::string> values;
+  const std::string& str(const std::string& name) const;
+  int64_t integer(const std::string& name, int64_t min, int64_t max) const;
+  double real(const std::string& name, double min, double max) const;
+  // config.json: typed values (numbers as numbers).
+  std::string to_json() const;
+  static Settings from_json(const std::string& json);
+  // The model the settings describe (vocab from the tokenizer); throws std::invalid_argument.
+  GPTConfig model_config(int64_t vocab) const;
+};
+// Reads a TOML file of `name = value` lines (names as the flags); unknown keys are refused with the
+// closest valid name. Throws std::invalid_argument.
+std::map<std::string, std::string> read_toml(const std::string& path);
+
+// ---- Optimiser ----------------------------------------------------------------------------------
+
+// AdamW (Loshchilov & Hutter: decoupled weight decay). Matrices decay; vectors — norm gains, the
+// connections' biases and scalar gains — do not. The state is explicit so checkpoints hold it as is.
+class AdamW {
+ public:
+  struct Options {
+    double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  };
+  AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_parameters, Options options);
+  void step(double lr);
+  int64_t steps_taken() const { return step_; }
+  // name -> tensor for "adam_m/<param>", "adam_v/<param>"; load() requires every one of them.
+  std::map<std::string, torch::Tensor> state() const;
+  void load(const std::map<std::string, torch::Tensor>& state, int64_t steps_taken);
+
+ private:
+  struct Slot {
+    std::string name;
+    torch::Tensor param, m, v;
+    bool decay;
+  };
+  std::vector<Slot> slots_;
+  Options options_;
+  int64_t step_ = 0;
+};
+
+// Linear warmup over `warmup` steps to `peak`, then cosine to `floor` at step `total`.
+double learning_rate(int64_t step, int64_t total, int64_t warmup, double peak, double floor);
+
+// One optimizer step: `accum` micro-batches from next_batch (forward, backward), the global
+// gradient norm, clipping, AdamW. A non-finite loss or norm skips the update (grads are zeroed
+// either way). The trainer and `mhc bench train` both run exactly this.
+struct StepResult {
+  double loss, grad_norm;
+  bool finite;
+};
+StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
+                      const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr);
+
+// ---- Checkpoints --------------------------------------------------------------------------------
+
+// One file in the safetensors format: tensors (model/…, adam_m/…, adam_v/…, tokenizer, rng/…) and
+// string metadata; metadata["sha256"] is the digest of every tensor byte, checked on every load.
+struct Checkpoint {
+  std::map<std::string, torch::Tensor> tensors;
+  std::map<std::string, std::string> metadata;
+};
+// Writes atomically (temporary name, fsync, rename).
+void save_checkpoint(const std::string& path, const Checkpoint& checkpoint);
+// Throws std::invalid_argument naming the file when it is missing, truncated, not safetensors, or
+// fails its checksum.
+Checkpoint load_checkpoint(const std::string& path);
+// A run folder (its `latest`) or a checkpoint file -> the checkpoint file's path.
+std::string resolve_checkpoint(const std::string& path);
+
+// ---- The loop -----------------------------------------------------------------------------------
+
+// Trains as the settings say, writing into settings "out"; resume_from (a checkpoint file, or
+// empty) continues that run exactly. Returns the process exit status. Bad settings throw
+// std::invalid_argument; a run of non-finite steps throws std::runtime_error.
+int run_training(const Settings& settings, const std::string& resume_from);
+
+// What sampling and evaluation need from a finished run.
+struct LoadedRun {
+  Settings settings;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  GPT model{nullptr};
+  int64_t step = 0;
+};
+LoadedRun load_run(const std::string& checkpoint_path);
+// Mean validation loss (nats) over `batches` batches of `batch` windows (0: the whole split).
+double evaluate(GPT& model, const data::WindowSampler& val, int64_t batch, int64_t batches);
+// Continues `prompt` by `tokens` tokens (temperature 0: greedy; top_k 0: no cut).
+std::vector<int32_t> generate(GPT& model, std::vector<int32_t> prompt, int64_t tokens, double temperature,
+                              int64_t top_k, uint64_t seed);
+
+}  // namespace mhc::train

@@ -1,0 +1,133 @@
+// Checkpoints in the safetensors format (8-byte little-endian header length, a JSON header of
+// name -> {dtype, shape, data_offsets} plus "__metadata__", then the raw tensor bytes), with a
+// SHA-256 of all tensor bytes in the metadata so a truncated or altered file is never loaded.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+#include "mhc/files.h"
+#include "mhc/train.h"
+
+namespace fs = std::filesystem;
+
+namespace mhc::train {
+
+namespace {
+
+const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
+  static const std::vector<std::pair<torch::ScalarType, std::string>> names = {
+      {torch::kFloat, "F32"}, {torch::kDouble, "F64"}, {torch::kBFloat16, "BF16"}, {torch::kHalf, "F16"},
+      {torch::kLong, "I64"},  {torch::kInt, "I32"},    {torch::kByte, "U8"}};
+  return names;
+}
+
+std::string dtype_name(torch::ScalarType t) {
+  for (const auto& [type, name] : dtype_names())
+    if (type == t) return name;
+  throw std::invalid_argument(std::string("cannot checkpoint a tensor of dtype ") + c10::toString(t));
+}
+
+[[noreturn]] void corrupt(const std::string& path, const std::string& why) {
+  throw std::invalid_argument("checkpoint " + path + " is unreadable: " + why);
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
+  nlohmann::ordered_json header;
+  std::vector<torch::Tensor> blobs;
+  Sha256 digest;
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : checkpoint.tensors) {
+    const torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
+    const uint64_t bytes = t.numel() * t.element_size();
+    header[name] = {{"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    digest.update(t.data_ptr(), bytes);
+    blobs.push_back(t);
+    offset += bytes;
+  }
+  auto metadata = checkpoint.metadata;
+  metadata["sha256"] = digest.hex();
+  header["__metadata__"] = metadata;
+  std::string json = header.dump();
+  json.resize((json.size() + 7) / 8 * 8, ' ');  // the data section starts 8-byte aligned
+  const uint64_t header_size = json.size();
+  std::string file(8 + header_size + offset, '\0');
+  std::memcpy(file.data(), &header_size, 8);
+  std::memcpy(file.data() + 8, json.data(), header_size);
+  char* data = file.data() + 8 + header_size;
+  for (const auto& t : blobs) {
+    const size_t bytes = t.numel() * t.element_size();
+    std::memcpy(data, t.data_ptr(), bytes);
+    data += bytes;
+  }
+  write_file_atomic(path, file);
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
+  const std::string file = read_file(path);
+  uint64_t header_size = 0;
+  if (file.size() < 8) corrupt(path, "shorter than a safetensors header");
+  std::memcpy(&header_size, file.data(), 8);
+  if (header_size > file.size() - 8) corrupt(path, "header length beyond the end of the file (truncated?)");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(file.substr(8, header_size));
+  } catch (const std::exception&) {
+    corrupt(path, "its header is not valid JSON");
+  }
+  const uint64_t data_size = file.size() - 8 - header_size;
+  const char* data = file.data() + 8 + header_size;
+  Checkpoint out;
+  Sha256 digest;
+  uint64_t expected_offset = 0;
+  // Tensors in data order: the digest covers the bytes in the order they were written.
+  std::vector<std::pair<uint64_t, std::string>> order;
+  for (const auto& [name, entry] : header.items())
+    if (name != "__metadata__") order.emplace_back(entry.at("data_offsets").at(0).get<uint64_t>(), name);
+  std::sort(order.begin(), order.end());
+  try {
+    for (const auto& [begin, name] : order) {
+      const auto& entry = header.at(name);
+      const uint64_t end = entry.at("data_offsets").at(1).get<uint64_t>();
+      if (begin != expected_offset || end < begin || end > data_size) corrupt(path, "tensor '" + name + "' lies outside the file (truncated?)");
+      torch::ScalarType type = torch::kFloat;
+      bool known = false;
+      for (const auto& [t, n] : dtype_names())
+        if (n == entry.at("dtype").get<std::string>()) type = t, known = true;
+      if (!known) corrupt(path, "tensor '" + name + "' has unsupported dtype " + entry.at("dtype").dump());
+      const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+      torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(type));
+      if (static_cast<uint64_t>(t.numel() * t.element_size()) != end - begin) corrupt(path, "tensor '" + name + "' has the wrong byte count");
+      std::memcpy(t.data_ptr(), data + begin, end - begin);
+      digest.update(data + begin, end - begin);
+      out.tensors[name] = t;
+      expected_offset = end;
+    }
+    if (expected_offset != data_size) corrupt(path, "trailing bytes after the last tensor");
+    if (header.contains("__metadata__"))
+      for (const auto& [k, v] : header.at("__metadata__").items()) out.metadata[k] = v.get<std::string>();
+  } catch (const nlohmann::json::exception&) {
+    corrupt(path, "its header is not a safetensors header");
+  }
+  auto sum = out.metadata.find("sha256");
+  if (sum == out.metadata.end()) corrupt(path, "no sha256 checksum in its metadata");
+  if (sum->second != digest.hex()) corrupt(path, "checksum mismatch (the file was truncated or modified)");
+  return out;
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  if (fs::is_directory(path)) {
+    const fs::path latest = fs::path(path) / "latest";
+    if (!fs::exists(latest)) throw std::invalid_argument("run folder " + path + " has no checkpoint yet (no 'latest')");
+    return fs::canonical(latest).string();
+  }
+  if (!fs::exists(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
+  return path;
+}
+
+}  // namespace mhc::train

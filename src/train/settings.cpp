@@ -1,0 +1,157 @@
+// The settings of a training run: every flag of `mhc train` with its default (the `tiny` preset),
+// the other presets, the TOML reader and config.json.
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "mhc/parse.h"
+#include "mhc/train.h"
+
+namespace mhc::train {
+
+const std::vector<SettingSpec>& setting_specs() {
+  static const std::vector<SettingSpec> specs = {
+      // what is trained
+      {"residual", "mhc", "residual variant: residual, hc, mhc, mhc-lite", 's', false},
+      {"streams", "4", "n, the number of residual streams (residual: always 1)", 'i', false},
+      {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc)", 'i', false},
+      {"bias-init", "paper", "initial connection logits: paper, zero", 's', false},
+      {"layers", "4", "transformer blocks (each = attention + MLP sublayer)", 'i', false},
+      {"dim", "128", "C, the width of each stream", 'i', false},
+      {"heads", "4", "attention heads (must divide --dim)", 'i', false},
+      {"seq-len", "128", "tokens per training window", 'i', false},
+      // on what
+      {"data", "brown", "'brown' (the Brown corpus) or a UTF-8 text file or folder", 's', false},
+      {"tokenizer", "bpe", "bpe (SentencePiece, trained on the training split) or byte", 's', false},
+      {"vocab", "4096", "BPE vocabulary size", 'i', false},
+      // how
+      {"steps", "400", "optimizer steps (the cosine schedule ends here)", 'i', false},
+      {"batch", "16", "windows per micro-batch", 'i', false},
+      {"accum", "1", "micro-batches per optimizer step (gradient accumulation)", 'i', false},
+      {"lr", "0.003", "peak learning rate", 'f', false},
+      {"min-lr", "0.0003", "learning rate at the end of the cosine", 'f', false},
+      {"warmup", "40", "linear warmup steps", 'i', false},
+      {"weight-decay", "0.1", "AdamW decoupled weight decay (matrices only)", 'f', false},
+      {"beta1", "0.9", "AdamW beta1", 'f', false},
+      {"beta2", "0.95", "AdamW beta2", 'f', false},
+      {"clip", "1.0", "gradient clipping by global norm (0: off)", 'f', false},
+      {"seed", "1337", "seed of the initialisation and the data order", 'i', false},
+      // run settings (a resumed run may change them)
+      {"out", "runs/default", "output folder: config.json, metrics.jsonl, checkpoints", 's', true},
+      {"data-dir", "data", "where the corpus is installed and token caches are kept", 's', true},
+      {"threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "CPU threads", 'i', true},
+      {"eval-every", "50", "validation every N steps (0: only at the end)", 'i', true},
+      {"eval-batches", "8", "validation batches per evaluation (0: the whole split)", 'i', true},
+      {"ckpt-every", "100", "checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)", 'i', true},
+      {"keep", "2", "checkpoints kept (older ones are deleted)", 'i', true},
+      {"stop-after", "0", "stop with a checkpoint after this step (0: run all --steps)", 'i', true},
+      {"max-bad-steps", "5", "stop after this many non-finite steps in a row", 'i', true},
+      {"sample-tokens", "48", "tokens sampled at the end of training (0: none)", 'i', true},
+  };
+  return specs;
+}
+
+const std::map<std::string, std::map<std::string, std::string>>& presets() {
+  static const std::map<std::string, std::map<std::string, std::string>> table = {
+      {"tiny", {}},
+      // C = 512: the width at which the connection's overhead is measured (mhc bench train).
+      {"small",
+       {{"dim", "512"}, {"layers", "6"}, {"heads", "8"}, {"seq-len", "256"}, {"batch", "8"}, {"steps", "1000"},
+        {"lr", "0.001"}, {"min-lr", "0.0001"}, {"warmup", "100"}, {"eval-every", "100"}, {"ckpt-every", "200"}}},
+      // 24 blocks = 48 sublayers, narrow: the stability experiment of DESIGN.md §5.
+      {"deep",
+       {{"dim", "64"}, {"layers", "24"}, {"heads", "2"}, {"seq-len", "128"}, {"batch", "16"}, {"steps", "300"},
+        {"lr", "0.003"}, {"min-lr", "0.0003"}, {"warmup", "30"}, {"eval-every", "50"}}},
+  };
+  return table;
+}
+
+const std::string& Settings::str(const std::string& name) const {
+  auto it = values.find(name);
+  if (it == values.end()) throw std::logic_error("setting " + name + " was never resolved");
+  return it->second;
+}
+
+int64_t Settings::integer(const std::string& name, int64_t min, int64_t max) const {
+  return parse_integer("--" + name, str(name), min, max);
+}
+
+double Settings::real(const std::string& name, double min, double max) const {
+  return parse_real("--" + name, str(name), min, max);
+}
+
+std::string Settings::to_json() const {
+  nlohmann::ordered_json j;
+  for (const auto& spec : setting_specs()) {
+    const std::string& v = str(spec.name);
+    if (spec.type == 'i') j[spec.name] = std::stoll(v);
+    else if (spec.type == 'f') j[spec.name] = std::stod(v);
+    else j[spec.name] = v;
+  }
+  return j.dump(2) + "\n";
+}
+
+Settings Settings::from_json(const std::string& json) {
+  Settings s;
+  const auto j = nlohmann::json::parse(json);
+  for (const auto& spec : setting_specs()) {
+    if (!j.contains(spec.name)) throw std::invalid_argument("the run's settings lack '" + spec.name + "'");
+    const auto& v = j.at(spec.name);
+    if (v.is_string()) s.values[spec.name] = v.get<std::string>();
+    else if (v.is_number_integer()) s.values[spec.name] = std::to_string(v.get<int64_t>());
+    else {
+      std::ostringstream text;
+      text.precision(17);
+      text << v.get<double>();
+      s.values[spec.name] = text.str();
+    }
+  }
+  return s;
+}
+
+GPTConfig Settings::model_config(int64_t vocab) const {
+  GPTConfig c;
+  c.vocab = vocab;
+  c.residual = parse_kind(str("residual"));
+  c.streams = integer("streams", 1, kMaxStreams);
+  c.sinkhorn_iters = integer("sinkhorn-iters", 0, kMaxSinkhornIters);
+  c.bias_init = BiasInit::named(str("bias-init"));
+  c.layers = integer("layers", 1, 1024);
+  c.dim = integer("dim", 2, 1 << 16);
+  c.heads = integer("heads", 1, 1 << 12);
+  c.seq_len = integer("seq-len", 1, 1 << 20);
+  c.check();
+  return c;
+}
+
+std::map<std::string, std::string> read_toml(const std::string& path) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream s;
+    s << "config " << path << ": " << e.description() << " (line " << e.source().begin.line << ")";
+    throw std::invalid_argument(s.str());
+  }
+  std::map<std::string, std::string> out;
+  for (const auto& [key, node] : table) {
+    const std::string name(key.str());
+    bool known = false;
+    for (const auto& s : setting_specs()) known |= s.name == name;
+    if (!known) throw std::invalid_argument("config " + path + ": unknown key '" + name + "' (keys are the flags of `mhc train --help`)");
+    std::ostringstream text;
+    text.precision(17);
+    if (auto v = node.value_exact<std::string>()) text << *v;
+    else if (auto i = node.value_exact<int64_t>()) text << *i;
+    else if (auto f = node.value_exact<double>()) text << *f;
+    else throw std::invalid_argument("config " + path + ": '" + name + "' must be a string or a number");
+    out[name] = text.str();
+  }
+  return out;
+}
+
+}  // namespace mhc::train
