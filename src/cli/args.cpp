@@ -1,6 +1,9 @@
 // Flag parsing for the `mhc` subcommands (see args.h).
 #include "args.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
@@ -32,11 +35,8 @@ bool Args::parse(const std::vector<std::string>& argv) {
     const bool inline_value = eq != std::string::npos;
     if (inline_value) value = name.substr(eq + 1), name = name.substr(0, eq);
     auto it = flags_.find(name);
-    if (it == flags_.end()) {
-      std::string known;
-      for (const auto& k : order_) known += (known.empty() ? "--" : ", --") + k;
-      throw std::invalid_argument(command_ + ": unknown flag --" + name + " (accepted: " + known + ")");
-    }
+    if (it == flags_.end()) throw std::invalid_argument(command_ + ": " + unknown_flag_message(name));
+    given_.insert(name);
     if (it->second.is_toggle) {
       if (inline_value) throw std::invalid_argument(command_ + ": --" + name + " takes no value");
       it->second.value = "true";
@@ -58,6 +58,45 @@ const Args::Flag& Args::get(const std::string& name) const {
 }
 
 std::string Args::str(const std::string& name) const { return get(name).value; }
+
+void Args::set(const std::string& name, const std::string& value) {
+  get(name);
+  flags_[name].value = value;
+}
+
+std::string Args::unknown_flag_message(const std::string& name, const std::string& prefix) const {
+  // Levenshtein distance: a near miss (a typo, a dropped dash) gets one suggestion.
+  auto distance = [](const std::string& a, const std::string& b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+      size_t diagonal = row[0];
+      row[0] = i;
+      for (size_t j = 1; j <= b.size(); ++j) {
+        const size_t up = row[j];
+        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+        diagonal = up;
+      }
+    }
+    return row[b.size()];
+  };
+  std::string best, known;
+  size_t best_distance = SIZE_MAX;
+  for (const auto& k : order_) {
+    known += (known.empty() ? prefix : ", " + prefix) + k;
+    // A prefix either way ("--sinkhorn" for "--sinkhorn-iters") counts as a near miss.
+    const bool prefix_match = name.size() >= 3 && (k.rfind(name, 0) == 0 || name.rfind(k, 0) == 0);
+    const size_t d = prefix_match ? 1 : distance(name, k);
+    if (d < best_distance) best_distance = d, best = k;
+  }
+  const std::string head = "unknown " + std::string(prefix.empty() ? "key " : "flag ") + prefix + name;
+  if (best_distance <= std::max<size_t>(2, name.size() / 3)) return head + " (did you mean " + prefix + best + "?)";
+  return head + " (accepted: " + known + ")";
+}
+
+double Args::real(const std::string& name, double min, double max) const {
+  return parse_real("--" + name, get(name).value, min, max);
+}
 
 bool Args::on(const std::string& name) const { return get(name).value == "true"; }
 
@@ -84,20 +123,6 @@ std::string Args::help() const {
     s << left << " " << f.help << "\n";
   }
   return s.str();
-}
-
-int64_t parse_integer(const std::string& flag, const std::string& text, int64_t min, int64_t max) {
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size() || v < min || v > max)
-    throw std::invalid_argument(flag + " must be a whole number in [" + std::to_string(min) + ", " +
-                                std::to_string(max) + "], got '" + text + "'");
-  return v;
 }
 
 }  // namespace mhc::cli

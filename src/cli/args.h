@@ -4,8 +4,11 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
+
+#include "mhc/parse.h"
 
 namespace mhc::cli {
 
@@ -23,11 +26,21 @@ class Args {
 
   std::string str(const std::string& name) const;
   int64_t integer(const std::string& name, int64_t min, int64_t max) const;
+  double real(const std::string& name, double min, double max) const;
   bool on(const std::string& name) const;
   // A comma-separated list ("512,1024").
   std::vector<std::string> list(const std::string& name) const;
 
   std::string help() const;
+
+  // Whether the command line gave this flag (the preset and a config file fill the others).
+  bool given(const std::string& name) const { return given_.count(name) > 0; }
+  bool declared(const std::string& name) const { return flags_.count(name) > 0; }
+  void set(const std::string& name, const std::string& value);
+  // Names in declaration order.
+  const std::vector<std::string>& names() const { return order_; }
+  // "unknown flag --lrr (did you mean --lr?)": the closest declared name, or the accepted list.
+  std::string unknown_flag_message(const std::string& name, const std::string& prefix = "--") const;
 
  private:
   struct Flag {
@@ -38,9 +51,10 @@ class Args {
   std::string command_, summary_;
   std::vector<std::string> order_;
   std::map<std::string, Flag> flags_;
+  std::set<std::string> given_;
 };
 
-// Parses a whole number in [min, max]; throws std::invalid_argument naming the flag and the range.
-int64_t parse_integer(const std::string& flag, const std::string& text, int64_t min, int64_t max);
+using mhc::parse_integer;
+using mhc::parse_real;
 
 }  // namespace mhc::cli

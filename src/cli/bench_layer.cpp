@@ -22,21 +22,12 @@
 #include <sstream>
 
 #include "args.h"
+#include "bench_common.h"
 #include "commands.h"
 #include "mhc/module.h"
 
 namespace mhc::cli {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t k = v.size() / 2;
-  return v.size() % 2 ? v[k] : 0.5 * (v[k - 1] + v[k]);
-}
 
 // Best of a few parallel memcpy's of 256 MiB; bytes read + bytes written per second.
 double copy_bandwidth_gbs(int threads) {
@@ -53,13 +44,6 @@ double copy_bandwidth_gbs(int threads) {
     best = std::max(best, 2.0 * bytes / seconds_since(t0) / 1e9);
   }
   return best;
-}
-
-std::string cpu_model() {
-  std::ifstream f("/proc/cpuinfo");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
 }
 
 struct Result {

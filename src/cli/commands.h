@@ -8,5 +8,9 @@
 namespace mhc::cli {
 
 int bench_layer(const std::vector<std::string>& argv);
+int bench_train(const std::vector<std::string>& argv);
+int train(const std::vector<std::string>& argv);
+int sample(const std::vector<std::string>& argv);
+int eval(const std::vector<std::string>& argv);
 
 }  // namespace mhc::cli

@@ -1,6 +1,6 @@
-// `mhc`: the project's one command-line tool. Subcommands are added as the issues land; each
-// takes its own flags (`mhc SUBCOMMAND --help`). Errors are one line on stderr and exit status 2
-// for bad input, 1 for failures.
+// `mhc`: the project's one command-line tool (libmhc_cli.so, started by launcher.cpp). Each
+// subcommand takes its own flags (`mhc SUBCOMMAND --help`). Errors are one line on stderr and exit
+// status 2 for bad input, 1 for failures.
 #include <malloc.h>
 
 #include <iostream>
@@ -25,13 +25,18 @@ const char* kUsage =
     "usage: mhc COMMAND [flags]\n"
     "\n"
     "commands:\n"
+    "  train         train a GPT with any residual variant (default: mHC, n = 4, on the Brown corpus)\n"
+    "  sample        continue a prompt with a trained model\n"
+    "  eval          validation loss and perplexity of a trained model\n"
     "  bench layer   time one sublayer's fused ops against the plain-LibTorch reference\n"
+    "  bench train   training step time of every variant, as ratios to the plain residual\n"
     "\n"
     "Run `mhc COMMAND --help` for the flags of a command.\n";
 
 }  // namespace
 
-int main(int argc, char** argv) {
+// Called by the `mhc` launcher (launcher.cpp) once the thread pools' environment is set.
+extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** argv) {
   keep_freed_memory();
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
@@ -39,12 +44,17 @@ int main(int argc, char** argv) {
     return args.empty() ? 2 : 0;
   }
   try {
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    if (args[0] == "train") return mhc::cli::train(rest);
+    if (args[0] == "sample") return mhc::cli::sample(rest);
+    if (args[0] == "eval") return mhc::cli::eval(rest);
     if (args[0] == "bench") {
       if (args.size() >= 2 && args[1] == "layer") return mhc::cli::bench_layer({args.begin() + 2, args.end()});
+      if (args.size() >= 2 && args[1] == "train") return mhc::cli::bench_train({args.begin() + 2, args.end()});
       throw std::invalid_argument("mhc bench: unknown benchmark '" + (args.size() >= 2 ? args[1] : "") +
-                                  "' (accepted: layer)");
+                                  "' (accepted: layer, train)");
     }
-    throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: bench)");
+    throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: train, sample, eval, bench)");
   } catch (const std::invalid_argument& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;

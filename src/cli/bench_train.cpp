@@ -1,0 +1,86 @@
+// `mhc bench train`: the median time of one full training step (forward, backward, clipping, AdamW)
+// of the same GPT with each residual variant, interleaved step by step in one run, as ratios to
+// the plain residual. Batches are random tokens: a step's cost does not depend on the text.
+#include <iomanip>
+#include <iostream>
+
+#include "args.h"
+#include "bench_common.h"
+#include "commands.h"
+#include "mhc/train.h"
+
+namespace mhc::cli {
+
+int bench_train(const std::vector<std::string>& argv) {
+  Args a("mhc bench train", "Training step time of each residual variant at one preset, as ratios to plain residual.");
+  a.flag("preset", "small", "model and batch settings (see mhc train --help)")
+      .flag("residual", "residual,hc,mhc,mhc-lite", "variants, comma-separated")
+      .flag("streams", "4", "n for the hyper-connection variants")
+      .flag("threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "CPU threads")
+      .flag("warmup", "1", "untimed steps per variant first")
+      .flag("reps", "5", "timed steps per variant (median reported)")
+      .toggle("markdown", "a Markdown table (for docs/benchmarks.md)");
+  if (!a.parse(argv)) return 0;
+  const auto preset = train::presets().find(a.str("preset"));
+  if (preset == train::presets().end()) throw std::invalid_argument("mhc bench train: unknown --preset '" + a.str("preset") + "'");
+  train::Settings s;
+  for (const auto& spec : train::setting_specs()) s.values[spec.name] = spec.default_value;
+  for (const auto& [k, v] : preset->second) s.values[k] = v;
+  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
+  const int warmup = static_cast<int>(a.integer("warmup", 0, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
+  const int64_t vocab = s.integer("vocab", 2, 1 << 20), batch = s.integer("batch", 1, 1 << 20);
+  torch::set_num_threads(threads);
+
+  struct Variant {
+    std::string name;
+    GPT model{nullptr};
+    std::unique_ptr<train::AdamW> optimizer;
+    std::vector<torch::Tensor> parameters;
+    std::vector<double> seconds;
+  };
+  std::vector<Variant> variants;
+  for (const auto& name : a.list("residual")) {
+    s.values["residual"] = name;
+    s.values["streams"] = parse_kind(name) == Kind::residual ? "1" : a.str("streams");
+    torch::manual_seed(0);
+    Variant v{name, GPT(s.model_config(vocab)), nullptr, {}, {}};
+    std::vector<std::pair<std::string, torch::Tensor>> named;
+    for (auto& p : v.model->named_parameters()) named.emplace_back(p.key(), p.value());
+    v.optimizer = std::make_unique<train::AdamW>(named, train::AdamW::Options{});
+    v.parameters = v.model->parameters();
+    variants.push_back(std::move(v));
+  }
+  const GPTConfig& c = variants.front().model->config();
+  const torch::Tensor tokens = torch::randint(vocab, {batch, c.seq_len + 1}, torch::kLong);
+  const torch::Tensor x = tokens.slice(1, 0, c.seq_len), y = tokens.slice(1, 1);
+  for (int rep = 0; rep < warmup + reps; ++rep)
+    for (auto& v : variants) {
+      const auto t0 = Clock::now();
+      train::train_step(*v.optimizer, v.parameters, [&] { return v.model->loss(x, y); }, 1, 1.0, 1e-4);
+      if (rep >= warmup) v.seconds.push_back(seconds_since(t0));
+    }
+
+  const bool md = a.on("markdown");
+  const double base = median(variants.front().seconds);
+  std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ", " << threads << " threads. Preset " << a.str("preset")
+            << ": " << c.layers << " blocks, C = " << c.dim << ", " << batch << " x " << c.seq_len
+            << " tokens per step, vocab " << vocab << "; median of " << reps << " steps, variants interleaved.\n"
+            << (md ? "\n| variant | n | step ms | tokens/s | ratio to " + variants.front().name + " |\n|---|---|---|---|---|\n"
+                   : "variant      n    step ms   tokens/s   ratio to " + variants.front().name + "\n");
+  for (const auto& v : variants) {
+    const double m = median(v.seconds);
+    std::ostringstream line;
+    line << std::fixed;
+    if (md)
+      line << "| " << v.name << " | " << v.model->config().streams << " | " << std::setprecision(1) << m * 1e3 << " | "
+           << std::setprecision(0) << batch * c.seq_len / m << " | " << std::setprecision(3) << m / base << "x |";
+    else
+      line << std::left << std::setw(10) << v.name << std::right << std::setw(4) << v.model->config().streams
+           << std::setprecision(1) << std::setw(11) << m * 1e3 << std::setprecision(0) << std::setw(11)
+           << batch * c.seq_len / m << std::setprecision(3) << std::setw(10) << m / base << "x";
+    std::cout << line.str() << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace mhc::cli

@@ -1,0 +1,148 @@
+// `mhc train`, `mhc sample`, `mhc eval`: flags -> settings (preset < --config TOML < flags, or a
+// checkpoint's settings when resuming), then the trainer of mhc/train.h.
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "args.h"
+#include "commands.h"
+#include "mhc/train.h"
+
+namespace fs = std::filesystem;
+
+namespace mhc::cli {
+
+namespace {
+
+using train::Settings;
+
+bool same_value(const train::SettingSpec& spec, const std::string& a, const std::string& b) {
+  try {
+    if (spec.type == 'i') return std::stoll(a) == std::stoll(b);
+    if (spec.type == 'f') return std::stod(a) == std::stod(b);
+  } catch (const std::exception&) {
+  }
+  return a == b;
+}
+
+std::string preset_names() {
+  std::string names;
+  for (const auto& [name, values] : train::presets()) names += (names.empty() ? "" : ", ") + name;
+  return names;
+}
+
+// A fresh run never mixes its checkpoints with an earlier run's: it refuses, or with --overwrite
+// deletes them first.
+void replace_earlier_run(const std::string& out, bool overwrite) {
+  if (!fs::is_directory(out)) return;
+  std::vector<fs::path> earlier;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    if (name == "latest" || (name.rfind("ckpt-", 0) == 0 && e.path().extension() == ".safetensors")) earlier.push_back(e.path());
+  }
+  if (earlier.empty()) return;
+  if (!overwrite)
+    throw std::invalid_argument("mhc train: " + out + " holds an earlier run (continue it with --resume " + out +
+                                ", or start afresh with --overwrite)");
+  for (const auto& p : earlier) fs::remove(p);
+}
+
+int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+}  // namespace
+
+int train(const std::vector<std::string>& argv) {
+  Args a("mhc train",
+         "Train a GPT whose residual stream is the chosen variant. Settings: the preset, then --config FILE.toml\n"
+         "(keys named as the flags), then the flags. --resume DIR continues a run exactly; it may change only\n"
+         "the run settings (out … sample-tokens).");
+  a.flag("preset", "tiny", "starting settings: " + preset_names() + " (the defaults below are tiny's)");
+  a.flag("config", "", "a TOML file of settings, applied over the preset");
+  a.flag("resume", "", "a run folder (or checkpoint file) to continue");
+  a.toggle("overwrite", "start afresh even if --out holds an earlier run (its checkpoints are deleted)");
+  for (const auto& spec : train::setting_specs()) a.flag(spec.name, spec.default_value, spec.help);
+  if (!a.parse(argv)) return 0;
+
+  Settings s;
+  for (const auto& spec : train::setting_specs()) s.values[spec.name] = a.str(spec.name);
+  std::string resume_from;
+  if (!a.str("resume").empty()) {
+    if (a.given("preset") || a.given("config"))
+      throw std::invalid_argument("mhc train: --resume takes the run's own settings; drop --preset/--config");
+    resume_from = train::resolve_checkpoint(a.str("resume"));
+    const Settings saved = train::load_run(resume_from).settings;
+    std::string differing;
+    for (const auto& spec : train::setting_specs()) {
+      if (!a.given(spec.name)) {
+        if (spec.name != "out") s.values[spec.name] = saved.str(spec.name);
+        continue;
+      }
+      if (!spec.run && !same_value(spec, a.str(spec.name), saved.str(spec.name)))
+        differing += (differing.empty() ? "" : ", ") + spec.name + " (checkpoint " + saved.str(spec.name) + ", given " +
+                     a.str(spec.name) + ")";
+    }
+    if (!differing.empty())
+      throw std::invalid_argument("mhc train: --resume " + a.str("resume") + " contradicts the checkpoint: " + differing);
+    if (!a.given("out"))
+      s.values["out"] = fs::is_directory(a.str("resume")) ? a.str("resume") : fs::path(resume_from).parent_path().string();
+  } else {
+    const auto preset = train::presets().find(a.str("preset"));
+    if (preset == train::presets().end())
+      throw std::invalid_argument("mhc train: unknown --preset '" + a.str("preset") + "' (accepted: " + preset_names() + ")");
+    std::map<std::string, std::string> layered = preset->second;
+    if (!a.str("config").empty())
+      for (const auto& [k, v] : train::read_toml(a.str("config"))) layered[k] = v;
+    for (const auto& [k, v] : layered)
+      if (!a.given(k)) s.values[k] = v;
+    // The plain residual has one stream by definition; only an explicit --streams can contradict it.
+    if (s.str("residual") == "residual" && !a.given("streams")) s.values["streams"] = "1";
+  }
+  s.model_config(2);  // reject a bad model before any data is read
+  if (resume_from.empty()) replace_earlier_run(s.str("out"), a.on("overwrite"));
+  return train::run_training(s, resume_from);
+}
+
+int sample(const std::vector<std::string>& argv) {
+  Args a("mhc sample", "Continue a prompt with a trained model.");
+  a.flag("ckpt", "", "a run folder (its latest checkpoint) or a checkpoint file")
+      .flag("prompt", "The", "text to continue")
+      .flag("tokens", "100", "tokens to generate")
+      .flag("temperature", "0.8", "softmax temperature (0: greedy)")
+      .flag("top-k", "40", "sample among the k most likely tokens (0: all)")
+      .flag("seed", "1", "sampling seed")
+      .flag("threads", std::to_string(default_threads()), "CPU threads");
+  if (!a.parse(argv)) return 0;
+  if (a.str("ckpt").empty()) throw std::invalid_argument("mhc sample: --ckpt is required (a run folder or checkpoint file)");
+  torch::set_num_threads(static_cast<int>(a.integer("threads", 1, 1024)));
+  auto run = train::load_run(train::resolve_checkpoint(a.str("ckpt")));
+  const auto ids = train::generate(run.model, run.tokenizer->encode_text(a.str("prompt")), a.integer("tokens", 0, 1 << 20),
+                                   a.real("temperature", 0, 100), a.integer("top-k", 0, 1 << 30),
+                                   static_cast<uint64_t>(a.integer("seed", 0, INT64_MAX)));
+  std::cout << run.tokenizer->decode(ids) << std::endl;
+  return 0;
+}
+
+int eval(const std::vector<std::string>& argv) {
+  Args a("mhc eval", "Validation loss and perplexity of a trained model on its run's validation split.");
+  a.flag("ckpt", "", "a run folder (its latest checkpoint) or a checkpoint file")
+      .flag("data-dir", "", "where the corpus and token caches are (default: the run's)")
+      .flag("batches", "0", "batches to evaluate (0: the whole validation split)")
+      .flag("threads", std::to_string(default_threads()), "CPU threads");
+  if (!a.parse(argv)) return 0;
+  if (a.str("ckpt").empty()) throw std::invalid_argument("mhc eval: --ckpt is required (a run folder or checkpoint file)");
+  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
+  torch::set_num_threads(threads);
+  auto run = train::load_run(train::resolve_checkpoint(a.str("ckpt")));
+  const Settings& s = run.settings;
+  const std::string data_dir = a.str("data-dir").empty() ? s.str("data-dir") : a.str("data-dir");
+  auto corpus = data::tokenize_corpus(s.str("data"), data_dir, s.str("tokenizer"), s.integer("vocab", 2, 1 << 20), threads,
+                                      std::move(run.tokenizer));
+  const data::WindowSampler val(corpus.val, run.model->config().seq_len, 0, "validation");
+  const double loss = train::evaluate(run.model, val, s.integer("batch", 1, 1 << 20), a.integer("batches", 0, 1 << 30));
+  std::cout << "step " << run.step << ": validation loss " << loss << " nats, perplexity " << std::exp(loss) << " ("
+            << val.windows() << " windows of " << run.model->config().seq_len << " tokens)" << std::endl;
+  return 0;
+}
+
+}  // namespace mhc::cli
