@@ -19,8 +19,8 @@ expect_error() {  # expect_error REGEX ARGS...
   fi
 }
 
-expect_error "mhc: unknown command 'trian' \(accepted: bench\)" trian
-expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer\)" bench layers
+expect_error "mhc: unknown command 'trian' \(accepted: train, sample, eval, bench\)" trian
+expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train\)" bench layers
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --kind, .*--json" bench layer --widht 8
 expect_error "unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite\)" bench layer --kind mhc,sinkhorn
 expect_error "--tokens must be a whole number in \[1, [0-9]+\], got 'many'" bench layer --tokens many

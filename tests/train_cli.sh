@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# `mhc train`, `sample` and `eval` end to end on a small byte-level model: every variant trains,
+# resume is bit-exact, SIGKILL during checkpointing never leaves `latest` unreadable, SIGTERM saves
+# and exits cleanly, damaged checkpoints are refused, a non-finite run stops, the checkpoint is
+# standard safetensors (read by Python with NumPy only), and bad input gets one-line errors.
+# Usage: train_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: variants resume kill signals damage
+# nonfinite errors; default: all)
+set -u
+mhc=$1
+src=$2
+only=${3:-all}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
+
+# 2000 distinct lines of text, blank-line-separated into 200 documents.
+for i in $(seq 1 2000); do
+  echo "line $i: the quick brown fox jumps over the lazy dog $((i * 7 % 13)) times"
+  [ $((i % 10)) -eq 0 ] && echo
+done > "$work/text.txt"
+small=(--data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --dim 32 --layers 2 --heads 2 --seq-len 32
+       --batch 4 --threads 2 --eval-every 10 --eval-batches 2 --sample-tokens 0 --warmup 5 --out "$work/default-out")
+
+losses() { /usr/bin/python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1])))' "$1"; }
+
+if want variants; then
+  for v in "residual" "hc --streams 2" "mhc --streams 4 --sinkhorn-iters 5" "mhc-lite --streams 3"; do
+    out="$work/variant-${v%% *}"
+    # shellcheck disable=SC2086
+    if ! "$mhc" train "${small[@]}" --steps 12 --residual $v --out "$out" > "$out.log" 2>&1; then
+      fail "variant $v: $(tail -1 "$out.log")"; continue
+    fi
+    grep -q "^done: step 12, validation loss" "$out.log" || fail "variant $v: no final validation line"
+    [ "$(wc -l < "$out/metrics.jsonl")" -eq 12 ] || fail "variant $v: metrics.jsonl has $(wc -l < "$out/metrics.jsonl") lines, want 12"
+  done
+  "$mhc" sample --ckpt "$work/variant-mhc" --prompt "line 5" --tokens 20 --seed 3 > "$work/sample.txt" 2>&1 &&
+    grep -q "^line 5" "$work/sample.txt" || fail "sample: $(cat "$work/sample.txt")"
+  "$mhc" eval --ckpt "$work/variant-mhc" > "$work/eval.txt" 2>&1 &&
+    grep -Eq "^step 12: validation loss [0-9.]+ nats, perplexity [0-9.]+" "$work/eval.txt" || fail "eval: $(cat "$work/eval.txt")"
+fi
+
+if want resume; then
+  # 40 steps straight vs 20 steps, then resume to 40: the same losses at every step, bit for bit.
+  "$mhc" train "${small[@]}" --steps 40 --out "$work/straight" > /dev/null 2>&1 || fail "straight run failed"
+  "$mhc" train "${small[@]}" --steps 40 --stop-after 20 --out "$work/split" > /dev/null 2>&1 || fail "first half failed"
+  "$mhc" train --resume "$work/split" --stop-after 0 > "$work/resume.log" 2>&1 || fail "resume failed: $(tail -1 "$work/resume.log")"
+  a=$(losses "$work/straight/metrics.jsonl") b=$(losses "$work/split/metrics.jsonl")
+  [ -n "$a" ] && [ "$a" = "$b" ] || fail "resume is not exact: straight [$a] vs split [$b]"
+  [ "$(echo "$a" | wc -w)" -eq 40 ] || fail "straight run logged $(echo "$a" | wc -w) steps, want 40"
+  # A resumed run may not change what was trained.
+  err=$("$mhc" train --resume "$work/split" --residual hc --dim 64 2>&1 >/dev/null)
+  echo "$err" | grep -q "^error: mhc train: --resume $work/split contradicts the checkpoint: residual (checkpoint mhc, given hc), dim (checkpoint 32, given 64)$" ||
+    fail "contradicting resume: $err"
+  # The checkpoint is standard safetensors: Python's standard library and NumPy read it.
+  /usr/bin/python3 "$src/scripts/read_safetensors.py" "$work/split/latest" > "$work/py.txt" 2>&1 &&
+    grep -q "^model/blocks.0.attn.qkv.weight float32 (96, 32)" "$work/py.txt" && grep -q "^sha256 ok" "$work/py.txt" ||
+    fail "python reader: $(cat "$work/py.txt")"
+fi
+
+if want kill; then
+  # SIGKILL at random moments of a run that checkpoints every step: `latest` must always load.
+  out="$work/killed"
+  for i in $(seq 1 20); do
+    if [ -e "$out/latest" ]; then args=(--resume "$out"); else args=("${small[@]}" --steps 100000 --ckpt-every 1 --keep 2 --out "$out"); fi
+    "$mhc" train "${args[@]}" > /dev/null 2>&1 &
+    pid=$!
+    sleep "$(awk -v s="$i" 'BEGIN { srand(s); printf "%.2f", 0.6 + rand() * 1.4 }')"
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    if [ -e "$out/latest" ]; then
+      "$mhc" eval --ckpt "$out" --batches 1 > "$work/kill-eval.txt" 2>&1 || fail "kill $i: latest unreadable: $(cat "$work/kill-eval.txt")"
+    fi
+  done
+  [ -e "$out/latest" ] || fail "no checkpoint was ever written in 20 runs"
+  [ "$(ls "$out" | grep -c '^ckpt-.*\.safetensors$')" -le 2 ] || fail "--keep 2 left $(ls "$out" | grep -c '^ckpt-') checkpoints"
+fi
+
+if want signals; then
+  for sig in TERM INT; do
+    out="$work/sig-$sig"
+    "$mhc" train "${small[@]}" --steps 100000 --ckpt-every 0 --out "$out" > "$out.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do grep -q "^step 3/" "$out.log" 2>/dev/null && break; sleep 0.1; done
+    kill -"$sig" "$pid"
+    wait "$pid"
+    status=$?
+    [ "$status" -eq 0 ] || fail "SIG$sig: exit status $status"
+    grep -q "stopped by signal" "$out.log" || fail "SIG$sig: no stop message"
+    "$mhc" eval --ckpt "$out" --batches 1 > /dev/null 2>&1 || fail "SIG$sig: its checkpoint does not load"
+  done
+fi
+
+if want damage; then
+  out="$work/damage"
+  "$mhc" train "${small[@]}" --steps 2 --out "$out" > /dev/null 2>&1
+  ckpt=$(readlink -f "$out/latest")
+  cp "$ckpt" "$work/truncated.safetensors" && truncate -s -100 "$work/truncated.safetensors"
+  cp "$ckpt" "$work/flipped.safetensors"
+  size=$(stat -c %s "$ckpt")
+  printf '\x55' | dd of="$work/flipped.safetensors" bs=1 seek=$((size - 1000)) conv=notrunc status=none
+  for f in truncated flipped; do
+    err=$("$mhc" eval --ckpt "$work/$f.safetensors" 2>&1 >/dev/null)
+    echo "$err" | grep -Eq "^error: checkpoint .*$f.safetensors is unreadable: (checksum mismatch|tensor .* lies outside the file)" ||
+      fail "$f checkpoint: $err"
+  done
+fi
+
+if want nonfinite; then
+  # A huge learning rate blows the weights up after the first step; the run must stop, not go on.
+  out="$work/nan"
+  err=$("$mhc" train "${small[@]}" --steps 50 --lr 1e20 --clip 0 --max-bad-steps 3 --out "$out" 2>&1 >/dev/null)
+  status=$?
+  [ "$status" -eq 1 ] || fail "non-finite run: exit status $status"
+  echo "$err" | grep -q "^error: training diverged: the loss or gradient was not finite for 3 steps in a row" || fail "non-finite run: $err"
+  [ "$(grep -c '"skipped":true' "$out/metrics.jsonl")" -eq 3 ] || fail "non-finite run: skipped steps not in metrics.jsonl"
+fi
+
+if want errors; then
+  expect_error() {  # expect_error REGEX ARGS...: exit status 2 and exactly one line on stderr
+    local pattern=$1 err status
+    shift
+    err=$("$mhc" "$@" 2>&1 >/dev/null)
+    status=$?
+    if [ "$status" -ne 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || ! printf '%s' "$err" | grep -Eq "^error: $pattern"; then
+      fail "mhc $* -> status $status, stderr: $err"
+    fi
+  }
+  printf 'caf\xe9\n' > "$work/latin1.txt"
+  : > "$work/empty.txt"
+  mkdir -p "$work/readonly" "$work/empty-run" && chmod 500 "$work/readonly"
+  expect_error "mhc train: unknown flag --lrr \(did you mean --lr\?\)" train --lrr 0.1
+  expect_error "mhc train: unknown flag --sinkhorn \(did you mean --sinkhorn-iters\?\)" train --sinkhorn 5
+  expect_error "data $work/nothing.txt does not exist" train "${small[@]}" --data "$work/nothing.txt"
+  expect_error "data $work/empty.txt holds no text" train "${small[@]}" --data "$work/empty.txt"
+  expect_error "data file $work/latin1.txt is not UTF-8 text \(invalid byte at offset 3\)" train "${small[@]}" --data "$work/latin1.txt"
+  expect_error "--seq-len 100000 is longer than the validation split \([0-9]+ tokens\)" train "${small[@]}" --seq-len 100000
+  expect_error "--heads 3 does not divide --dim 32" train "${small[@]}" --heads 3
+  expect_error "--vocab 100 is out of range for a BPE tokenizer \(accepted: 256 to [0-9]+\)" train "${small[@]}" --tokenizer bpe --vocab 100
+  expect_error "unknown residual kind 'sinkhorn'" train "${small[@]}" --residual sinkhorn
+  expect_error "mhc train: unknown --preset 'huge' \(accepted: deep, small, tiny\)" train --preset huge
+  expect_error "--lr must be a number in \[0, 1e\+30\], got 'fast'" train "${small[@]}" --lr fast
+  if [ "$(id -u)" -ne 0 ]; then  # root writes anywhere
+    expect_error "output folder $work/readonly/run is not writable" train "${small[@]}" --out "$work/readonly/run"
+  fi
+  expect_error "output folder /proc/mhc-run is not writable" train "${small[@]}" --out /proc/mhc-run
+  expect_error "run folder $work/empty-run has no checkpoint yet" train --resume "$work/empty-run" < /dev/null
+  expect_error "checkpoint $work/missing.safetensors does not exist" eval --ckpt "$work/missing.safetensors"
+  expect_error "mhc sample: --ckpt is required" sample
+  mkdir -p "$work/earlier" && ln -sf ckpt-00000001.safetensors "$work/earlier/latest"
+  expect_error "mhc train: $work/earlier holds an earlier run \\(continue it with --resume $work/earlier, or start afresh with --overwrite\\)" train "${small[@]}" --out "$work/earlier"
+fi
+
+echo "train_cli ($only): $failures failed"
+[ "$failures" -eq 0 ]
