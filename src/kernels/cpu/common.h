@@ -1,5 +1,5 @@
-// Helpers shared by the CPU kernels: a 32-byte vector type, a compile-time stream count, the
-// thread count.
+// Helpers shared by the CPU kernels: a 32-byte vector type, the thread count (and the compile-time
+// stream count of ../coefficients.h).
 //
 // GCC's vector extensions keep the kernels portable (AVX2 with -march=native, SSE pairs
 // otherwise) while letting us hold accumulators in registers explicitly.
@@ -10,7 +10,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "mhc/variant.h"
+#include "../coefficients.h"
 
 namespace mhc::cpu {
 
@@ -32,21 +32,7 @@ struct Simd {
   }
 };
 
-// Calls f(std::integral_constant<int, n>{}) for the runtime stream count n ≤ kMaxStreams: per-token
-// loops over streams unroll fully, and their accumulators stay in registers, when n is a constant.
-template <typename F>
-void with_streams(int n, F&& f) {
-  switch (n) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 6: return f(std::integral_constant<int, 6>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    default: return f(std::integral_constant<int, 8>{});
-  }
-}
+using kernels::with_streams;
 
 // The kernels' `threads` argument: a positive count, or 0 for OpenMP's default.
 inline int thread_count(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }

@@ -17,59 +17,42 @@
 #include <numeric>
 #include <vector>
 
-#include "kernels.h"
+#include "../coefficients.h"
 #include "common.h"
+#include "kernels.h"
 
 namespace mhc::cpu {
 namespace {
 
+using kernels::Coeffs;
+using kernels::coefficients;
+using kernels::coefficients_backward;
+using kernels::scratch_size;
+
 constexpr int64_t kTileTokens = 16;
-// exp's argument is floored here (after the column-max shift): e^-80 ≈ 1.8e-35 is still a normal
-// fp32 number, so a row whose logits all sit far below their columns' maxima cannot underflow to an
-// all-zero row that no normalisation can repair. Entries that small relative to their column's max
-// are invisible in fp32 otherwise. The reference applies the same floor.
-constexpr double kExpFloor = -80.0;
-
-// What every token of one call shares.
+// What every token of one call shares: the shared coefficient view plus the CPU's own sizes and
+// the storage behind the permutation table.
 template <typename T>
-struct Variant {
-  Kind kind;
-  int n;
-  int64_t C, K, m, P;
-  int64_t res_count;  // entries behind H_res: n² logits (mHC, HC) or n! mixture weights (mHC-lite)
-  int t;
-  const T* bias;
-  const T* alpha;
-  std::vector<int> perms;  // mHC-lite: perms[k·n + i] = σ_k(i), lexicographic, k = 0 is identity
+struct Variant : kernels::CoeffVariant<T> {
+  int64_t C, K;
+  std::vector<int> perm_storage;
 
-  explicit Variant(const PreInputs<T>& in)
-      : kind(in.kind), n(in.n), C(in.C), t(in.sinkhorn_iters), bias(in.bias), alpha(in.alpha) {
-    const Layout l = layout(kind, n, C);
+  explicit Variant(const PreInputs<T>& in) {
+    const Layout l = layout(in.kind, in.n, in.C);
+    this->kind = in.kind;
+    this->n = in.n;
+    this->t = in.sinkhorn_iters;
+    this->bias = in.bias;
+    this->alpha = in.alpha;
+    this->m = l.proj_cols;
+    this->P = l.proj_per_token;
+    this->res_count = l.res_size;
+    C = in.C;
     K = l.proj_rows;
-    m = l.proj_cols;
-    P = l.proj_per_token;
-    res_count = l.res_size;
-    if (kind == Kind::mhc_lite) {
-      std::vector<int> p(n);
-      std::iota(p.begin(), p.end(), 0);
-      do perms.insert(perms.end(), p.begin(), p.end());
-      while (std::next_permutation(p.begin(), p.end()));
-    }
+    perm_storage = kernels::permutation_table(in.kind, in.n);
+    this->perms = perm_storage.data();
   }
 };
-
-// One token's coefficients.
-template <typename T>
-struct Coeffs {
-  T pre[kMaxStreams];
-  T post[kMaxStreams];
-  T res[kMaxStreams * kMaxStreams];
-};
-
-template <typename T>
-inline T sigmoid(T z) {
-  return T(1) / (T(1) + std::exp(-z));
-}
 
 // ---------------------------------------------------------------------------------------------
 // The three products of the projection are small GEMMs with one short dimension (m ≤ 130):
@@ -267,257 +250,6 @@ void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K
       dA[r * K + c] = s;
     }
   gemm(K, mp, rows, staged, int64_t(1), Ks, dg, mp, dphi_p, mp, /*accumulate=*/true);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sinkhorn–Knopp on an N×N matrix, N a compile-time stream count so the 2t normalisations of a
-// few dozen numbers unroll fully (they are the bulk of the per-token coefficient work).
-// M0 = exp(H̃ − colmax) (floored), then t × (columns, rows).
-template <typename T, int N>
-void sinkhorn_start(const T* logits, int t, T* M) {
-  if (t == 0) {  // no projection at all: H_res = exp(H̃)
-    for (int e = 0; e < N * N; ++e) M[e] = std::exp(logits[e]);
-    return;
-  }
-  for (int j = 0; j < N; ++j) {
-    T colmax = logits[j];
-    for (int k = 1; k < N; ++k) colmax = std::max(colmax, logits[k * N + j]);
-    for (int k = 0; k < N; ++k) M[k * N + j] = std::exp(std::max(logits[k * N + j] - colmax, T(kExpFloor)));
-  }
-}
-
-// Y = X / (sums along columns or rows); X and Y may alias.
-template <typename T, int N, bool kByCols>
-void normalize(const T* X, T* Y) {
-  for (int a = 0; a < N; ++a) {
-    T s = 0;
-    for (int b = 0; b < N; ++b) s += X[kByCols ? b * N + a : a * N + b];
-    const T inv = T(1) / s;
-    for (int b = 0; b < N; ++b) {
-      const int e = kByCols ? b * N + a : a * N + b;
-      Y[e] = X[e] * inv;
-    }
-  }
-}
-
-// Backward of Y = X / s, in place on d (dY → dX): dX = (dY − Σ_axis dY⊙Y) / s.
-template <typename T, int N, bool kByCols>
-void normalize_backward(const T* X, const T* Y, T* d) {
-  for (int a = 0; a < N; ++a) {
-    T s = 0, dot = 0;
-    for (int b = 0; b < N; ++b) {
-      const int e = kByCols ? b * N + a : a * N + b;
-      s += X[e];
-      dot += d[e] * Y[e];
-    }
-    const T inv = T(1) / s;
-    for (int b = 0; b < N; ++b) {
-      const int e = kByCols ? b * N + a : a * N + b;
-      d[e] = (d[e] - dot) * inv;
-    }
-  }
-}
-
-template <typename T, int N>
-void sinkhorn_forward(const T* logits, int t, T* M) {
-  sinkhorn_start<T, N>(logits, t, M);
-  for (int it = 0; it < t; ++it) {
-    normalize<T, N, true>(M, M);
-    normalize<T, N, false>(M, M);
-  }
-}
-
-// dlogits = ∂⟨dres, SK_t(exp(logits))⟩/∂logits. Recomputes the iterates M_0 … M_2t into
-// work [(2t+1)·N²] (never stored across the forward) and walks back through them.
-template <typename T, int N>
-void sinkhorn_backward(const T* logits, int t, const T* dres, T* work, T* dlogits) {
-  constexpr int nn = N * N;
-  T* M = work;
-  sinkhorn_start<T, N>(logits, t, M);
-  for (int s = 1; s <= 2 * t; s += 2) {
-    normalize<T, N, true>(M + (s - 1) * nn, M + s * nn);
-    normalize<T, N, false>(M + s * nn, M + (s + 1) * nn);
-  }
-  for (int e = 0; e < nn; ++e) dlogits[e] = dres[e];
-  for (int s = 2 * t; s >= 2; s -= 2) {
-    normalize_backward<T, N, false>(M + (s - 1) * nn, M + s * nn, dlogits);
-    normalize_backward<T, N, true>(M + (s - 2) * nn, M + (s - 1) * nn, dlogits);
-  }
-  // Through exp; the column-max shift is a constant (the first column normalisation cancels
-  // it), and floored entries have no gradient.
-  for (int j = 0; j < N; ++j) {
-    T colmax = logits[j];
-    for (int k = 1; k < N; ++k) colmax = std::max(colmax, logits[k * N + j]);
-    for (int k = 0; k < N; ++k) {
-      const int e = k * N + j;
-      const bool live = t == 0 || logits[e] - colmax > T(kExpFloor);
-      dlogits[e] = live ? dlogits[e] * M[e] : T(0);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Coefficients of one token from its projections g [P, m] and norms r [P].
-// mHC / mHC-lite logits H̃ = α_group·g/r + b.
-template <typename T>
-void mhc_logits(const Variant<T>& v, const T* g, T r, T* logits) {
-  for (int64_t j = 0; j < v.m; ++j) {
-    const int group = j < v.n ? 0 : j < 2 * v.n ? 1 : 2;
-    logits[j] = v.alpha[group] * (g[j] / r) + v.bias[j];  // the reference's rounding order
-  }
-}
-
-// H_res = Σ_k softmax(z)_k·P_k. Accumulated in double and rounded once: an entry sums (n−1)!
-// weights, and at n = 5 fp32 accumulation alone would put row and column sums ~1e-6 from 1.
-template <typename T>
-void permutation_mixture(const Variant<T>& v, const T* z, T* res) {
-  const int n = v.n;
-  double acc[kMaxStreamsLite * kMaxStreamsLite] = {};
-  double zmax = z[0], total = 0;
-  for (int64_t k = 1; k < v.res_count; ++k) zmax = std::max<double>(zmax, z[k]);
-  for (int64_t k = 0; k < v.res_count; ++k) {
-    const double e = std::exp(double(z[k]) - zmax);
-    total += e;
-    const int* sigma = v.perms.data() + k * n;
-    for (int i = 0; i < n; ++i) acc[i * n + sigma[i]] += e;
-  }
-  for (int e = 0; e < n * n; ++e) res[e] = T(acc[e] / total);
-}
-
-template <typename T>
-void softmax(const T* z, int64_t count, T* out) {
-  T zmax = z[0];
-  for (int64_t k = 1; k < count; ++k) zmax = std::max(zmax, z[k]);
-  T s = 0;
-  for (int64_t k = 0; k < count; ++k) s += (out[k] = std::exp(z[k] - zmax));
-  const T inv = T(1) / s;
-  for (int64_t k = 0; k < count; ++k) out[k] *= inv;
-}
-
-// scratch: at least m entries (mHC's SK runs in place in out.res).
-template <typename T>
-void coefficients(const Variant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {
-  const int n = v.n;
-  switch (v.kind) {
-    case Kind::residual:
-      out.pre[0] = out.post[0] = out.res[0] = T(1);
-      return;
-    case Kind::hc: {
-      const T s_alpha = v.alpha[0], s_beta = v.alpha[1];
-      for (int i = 0; i < n; ++i) {
-        const T* gi = g + i * v.m;
-        const T inv_r = T(1) / r[i];
-        out.pre[i] = v.bias[i] + s_alpha * std::tanh(gi[0] * inv_r);
-        out.post[i] = v.bias[n + i] + s_beta * std::tanh(gi[1] * inv_r);
-        for (int k = 0; k < n; ++k)
-          out.res[k * n + i] = v.bias[2 * n + k * n + i] + s_alpha * std::tanh(gi[2 + k] * inv_r);
-      }
-      return;
-    }
-    case Kind::mhc:
-    case Kind::mhc_lite: {
-      T* logits = scratch;
-      mhc_logits(v, g, r[0], logits);
-      for (int i = 0; i < n; ++i) {
-        out.pre[i] = sigmoid(logits[i]);
-        out.post[i] = T(2) * sigmoid(logits[n + i]);
-      }
-      if (v.kind == Kind::mhc) {
-        with_streams(n, [&](auto N) { sinkhorn_forward<T, N()>(logits + 2 * n, v.t, out.res); });
-      } else {
-        permutation_mixture(v, logits + 2 * n, out.res);
-      }
-      return;
-    }
-  }
-}
-
-// Backward of `coefficients` for one token. Given dH_pre, dH_post, dH_res (dres) it writes
-// dg [P, m] and dr [P] and accumulates dbias, dalpha. Also returns H_pre (needed for dx).
-// scratch: at least m + res_count + (2t+1)·n² entries.
-template <typename T>
-void coefficients_backward(const Variant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
-                           const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre) {
-  const int n = v.n;
-  switch (v.kind) {
-    case Kind::residual:
-      H_pre[0] = T(1);
-      return;
-    case Kind::hc: {
-      const T s_alpha = v.alpha[0], s_beta = v.alpha[1];
-      for (int i = 0; i < n; ++i) {
-        const T* gi = g + i * v.m;
-        T* dgi = dg + i * v.m;
-        const T inv_r = T(1) / r[i];
-        T dri = 0;
-        // column j of this stream's projection, its tanh, and the coefficient gradient behind it
-        auto gate = [&](int64_t j, T scale, T dcoef, T& dscale) {
-          const T u = std::tanh(gi[j] * inv_r);
-          dscale += dcoef * u;
-          const T dz = scale * dcoef * (T(1) - u * u);
-          dgi[j] = dz * inv_r;
-          dri -= dz * gi[j] * inv_r * inv_r;
-          return u;
-        };
-        H_pre[i] = v.bias[i] + s_alpha * gate(0, s_alpha, dpre[i], dalpha[0]);
-        gate(1, s_beta, dpost[i], dalpha[1]);
-        for (int k = 0; k < n; ++k) gate(2 + k, s_alpha, dres[k * n + i], dalpha[0]);
-        dr[i] = dri;
-        dbias[i] += dpre[i];
-        dbias[n + i] += dpost[i];
-        for (int k = 0; k < n; ++k) dbias[2 * n + k * n + i] += dres[k * n + i];
-      }
-      return;
-    }
-    case Kind::mhc:
-    case Kind::mhc_lite: {
-      T* logits = scratch;
-      T* dlogits = scratch + v.m;  // m entries
-      T* work = dlogits + v.m;
-      mhc_logits(v, g, r[0], logits);
-      for (int i = 0; i < n; ++i) {
-        const T s_pre = sigmoid(logits[i]), s_post = sigmoid(logits[n + i]);
-        H_pre[i] = s_pre;
-        dlogits[i] = dpre[i] * s_pre * (T(1) - s_pre);
-        dlogits[n + i] = dpost[i] * T(2) * s_post * (T(1) - s_post);
-      }
-      const T* res_logits = logits + 2 * n;
-      T* dres_logits = dlogits + 2 * n;
-      if (v.kind == Kind::mhc) {
-        with_streams(n, [&](auto N) { sinkhorn_backward<T, N()>(res_logits, v.t, dres, work, dres_logits); });
-      } else {
-        T* weights = work;
-        softmax(res_logits, v.res_count, weights);
-        T dot = 0;
-        for (int64_t k = 0; k < v.res_count; ++k) {  // da_k = ⟨dH_res, P_k⟩: a gather
-          const int* sigma = v.perms.data() + k * n;
-          T da = 0;
-          for (int i = 0; i < n; ++i) da += dres[i * n + sigma[i]];
-          dres_logits[k] = da;
-          dot += da * weights[k];
-        }
-        for (int64_t k = 0; k < v.res_count; ++k) dres_logits[k] = weights[k] * (dres_logits[k] - dot);
-      }
-      // Through H̃ = α·g/r + b.
-      const T inv_r = T(1) / r[0];
-      T dr0 = 0;
-      for (int64_t j = 0; j < v.m; ++j) {
-        const int group = j < n ? 0 : j < 2 * n ? 1 : 2;
-        const T a = v.alpha[group];
-        dg[j] = a * dlogits[j] * inv_r;
-        dalpha[group] += dlogits[j] * (g[j] / r[0]);
-        dbias[j] += dlogits[j];
-        dr0 -= a * g[j] * dlogits[j] * inv_r * inv_r;
-      }
-      dr[0] = dr0;
-      return;
-    }
-  }
-}
-
-template <typename T>
-int64_t scratch_size(const Variant<T>& v) {
-  return 2 * v.m + v.res_count + (2 * int64_t(v.t) + 1) * v.n * v.n;
 }
 
 }  // namespace
