@@ -340,6 +340,7 @@ int main(int argc, char** argv) {
       check_case(kind, n, 37, C, 20, ctx);
   check_case(Kind::mhc, 4, 37, 64, 0, ctx);  // t = 0: H_res = exp(H̃)
   check_case(Kind::mhc, 4, 37, 64, 1, ctx);
+  check_case(Kind::mhc, 8, 37, 64, 100, ctx);  // the largest Sinkhorn scratch: fewer tokens per block
   check_case(Kind::mhc, 4, 0, 64, 20, ctx);  // no tokens
   check_doubly_stochastic(ctx);
   std::printf("cuda_kernels: %d failed\n", failures);

@@ -69,6 +69,14 @@ __device__ void block_sum(float (&v)[R], float* out) {
   __syncthreads();
 }
 
+// Sums each of the R values over the warp; every lane gets the totals.
+template <int R>
+__device__ void warp_sum(float (&v)[R]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    for (int o = 16; o > 0; o /= 2) v[r] += __shfl_xor_sync(0xffffffffu, v[r], o);
+}
+
 int block_threads(int64_t C, int w) {
   const int64_t lanes = (C / w + 31) / 32 * 32;
   return static_cast<int>(lanes < kThreads ? (lanes > 32 ? lanes : 32) : kThreads);
@@ -186,30 +194,40 @@ __device__ __noinline__ void token_coefficients_backward(const kernels::CoeffVar
   kernels::coefficients_backward(v, g, r, dpre, dpost, dres, scratch, dg, dr, dbias, dalpha, H_pre);
 }
 
-// Σv² per stream of one token; the per-stream totals land in `ss` (shared, N floats).
+// The pre kernels give one token to one warp, up to kTokenWarps tokens to a block (fewer when the
+// warps' coefficient scratch would not fit in shared memory: long Sinkhorn runs at large n): the
+// per-token coefficient work is serial (lane 0), so many tokens must be in flight per SM to hide it.
+constexpr int kTokenWarps = 8;
+
+// Σv² per stream of one token, summed over the warp.
 template <typename T, int N, int W>
-__device__ void stream_sums_of_squares(const T* xt, int64_t C, float* ss) {
-  float acc[N] = {};
-  for (int64_t c = threadIdx.x * W; c < C; c += blockDim.x * W)
+__device__ void stream_sums_of_squares(const T* xt, int64_t C, int lane, float (&ss)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) ss[i] = 0.f;
+  for (int64_t c = lane * W; c < C; c += 32 * W)
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const Pack<T, W> p = *reinterpret_cast<const Pack<T, W>*>(xt + i * C + c);
 #pragma unroll
-      for (int l = 0; l < W; ++l) acc[i] += to_float(p.v[l]) * to_float(p.v[l]);
+      for (int l = 0; l < W; ++l) ss[i] += to_float(p.v[l]) * to_float(p.v[l]);
     }
-  block_sum<N>(acc, ss);
+  warp_sum<N>(ss);
 }
 
-// Dynamic shared memory: the coefficient scratch of ../coefficients.h, then per-token values.
+// Dynamic shared memory: each warp's coefficient scratch (../coefficients.h), scratch_floats each.
 template <typename T, int N, int W>
-__global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, int64_t C, int64_t K, T* h, float* H_pre,
-                                   float* H_post, float* H_res, const float* proj, float* rms) {
+__global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, int64_t tokens, int64_t C, int64_t K,
+                                   int scratch_floats, T* h, float* H_pre, float* H_post, float* H_res,
+                                   const float* proj, float* rms) {
   extern __shared__ float scratch[];
-  __shared__ float ss[N], pre[N];
-  const int64_t tok = blockIdx.x;
+  __shared__ float pre_s[kTokenWarps][N];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t tok = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (tok >= tokens) return;
   const T* xt = x + tok * N * C;
-  stream_sums_of_squares<T, N, W>(xt, C, ss);
-  if (threadIdx.x == 0) {
+  float ss[N];
+  stream_sums_of_squares<T, N, W>(xt, C, lane, ss);
+  if (lane == 0) {
     float r[N];
     if (v.P == N) {  // HC: one projection (and norm) per stream
       for (int i = 0; i < N; ++i) r[i] = sqrtf(ss[i] / float(K) + float(kRmsEps));
@@ -220,15 +238,18 @@ __global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, i
     }
     for (int q = 0; q < v.P; ++q) rms[tok * v.P + q] = r[q];
     kernels::Coeffs<float> cf;
-    token_coefficients(v, proj + tok * v.P * v.m, r, scratch, cf);
+    token_coefficients(v, proj + tok * v.P * v.m, r, scratch + warp * scratch_floats, cf);
     for (int i = 0; i < N; ++i) {
-      pre[i] = H_pre[tok * N + i] = cf.pre[i];
+      pre_s[warp][i] = H_pre[tok * N + i] = cf.pre[i];
       H_post[tok * N + i] = cf.post[i];
     }
     for (int e = 0; e < N * N; ++e) H_res[tok * N * N + e] = cf.res[e];
   }
-  __syncthreads();
-  for (int64_t c = threadIdx.x * W; c < C; c += blockDim.x * W) {
+  __syncwarp();
+  float pre[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) pre[i] = pre_s[warp][i];
+  for (int64_t c = lane * W; c < C; c += 32 * W) {
     float s[W] = {};
 #pragma unroll
     for (int i = 0; i < N; ++i) {
@@ -246,47 +267,49 @@ __global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, i
 // Per token: dH_pre += ⟨dh, x_i⟩, the coefficient backward (into dg, and this token's row of
 // dbias|dalpha), and dx_i = H_pre[i]·dh + dr·x_i/(K·r); dg·phiᵀ is added by a GEMM afterwards.
 template <typename T, int N, int W>
-__global__ void pre_backward_kernel(kernels::CoeffVariant<float> v, const T* x, int64_t C, int64_t K, const float* proj,
-                                    const float* rms, const T* dh, const float* dH_pre, const float* dH_post,
-                                    const float* dH_res, T* dx, T* dg, float* param_rows, int64_t bias_size,
-                                    int64_t param_count) {
+__global__ void pre_backward_kernel(kernels::CoeffVariant<float> v, const T* x, int64_t tokens, int64_t C, int64_t K,
+                                    int scratch_floats, const float* proj, const float* rms, const T* dh,
+                                    const float* dH_pre, const float* dH_post, const float* dH_res, T* dx, T* dg,
+                                    float* param_rows, int64_t bias_size, int64_t param_count) {
   extern __shared__ float scratch[];
-  __shared__ float dpre[N], H_pre[N], coef[N];
-  const int64_t tok = blockIdx.x;
+  __shared__ float H_pre_s[kTokenWarps][N], coef_s[kTokenWarps][N];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t tok = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (tok >= tokens) return;
   const T* xt = x + tok * N * C;
   const T* dht = dh + tok * C;
-  {
-    float acc[N] = {};
-    for (int64_t c = threadIdx.x * W; c < C; c += blockDim.x * W) {
-      const Pack<T, W> d = *reinterpret_cast<const Pack<T, W>*>(dht + c);
+  float dpre[N] = {};
+  for (int64_t c = lane * W; c < C; c += 32 * W) {
+    const Pack<T, W> d = *reinterpret_cast<const Pack<T, W>*>(dht + c);
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
-        const Pack<T, W> p = *reinterpret_cast<const Pack<T, W>*>(xt + i * C + c);
+    for (int i = 0; i < N; ++i) {
+      const Pack<T, W> p = *reinterpret_cast<const Pack<T, W>*>(xt + i * C + c);
 #pragma unroll
-        for (int l = 0; l < W; ++l) acc[i] += to_float(d.v[l]) * to_float(p.v[l]);
-      }
+      for (int l = 0; l < W; ++l) dpre[i] += to_float(d.v[l]) * to_float(p.v[l]);
     }
-    block_sum<N>(acc, dpre);
   }
-  if (threadIdx.x == 0) {
+  warp_sum<N>(dpre);
+  if (lane == 0) {
     constexpr int kMaxProjections = 2 * kMaxStreamsLite + 120;  // P·m is largest for mHC-lite at n = 5
     float zeros[N * N] = {}, dg_token[kMaxProjections], dr[N];
-    float given_pre[N];
-    for (int i = 0; i < N; ++i) given_pre[i] = dpre[i] + (dH_pre ? dH_pre[tok * N + i] : 0.f);
+    for (int i = 0; i < N; ++i) dpre[i] += dH_pre ? dH_pre[tok * N + i] : 0.f;
     float* row = param_rows + tok * param_count;
     for (int64_t e = 0; e < param_count; ++e) row[e] = 0.f;
-    token_coefficients_backward(v, proj + tok * v.P * v.m, rms + tok * v.P, given_pre,
-                                dH_post ? dH_post + tok * N : zeros, dH_res ? dH_res + tok * N * N : zeros, scratch,
-                                dg_token, dr, row, row + bias_size, H_pre);
+    token_coefficients_backward(v, proj + tok * v.P * v.m, rms + tok * v.P, dpre, dH_post ? dH_post + tok * N : zeros,
+                                dH_res ? dH_res + tok * N * N : zeros, scratch + warp * scratch_floats, dg_token, dr,
+                                row, row + bias_size, H_pre_s[warp]);
     for (int64_t e = 0; e < v.P * v.m; ++e) dg[tok * v.P * v.m + e] = from_float<T>(dg_token[e]);
     for (int i = 0; i < N; ++i) {
       const int q = v.P == N ? i : 0;
-      coef[i] = v.P ? dr[q] / (float(K) * rms[tok * v.P + q]) : 0.f;
+      coef_s[warp][i] = v.P ? dr[q] / (float(K) * rms[tok * v.P + q]) : 0.f;
     }
   }
-  __syncthreads();
+  __syncwarp();
+  float H_pre[N], coef[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) H_pre[i] = H_pre_s[warp][i], coef[i] = coef_s[warp][i];
   T* dxt = dx + tok * N * C;
-  for (int64_t c = threadIdx.x * W; c < C; c += blockDim.x * W) {
+  for (int64_t c = lane * W; c < C; c += 32 * W) {
     const Pack<T, W> d = *reinterpret_cast<const Pack<T, W>*>(dht + c);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
@@ -303,7 +326,19 @@ __global__ void fill_kernel(float* p, int64_t count, float value) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) p[i] = value;
 }
 
-size_t scratch_bytes(const kernels::CoeffVariant<float>& v) { return sizeof(float) * size_t(kernels::scratch_size(v)); }
+// Floats of coefficient scratch per token, rounded up to keep each warp's slice 16-byte aligned.
+int scratch_length(const kernels::CoeffVariant<float>& v) { return int((kernels::scratch_size(v) + 3) / 4 * 4); }
+
+// Tokens (warps) per block whose scratch fits the device's shared memory per block.
+int token_warps(int scratch_floats) {
+  int device = 0, max_shared = 48 * 1024;
+  check(cudaGetDevice(&device), "get device");
+  check(cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "device attribute");
+  const size_t per_warp = size_t(scratch_floats) * sizeof(float) + 2 * kMaxStreams * sizeof(float);
+  const int fit = int(size_t(max_shared) / per_warp);
+  if (fit < 1) throw std::runtime_error("CUDA pre: the Sinkhorn scratch does not fit in shared memory");
+  return fit < kTokenWarps ? fit : kTokenWarps;
+}
 
 template <typename K>
 void allow_shared(K kernel, size_t bytes) {
@@ -342,12 +377,13 @@ void pre_forward(const PreForwardParams<T>& p, const Context& ctx) {
   if (v.P > 0)  // g [N·P, m] = X [N·P, K] · phi [K, m], fp32 out
     gemm(ctx, false, false, p.in.N * v.P, v.m, l.proj_rows, p.in.x, blas_type<T>(), l.proj_rows, p.in.phi, blas_type<T>(),
          v.m, p.proj, CUDA_R_32F, v.m, false);
-  const size_t smem = scratch_bytes(v);
+  const int scratch_floats = scratch_length(v), warps = token_warps(scratch_floats);
+  const size_t smem = size_t(warps) * scratch_floats * sizeof(float);
   dispatch<T>(p.in.n, p.in.C, [&](auto N, auto W) {
     auto kernel = pre_forward_kernel<T, N(), W()>;
     allow_shared(kernel, smem);
-    kernel<<<p.in.N, block_threads(p.in.C, W()), smem, ctx.stream>>>(v, p.in.x, p.in.C, l.proj_rows, p.h, p.H_pre,
-                                                                       p.H_post, p.H_res, p.proj, p.rms);
+    kernel<<<unsigned((p.in.N + warps - 1) / warps), warps * 32, smem, ctx.stream>>>(
+        v, p.in.x, p.in.N, p.in.C, l.proj_rows, scratch_floats, p.h, p.H_pre, p.H_post, p.H_res, p.proj, p.rms);
   });
   check(cudaGetLastError(), "pre forward");
 }
@@ -369,12 +405,14 @@ void pre_backward(const PreBackwardParams<T>& p, const Context& ctx) {
     if (l.alpha_size) check(cudaMemsetAsync(p.dalpha, 0, sizeof(float) * l.alpha_size, ctx.stream), "memset");
     return;
   }
-  const size_t smem = scratch_bytes(v);
+  const int scratch_floats = scratch_length(v), warps = token_warps(scratch_floats);
+  const size_t smem = size_t(warps) * scratch_floats * sizeof(float);
   dispatch<T>(p.in.n, p.in.C, [&](auto Nn, auto W) {
     auto kernel = pre_backward_kernel<T, Nn(), W()>;
     allow_shared(kernel, smem);
-    kernel<<<N, block_threads(p.in.C, W()), smem, ctx.stream>>>(v, p.in.x, p.in.C, K, p.proj, p.rms, p.dh, p.dH_pre,
-                                                               p.dH_post, p.dH_res, p.dx, dg, rows, l.bias_size, params);
+    kernel<<<unsigned((N + warps - 1) / warps), warps * 32, smem, ctx.stream>>>(v, p.in.x, N, p.in.C, K, scratch_floats, p.proj,
+                                                                   p.rms, p.dh, p.dH_pre, p.dH_post, p.dH_res, p.dx,
+                                                                   dg, rows, l.bias_size, params);
   });
   check(cudaGetLastError(), "pre backward");
   if (v.P > 0) {
