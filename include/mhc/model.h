@@ -15,6 +15,13 @@
 
 namespace mhc {
 
+// One sublayer's connection input x [B, T, n, C] and coefficients, as GPT::forward records them for
+// the diagnostics (mhc/diag.h).
+struct SublayerRecord {
+  torch::Tensor x;
+  PreOutput mix;
+};
+
 struct GPTConfig {
   int64_t vocab = 4096;
   int64_t dim = 128;
@@ -68,8 +75,8 @@ TORCH_MODULE(MLP);
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const GPTConfig& config, int64_t index);
-  // x [B, T, n, C] -> [B, T, n, C]
-  torch::Tensor forward(const torch::Tensor& x);
+  // x [B, T, n, C] -> [B, T, n, C]; appends its two sublayers to `record` when given.
+  torch::Tensor forward(const torch::Tensor& x, std::vector<SublayerRecord>* record = nullptr);
   Attention attention{nullptr};
   MLP mlp{nullptr};
   HyperConnection attention_connection{nullptr}, mlp_connection{nullptr};
@@ -79,8 +86,9 @@ TORCH_MODULE(Block);
 class GPTImpl : public torch::nn::Module {
  public:
   explicit GPTImpl(const GPTConfig& config);
-  // tokens [B, T] int64 -> logits [B, T, vocab]
-  torch::Tensor forward(const torch::Tensor& tokens);
+  // tokens [B, T] int64 -> logits [B, T, vocab]; with `record`, also every connection's input and
+  // coefficients in depth order (nothing for the plain residual).
+  torch::Tensor forward(const torch::Tensor& tokens, std::vector<SublayerRecord>* record = nullptr);
   // Mean cross-entropy of next-token prediction, in nats.
   torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& targets);
   const GPTConfig& config() const { return config_; }

@@ -57,8 +57,10 @@ class HyperConnectionImpl : public torch::nn::Module {
   PreOutput pre(const torch::Tensor& x);
   // x [..., n, C], y [..., C], the coefficients from pre(x) -> x_next [..., n, C].
   torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const PreOutput& mix);
-  // post(x, sublayer(pre(x).h), …): one whole sublayer update.
-  torch::Tensor forward(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& sublayer);
+  // post(x, sublayer(pre(x).h), …): one whole sublayer update; stores the coefficients it used in
+  // *mix when given (the diagnostics read them).
+  torch::Tensor forward(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& sublayer,
+                        PreOutput* mix = nullptr);
 
   const HyperConnectionOptions& options() const { return options_; }
   // Empty for the plain residual, which has no parameters.

@@ -25,6 +25,8 @@ struct SettingSpec {
   bool run;
 };
 const std::vector<SettingSpec>& setting_specs();
+// The default of every --threads flag: the machine's hardware threads.
+int default_threads();
 // The defaults are the `tiny` preset; these are what `small` and `deep` change.
 const std::map<std::string, std::map<std::string, std::string>>& presets();
 
@@ -99,6 +101,9 @@ void save_checkpoint(const std::string& path, const Checkpoint& checkpoint);
 // Throws std::invalid_argument naming the file when it is missing, truncated, not safetensors, or
 // fails its checksum.
 Checkpoint load_checkpoint(const std::string& path);
+// A checkpoint's metadata (format, step, config, …) from its header alone: no tensor is read and
+// the checksum is not verified. Throws std::invalid_argument like load_checkpoint.
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
 // A run folder (its `latest`) or a checkpoint file -> the checkpoint file's path.
 std::string resolve_checkpoint(const std::string& path);
 
@@ -109,6 +114,13 @@ std::string resolve_checkpoint(const std::string& path);
 // std::invalid_argument; a run of non-finite steps throws std::runtime_error.
 int run_training(const Settings& settings, const std::string& resume_from);
 
+// The settings and step of a checkpoint written by run_training, from its header alone.
+struct RunInfo {
+  Settings settings;
+  int64_t step = 0;
+};
+RunInfo read_run_info(const std::string& checkpoint_path);
+
 // What sampling and evaluation need from a finished run.
 struct LoadedRun {
   Settings settings;
@@ -117,6 +129,9 @@ struct LoadedRun {
   int64_t step = 0;
 };
 LoadedRun load_run(const std::string& checkpoint_path);
+// The run's corpus tokenized with its own tokenizer, which moves into the result (data_dir empty:
+// the run's).
+data::TokenizedCorpus run_corpus(LoadedRun& run, const std::string& data_dir, int threads);
 // Mean validation loss (nats) over `batches` batches of `batch` windows (0: the whole split).
 double evaluate(GPT& model, const data::WindowSampler& val, int64_t batch, int64_t batches);
 // Continues `prompt` by `tokens` tokens (temperature 0: greedy; top_k 0: no cut).

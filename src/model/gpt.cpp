@@ -108,14 +108,18 @@ BlockImpl::BlockImpl(const GPTConfig& c, int64_t index) {
   mlp_connection = register_module("mlp_hc", HyperConnection(options(2 * index + 1)));
 }
 
-Tensor BlockImpl::forward(const Tensor& x) {
+Tensor BlockImpl::forward(const Tensor& x, std::vector<SublayerRecord>* record) {
   const auto attend = [&](const Tensor& h) { return attention(h); };
   const auto transform = [&](const Tensor& h) { return mlp(h); };
   if (!attention_connection) {  // plain residual: x is [B, T, 1, C]
     const Tensor y = x + attend(x.squeeze(-2)).unsqueeze(-2);
     return y + transform(y.squeeze(-2)).unsqueeze(-2);
   }
-  return mlp_connection->forward(attention_connection->forward(x, attend), transform);
+  SublayerRecord attention_step{x, {}}, mlp_step;
+  mlp_step.x = attention_connection->forward(x, attend, record ? &attention_step.mix : nullptr);
+  const Tensor out = mlp_connection->forward(mlp_step.x, transform, record ? &mlp_step.mix : nullptr);
+  if (record) record->push_back(attention_step), record->push_back(mlp_step);
+  return out;
 }
 
 GPTImpl::GPTImpl(const GPTConfig& config) : config_(config) {
@@ -141,11 +145,11 @@ std::vector<HyperConnection> GPTImpl::connections() const {
   return out;
 }
 
-Tensor GPTImpl::forward(const Tensor& tokens) {
+Tensor GPTImpl::forward(const Tensor& tokens, std::vector<SublayerRecord>* record) {
   TORCH_CHECK_VALUE(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len, "GPT: tokens must be [B, T] with T <= ",
                     config_.seq_len, ", got ", tokens.sizes());
   Tensor x = expand_streams(embed_(tokens), config_.streams);  // [B, T, n, C]
-  for (auto& block : blocks_) x = block(x);
+  for (auto& block : blocks_) x = block->forward(x, record);
   return head_(final_norm_(reduce_streams(x)));
 }
 

@@ -98,8 +98,10 @@ Tensor HyperConnectionImpl::post(const Tensor& x, const Tensor& y, const PreOutp
   return out.view(x.sizes());
 }
 
-Tensor HyperConnectionImpl::forward(const Tensor& x, const std::function<Tensor(const Tensor&)>& sublayer) {
+Tensor HyperConnectionImpl::forward(const Tensor& x, const std::function<Tensor(const Tensor&)>& sublayer,
+                                   PreOutput* mix_out) {
   const PreOutput mix = pre(x);
+  if (mix_out) *mix_out = mix;
   return post(x, sublayer(mix.h), mix);
 }
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 
 #include "mhc/files.h"
@@ -32,6 +33,31 @@ std::string dtype_name(torch::ScalarType t) {
 
 [[noreturn]] void corrupt(const std::string& path, const std::string& why) {
   throw std::invalid_argument("checkpoint " + path + " is unreadable: " + why);
+}
+
+// The JSON header of the safetensors file `path` (`file_size` bytes), given at least its first
+// 8 + header-length bytes in `head`; stores the header length.
+nlohmann::json parse_header(const std::string& path, const std::string& head, uint64_t file_size, uint64_t* header_size) {
+  if (head.size() < 8) corrupt(path, "shorter than a safetensors header");
+  std::memcpy(header_size, head.data(), 8);
+  if (*header_size > file_size - 8 || *header_size > head.size() - 8)
+    corrupt(path, "header length beyond the end of the file (truncated?)");
+  try {
+    return nlohmann::json::parse(head.substr(8, *header_size));
+  } catch (const std::exception&) {
+    corrupt(path, "its header is not valid JSON");
+  }
+}
+
+std::map<std::string, std::string> metadata_of(const std::string& path, const nlohmann::json& header) {
+  std::map<std::string, std::string> out;
+  try {
+    if (header.contains("__metadata__"))
+      for (const auto& [k, v] : header.at("__metadata__").items()) out[k] = v.get<std::string>();
+  } catch (const nlohmann::json::exception&) {
+    corrupt(path, "its metadata are not strings");
+  }
+  return out;
 }
 
 }  // namespace
@@ -71,15 +97,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
   const std::string file = read_file(path);
   uint64_t header_size = 0;
-  if (file.size() < 8) corrupt(path, "shorter than a safetensors header");
-  std::memcpy(&header_size, file.data(), 8);
-  if (header_size > file.size() - 8) corrupt(path, "header length beyond the end of the file (truncated?)");
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(file.substr(8, header_size));
-  } catch (const std::exception&) {
-    corrupt(path, "its header is not valid JSON");
-  }
+  const nlohmann::json header = parse_header(path, file, file.size(), &header_size);
   const uint64_t data_size = file.size() - 8 - header_size;
   const char* data = file.data() + 8 + header_size;
   Checkpoint out;
@@ -109,22 +127,40 @@ Checkpoint load_checkpoint(const std::string& path) {
       expected_offset = end;
     }
     if (expected_offset != data_size) corrupt(path, "trailing bytes after the last tensor");
-    if (header.contains("__metadata__"))
-      for (const auto& [k, v] : header.at("__metadata__").items()) out.metadata[k] = v.get<std::string>();
   } catch (const nlohmann::json::exception&) {
     corrupt(path, "its header is not a safetensors header");
   }
+  out.metadata = metadata_of(path, header);
   auto sum = out.metadata.find("sha256");
   if (sum == out.metadata.end()) corrupt(path, "no sha256 checksum in its metadata");
   if (sum->second != digest.hex()) corrupt(path, "checksum mismatch (the file was truncated or modified)");
   return out;
 }
 
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
+  if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
+  const uint64_t file_size = fs::file_size(path);
+  std::ifstream in(path, std::ios::binary);
+  std::string head(8, '\0');
+  in.read(head.data(), 8);
+  head.resize(static_cast<size_t>(in.gcount()));
+  uint64_t header_size = 0;
+  if (head.size() == 8) {
+    std::memcpy(&header_size, head.data(), 8);
+    if (header_size <= file_size - 8) {
+      head.resize(8 + header_size);
+      in.read(head.data() + 8, static_cast<std::streamsize>(header_size));
+    }
+  }
+  return metadata_of(path, parse_header(path, head, file_size, &header_size));
+}
+
 std::string resolve_checkpoint(const std::string& path) {
   if (fs::is_directory(path)) {
     const fs::path latest = fs::path(path) / "latest";
     if (!fs::exists(latest)) throw std::invalid_argument("run folder " + path + " has no checkpoint yet (no 'latest')");
-    return fs::canonical(latest).string();
+    const fs::path target = fs::read_symlink(latest);  // relative to the run folder, as the trainer writes it
+    return (target.is_absolute() ? target : fs::path(path) / target).string();
   }
   if (!fs::exists(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
   return path;

@@ -13,6 +13,8 @@
 
 namespace mhc::train {
 
+int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
 const std::vector<SettingSpec>& setting_specs() {
   static const std::vector<SettingSpec> specs = {
       // what is trained
@@ -43,9 +45,11 @@ const std::vector<SettingSpec>& setting_specs() {
       // run settings (a resumed run may change them)
       {"out", "runs/default", "output folder: config.json, metrics.jsonl, checkpoints", 's', true},
       {"data-dir", "data", "where the corpus is installed and token caches are kept", 's', true},
-      {"threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "CPU threads", 'i', true},
+      {"threads", std::to_string(default_threads()), "CPU threads", 'i', true},
       {"eval-every", "50", "validation every N steps (0: only at the end)", 'i', true},
       {"eval-batches", "8", "validation batches per evaluation (0: the whole split)", 'i', true},
+      {"diag-every", "10", "signal-gain diagnostics into metrics.jsonl every N steps and at the end (0: never)", 'i', true},
+      {"diag-batch", "4", "validation windows in the diagnostics' fixed probe batch", 'i', true},
       {"ckpt-every", "100", "checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)", 'i', true},
       {"keep", "2", "checkpoints kept (older ones are deleted)", 'i', true},
       {"stop-after", "0", "stop with a checkpoint after this step (0: run all --steps)", 'i', true},
@@ -99,16 +103,14 @@ Settings Settings::from_json(const std::string& json) {
   Settings s;
   const auto j = nlohmann::json::parse(json);
   for (const auto& spec : setting_specs()) {
-    if (!j.contains(spec.name)) throw std::invalid_argument("the run's settings lack '" + spec.name + "'");
-    const auto& v = j.at(spec.name);
-    if (v.is_string()) s.values[spec.name] = v.get<std::string>();
-    else if (v.is_number_integer()) s.values[spec.name] = std::to_string(v.get<int64_t>());
-    else {
-      std::ostringstream text;
-      text.precision(17);
-      text << v.get<double>();
-      s.values[spec.name] = text.str();
+    if (!j.contains(spec.name)) {
+      // A run setting added after the run was written takes its default; the others define the run.
+      if (!spec.run) throw std::invalid_argument("the run's settings lack '" + spec.name + "'");
+      s.values[spec.name] = spec.default_value;
+      continue;
     }
+    const auto& v = j.at(spec.name);
+    s.values[spec.name] = v.is_string() ? v.get<std::string>() : v.dump();  // numbers: shortest exact form
   }
   return s;
 }

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mhc/diag.h"
 #include "mhc/files.h"
 #include "mhc/train.h"
 
@@ -158,11 +159,26 @@ std::vector<int32_t> generate(GPT& model, std::vector<int32_t> tokens, int64_t c
   return tokens;
 }
 
+namespace {
+
+void check_format(const std::string& path, const std::map<std::string, std::string>& metadata) {
+  const auto format = metadata.find("format");
+  if (format == metadata.end() || format->second != kFormat || metadata.count("config") == 0 || metadata.count("step") == 0)
+    throw std::invalid_argument("checkpoint " + path + " was not written by mhc train (format '" +
+                                (format == metadata.end() ? "" : format->second) + "', expected '" + kFormat + "')");
+}
+
+}  // namespace
+
+RunInfo read_run_info(const std::string& checkpoint_path) {
+  const auto metadata = read_checkpoint_metadata(checkpoint_path);
+  check_format(checkpoint_path, metadata);
+  return {Settings::from_json(metadata.at("config")), std::stoll(metadata.at("step"))};
+}
+
 LoadedRun load_run(const std::string& checkpoint_path) {
   const Checkpoint c = load_checkpoint(checkpoint_path);
-  if (c.metadata.count("format") == 0 || c.metadata.at("format") != kFormat)
-    throw std::invalid_argument("checkpoint " + checkpoint_path + " was not written by mhc train (format '" +
-                                (c.metadata.count("format") ? c.metadata.at("format") : "") + "')");
+  check_format(checkpoint_path, c.metadata);
   LoadedRun run;
   run.settings = Settings::from_json(c.metadata.at("config"));
   run.tokenizer = data::tokenizer_from_bytes(c.metadata.at("tokenizer"), tokenizer_bytes(c));
@@ -170,6 +186,12 @@ LoadedRun load_run(const std::string& checkpoint_path) {
   restore_model(run.model, c, checkpoint_path);
   run.step = std::stoll(c.metadata.at("step"));
   return run;
+}
+
+data::TokenizedCorpus run_corpus(LoadedRun& run, const std::string& data_dir, int threads) {
+  const Settings& s = run.settings;
+  return data::tokenize_corpus(s.str("data"), data_dir.empty() ? s.str("data-dir") : data_dir, s.str("tokenizer"),
+                               s.integer("vocab", 2, 1 << 20), threads, std::move(run.tokenizer));
 }
 
 StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
@@ -207,7 +229,8 @@ int run_training(const Settings& s, const std::string& resume_from) {
                 eval_every = s.integer("eval-every", 0, INT64_MAX), eval_batches = s.integer("eval-batches", 0, 1 << 30),
                 ckpt_every = s.integer("ckpt-every", 0, INT64_MAX), keep = s.integer("keep", 1, 1 << 20),
                 stop_after = s.integer("stop-after", 0, INT64_MAX), max_bad = s.integer("max-bad-steps", 1, 1 << 20),
-                sample_tokens = s.integer("sample-tokens", 0, 1 << 20), seed = s.integer("seed", 0, INT64_MAX);
+                sample_tokens = s.integer("sample-tokens", 0, 1 << 20), seed = s.integer("seed", 0, INT64_MAX),
+                diag_every = s.integer("diag-every", 0, INT64_MAX), diag_batch = s.integer("diag-batch", 1, 1 << 20);
   const double lr = s.real("lr", 0, 1e30), min_lr = s.real("min-lr", 0, 1e30), clip = s.real("clip", 0, 1e30);
   AdamW::Options adam{s.real("beta1", 0, 0.999999), s.real("beta2", 0, 0.999999), 1e-8, s.real("weight-decay", 0, 1e3)};
 
@@ -222,6 +245,8 @@ int run_training(const Settings& s, const std::string& resume_from) {
                                                        s.integer("vocab", 2, 1 << 20), threads, std::move(tokenizer));
   const data::WindowSampler train_windows(corpus.train, s.integer("seq-len", 1, 1 << 20), seed, "training");
   const data::WindowSampler val_windows(corpus.val, s.integer("seq-len", 1, 1 << 20), seed, "validation");
+
+  const torch::Tensor probe = diag::probe_tokens(val_windows, diag_batch);
 
   torch::manual_seed(seed);
   GPT model(s.model_config(corpus.tokenizer->vocab_size()));
@@ -316,6 +341,12 @@ int run_training(const Settings& s, const std::string& resume_from) {
     if (!std::isfinite(loss_sum)) line["loss"] = nullptr;
     if (!std::isfinite(norm)) line["grad_norm"] = nullptr;
     if (eval_now) line["val_loss"] = last_val;
+    // No autograd and no randomness: the diagnostics cannot change the training that follows.
+    if (diag_every > 0 && !model->connections().empty() && (step % diag_every == 0 || step == last_step)) {
+      const auto d0 = Clock::now();
+      line["diag"] = nlohmann::ordered_json::parse(diag::to_json(diag::probe(model, probe)));
+      line["diag_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - d0).count();
+    }
     metrics << line.dump() << "\n" << std::flush;
     const double eta = seconds_training / static_cast<double>(step - first_step) * static_cast<double>(last_step - step);
     progress.step(step, loss_sum, eval_now ? &last_val : nullptr, norm, rate, seconds * 1e3, tokens_per_step / seconds,
