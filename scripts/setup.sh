@@ -10,6 +10,7 @@ packages=(
   libgloo-dev           # c10d's CPU collectives (data-parallel training)
   googletest libgtest-dev libbenchmark-dev
   python3-torch python3-pytest python3-numpy  # the Python front end and its tests (/usr/bin/python3)
+  python3-matplotlib    # the plots of `mhc analyze` and `mhc compare` (scripts/plots.py)
   pkg-config libsentencepiece-dev  # the BPE tokenizer of `mhc train`
   libssl-dev                       # SHA-256 (libcrypto) of checkpoints and token caches
   nlohmann-json3-dev libtomlplusplus-dev  # config.json / safetensors headers, --config FILE.toml

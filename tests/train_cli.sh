@@ -2,9 +2,10 @@
 # `mhc train`, `sample` and `eval` end to end on a small byte-level model: every variant trains,
 # resume is bit-exact, SIGKILL during checkpointing never leaves `latest` unreadable, SIGTERM saves
 # and exits cleanly, damaged checkpoints are refused, a non-finite run stops, the checkpoint is
-# standard safetensors (read by Python with NumPy only), and bad input gets one-line errors.
+# standard safetensors (read by Python with NumPy only), diagnostics leave training unchanged,
+# `analyze` and `compare` write their tables and valid plots, and bad input gets one-line errors.
 # Usage: train_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: variants resume kill signals damage
-# nonfinite errors; default: all)
+# nonfinite diag compare errors; default: all)
 set -u
 mhc=$1
 src=$2
@@ -23,6 +24,16 @@ done > "$work/text.txt"
 small=(--data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --dim 32 --layers 2 --heads 2 --seq-len 32
        --batch 4 --threads 2 --eval-every 10 --eval-batches 2 --sample-tokens 0 --warmup 5 --out "$work/default-out")
 
+expect_error() {  # expect_error REGEX ARGS...: exit status 2 and exactly one line on stderr
+  local pattern=$1 err status
+  shift
+  err=$("$mhc" "$@" 2>&1 >/dev/null)
+  status=$?
+  if [ "$status" -ne 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || ! printf '%s' "$err" | grep -Eq "^error: $pattern"; then
+    fail "mhc $* -> status $status, stderr: $err"
+  fi
+}
+pngs_valid() { /usr/bin/python3 "$src/tests/check_png.py" "$@"; }
 losses() { /usr/bin/python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1])))' "$1"; }
 
 if want variants; then
@@ -117,16 +128,64 @@ if want nonfinite; then
   [ "$(grep -c '"skipped":true' "$out/metrics.jsonl")" -eq 3 ] || fail "non-finite run: skipped steps not in metrics.jsonl"
 fi
 
+if want diag; then
+  # Diagnostics run on the probe batch without autograd or randomness: training is unchanged.
+  "$mhc" train "${small[@]}" --steps 12 --diag-every 0 --out "$work/nodiag" > "$work/nodiag.log" 2>&1 ||
+    fail "diag: --diag-every 0: $(tail -1 "$work/nodiag.log")"
+  "$mhc" train "${small[@]}" --steps 12 --diag-every 5 --out "$work/diag" > "$work/diag.log" 2>&1 ||
+    fail "diag: --diag-every 5: $(tail -1 "$work/diag.log")"
+  [ "$(losses "$work/nodiag/metrics.jsonl")" = "$(losses "$work/diag/metrics.jsonl")" ] ||
+    fail "diag: the losses differ with --diag-every 5"
+  diag_steps() { /usr/bin/python3 -c 'import json,sys; print(" ".join(str(j["step"]) for j in map(json.loads, open(sys.argv[1])) if "diag" in j))' "$1"; }
+  [ "$(diag_steps "$work/diag/metrics.jsonl")" = "5 10 12" ] || fail "diag: diagnostics at steps '$(diag_steps "$work/diag/metrics.jsonl")', want '5 10 12'"
+  [ -z "$(diag_steps "$work/nodiag/metrics.jsonl")" ] || fail "diag: --diag-every 0 still logged diagnostics"
+
+  "$mhc" analyze --ckpt "$work/diag" > "$work/analyze.txt" 2>&1 || fail "analyze: $(tail -1 "$work/analyze.txt")"
+  grep -q "^mlp 1 " "$work/analyze.txt" || fail "analyze: no row for sublayer 'mlp 1' in: $(cat "$work/analyze.txt")"
+  pngs_valid "$work/diag/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error}.png || fail "analyze: missing or invalid plots"
+  /usr/bin/python3 -c '
+import json, sys
+a = json.load(open(sys.argv[1]))
+assert a["diag"]["sublayer"] == ["attn 0", "mlp 0", "attn 1", "mlp 1"], a["diag"]["sublayer"]
+assert a["sinkhorn"]["iterations"] == [1, 2, 5, 10, 20, 50] and len(a["sinkhorn"]["error"]) == 4
+assert all(abs(g - 1) < 1e-4 for g in a["diag"]["composite_fwd_max"]), a["diag"]["composite_fwd_max"]
+' "$work/diag/analysis/analysis.json" || fail "analyze: analysis.json"
+
+  "$mhc" train "${small[@]}" --steps 3 --residual residual --out "$work/plain" > /dev/null 2>&1 || fail "diag: residual run"
+  if "$mhc" analyze --ckpt "$work/plain" > "$work/analyze-plain.txt" 2>&1; then
+    grep -q "the plain residual has no H_res to analyse" "$work/analyze-plain.txt" && grep -q "probe loss" "$work/analyze-plain.txt" ||
+      fail "analyze (residual): $(cat "$work/analyze-plain.txt")"
+  else
+    fail "analyze (residual) failed: $(tail -1 "$work/analyze-plain.txt")"
+  fi
+  expect_error "mhc analyze: --ckpt is required" analyze
+  expect_error "checkpoint $work/nothing.safetensors does not exist" analyze --ckpt "$work/nothing.safetensors"
+fi
+
+if want compare; then
+  cmp_args=("${small[@]}" --steps 6 --eval-every 3 --diag-every 2 --out "$work/cmp")
+  if "$mhc" compare "${cmp_args[@]}" > "$work/compare.log" 2>&1; then
+    [ "$(grep -cE '^\| (residual|hc|mhc|mhc-lite) \|' "$work/cmp/report.md")" -eq 4 ] || fail "compare: report rows: $(cat "$work/cmp/report.md")"
+    grep -q "A \*\*loss spike\*\* is" "$work/cmp/report.md" || fail "compare: the report does not define a loss spike"
+    pngs_valid "$work/cmp/"{val_loss,grad_norm,gain_vs_depth,gain_over_steps}.png || fail "compare: missing or invalid plots"
+    # mHC-lite's composite maps are doubly stochastic by construction: both gains 1 within 1e-4.
+    /usr/bin/python3 -c '
+import json, sys
+last = [json.loads(l) for l in open(sys.argv[1])][-1]["diag"]
+for key in ("composite_fwd_max", "composite_bwd_max"):
+    assert all(abs(g - 1) < 1e-4 for g in last[key]), (key, last[key])
+' "$work/cmp/mhc-lite/metrics.jsonl" || fail "compare: mHC-lite composite gains are not 1 within 1e-4"
+    "$mhc" compare "${cmp_args[@]}" > "$work/compare2.log" 2>&1 || fail "compare (again): $(tail -1 "$work/compare2.log")"
+    [ "$(grep -c "reusing the finished run" "$work/compare2.log")" -eq 4 ] || fail "compare (again): finished runs were not reused"
+  else
+    fail "compare: $(tail -1 "$work/compare.log")"
+  fi
+  expect_error "mhc compare: --residual: unknown residual kind 'foo' \(accepted: residual, hc, mhc, mhc-lite\)" compare --residual mhc,foo
+  expect_error "mhc compare: --residual lists 'hc' twice" compare --residual hc,mhc,hc
+  expect_error "mhc compare: $work/cmp/mhc holds a run with other settings: lr \(checkpoint 0.003, given 0.001\)" compare "${cmp_args[@]}" --residual mhc --lr 0.001
+fi
+
 if want errors; then
-  expect_error() {  # expect_error REGEX ARGS...: exit status 2 and exactly one line on stderr
-    local pattern=$1 err status
-    shift
-    err=$("$mhc" "$@" 2>&1 >/dev/null)
-    status=$?
-    if [ "$status" -ne 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || ! printf '%s' "$err" | grep -Eq "^error: $pattern"; then
-      fail "mhc $* -> status $status, stderr: $err"
-    fi
-  }
   printf 'caf\xe9\n' > "$work/latin1.txt"
   : > "$work/empty.txt"
   mkdir -p "$work/readonly" "$work/empty-run" && chmod 500 "$work/readonly"

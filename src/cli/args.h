@@ -32,6 +32,7 @@ class Args {
   std::vector<std::string> list(const std::string& name) const;
 
   std::string help() const;
+  const std::string& command() const { return command_; }
 
   // Whether the command line gave this flag (the preset and a config file fill the others).
   bool given(const std::string& name) const { return given_.count(name) > 0; }

@@ -16,7 +16,7 @@ int bench_train(const std::vector<std::string>& argv) {
   a.flag("preset", "small", "model and batch settings (see mhc train --help)")
       .flag("residual", "residual,hc,mhc,mhc-lite", "variants, comma-separated")
       .flag("streams", "4", "n for the hyper-connection variants")
-      .flag("threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "CPU threads")
+      .flag("threads", std::to_string(train::default_threads()), "CPU threads")
       .flag("warmup", "1", "untimed steps per variant first")
       .flag("reps", "5", "timed steps per variant (median reported)")
       .toggle("markdown", "a Markdown table (for docs/benchmarks.md)");

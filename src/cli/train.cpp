@@ -1,13 +1,15 @@
-// `mhc train`, `mhc sample`, `mhc eval`: flags -> settings (preset < --config TOML < flags, or a
-// checkpoint's settings when resuming), then the trainer of mhc/train.h.
+// `mhc train`, `mhc sample`, `mhc eval`, and the settings logic of run_settings.h that `mhc compare`
+// shares: flags -> settings (preset < --config TOML < flags, or a checkpoint's settings when
+// resuming), then the trainer of mhc/train.h.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
-#include <thread>
 
 #include "args.h"
 #include "commands.h"
 #include "mhc/train.h"
+#include "run_settings.h"
 
 namespace fs = std::filesystem;
 
@@ -32,8 +34,42 @@ std::string preset_names() {
   return names;
 }
 
-// A fresh run never mixes its checkpoints with an earlier run's: it refuses, or with --overwrite
-// deletes them first.
+}  // namespace
+
+void declare_training_flags(Args& a) {
+  a.flag("preset", "tiny", "starting settings: " + preset_names() + " (the defaults below are tiny's)");
+  a.flag("config", "", "a TOML file of settings, applied over the preset");
+  for (const auto& spec : train::setting_specs()) a.flag(spec.name, spec.default_value, spec.help);
+}
+
+Settings fresh_settings(const Args& a, const std::map<std::string, std::string>& overrides) {
+  const auto preset = train::presets().find(a.str("preset"));
+  if (preset == train::presets().end())
+    throw std::invalid_argument(a.command() + ": unknown --preset '" + a.str("preset") + "' (accepted: " + preset_names() + ")");
+  Settings s;
+  for (const auto& spec : train::setting_specs()) s.values[spec.name] = a.str(spec.name);
+  std::map<std::string, std::string> layered = preset->second;
+  if (!a.str("config").empty())
+    for (const auto& [k, v] : train::read_toml(a.str("config"))) layered[k] = v;
+  for (const auto& [k, v] : layered)
+    if (!a.given(k)) s.values[k] = v;
+  for (const auto& [k, v] : overrides) s.values[k] = v;
+  // The plain residual has one stream by definition; only an explicit --streams can contradict it.
+  if (s.str("residual") == "residual" && !a.given("streams")) s.values["streams"] = "1";
+  return s;
+}
+
+std::string differences(const Settings& checkpoint, const Settings& given, const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& spec : train::setting_specs()) {
+    if (std::find(names.begin(), names.end(), spec.name) == names.end()) continue;
+    if (!same_value(spec, checkpoint.str(spec.name), given.str(spec.name)))
+      out += (out.empty() ? "" : ", ") + spec.name + " (checkpoint " + checkpoint.str(spec.name) + ", given " +
+             given.str(spec.name) + ")";
+  }
+  return out;
+}
+
 void replace_earlier_run(const std::string& out, bool overwrite) {
   if (!fs::is_directory(out)) return;
   std::vector<fs::path> earlier;
@@ -48,58 +84,37 @@ void replace_earlier_run(const std::string& out, bool overwrite) {
   for (const auto& p : earlier) fs::remove(p);
 }
 
-int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
-
-}  // namespace
-
 int train(const std::vector<std::string>& argv) {
   Args a("mhc train",
          "Train a GPT whose residual stream is the chosen variant. Settings: the preset, then --config FILE.toml\n"
          "(keys named as the flags), then the flags. --resume DIR continues a run exactly; it may change only\n"
          "the run settings (out … sample-tokens).");
-  a.flag("preset", "tiny", "starting settings: " + preset_names() + " (the defaults below are tiny's)");
-  a.flag("config", "", "a TOML file of settings, applied over the preset");
   a.flag("resume", "", "a run folder (or checkpoint file) to continue");
   a.toggle("overwrite", "start afresh even if --out holds an earlier run (its checkpoints are deleted)");
-  for (const auto& spec : train::setting_specs()) a.flag(spec.name, spec.default_value, spec.help);
+  declare_training_flags(a);
   if (!a.parse(argv)) return 0;
 
-  Settings s;
-  for (const auto& spec : train::setting_specs()) s.values[spec.name] = a.str(spec.name);
-  std::string resume_from;
-  if (!a.str("resume").empty()) {
-    if (a.given("preset") || a.given("config"))
-      throw std::invalid_argument("mhc train: --resume takes the run's own settings; drop --preset/--config");
-    resume_from = train::resolve_checkpoint(a.str("resume"));
-    const Settings saved = train::load_run(resume_from).settings;
-    std::string differing;
-    for (const auto& spec : train::setting_specs()) {
-      if (!a.given(spec.name)) {
-        if (spec.name != "out") s.values[spec.name] = saved.str(spec.name);
-        continue;
-      }
-      if (!spec.run && !same_value(spec, a.str(spec.name), saved.str(spec.name)))
-        differing += (differing.empty() ? "" : ", ") + spec.name + " (checkpoint " + saved.str(spec.name) + ", given " +
-                     a.str(spec.name) + ")";
-    }
-    if (!differing.empty())
-      throw std::invalid_argument("mhc train: --resume " + a.str("resume") + " contradicts the checkpoint: " + differing);
-    if (!a.given("out"))
-      s.values["out"] = fs::is_directory(a.str("resume")) ? a.str("resume") : fs::path(resume_from).parent_path().string();
-  } else {
-    const auto preset = train::presets().find(a.str("preset"));
-    if (preset == train::presets().end())
-      throw std::invalid_argument("mhc train: unknown --preset '" + a.str("preset") + "' (accepted: " + preset_names() + ")");
-    std::map<std::string, std::string> layered = preset->second;
-    if (!a.str("config").empty())
-      for (const auto& [k, v] : train::read_toml(a.str("config"))) layered[k] = v;
-    for (const auto& [k, v] : layered)
-      if (!a.given(k)) s.values[k] = v;
-    // The plain residual has one stream by definition; only an explicit --streams can contradict it.
-    if (s.str("residual") == "residual" && !a.given("streams")) s.values["streams"] = "1";
+  if (a.str("resume").empty()) {
+    const Settings s = fresh_settings(a);
+    s.model_config(2);  // reject a bad model before any data is read
+    replace_earlier_run(s.str("out"), a.on("overwrite"));
+    return train::run_training(s, "");
   }
-  s.model_config(2);  // reject a bad model before any data is read
-  if (resume_from.empty()) replace_earlier_run(s.str("out"), a.on("overwrite"));
+  if (a.given("preset") || a.given("config"))
+    throw std::invalid_argument("mhc train: --resume takes the run's own settings; drop --preset/--config");
+  const std::string resume_from = train::resolve_checkpoint(a.str("resume"));
+  Settings s = train::read_run_info(resume_from).settings;
+  const Settings saved = s;
+  std::vector<std::string> fixed_given;
+  for (const auto& spec : train::setting_specs()) {
+    if (!a.given(spec.name)) continue;
+    s.values[spec.name] = a.str(spec.name);
+    if (!spec.run) fixed_given.push_back(spec.name);
+  }
+  if (const std::string differing = differences(saved, s, fixed_given); !differing.empty())
+    throw std::invalid_argument("mhc train: --resume " + a.str("resume") + " contradicts the checkpoint: " + differing);
+  if (!a.given("out"))
+    s.values["out"] = fs::is_directory(a.str("resume")) ? a.str("resume") : fs::path(resume_from).parent_path().string();
   return train::run_training(s, resume_from);
 }
 
@@ -111,7 +126,7 @@ int sample(const std::vector<std::string>& argv) {
       .flag("temperature", "0.8", "softmax temperature (0: greedy)")
       .flag("top-k", "40", "sample among the k most likely tokens (0: all)")
       .flag("seed", "1", "sampling seed")
-      .flag("threads", std::to_string(default_threads()), "CPU threads");
+      .flag("threads", std::to_string(train::default_threads()), "CPU threads");
   if (!a.parse(argv)) return 0;
   if (a.str("ckpt").empty()) throw std::invalid_argument("mhc sample: --ckpt is required (a run folder or checkpoint file)");
   torch::set_num_threads(static_cast<int>(a.integer("threads", 1, 1024)));
@@ -128,18 +143,16 @@ int eval(const std::vector<std::string>& argv) {
   a.flag("ckpt", "", "a run folder (its latest checkpoint) or a checkpoint file")
       .flag("data-dir", "", "where the corpus and token caches are (default: the run's)")
       .flag("batches", "0", "batches to evaluate (0: the whole validation split)")
-      .flag("threads", std::to_string(default_threads()), "CPU threads");
+      .flag("threads", std::to_string(train::default_threads()), "CPU threads");
   if (!a.parse(argv)) return 0;
   if (a.str("ckpt").empty()) throw std::invalid_argument("mhc eval: --ckpt is required (a run folder or checkpoint file)");
   const int threads = static_cast<int>(a.integer("threads", 1, 1024));
   torch::set_num_threads(threads);
   auto run = train::load_run(train::resolve_checkpoint(a.str("ckpt")));
-  const Settings& s = run.settings;
-  const std::string data_dir = a.str("data-dir").empty() ? s.str("data-dir") : a.str("data-dir");
-  auto corpus = data::tokenize_corpus(s.str("data"), data_dir, s.str("tokenizer"), s.integer("vocab", 2, 1 << 20), threads,
-                                      std::move(run.tokenizer));
+  const auto corpus = train::run_corpus(run, a.str("data-dir"), threads);
   const data::WindowSampler val(corpus.val, run.model->config().seq_len, 0, "validation");
-  const double loss = train::evaluate(run.model, val, s.integer("batch", 1, 1 << 20), a.integer("batches", 0, 1 << 30));
+  const double loss =
+      train::evaluate(run.model, val, run.settings.integer("batch", 1, 1 << 20), a.integer("batches", 0, 1 << 30));
   std::cout << "step " << run.step << ": validation loss " << loss << " nats, perplexity " << std::exp(loss) << " ("
             << val.windows() << " windows of " << run.model->config().seq_len << " tokens)" << std::endl;
   return 0;

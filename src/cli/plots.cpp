@@ -1,0 +1,39 @@
+// Starts scripts/plots.py (see plots.h) without a shell, so no path needs quoting.
+#include "plots.h"
+
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+extern char** environ;
+
+namespace mhc::cli {
+
+void run_plots(const std::vector<std::string>& args) {
+  const char* python = std::getenv("MHC_PYTHON");
+  std::vector<std::string> command = {python && *python ? python : "/usr/bin/python3", MHC_PLOT_SCRIPT};
+  command.insert(command.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : command) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::string shown;
+  for (const auto& a : command) shown += (shown.empty() ? "" : " ") + a;
+
+  pid_t pid = 0;
+  if (const int error = posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ); error != 0)
+    throw std::runtime_error("cannot start " + command[0] + " for the plots: " + std::strerror(error) +
+                             " (set MHC_PYTHON to a python3 with matplotlib)");
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error("plotting failed: `" + shown + "` exited with status " +
+                             std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)) +
+                             " (matplotlib missing? scripts/setup.sh installs python3-matplotlib)");
+}
+
+}  // namespace mhc::cli

@@ -1,0 +1,15 @@
+// The plots of `mhc analyze` and `mhc compare` are drawn by scripts/plots.py (matplotlib), from the
+// JSON and metrics.jsonl files the commands write: plotting never runs inside the training loop.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace mhc::cli {
+
+// Runs `python3 scripts/plots.py ARGS…` (python: $MHC_PYTHON, default /usr/bin/python3, Debian's,
+// which has matplotlib once scripts/setup.sh ran). Throws std::runtime_error naming the command
+// when it cannot start or fails.
+void run_plots(const std::vector<std::string>& args);
+
+}  // namespace mhc::cli
