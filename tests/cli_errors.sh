@@ -19,7 +19,7 @@ expect_error() {  # expect_error REGEX ARGS...
   fi
 }
 
-expect_error "mhc: unknown command 'trian' \(accepted: train, sample, eval, analyze, compare, bench\)" trian
+expect_error "mhc: unknown command 'trian' \(accepted: train, sample, eval, analyze, compare, launch, bench\)" trian
 expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train\)" bench layers
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --kind, .*--json" bench layer --widht 8
 expect_error "unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite\)" bench layer --kind mhc,sinkhorn

@@ -6,33 +6,11 @@
 # `analyze` and `compare` write their tables and valid plots, and bad input gets one-line errors.
 # Usage: train_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: variants resume kill signals damage
 # nonfinite diag compare errors; default: all)
-set -u
-mhc=$1
-src=$2
-only=${3:-all}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
+source "$(dirname "$0")/cli_common.sh"
 
-# 2000 distinct lines of text, blank-line-separated into 200 documents.
-for i in $(seq 1 2000); do
-  echo "line $i: the quick brown fox jumps over the lazy dog $((i * 7 % 13)) times"
-  [ $((i % 10)) -eq 0 ] && echo
-done > "$work/text.txt"
 small=(--data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --dim 32 --layers 2 --heads 2 --seq-len 32
        --batch 4 --threads 2 --eval-every 10 --eval-batches 2 --sample-tokens 0 --warmup 5 --out "$work/default-out")
 
-expect_error() {  # expect_error REGEX ARGS...: exit status 2 and exactly one line on stderr
-  local pattern=$1 err status
-  shift
-  err=$("$mhc" "$@" 2>&1 >/dev/null)
-  status=$?
-  if [ "$status" -ne 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || ! printf '%s' "$err" | grep -Eq "^error: $pattern"; then
-    fail "mhc $* -> status $status, stderr: $err"
-  fi
-}
 pngs_valid() { /usr/bin/python3 "$src/tests/check_png.py" "$@"; }
 losses() { /usr/bin/python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1])))' "$1"; }
 

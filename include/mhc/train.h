@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "mhc/data.h"
+#include "mhc/distributed.h"
 #include "mhc/model.h"
 
 namespace mhc::train {
@@ -84,9 +85,13 @@ double learning_rate(int64_t step, int64_t total, int64_t warmup, double peak, d
 struct StepResult {
   double loss, grad_norm;
   bool finite;
+  double all_reduce_seconds = 0;  // waiting for and exchanging gradients with the other ranks
 };
+// With a group of several ranks, the gradients and the loss are averaged over them before the norm
+// (one flattened all-reduce), so every rank takes the same step.
 StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
-                      const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr);
+                      const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr,
+                      dist::Group* group = nullptr);
 
 // ---- Checkpoints --------------------------------------------------------------------------------
 
@@ -112,7 +117,13 @@ std::string resolve_checkpoint(const std::string& path);
 // Trains as the settings say, writing into settings "out"; resume_from (a checkpoint file, or
 // empty) continues that run exactly. Returns the process exit status. Bad settings throw
 // std::invalid_argument; a run of non-finite steps throws std::runtime_error.
-int run_training(const Settings& settings, const std::string& resume_from);
+//
+// With an environment of several ranks (mhc/distributed.h) every rank runs this: rank 0's
+// parameters are broadcast, each rank trains on its share of every global batch (--batch /
+// WORLD_SIZE windows) and the gradients are averaged, so the run is the single-process run with
+// the same --batch up to summation order, and its checkpoints resume on any world size. Rank 0
+// alone logs, evaluates, samples and checkpoints.
+int run_training(const Settings& settings, const std::string& resume_from, const dist::Environment& environment = {});
 
 // The settings and step of a checkpoint written by run_training, from its header alone.
 struct RunInfo {

@@ -9,6 +9,7 @@ namespace mhc::cli {
 
 int analyze(const std::vector<std::string>& argv);
 int compare(const std::vector<std::string>& argv);
+int launch(const std::vector<std::string>& argv);
 int bench_layer(const std::vector<std::string>& argv);
 int bench_train(const std::vector<std::string>& argv);
 int train(const std::vector<std::string>& argv);

@@ -162,6 +162,8 @@ int compare(const std::vector<std::string>& argv) {
   a.set("residual", "residual,hc,mhc,mhc-lite");
   a.set("out", "runs/compare");
   if (!a.parse(argv)) return 0;
+  if (dist::Environment::read().world_size > 1)
+    throw std::invalid_argument("mhc compare runs in one process (WORLD_SIZE is set); distribute mhc train instead");
 
   const std::vector<std::string> variants = a.list("residual");
   for (size_t i = 0; i < variants.size(); ++i) {

@@ -5,7 +5,9 @@
 // of threads that spin after their work; OpenBLAS spins for ~2^28 cycles. On a few cores the two
 // pools steal each other's cores: a training step of the tiny preset took 700 ms instead of 320 ms
 // on 2 cores. Both libraries read their settings only when they are loaded, so they must be in
-// the environment before LibTorch is — hence this launcher, which links nothing but libc.
+// the environment before LibTorch is — hence this launcher, which links nothing but libc. The same
+// holds for glog, through which c10d logs its own copy of every error the tool already reports in
+// one line (a failed rendezvous, a dead rank).
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -17,6 +19,7 @@
 int main(int argc, char** argv) {
   setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);  // the minimum: 2^4 cycles of spinning (never over the user's)
   setenv("GOMP_SPINCOUNT", "20000", 0);       // tens of µs instead of libgomp's 300000 spins
+  setenv("GLOG_minloglevel", "3", 0);         // glog: fatal only (the tool reports errors itself)
 
   char path[PATH_MAX];
   const ssize_t size = readlink("/proc/self/exe", path, sizeof(path) - 1);

@@ -30,6 +30,7 @@ const char* kUsage =
     "  eval          validation loss and perplexity of a trained model\n"
     "  analyze       signal-gain diagnostics of a checkpoint: table and plots\n"
     "  compare       train several variants identically; report with plots\n"
+    "  launch        run a command as N local ranks of a data-parallel job (mhc launch --nproc 2 -- train)\n"
     "  bench layer   time one sublayer's fused ops against the plain-LibTorch reference\n"
     "  bench train   training step time of every variant, as ratios to the plain residual\n"
     "\n"
@@ -52,13 +53,14 @@ extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** 
     if (args[0] == "eval") return mhc::cli::eval(rest);
     if (args[0] == "analyze") return mhc::cli::analyze(rest);
     if (args[0] == "compare") return mhc::cli::compare(rest);
+    if (args[0] == "launch") return mhc::cli::launch(rest);
     if (args[0] == "bench") {
       if (args.size() >= 2 && args[1] == "layer") return mhc::cli::bench_layer({args.begin() + 2, args.end()});
       if (args.size() >= 2 && args[1] == "train") return mhc::cli::bench_train({args.begin() + 2, args.end()});
       throw std::invalid_argument("mhc bench: unknown benchmark '" + (args.size() >= 2 ? args[1] : "") +
                                   "' (accepted: layer, train)");
     }
-    throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: train, sample, eval, analyze, compare, bench)");
+    throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: train, sample, eval, analyze, compare, launch, bench)");
   } catch (const std::invalid_argument& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;

@@ -94,11 +94,12 @@ int train(const std::vector<std::string>& argv) {
   declare_training_flags(a);
   if (!a.parse(argv)) return 0;
 
+  const auto environment = dist::Environment::read();  // one rank of several under torchrun / mhc launch
   if (a.str("resume").empty()) {
     const Settings s = fresh_settings(a);
     s.model_config(2);  // reject a bad model before any data is read
-    replace_earlier_run(s.str("out"), a.on("overwrite"));
-    return train::run_training(s, "");
+    if (environment.rank == 0) replace_earlier_run(s.str("out"), a.on("overwrite"));
+    return train::run_training(s, "", environment);
   }
   if (a.given("preset") || a.given("config"))
     throw std::invalid_argument("mhc train: --resume takes the run's own settings; drop --preset/--config");
@@ -115,7 +116,7 @@ int train(const std::vector<std::string>& argv) {
     throw std::invalid_argument("mhc train: --resume " + a.str("resume") + " contradicts the checkpoint: " + differing);
   if (!a.given("out"))
     s.values["out"] = fs::is_directory(a.str("resume")) ? a.str("resume") : fs::path(resume_from).parent_path().string();
-  return train::run_training(s, resume_from);
+  return train::run_training(s, resume_from, environment);
 }
 
 int sample(const std::vector<std::string>& argv) {

@@ -32,7 +32,7 @@ const std::vector<SettingSpec>& setting_specs() {
       {"vocab", "4096", "BPE vocabulary size", 'i', false},
       // how
       {"steps", "400", "optimizer steps (the cosine schedule ends here)", 'i', false},
-      {"batch", "16", "windows per micro-batch", 'i', false},
+      {"batch", "16", "windows per micro-batch, over all ranks (each takes batch / WORLD_SIZE)", 'i', false},
       {"accum", "1", "micro-batches per optimizer step (gradient accumulation)", 'i', false},
       {"lr", "0.003", "peak learning rate", 'f', false},
       {"min-lr", "0.0003", "learning rate at the end of the cosine", 'f', false},
@@ -55,6 +55,7 @@ const std::vector<SettingSpec>& setting_specs() {
       {"stop-after", "0", "stop with a checkpoint after this step (0: run all --steps)", 'i', true},
       {"max-bad-steps", "5", "stop after this many non-finite steps in a row", 'i', true},
       {"sample-tokens", "48", "tokens sampled at the end of training (0: none)", 'i', true},
+      {"dist-timeout", "120", "seconds any rank may wait for another in a collective before exiting with an error", 'f', true},
   };
   return specs;
 }

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mhc/diag.h"
+#include "mhc/distributed.h"
 #include "mhc/files.h"
 #include "mhc/train.h"
 
@@ -195,12 +196,27 @@ data::TokenizedCorpus run_corpus(LoadedRun& run, const std::string& data_dir, in
 }
 
 StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
-                      const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr) {
+                      const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr,
+                      dist::Group* group) {
   double loss_sum = 0;
   for (int64_t micro = 0; micro < accum; ++micro) {
     const torch::Tensor loss = micro_batch_loss() / static_cast<double>(accum);
     loss.backward();
     loss_sum += loss.item<double>();
+  }
+  double all_reduce_seconds = 0;
+  if (group && group->world_size() > 1) {
+    const auto t0 = Clock::now();
+    std::vector<torch::Tensor> shared;
+    for (const auto& p : parameters) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // every rank's buffer has one layout
+      shared.push_back(p.grad());
+    }
+    const torch::Tensor loss = torch::tensor({loss_sum}, torch::kDouble);
+    shared.push_back(loss);
+    group->average(shared);
+    loss_sum = loss.item<double>();
+    all_reduce_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   }
   double norm_sq = 0;
   for (const auto& p : parameters)
@@ -215,14 +231,15 @@ StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parame
   }
   for (const auto& p : parameters)
     if (p.grad().defined()) p.grad().zero_();
-  return {loss_sum, norm, finite};
+  return {loss_sum, norm, finite, all_reduce_seconds};
 }
 
-int run_training(const Settings& s, const std::string& resume_from) {
+int run_training(const Settings& s, const std::string& resume_from, const dist::Environment& environment) {
   const int threads = static_cast<int>(s.integer("threads", 1, 1024));
   torch::set_num_threads(threads);
   const std::string out = s.str("out");
-  ensure_writable_dir(out);
+  const bool leader = environment.rank == 0;
+  if (leader) ensure_writable_dir(out);
 
   const int64_t steps = s.integer("steps", 1, int64_t(1) << 40), batch = s.integer("batch", 1, 1 << 20),
                 accum = s.integer("accum", 1, 1 << 20), warmup = s.integer("warmup", 0, INT64_MAX),
@@ -233,6 +250,13 @@ int run_training(const Settings& s, const std::string& resume_from) {
                 diag_every = s.integer("diag-every", 0, INT64_MAX), diag_batch = s.integer("diag-batch", 1, 1 << 20);
   const double lr = s.real("lr", 0, 1e30), min_lr = s.real("min-lr", 0, 1e30), clip = s.real("clip", 0, 1e30);
   AdamW::Options adam{s.real("beta1", 0, 0.999999), s.real("beta2", 0, 0.999999), 1e-8, s.real("weight-decay", 0, 1e3)};
+  const int world = environment.world_size;
+  if (batch % world != 0)
+    throw std::invalid_argument("--batch " + std::to_string(batch) + " does not split over WORLD_SIZE=" +
+                                std::to_string(world) + " ranks (the batch is global: accepted, a multiple of " +
+                                std::to_string(world) + ")");
+  const int64_t rank_batch = batch / world;
+  dist::Group group(environment, std::chrono::milliseconds(static_cast<int64_t>(s.real("dist-timeout", 0.001, 1e6) * 1e3)));
 
   // The checkpoint first: its tokenizer must be the one the data is encoded with.
   Checkpoint resumed;
@@ -241,8 +265,15 @@ int run_training(const Settings& s, const std::string& resume_from) {
     resumed = load_checkpoint(resume_from);
     tokenizer = data::tokenizer_from_bytes(resumed.metadata.at("tokenizer"), tokenizer_bytes(resumed));
   }
-  data::TokenizedCorpus corpus = data::tokenize_corpus(s.str("data"), s.str("data-dir"), s.str("tokenizer"),
-                                                       s.integer("vocab", 2, 1 << 20), threads, std::move(tokenizer));
+  auto tokenize = [&] {
+    return data::tokenize_corpus(s.str("data"), s.str("data-dir"), s.str("tokenizer"), s.integer("vocab", 2, 1 << 20),
+                                 threads, std::move(tokenizer));
+  };
+  // Rank 0 trains the tokenizer and writes the token cache; the others then read it.
+  data::TokenizedCorpus corpus;
+  if (leader) corpus = tokenize();
+  group.barrier();
+  if (!leader) corpus = tokenize();
   const data::WindowSampler train_windows(corpus.train, s.integer("seq-len", 1, 1 << 20), seed, "training");
   const data::WindowSampler val_windows(corpus.val, s.integer("seq-len", 1, 1 << 20), seed, "validation");
 
@@ -266,11 +297,15 @@ int run_training(const Settings& s, const std::string& resume_from) {
     generator.set_state(resumed.tensors.at("rng/torch_cpu"));
     resumed = {};
   }
-  write_file_atomic(out + "/config.json", s.to_json());
+  group.broadcast(parameters);  // rank 0's weights everywhere, fresh or resumed
   const std::string metrics_path = out + "/metrics.jsonl";
-  if (resume_from.empty()) write_file_atomic(metrics_path, "");
-  else truncate_metrics(metrics_path, step);
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics;
+  if (leader) {
+    write_file_atomic(out + "/config.json", s.to_json());
+    if (resume_from.empty()) write_file_atomic(metrics_path, "");
+    else truncate_metrics(metrics_path, step);
+    metrics.open(metrics_path, std::ios::app);
+  }
 
   auto save = [&] {
     Checkpoint c;
@@ -304,14 +339,18 @@ int run_training(const Settings& s, const std::string& resume_from) {
     ~RestoreSignals() { std::signal(SIGINT, i), std::signal(SIGTERM, t); }
   } restore{previous_int, previous_term};
 
-  std::cout << "train: " << s.str("residual") << " n=" << s.str("streams") << ", " << s.str("layers") << " blocks x C="
-            << s.str("dim") << ", " << model->parameters().size() << " tensors / "
-            << [&] { int64_t c = 0; for (auto& p : model->parameters()) c += p.numel(); return short_count(c); }()
-            << " parameters, vocab " << corpus.tokenizer->vocab_size() << ", " << threads << " threads -> " << out
-            << (resume_from.empty() ? "" : " (resumed at step " + std::to_string(step) + ")") << std::endl;
+  if (leader)
+    std::cout << "train: " << s.str("residual") << " n=" << s.str("streams") << ", " << s.str("layers")
+              << " blocks x C=" << s.str("dim") << ", " << model->parameters().size() << " tensors / "
+              << [&] { int64_t c = 0; for (auto& p : model->parameters()) c += p.numel(); return short_count(c); }()
+              << " parameters, vocab " << corpus.tokenizer->vocab_size() << ", "
+              << (world > 1 ? std::to_string(world) + " ranks x " : "") << threads << " threads -> " << out
+              << (resume_from.empty() ? "" : " (resumed at step " + std::to_string(step) + ")") << std::endl;
 
+  // The global batch is windows [position, position + batch) of the shuffled order; this rank's
+  // share is its rank_batch-sized slice, so the data order does not depend on the world size.
   const auto next_loss = [&] {
-    auto [x, y] = train_windows.batch(position, batch);
+    auto [x, y] = train_windows.batch(position + group.rank() * rank_batch, rank_batch);
     position += batch;
     return model->loss(x, y);
   };
@@ -321,17 +360,28 @@ int run_training(const Settings& s, const std::string& resume_from) {
   double last_val = NAN, seconds_training = 0;
   const int64_t first_step = step;
   const int64_t last_step = stop_after > 0 ? std::min(stop_after, steps) : steps;
-  while (step < last_step && stop_signal == 0) {
+  bool stopping = stop_signal != 0;
+  while (step < last_step && !stopping) {
     const auto t0 = Clock::now();
     const double rate = learning_rate(step, steps, warmup, lr, min_lr);
-    const StepResult r = train_step(optimizer, parameters, next_loss, accum, clip, rate);
+    const StepResult r = train_step(optimizer, parameters, next_loss, accum, clip, rate, &group);
     const double loss_sum = r.loss, norm = r.grad_norm;
     const bool finite = r.finite;
     bad_in_row = finite ? 0 : bad_in_row + 1;
     bad_total += finite ? 0 : 1;
     ++step;
+    stopping = stop_signal != 0;
+    if (world > 1) {  // a signal to any rank stops every rank after the same step
+      const torch::Tensor stop = torch::tensor({stopping ? 1 : 0}, torch::kInt);
+      group.sum({stop});
+      stopping = stop.item<int>() != 0;
+    }
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     seconds_training += seconds;
+    if (!leader) {
+      if (bad_in_row >= max_bad) return 1;  // rank 0 reports it
+      continue;
+    }
 
     const bool eval_now = step == last_step || (eval_every > 0 && step % eval_every == 0);
     if (eval_now) last_val = evaluate(model, val_windows, batch, eval_batches);
@@ -340,6 +390,7 @@ int run_training(const Settings& s, const std::string& resume_from) {
                                    {"step_ms", seconds * 1e3}, {"skipped", !finite}, {"bad_steps", bad_total}};
     if (!std::isfinite(loss_sum)) line["loss"] = nullptr;
     if (!std::isfinite(norm)) line["grad_norm"] = nullptr;
+    if (world > 1) line["all_reduce_ms"] = r.all_reduce_seconds * 1e3;
     if (eval_now) line["val_loss"] = last_val;
     // No autograd and no randomness: the diagnostics cannot change the training that follows.
     if (diag_every > 0 && !model->connections().empty() && (step % diag_every == 0 || step == last_step)) {
@@ -355,10 +406,17 @@ int run_training(const Settings& s, const std::string& resume_from) {
     if (bad_in_row >= max_bad)
       throw std::runtime_error("training diverged: the loss or gradient was not finite for " + std::to_string(bad_in_row) +
                                " steps in a row (last at step " + std::to_string(step) + "; try a lower --lr)");
-    if (step == last_step || stop_signal != 0 || (ckpt_every > 0 && step % ckpt_every == 0)) save();
+    if (step == last_step || stopping || (ckpt_every > 0 && step % ckpt_every == 0)) save();
   }
-  if (stop_signal != 0) {
-    progress.note("stopped by signal " + std::to_string(stop_signal.load()) + " at step " + std::to_string(step) +
+  if (world > 1) {
+    const bool same = group.same_everywhere(parameters);
+    if (!same) throw std::runtime_error("the ranks' parameters differ after step " + std::to_string(step));
+    if (leader) progress.note("parameters identical on all " + std::to_string(world) + " ranks");
+  }
+  if (!leader) return 0;
+  if (stopping) {
+    progress.note("stopped by " + (stop_signal != 0 ? "signal " + std::to_string(stop_signal.load()) : "a signal to another rank") +
+                  " at step " + std::to_string(step) +
                   "; checkpoint saved (resume: mhc train --resume " + out + ")");
     return 0;
   }

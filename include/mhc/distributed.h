@@ -1,0 +1,72 @@
+// Data-parallel training on torch's own c10d: rendezvous through a c10d TCPStore, collectives
+// through a c10d process group (Gloo on CPU), behind the few operations the trainer needs. The
+// c10d and Gloo headers stay in src/train/distributed.cpp: their class hierarchy differs between
+// LibTorch 1.13 and 2.x, and nothing else should depend on it.
+//
+// A process learns its place from the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK,
+// MASTER_ADDR, MASTER_PORT), so `torchrun --no-python … mhc train` and `mhc launch` both work.
+// Without those variables it is a world of one: no store, no sockets, every collective a no-op.
+#pragma once
+
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace mhc::dist {
+
+struct Environment {
+  int rank = 0, world_size = 1, local_rank = 0;
+  std::string master_addr;
+  int master_port = 0;
+  // torchrun's agent hosts the store itself (TORCHELASTIC_USE_AGENT_STORE=True): every rank is a
+  // client, under the prefix of the agent's restart attempt.
+  bool agent_store = false;
+  int restart_count = 0;
+
+  // Reads the variables through `get` (the process environment by default). Throws
+  // std::invalid_argument naming the variable: RANK without WORLD_SIZE or the reverse, a rank
+  // outside [0, WORLD_SIZE), a missing MASTER_ADDR/MASTER_PORT, a value that is not a number.
+  static Environment read(const std::function<const char*(const char*)>& get = std::getenv);
+};
+
+class Group {
+ public:
+  // Rendezvous (every rank must arrive within `timeout`) and the process group. The same timeout
+  // bounds every collective: a rank that died or stalled makes the others throw, never hang.
+  // Throws std::runtime_error naming MASTER_ADDR:MASTER_PORT when the store cannot be reached.
+  Group(const Environment& environment, std::chrono::milliseconds timeout);
+  ~Group();
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+
+  int rank() const { return environment_.rank; }
+  int world_size() const { return environment_.world_size; }
+  bool leader() const { return environment_.rank == 0; }
+
+  // Overwrites the tensors with rank 0's values: flattened into buckets, one broadcast per bucket.
+  void broadcast(const std::vector<torch::Tensor>& tensors);
+  // Replaces the tensors by their sum (or mean) over ranks: flattened buckets, one all-reduce each.
+  void sum(const std::vector<torch::Tensor>& tensors);
+  void average(const std::vector<torch::Tensor>& tensors);
+  void barrier();
+  // Whether every rank holds the same bytes (compared through the store by their SHA-256).
+  bool same_everywhere(const std::vector<torch::Tensor>& tensors);
+
+ private:
+  struct State;
+  // Runs `collective` on each flattened bucket of the tensors (a no-op in a world of one).
+  void on_buckets(const char* what, const std::vector<torch::Tensor>& tensors,
+                  const std::function<void(std::vector<torch::Tensor>&)>& collective);
+  // Runs a collective; on failure throws std::runtime_error naming the ranks that did not answer.
+  void run(const char* what, const std::function<void()>& collective);
+  Environment environment_;
+  std::chrono::milliseconds timeout_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace mhc::dist

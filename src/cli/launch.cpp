@@ -1,0 +1,123 @@
+// `mhc launch --nproc N -- COMMAND …`: torchrun's job on one machine without Python. It starts
+// N copies of this executable running `mhc COMMAND …`, each with the environment torchrun gives
+// its workers (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), forwards
+// SIGINT/SIGTERM to them, and returns the first non-zero exit status (0 when every rank succeeds).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <stdexcept>
+
+#include "args.h"
+#include "commands.h"
+
+extern char** environ;
+
+namespace mhc::cli {
+
+namespace {
+
+std::atomic<int> forwarded_signal{0};
+void remember(int signal) { forwarded_signal = signal; }
+
+// A port nobody listens on now: bind port 0 and ask which one the kernel chose.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    throw std::runtime_error(std::string("mhc launch: cannot find a free port: ") + std::strerror(errno));
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+}  // namespace
+
+int launch(const std::vector<std::string>& argv) {
+  const auto dashes = std::find(argv.begin(), argv.end(), "--");
+  Args a("mhc launch",
+         "Run `mhc COMMAND …` as N local ranks of one data-parallel job (what torchrun --no-python does):\n"
+         "  mhc launch --nproc 2 -- train --preset small --threads 1");
+  a.flag("nproc", "2", "ranks to start on this machine")
+      .flag("master-addr", "127.0.0.1", "the rendezvous host (rank 0 hosts the store)")
+      .flag("master-port", "0", "the rendezvous port (0: a free one)");
+  if (!a.parse({argv.begin(), dashes})) return 0;
+  const std::vector<std::string> command(dashes == argv.end() ? dashes : dashes + 1, argv.end());
+  if (command.empty())
+    throw std::invalid_argument("mhc launch: give the command after --, e.g. mhc launch --nproc 2 -- train --steps 100");
+  if (command[0] == "launch") throw std::invalid_argument("mhc launch: the command after -- cannot be launch itself");
+  const int ranks = static_cast<int>(a.integer("nproc", 1, 1024));
+  const int port = a.integer("master-port", 0, 65535) == 0 ? free_port() : static_cast<int>(a.integer("master-port", 0, 65535));
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+
+  std::map<std::string, std::string> shared_environment;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    shared_environment[entry.substr(0, entry.find('='))] = entry.substr(entry.find('=') + 1);
+  }
+  shared_environment["WORLD_SIZE"] = shared_environment["LOCAL_WORLD_SIZE"] = std::to_string(ranks);
+  shared_environment["MASTER_ADDR"] = a.str("master-addr");
+  shared_environment["MASTER_PORT"] = std::to_string(port);
+  shared_environment.erase("TORCHELASTIC_USE_AGENT_STORE");  // rank 0 hosts the store here
+
+  struct sigaction action {};
+  action.sa_handler = remember;  // no SA_RESTART: waitpid returns to forward the signal
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+
+  std::map<pid_t, int> running;  // pid -> rank
+  for (int rank = 0; rank < ranks; ++rank) {
+    auto environment = shared_environment;
+    environment["RANK"] = environment["LOCAL_RANK"] = std::to_string(rank);
+    std::vector<std::string> entries, arguments = {self};
+    for (const auto& [k, v] : environment) entries.push_back(k + "=" + v);
+    arguments.insert(arguments.end(), command.begin(), command.end());
+    std::vector<char*> envp, args;
+    for (auto& e : entries) envp.push_back(e.data());
+    for (auto& x : arguments) args.push_back(x.data());
+    envp.push_back(nullptr), args.push_back(nullptr);
+    pid_t pid = 0;
+    if (const int error = posix_spawn(&pid, self.c_str(), nullptr, nullptr, args.data(), envp.data()); error != 0) {
+      for (const auto& [child, r] : running) ::kill(child, SIGTERM);
+      throw std::runtime_error("mhc launch: cannot start rank " + std::to_string(rank) + ": " + std::strerror(error));
+    }
+    running[pid] = rank;
+  }
+
+  int first_failure = 0, sent = 0;
+  while (!running.empty()) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, 0);
+    if (forwarded_signal != 0 && forwarded_signal != sent) {
+      sent = forwarded_signal;
+      for (const auto& [child, rank] : running) ::kill(child, sent);
+    }
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0 && first_failure == 0) {
+      first_failure = code;
+      std::cerr << "mhc launch: rank " << running[pid] << " exited with status " << code << std::endl;
+    }
+    running.erase(pid);
+  }
+  return first_failure;
+}
+
+}  // namespace mhc::cli
