@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates docs/benchmarks.md (on stdout) on this machine from `mhc bench train`, `mhc bench layer`,
-# python/bench.py and bench_kernels:
+# python/bench.py, bench_kernels and scripts/bench_dist.sh:
 #   bash scripts/benchmarks.sh build/mhc > docs/benchmarks.md      (or: make bench-docs)
 set -euo pipefail
 mhc=${1:-build/mhc}
@@ -68,3 +68,4 @@ above); GFLOP/s counts the projection's multiply-adds, the only non-streaming wo
 SECTION
 "$(dirname "$mhc")/bench_kernels" --benchmark_min_time=0.3 2>/dev/null | grep -E '^(run/|fma_peak|Benchmark|-)'
 echo '```'
+bash "$(dirname "$0")/bench_dist.sh" "$mhc"
