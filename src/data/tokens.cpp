@@ -85,9 +85,10 @@ TokenizedCorpus tokenize_corpus(const std::string& source, const std::string& da
   TokenizedCorpus out;
   out.cache_dir = dir;
   const bool cached_model = tokenizer == "byte" || fs::exists(model_path);
-  const bool same_as_given = !given || (cached_model && (tokenizer == "byte" || read_file(model_path) == given->serialize()));
+  const std::string cached_bytes = tokenizer == "byte" || !cached_model ? std::string() : read_file(model_path);
+  const bool same_as_given = !given || (cached_model && (tokenizer == "byte" || cached_bytes == given->serialize()));
   if (cached_model && same_as_given) {
-    out.tokenizer = tokenizer_from_bytes(tokenizer, tokenizer == "byte" ? std::string() : read_file(model_path));
+    out.tokenizer = tokenizer_from_bytes(tokenizer, cached_bytes);
     if (read_tokens(train_path, vocab, out.train) && read_tokens(val_path, vocab, out.val)) return out;
   }
   ensure_writable_dir(dir);

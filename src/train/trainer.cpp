@@ -321,10 +321,11 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     save_checkpoint(out + "/" + name, c);
     point_symlink_atomic(out + "/latest", name);
     // Older checkpoints beyond --keep go only after `latest` points at the new one.
+    static const std::regex checkpoint_file("ckpt-[0-9]{8}\\.safetensors");
     std::vector<std::string> old;
     for (const auto& e : fs::directory_iterator(out)) {
       const std::string f = e.path().filename().string();
-      if (std::regex_match(f, std::regex("ckpt-[0-9]{8}\\.safetensors")) && f != name) old.push_back(f);
+      if (std::regex_match(f, checkpoint_file) && f != name) old.push_back(f);
     }
     std::sort(old.begin(), old.end());
     const size_t keep_old = static_cast<size_t>(keep - 1);
