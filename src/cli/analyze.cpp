@@ -36,8 +36,7 @@ int analyze(const std::vector<std::string>& argv) {
   ensure_writable_dir(out);
 
   auto run = train::load_run(path);
-  const train::Settings settings = run.settings;
-  const int64_t windows = a.str("probe-batch").empty() ? settings.integer("diag-batch", 1, 1 << 20)
+  const int64_t windows = a.str("probe-batch").empty() ? run.settings.integer("diag-batch", 1, 1 << 20)
                                                        : a.integer("probe-batch", 1, 1 << 20);
   const auto corpus = train::run_corpus(run, a.str("data-dir"), threads);
   const data::WindowSampler val(corpus.val, run.model->config().seq_len, 0, "validation");
