@@ -12,6 +12,7 @@
 #include "mhc/files.h"
 #include "mhc/train.h"
 #include "plots.h"
+#include "run_settings.h"
 
 namespace fs = std::filesystem;
 
@@ -22,23 +23,21 @@ int analyze(const std::vector<std::string>& argv) {
          "Signal-gain diagnostics (DESIGN.md §5) of a checkpoint on its run's probe batch (the first validation\n"
          "windows): per-sublayer table, <out>/analysis.json, and plots gain_vs_depth.png, h_res_mean.png,\n"
          "sinkhorn_error.png.");
-  a.flag("ckpt", "", "a run folder (its latest checkpoint) or a checkpoint file")
-      .flag("out", "", "where to write analysis.json and the plots (default: <run folder>/analysis)")
+  declare_checkpoint_flag(a);
+  a.flag("out", "", "where to write analysis.json and the plots (default: <run folder>/analysis)")
       .flag("probe-batch", "", "validation windows in the probe batch (default: the run's --diag-batch)")
-      .flag("data-dir", "", "where the corpus and token caches are (default: the run's)")
-      .flag("threads", std::to_string(train::default_threads()), "CPU threads");
+      .flag("data-dir", "", "where the corpus and token caches are (default: the run's)");
+  declare_threads_flag(a);
   if (!a.parse(argv)) return 0;
-  if (a.str("ckpt").empty()) throw std::invalid_argument("mhc analyze: --ckpt is required (a run folder or checkpoint file)");
-  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
-  torch::set_num_threads(threads);
-  const std::string path = train::resolve_checkpoint(a.str("ckpt"));
+  const RunToRead target = run_to_read(a);
+  const std::string& path = target.checkpoint;
   const std::string out = a.str("out").empty() ? (fs::path(path).parent_path() / "analysis").string() : a.str("out");
   ensure_writable_dir(out);
 
   auto run = train::load_run(path);
   const int64_t windows = a.str("probe-batch").empty() ? run.settings.integer("diag-batch", 1, 1 << 20)
                                                        : a.integer("probe-batch", 1, 1 << 20);
-  const auto corpus = train::run_corpus(run, a.str("data-dir"), threads);
+  const auto corpus = train::run_corpus(run, a.str("data-dir"), target.threads);
   const data::WindowSampler val(corpus.val, run.model->config().seq_len, 0, "validation");
   const auto [tokens, targets] = val.ordered(0, std::min(windows, val.windows()));
 

@@ -1,4 +1,5 @@
-// How `mhc train` and `mhc compare` turn their flags into a run's settings, and guard run folders.
+// How the `mhc` commands turn their flags into a run's settings, guard run folders, and find the
+// trained run that sample, eval and analyze read.
 #pragma once
 
 #include <map>
@@ -22,5 +23,16 @@ std::string differences(const train::Settings& checkpoint, const train::Settings
 // A fresh run never mixes its checkpoints with an earlier run's in `out`: it refuses or, with
 // `overwrite`, deletes them first.
 void replace_earlier_run(const std::string& out, bool overwrite);
+
+// The flags of the commands that read a trained run: --ckpt, then (after their own) --threads.
+void declare_checkpoint_flag(Args& a);
+void declare_threads_flag(Args& a);
+// After parse(): LibTorch set to --threads threads, and the checkpoint file --ckpt names (required;
+// a run folder means its latest checkpoint).
+struct RunToRead {
+  std::string checkpoint;
+  int threads;
+};
+RunToRead run_to_read(const Args& a);
 
 }  // namespace mhc::cli

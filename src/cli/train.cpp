@@ -84,6 +84,18 @@ void replace_earlier_run(const std::string& out, bool overwrite) {
   for (const auto& p : earlier) fs::remove(p);
 }
 
+void declare_checkpoint_flag(Args& a) { a.flag("ckpt", "", "a run folder (its latest checkpoint) or a checkpoint file"); }
+
+void declare_threads_flag(Args& a) { a.flag("threads", std::to_string(train::default_threads()), "CPU threads"); }
+
+RunToRead run_to_read(const Args& a) {
+  if (a.str("ckpt").empty())
+    throw std::invalid_argument(a.command() + ": --ckpt is required (a run folder or checkpoint file)");
+  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
+  torch::set_num_threads(threads);
+  return {train::resolve_checkpoint(a.str("ckpt")), threads};
+}
+
 int train(const std::vector<std::string>& argv) {
   Args a("mhc train",
          "Train a GPT whose residual stream is the chosen variant. Settings: the preset, then --config FILE.toml\n"
@@ -121,17 +133,15 @@ int train(const std::vector<std::string>& argv) {
 
 int sample(const std::vector<std::string>& argv) {
   Args a("mhc sample", "Continue a prompt with a trained model.");
-  a.flag("ckpt", "", "a run folder (its latest checkpoint) or a checkpoint file")
-      .flag("prompt", "The", "text to continue")
+  declare_checkpoint_flag(a);
+  a.flag("prompt", "The", "text to continue")
       .flag("tokens", "100", "tokens to generate")
       .flag("temperature", "0.8", "softmax temperature (0: greedy)")
       .flag("top-k", "40", "sample among the k most likely tokens (0: all)")
-      .flag("seed", "1", "sampling seed")
-      .flag("threads", std::to_string(train::default_threads()), "CPU threads");
+      .flag("seed", "1", "sampling seed");
+  declare_threads_flag(a);
   if (!a.parse(argv)) return 0;
-  if (a.str("ckpt").empty()) throw std::invalid_argument("mhc sample: --ckpt is required (a run folder or checkpoint file)");
-  torch::set_num_threads(static_cast<int>(a.integer("threads", 1, 1024)));
-  auto run = train::load_run(train::resolve_checkpoint(a.str("ckpt")));
+  auto run = train::load_run(run_to_read(a).checkpoint);
   const auto ids = train::generate(run.model, run.tokenizer->encode_text(a.str("prompt")), a.integer("tokens", 0, 1 << 20),
                                    a.real("temperature", 0, 100), a.integer("top-k", 0, 1 << 30),
                                    static_cast<uint64_t>(a.integer("seed", 0, INT64_MAX)));
@@ -141,16 +151,14 @@ int sample(const std::vector<std::string>& argv) {
 
 int eval(const std::vector<std::string>& argv) {
   Args a("mhc eval", "Validation loss and perplexity of a trained model on its run's validation split.");
-  a.flag("ckpt", "", "a run folder (its latest checkpoint) or a checkpoint file")
-      .flag("data-dir", "", "where the corpus and token caches are (default: the run's)")
-      .flag("batches", "0", "batches to evaluate (0: the whole validation split)")
-      .flag("threads", std::to_string(train::default_threads()), "CPU threads");
+  declare_checkpoint_flag(a);
+  a.flag("data-dir", "", "where the corpus and token caches are (default: the run's)")
+      .flag("batches", "0", "batches to evaluate (0: the whole validation split)");
+  declare_threads_flag(a);
   if (!a.parse(argv)) return 0;
-  if (a.str("ckpt").empty()) throw std::invalid_argument("mhc eval: --ckpt is required (a run folder or checkpoint file)");
-  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
-  torch::set_num_threads(threads);
-  auto run = train::load_run(train::resolve_checkpoint(a.str("ckpt")));
-  const auto corpus = train::run_corpus(run, a.str("data-dir"), threads);
+  const RunToRead target = run_to_read(a);
+  auto run = train::load_run(target.checkpoint);
+  const auto corpus = train::run_corpus(run, a.str("data-dir"), target.threads);
   const data::WindowSampler val(corpus.val, run.model->config().seq_len, 0, "validation");
   const double loss =
       train::evaluate(run.model, val, run.settings.integer("batch", 1, 1 << 20), a.integer("batches", 0, 1 << 30));
