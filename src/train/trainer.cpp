@@ -277,7 +277,6 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   const data::WindowSampler train_windows(corpus.train, s.integer("seq-len", 1, 1 << 20), seed, "training");
   const data::WindowSampler val_windows(corpus.val, s.integer("seq-len", 1, 1 << 20), seed, "validation");
 
-  const torch::Tensor probe = diag::probe_tokens(val_windows, diag_batch);
 
   torch::manual_seed(seed);
   GPT model(s.model_config(corpus.tokenizer->vocab_size()));
@@ -285,6 +284,8 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
   AdamW optimizer(named, adam);
   const std::vector<torch::Tensor> parameters = model->parameters();
+  const bool has_connections = !model->connections().empty();  // the plain residual has nothing to diagnose
+  const torch::Tensor probe = diag::probe_tokens(val_windows, diag_batch);
 
   int64_t step = 0, position = 0, bad_total = 0;
   if (!resume_from.empty()) {
@@ -394,7 +395,7 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     if (world > 1) line["all_reduce_ms"] = r.all_reduce_seconds * 1e3;
     if (eval_now) line["val_loss"] = last_val;
     // No autograd and no randomness: the diagnostics cannot change the training that follows.
-    if (diag_every > 0 && !model->connections().empty() && (step % diag_every == 0 || step == last_step)) {
+    if (diag_every > 0 && has_connections && (step % diag_every == 0 || step == last_step)) {
       const auto d0 = Clock::now();
       line["diag"] = nlohmann::ordered_json::parse(diag::to_json(diag::probe(model, probe)));
       line["diag_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - d0).count();
