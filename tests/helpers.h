@@ -34,11 +34,28 @@ struct Inputs {
   Tensor w_branch;             // [C] weights of the sublayer F(h) = tanh(h ⊙ w)
   Tensor dout, dH_pre;         // upstream gradients of x_next and of H_pre
 
-  Inputs to(torch::ScalarType dtype) const {
-    auto c = [&](const Tensor& t) { return t.to(dtype).detach().requires_grad_(t.requires_grad()); };
-    return {c(x), c(phi), c(bias), c(alpha), c(w_branch), dout.to(dtype), dH_pre.to(dtype)};
+  // The same numbers in `storage` on `device`: everything float32 or float64, or bfloat16 storage —
+  // x, the sublayer's weight and dout in bf16, the parameters and dH_pre in float32 (mhc/ops.h).
+  Inputs to(torch::ScalarType storage, torch::Device device = torch::kCPU) const {
+    const auto coefficients = coefficient_dtype(storage);
+    auto c = [&](const Tensor& t, torch::ScalarType d) {
+      return t.to(device, d).detach().requires_grad_(t.requires_grad());
+    };
+    return {c(x, storage),        c(phi, coefficients),   c(bias, coefficients),        c(alpha, coefficients),
+            c(w_branch, storage), c(dout, storage),       c(dH_pre, coefficients)};
+  }
+  // x, phi, the sublayer's weight and dout rounded to bf16 values (still float64), so that a
+  // bf16-storage run and its fp64 reference start from exactly the same numbers.
+  Inputs rounded_to_bf16() const {
+    auto r = [](const Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_(t.requires_grad()); };
+    return {r(x), r(phi), bias, alpha, r(w_branch), r(dout), dH_pre};
   }
 };
+
+// Where the fused-op tests run: the CPU always; CUDA where LibTorch has it and a GPU is visible.
+inline bool usable(torch::Device device) { return device.is_cpu() || torch::cuda::is_available(); }
+#define MHC_SKIP_UNLESS_USABLE(device) \
+  if (!usable(device)) GTEST_SKIP() << "no CUDA GPU usable here (a CPU-only LibTorch, or no GPU visible)"
 
 // Inputs in float64 (cast down for fp32 runs, so both precisions see the same numbers).
 inline Inputs make_inputs(Kind kind, int64_t N, int64_t n, int64_t C, Scenario scenario, uint64_t seed) {
@@ -78,7 +95,7 @@ inline Outputs run_sublayer(const Inputs& in, Kind kind, int64_t t, bool fused) 
   Outputs o;
   auto add = [&](const std::string& name, const Tensor& t) {
     o.names.push_back(name);
-    o.values.push_back(t.defined() ? t.detach().clone() : Tensor());
+    o.values.push_back(t.defined() ? t.detach().to(torch::kCPU).clone() : Tensor());
   };
   add("h", mix.h), add("H_pre", mix.H_pre), add("H_post", mix.H_post), add("H_res", mix.H_res), add("x_next", out);
   add("dx", in.x.grad()), add("dw_branch", in.w_branch.grad());
@@ -90,23 +107,27 @@ inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   return a.numel() ? (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>() : 0.0;
 }
 
-// fused32 vs ref64, with the tolerance derived from ref32's own error (see the file comment).
-inline void expect_close_fp32(const Outputs& fused32, const Outputs& ref32, const Outputs& ref64,
-                              const std::string& what) {
+// fused vs ref64, with the tolerance derived from ref_low's own error (see the file comment), where
+// ref_low is the reference run in fused's precision. Storage rounding adds at most one unit in the
+// last place of the storage dtype where fused and ref_low round slightly different fp32 values
+// to different neighbours: storage_ulp is 2^-7 for bf16, 0 for fp32 (whose rounding is the math's).
+inline void expect_close(const Outputs& fused, const Outputs& ref_low, const Outputs& ref64, const std::string& what,
+                         double storage_ulp = 0) {
   constexpr double u32 = 5.960464477539063e-08;  // 2^-24, fp32 unit roundoff
   for (size_t i = 0; i < ref64.names.size(); ++i) {
     const Tensor& r = ref64.values[i];
-    ASSERT_TRUE(fused32.values[i].defined()) << what << ": fused produced no " << ref64.names[i];
-    ASSERT_TRUE(torch::isfinite(fused32.values[i]).all().item<bool>()) << what << ": " << ref64.names[i] << " not finite";
+    ASSERT_TRUE(fused.values[i].defined()) << what << ": fused produced no " << ref64.names[i];
+    ASSERT_TRUE(torch::isfinite(fused.values[i]).all().item<bool>()) << what << ": " << ref64.names[i] << " not finite";
     const double scale = r.numel() ? r.abs().max().item<double>() : 0.0;
-    const double ref_err = max_abs_diff(ref32.values[i], r);
+    const double ref_err = max_abs_diff(ref_low.values[i], r);
     // + the smallest normal fp32: below it values are subnormal and carry no relative precision.
-    const double tol = 8 * ref_err + 64 * u32 * scale + std::numeric_limits<float>::min();
-    const double err = max_abs_diff(fused32.values[i], r);
-    EXPECT_LE(err, tol) << what << ": " << ref64.names[i] << " fused fp32 error " << err << " > tol " << tol
-                        << " (fp32 reference error " << ref_err << ", scale " << scale << ")";
+    const double tol = 8 * ref_err + (64 * u32 + storage_ulp) * scale + std::numeric_limits<float>::min();
+    const double err = max_abs_diff(fused.values[i], r);
+    EXPECT_LE(err, tol) << what << ": " << ref64.names[i] << " fused error " << err << " > tol " << tol
+                        << " (reference's own error " << ref_err << ", scale " << scale << ")";
   }
 }
+constexpr double kBF16Ulp = 0.0078125;  // 2^-7: bf16 keeps 8 significant bits
 
 // Same numbers in fp64: the fused kernels instantiated for double must agree to ~1e-12 relative.
 inline void expect_close_fp64(const Outputs& fused64, const Outputs& ref64, const std::string& what) {

@@ -80,12 +80,19 @@ TEST(BadInput, SinkhornIterations) {
 TEST(BadInput, DtypesAndDevices) {
   const Params p = params(Kind::mhc, 2, 4);
   expect_error([&] { mhc::pre(torch::zeros({1, 2, 4}, torch::kInt), p.phi, p.bias, p.alpha, Kind::mhc, 20); },
-               {"x must be float32 or float64", "Int"});
+               {"x must be float32, float64 or bfloat16, got Int"});
   expect_error([&] { mhc::pre(torch::zeros({1, 2, 4}, torch::kDouble), p.phi, p.bias, p.alpha, Kind::mhc, 20); },
-               {"phi is Float but x is Double"});
+               {"phi must be Double when x is Double (all inputs share one dtype), got Float"});
+  expect_error([&] { mhc::pre(torch::zeros({1, 2, 4}, torch::kBFloat16), p.phi.to(torch::kBFloat16), p.bias, p.alpha,
+                              Kind::mhc, 20); },
+               {"phi must be Float when x is BFloat16 (bfloat16 storage keeps parameters and coefficients in float32)",
+                "got BFloat16"});
   expect_error([&] { mhc::post(torch::zeros({1, 2, 4}), torch::zeros({1, 4}, torch::kHalf), torch::zeros({1, 2}),
                                torch::zeros({1, 2, 2})); },
-               {"y must be float32 or float64", "Half"});
+               {"y must be Float when x is Float", "got Half"});
+  expect_error([&] { mhc::post(torch::zeros({1, 2, 4}, torch::kBFloat16), torch::zeros({1, 4}, torch::kBFloat16),
+                               torch::zeros({1, 2}, torch::kBFloat16), torch::zeros({1, 2, 2})); },
+               {"H_post must be Float when x is BFloat16", "got BFloat16"});
 }
 
 TEST(BadInput, KindNames) {

@@ -1,6 +1,7 @@
 // Fused kernels vs the plain-LibTorch reference: forward values and every gradient (x, y via the
-// sublayer, phi, bias, alpha), for every variant, stream count and input scenario, in fp32 (with
-// precision-derived tolerances, see helpers.h) and in fp64 (the kernels instantiated for double).
+// sublayer, phi, bias, alpha), for every variant, stream count and input scenario, in fp32 and bf16
+// storage (with precision-derived tolerances, see helpers.h) and in fp64 (the CPU kernels
+// instantiated for double); on the CPU, and on CUDA where a GPU is (skipped otherwise).
 #include "helpers.h"
 
 namespace mhc::test {
@@ -38,19 +39,36 @@ std::vector<Case> all_cases() {
 // gtest prints a failing parameter with this instead of its bytes.
 void PrintTo(const Case& c, std::ostream* os) { *os << case_name({c, 0}); }
 
+// One case on one backend: fp32 against the reference (and, on the CPU, the fp64 kernels); bf16
+// storage against the reference run on the same bf16 numbers; on CUDA also against the CPU kernels.
+void check_case(const Case& c, torch::Device device) {
+  const int64_t N = 37;  // not a multiple of the kernels' token tile
+  const std::string what = case_name({c, 0}) + " on " + device.str();
+  const Inputs in64 = make_inputs(c.kind, N, c.n, c.C, c.scenario, 1234);
+  const Outputs ref64 = run_sublayer(in64, c.kind, c.t, /*fused=*/false);
+  const Outputs ref32 = run_sublayer(in64.to(torch::kFloat), c.kind, c.t, /*fused=*/false);
+  const Outputs fused32 = run_sublayer(in64.to(torch::kFloat, device), c.kind, c.t, /*fused=*/true);
+  expect_close(fused32, ref32, ref64, what + " fp32");
+  if (device.is_cpu()) {  // the fp64 kernels exist on the CPU only
+    expect_close_fp64(run_sublayer(in64, c.kind, c.t, /*fused=*/true), ref64, what);
+  } else {
+    const Outputs cpu32 = run_sublayer(in64.to(torch::kFloat), c.kind, c.t, /*fused=*/true);
+    expect_close(fused32, cpu32, ref64, what + " fp32 vs the CPU kernels");
+  }
+  const Inputs bf64 = in64.rounded_to_bf16();
+  const Outputs bf_ref64 = run_sublayer(bf64, c.kind, c.t, /*fused=*/false);
+  const Outputs bf_ref = run_sublayer(bf64.to(torch::kBFloat16), c.kind, c.t, /*fused=*/false);
+  const Outputs bf_fused = run_sublayer(bf64.to(torch::kBFloat16, device), c.kind, c.t, /*fused=*/true);
+  expect_close(bf_fused, bf_ref, bf_ref64, what + " bf16", kBF16Ulp);
+}
+
 class FusedVsReference : public testing::TestWithParam<Case> {};
 
-TEST_P(FusedVsReference, ValuesAndGradients) {
-  const Case& c = GetParam();
-  const int64_t N = 37;  // not a multiple of the kernels' token tile
-  const Inputs in64 = make_inputs(c.kind, N, c.n, c.C, c.scenario, 1234);
-  const Inputs in32 = in64.to(torch::kFloat);
-  const Outputs ref64 = run_sublayer(in64, c.kind, c.t, /*fused=*/false);
-  const Outputs ref32 = run_sublayer(in32, c.kind, c.t, /*fused=*/false);
-  const Outputs fused32 = run_sublayer(in32, c.kind, c.t, /*fused=*/true);
-  const Outputs fused64 = run_sublayer(in64, c.kind, c.t, /*fused=*/true);
-  expect_close_fp32(fused32, ref32, ref64, case_name({c, 0}));
-  expect_close_fp64(fused64, ref64, case_name({c, 0}));
+TEST_P(FusedVsReference, CPU) { check_case(GetParam(), torch::kCPU); }
+
+TEST_P(FusedVsReference, CUDA) {
+  MHC_SKIP_UNLESS_USABLE(torch::kCUDA);
+  check_case(GetParam(), torch::kCUDA);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllVariants, FusedVsReference, testing::ValuesIn(all_cases()), case_name);

@@ -4,7 +4,13 @@
 //   post(x, y, H_post, H_res)         -> x_next                      res-mix + post-mix
 //
 // Shapes: x [N, n, C], y and h [N, C], H_pre and H_post [N, n], H_res [N, n, n] (row k is the
-// destination stream). phi, bias and alpha are laid out as in mhc/variant.h. float32 or float64.
+// destination stream). phi, bias and alpha are laid out as in mhc/variant.h.
+//
+// Dtypes: everything float32, or everything float64; or bfloat16 storage — x, y, h (and their
+// gradients) bfloat16 while phi, bias, alpha and the coefficients H_* stay float32 (mixed
+// precision: fp32 master parameters, fp32 coefficient math). With bf16 storage the projection
+// reads phi rounded to bf16, as the tensor-core GEMM of the CUDA kernels does; its gradient flows
+// to the fp32 phi unchanged.
 //
 // mhc::pre / mhc::post call the registered ops `mhc::pre` / `mhc::post` through the dispatcher, so
 // they run the fused kernel of the tensors' backend and get autograd from the fused backward.
@@ -38,6 +44,10 @@ torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::
 // The n! permutation matrices in lexicographic order of (σ(0), …, σ(n−1)); P[k][i][σ_k(i)] = 1.
 torch::Tensor permutation_matrices(int64_t n, torch::ScalarType dtype = torch::kFloat);
 }  // namespace reference
+
+// The dtype of the parameters and coefficients that go with storage of dtype x: float32 for bfloat16,
+// x's own dtype otherwise.
+torch::ScalarType coefficient_dtype(torch::ScalarType x);
 
 // Validation shared by every backend and by the reference: throws c10::Error with a one-line
 // message naming the bad value and what is accepted. Returns the variant's layout.

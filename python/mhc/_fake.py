@@ -11,11 +11,15 @@ def _has_register_fake():
 def register_fake_implementations():
     if not _has_register_fake():
         return
+    from .modules import coefficient_dtype
+
+    def coefficients(x, *shape):  # H_*, proj, rms: float32 under bfloat16 storage
+        return x.new_empty(*shape, dtype=coefficient_dtype(x.dtype))
 
     @torch.library.register_fake("mhc::pre")
     def _pre(x, phi, bias, alpha, kind, sinkhorn_iters=20):
         N, n, C = x.shape
-        return x.new_empty(N, C), x.new_empty(N, n), x.new_empty(N, n), x.new_empty(N, n, n)
+        return x.new_empty(N, C), coefficients(x, N, n), coefficients(x, N, n), coefficients(x, N, n, n)
 
     @torch.library.register_fake("mhc::post")
     def _post(x, y, H_post, H_res):
@@ -25,8 +29,8 @@ def register_fake_implementations():
     def _pre_fwd(x, phi, bias, alpha, kind, sinkhorn_iters):
         N, n, C = x.shape
         per_token = n if kind == "hc" else (0 if kind == "residual" else 1)
-        return (x.new_empty(N, C), x.new_empty(N, n), x.new_empty(N, n), x.new_empty(N, n, n),
-                x.new_empty(N, per_token, phi.shape[1] if phi.dim() == 2 else 0), x.new_empty(N, per_token))
+        return (x.new_empty(N, C), coefficients(x, N, n), coefficients(x, N, n), coefficients(x, N, n, n),
+                coefficients(x, N, per_token, phi.shape[1] if phi.dim() == 2 else 0), coefficients(x, N, per_token))
 
     @torch.library.register_fake("mhc::pre_bwd")
     def _pre_bwd(dh, dH_pre, dH_post, dH_res, x, phi, bias, alpha, proj, rms, kind, sinkhorn_iters):

@@ -16,6 +16,12 @@ import torch
 from torch import Tensor, nn
 
 
+def coefficient_dtype(storage: torch.dtype) -> torch.dtype:
+    """The dtype of the parameters and coefficients that go with x of dtype `storage`: float32 for
+    bfloat16 storage (mixed precision), the storage dtype otherwise."""
+    return torch.float32 if storage == torch.bfloat16 else storage
+
+
 class Mix(NamedTuple):
     """The coefficients pre() made for each token, which post() consumes."""
     H_pre: Tensor   # [..., n]
@@ -56,8 +62,11 @@ class HyperConnection(nn.Module):
         """x [..., n, C] -> (h [..., C], Mix)."""
         self._check(x, "pre")
         lead, n, C = x.shape[:-2], self.streams, self.dim
-        h, H_pre, H_post, H_res = torch.ops.mhc.pre(x.reshape(-1, n, C), self.phi.to(x), self.bias.to(x),
-                                                    self.alpha.to(x), self.kind, self.sinkhorn_iters)
+        # Parameters follow x's device and dtype — float32 under bfloat16 storage, where they are
+        # the fp32 masters and the coefficients stay fp32 too.
+        like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
+        h, H_pre, H_post, H_res = torch.ops.mhc.pre(x.reshape(-1, n, C), self.phi.to(**like), self.bias.to(**like),
+                                                    self.alpha.to(**like), self.kind, self.sinkhorn_iters)
         return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n))
 
     def post(self, x: Tensor, y: Tensor, mix: Mix) -> Tensor:

@@ -96,6 +96,32 @@ def test_module_initialisation_and_shapes():
     assert list(mhc.HyperConnection("residual", 1, 8).parameters()) == []
 
 
+@pytest.mark.parametrize("kind,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
+def test_bfloat16_storage(kind, n):
+    """bf16 x and y with the fp32 master parameters: h and x_next in bf16, the coefficients and the
+    parameter gradients in fp32, and the values those of the fp32 ops on the same bf16 numbers
+    (phi read as bf16), up to one rounding of each storage output to bf16 (2^-8 relative)."""
+    torch.manual_seed(0)
+    hc = mhc.HyperConnection(kind, streams=n, dim=32, sublayer_index=1)
+    with torch.no_grad():
+        hc.phi.normal_(0, 0.05)
+    x = torch.randn(2, 9, n, 32).to(torch.bfloat16).requires_grad_()
+    h, mix = hc.pre(x)
+    out = hc.post(x, torch.tanh(h), mix)
+    assert (h.dtype, mix.H_res.dtype, out.dtype) == (torch.bfloat16, torch.float32, torch.bfloat16)
+    out.float().square().sum().backward()
+    assert hc.phi.grad.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    phi = hc.phi.detach().to(torch.bfloat16).float()
+    x32 = x.detach().float()
+    h32, H_pre, H_post, H_res = torch.ops.mhc.pre(x32.reshape(-1, n, 32), phi, hc.bias.detach(), hc.alpha.detach(),
+                                                  kind, 20)
+    torch.testing.assert_close(mix.H_res.reshape(-1, n, n), H_res, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h.float().reshape(-1, 32), h32, rtol=2 ** -8, atol=1e-6)
+    y = torch.tanh(h).float().reshape(-1, 32)  # the bf16 run's own sublayer output
+    out32 = torch.ops.mhc.post(x32.reshape(-1, n, 32), y, H_post, H_res)
+    torch.testing.assert_close(out.float().reshape(-1, n, 32), out32, rtol=2 ** -8, atol=1e-6)
+
+
 def test_bad_input_is_a_one_line_error():
     with pytest.raises(Exception, match=r"unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite\)"):
         mhc.HyperConnection("sinkhorn", 4, 8)

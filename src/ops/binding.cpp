@@ -14,10 +14,22 @@
 
 #include "../kernels/cpu/kernels.h"
 #include "mhc/ops.h"
+#include "op_args.h"
 
 namespace mhc {
 
 using torch::Tensor;
+using ops::contiguous_or_undefined;
+using ops::kind_or_throw;
+using ops::ptr_or_null;
+
+Kind ops::kind_or_throw(c10::string_view name) {
+  try {
+    return parse_kind(std::string(name));
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, "mhc.pre: ", e.what());
+  }
+}
 
 std::string error_message(const std::exception& e) {
   if (auto* c10e = dynamic_cast<const c10::Error*>(&e)) return c10e->what_without_backtrace();
@@ -32,20 +44,19 @@ std::string shape_of(const Tensor& t) {
   return s.str();
 }
 
-Kind kind_or_throw(c10::string_view name) {
-  try {
-    return parse_kind(std::string(name));
-  } catch (const std::invalid_argument& e) {
-    TORCH_CHECK_VALUE(false, "mhc.pre: ", e.what());
-  }
+void check_storage(const char* op, const Tensor& x) {
+  const auto d = x.scalar_type();
+  TORCH_CHECK_TYPE(d == torch::kFloat || d == torch::kDouble || d == torch::kBFloat16, op,
+                   ": x must be float32, float64 or bfloat16, got ", d);
 }
 
-void check_float(const char* op, const char* name, const Tensor& t, const Tensor& like) {
-  TORCH_CHECK_TYPE(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble, op, ": ", name,
-                   " must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", name, " is ", t.scalar_type(), " but x is ",
-                   like.scalar_type(), " (all inputs must share one dtype)");
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but x is on ", like.device());
+// `name` must have dtype `expected` — x's own, or its coefficient dtype — and x's device.
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& x, torch::ScalarType expected) {
+  TORCH_CHECK_TYPE(t.scalar_type() == expected, op, ": ", name, " must be ", expected, " when x is ", x.scalar_type(),
+                   x.scalar_type() == torch::kBFloat16 ? " (bfloat16 storage keeps parameters and coefficients in float32)"
+                                                      : " (all inputs share one dtype)",
+                   ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
 void check_shape(const char* op, const char* name, const Tensor& t, c10::IntArrayRef expected, const char* what) {
@@ -55,13 +66,16 @@ void check_shape(const char* op, const char* name, const Tensor& t, c10::IntArra
 
 }  // namespace
 
+torch::ScalarType coefficient_dtype(torch::ScalarType x) { return x == torch::kBFloat16 ? torch::kFloat : x; }
+
 Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
                       int64_t sinkhorn_iters) {
   const char* op = "mhc.pre";
   TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be 3-D [N, n, C] (tokens, streams, width), got shape ",
                     shape_of(x));
-  for (auto [name, t] : {std::pair{"x", &x}, {"phi", &phi}, {"bias", &bias}, {"alpha", &alpha}})
-    check_float(op, name, *t, x);
+  check_storage(op, x);
+  for (auto [name, t] : {std::pair{"phi", &phi}, {"bias", &bias}, {"alpha", &alpha}})
+    check_like(op, name, *t, x, coefficient_dtype(x.scalar_type()));
   TORCH_CHECK_VALUE(sinkhorn_iters >= 0 && sinkhorn_iters <= kMaxSinkhornIters, op,
                     ": sinkhorn_iters must be in [0, ", kMaxSinkhornIters, "], got ", sinkhorn_iters);
   const int64_t n = x.size(1), C = x.size(2);
@@ -88,8 +102,10 @@ Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, co
 void check_post_args(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
   const char* op = "mhc.post";
   TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be 3-D [N, n, C], got shape ", shape_of(x));
-  for (auto [name, t] : {std::pair{"x", &x}, {"y", &y}, {"H_post", &H_post}, {"H_res", &H_res}})
-    check_float(op, name, *t, x);
+  check_storage(op, x);
+  check_like(op, "y", y, x, x.scalar_type());
+  for (auto [name, t] : {std::pair{"H_post", &H_post}, {"H_res", &H_res}})
+    check_like(op, name, *t, x, coefficient_dtype(x.scalar_type()));
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
   TORCH_CHECK_VALUE(n >= 1 && n <= kMaxStreams, op, ": n must be 1 to ", kMaxStreams, ", got x of shape ",
                     shape_of(x));
@@ -103,18 +119,18 @@ namespace {
 int kernel_threads() { return at::get_num_threads(); }
 
 // ---------------------------------------------------------------------------------- CPU kernels
-// The inputs of `pre`, validated and made contiguous, as both directions' kernels read them.
-struct PreArgs {
-  Tensor x, phi, bias, alpha;
-  Kind kind;
-  int64_t sinkhorn_iters;
-  Layout layout;
+// bfloat16 storage runs the fp32 kernels on upcast copies and rounds the storage outputs back:
+// the function the CUDA kernels compute (fp32 math on bf16 values, phi read as bf16), not a fused
+// bf16 path — these CPUs have no bf16 arithmetic; the point is that a bf16 model runs, and can be
+// checked, anywhere.
+bool is_bf16(const Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
+Tensor upcast(const Tensor& t) { return t.to(torch::kFloat); }
+Tensor downcast(const Tensor& t) { return t.to(torch::kBFloat16); }
+Tensor as_bf16_operand(const Tensor& phi) { return downcast(phi).to(torch::kFloat); }
 
-  PreArgs(const Tensor& x_, const Tensor& phi_, const Tensor& bias_, const Tensor& alpha_, c10::string_view name,
-          int64_t t)
-      : kind(kind_or_throw(name)), sinkhorn_iters(t), layout(check_pre_args(x_, phi_, bias_, alpha_, kind, t)) {
-    x = x_.contiguous(), phi = phi_.contiguous(), bias = bias_.contiguous(), alpha = alpha_.contiguous();
-  }
+// `pre`'s inputs for the CPU kernels.
+struct PreArgs : ops::PreArgs {
+  using ops::PreArgs::PreArgs;
 
   template <typename scalar_t>
   cpu::PreInputs<scalar_t> kernel_inputs() const {
@@ -128,6 +144,12 @@ struct PreArgs {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Tensor& x, const Tensor& phi,
                                                                        const Tensor& bias, const Tensor& alpha,
                                                                        c10::string_view kind, int64_t t) {
+  if (is_bf16(x)) {
+    check_pre_args(x, phi, bias, alpha, kind_or_throw(kind), t);
+    auto out = pre_fwd_cpu(upcast(x), as_bf16_operand(phi), bias, alpha, kind, t);
+    std::get<0>(out) = downcast(std::get<0>(out));
+    return out;
+  }
   const PreArgs a(x, phi, bias, alpha, kind, t);
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2), P = a.layout.proj_per_token;
   auto opts = x.options();
@@ -142,28 +164,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Ten
   return {h, H_pre, H_post, H_res, proj, rms};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> pre_cpu(const Tensor& x, const Tensor& phi, const Tensor& bias,
-                                                   const Tensor& alpha, c10::string_view kind, int64_t t) {
-  auto out = pre_fwd_cpu(x, phi, bias, alpha, kind, t);
-  return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
-}
-
-// Gradients that did not flow arrive undefined (or absent): the kernel reads a null pointer as zeros.
-Tensor contiguous_or_undefined(const c10::optional<Tensor>& g) {
-  return g.has_value() && g->defined() ? g->contiguous() : Tensor();
-}
-
-template <typename scalar_t>
-const scalar_t* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const c10::optional<Tensor>& dH_pre_,
                                                        const c10::optional<Tensor>& dH_post_,
                                                        const c10::optional<Tensor>& dH_res_, const Tensor& x,
                                                        const Tensor& phi, const Tensor& bias, const Tensor& alpha,
                                                        const Tensor& proj_, const Tensor& rms_, c10::string_view kind,
                                                        int64_t t) {
+  if (is_bf16(x)) {
+    check_pre_args(x, phi, bias, alpha, kind_or_throw(kind), t);
+    auto out = pre_bwd_cpu(upcast(dh_), dH_pre_, dH_post_, dH_res_, upcast(x), as_bf16_operand(phi), bias, alpha,
+                           proj_, rms_, kind, t);
+    std::get<0>(out) = downcast(std::get<0>(out));
+    return out;
+  }
   const PreArgs a(x, phi, bias, alpha, kind, t);
   const Tensor dh = dh_.contiguous(), proj = proj_.contiguous(), rms = rms_.contiguous();
   const Tensor dH_pre = contiguous_or_undefined(dH_pre_), dH_post = contiguous_or_undefined(dH_post_),
@@ -181,6 +194,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const 
 
 Tensor post_cpu(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, const Tensor& H_res_) {
   check_post_args(x_, y_, H_post_, H_res_);
+  if (is_bf16(x_)) return downcast(post_cpu(upcast(x_), upcast(y_), H_post_, H_res_));
   const Tensor x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(), H_res = H_res_.contiguous();
   Tensor out = torch::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.post", [&] {
@@ -194,6 +208,11 @@ Tensor post_cpu(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, const
 std::tuple<Tensor, Tensor, Tensor, Tensor> post_bwd_cpu(const Tensor& dout_, const Tensor& x_, const Tensor& y_,
                                                         const Tensor& H_post_, const Tensor& H_res_) {
   check_post_args(x_, y_, H_post_, H_res_);
+  if (is_bf16(x_)) {
+    auto out = post_bwd_cpu(upcast(dout_), upcast(x_), upcast(y_), H_post_, H_res_);
+    std::get<0>(out) = downcast(std::get<0>(out)), std::get<1>(out) = downcast(std::get<1>(out));
+    return out;
+  }
   const Tensor x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(), H_res = H_res_.contiguous();
   const Tensor dout = dout_.contiguous();
   Tensor dx = torch::empty_like(x), dy = torch::empty_like(y), dH_post = torch::empty_like(H_post),
@@ -315,7 +334,7 @@ TORCH_LIBRARY(mhc, m) {
 }
 
 TORCH_LIBRARY_IMPL(mhc, CPU, m) {
-  m.impl("pre", mhc::pre_cpu);
+  m.impl("pre", mhc::ops::pre_from<mhc::pre_fwd_cpu>);
   m.impl("post", mhc::post_cpu);
   m.impl("pre_fwd", mhc::pre_fwd_cpu);
   m.impl("pre_bwd", mhc::pre_bwd_cpu);

@@ -70,8 +70,9 @@ PreOutput HyperConnectionImpl::pre(const Tensor& x) {
   TORCH_CHECK_VALUE(n == options_.streams() && C == options_.dim(), "HyperConnection.pre: x is [..., ", n, ", ", C,
                     "] but this connection has n = ", options_.streams(), " streams of width C = ", options_.dim());
   const Tensor flat = x.reshape({-1, n, C});
-  // Parameters follow x's dtype and device, so a double-precision check needs no second module.
-  auto like = [&](const Tensor& t) { return t.to(x.options()); };
+  // Parameters follow x's device and dtype (float32 under bfloat16 storage: they are the fp32
+  // masters), so a double-precision check needs no second module.
+  auto like = [&](const Tensor& t) { return t.to(x.device(), coefficient_dtype(x.scalar_type())); };
   PreOutput out = options_.use_reference()
                       ? reference::pre(flat, like(phi), like(bias), like(alpha), options_.kind(), options_.sinkhorn_iters())
                       : mhc::pre(flat, like(phi), like(bias), like(alpha), options_.kind(), options_.sinkhorn_iters());

@@ -3,7 +3,8 @@
 // This is the specification the fused kernels are tested against and the "eager" side of
 // `mhc bench layer`. Autograd provides the backward. It follows DESIGN.md literally: the
 // projection g = v·phi is divided by r after the product, Sinkhorn–Knopp normalises columns
-// first and rows last, the column-max shift before exp is a constant (detached).
+// first and rows last, the column-max shift before exp is a constant (detached). bfloat16 storage
+// (mhc/ops.h) computes in float32 on the bf16 values, with phi read as bf16.
 #include <algorithm>
 #include <numeric>
 
@@ -41,9 +42,16 @@ Tensor permutation_matrices(int64_t n, torch::ScalarType dtype) {
   return P;
 }
 
-PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+namespace {
+bool is_bf16(const Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
+Tensor math(const Tensor& storage) { return storage.to(coefficient_dtype(storage.scalar_type())); }
+}  // namespace
+
+PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bias, const Tensor& alpha, Kind kind,
               int64_t sinkhorn_iters) {
-  check_pre_args(x, phi, bias, alpha, kind, sinkhorn_iters);
+  check_pre_args(x_stored, phi_master, bias, alpha, kind, sinkhorn_iters);
+  const Tensor x = math(x_stored);
+  const Tensor phi = is_bf16(x_stored) ? phi_master.to(torch::kBFloat16).to(torch::kFloat) : phi_master;
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
   Tensor H_pre, H_post, H_res;
   switch (kind) {
@@ -82,13 +90,13 @@ PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tens
       break;
     }
   }
-  const Tensor h = (H_pre.unsqueeze(-1) * x).sum(1);
+  const Tensor h = (H_pre.unsqueeze(-1) * x).sum(1).to(x_stored.scalar_type());
   return {h, H_pre, H_post, H_res};
 }
 
 Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
   check_post_args(x, y, H_post, H_res);
-  return H_res.matmul(x) + H_post.unsqueeze(-1) * y.unsqueeze(1);
+  return (H_res.matmul(math(x)) + H_post.unsqueeze(-1) * math(y).unsqueeze(1)).to(x.scalar_type());
 }
 
 }  // namespace mhc::reference

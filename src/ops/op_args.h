@@ -1,0 +1,56 @@
+// What the per-backend op implementations (binding.cpp: CPU and autograd; binding_cuda.cpp: CUDA)
+// share: reading the kind argument and `pre`'s inputs, the optional upstream gradients of its
+// coefficients, and `pre` as `pre_fwd` without the saved tensors.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <tuple>
+
+#include "mhc/ops.h"
+#include "mhc/variant.h"
+
+namespace mhc::ops {
+
+// The op's `kind` string -> Kind; a bad name is a c10::ValueError naming it and the accepted list.
+Kind kind_or_throw(c10::string_view name);
+
+// The inputs of `pre`, validated and made contiguous, as both directions' kernels read them; each
+// backend adds the kernel_inputs() of its own kernel interface.
+struct PreArgs {
+  torch::Tensor x, phi, bias, alpha;
+  Kind kind;
+  int64_t sinkhorn_iters;
+  Layout layout;
+
+  PreArgs(const torch::Tensor& x_, const torch::Tensor& phi_, const torch::Tensor& bias_, const torch::Tensor& alpha_,
+          c10::string_view name, int64_t t)
+      : x(x_.contiguous()), phi(phi_.contiguous()), bias(bias_.contiguous()), alpha(alpha_.contiguous()),
+        kind(kind_or_throw(name)), sinkhorn_iters(t), layout(check_pre_args(x_, phi_, bias_, alpha_, kind, t)) {}
+};
+
+// Gradients that did not flow arrive undefined (or absent): the kernels read a null pointer as zeros.
+inline torch::Tensor contiguous_or_undefined(const c10::optional<torch::Tensor>& g) {
+  return g.has_value() && g->defined() ? g->contiguous() : torch::Tensor();
+}
+
+template <typename T>
+const T* ptr_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// `pre` is `pre_fwd` without the two tensors saved for the backward: pre_from<pre_fwd_BACKEND>.
+using PreFwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                torch::Tensor>(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                               const torch::Tensor&, c10::string_view, int64_t);
+template <PreFwdKernel* pre_fwd>
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> pre_from(const torch::Tensor& x,
+                                                                                const torch::Tensor& phi,
+                                                                                const torch::Tensor& bias,
+                                                                                const torch::Tensor& alpha,
+                                                                                c10::string_view kind, int64_t t) {
+  auto out = pre_fwd(x, phi, bias, alpha, kind, t);
+  return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
+}
+
+}  // namespace mhc::ops
