@@ -5,7 +5,7 @@
 # standard safetensors (read by Python with NumPy only), diagnostics leave training unchanged,
 # `analyze` and `compare` write their tables and valid plots, and bad input gets one-line errors.
 # Usage: train_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: variants resume kill signals damage
-# nonfinite diag compare errors; default: all)
+# nonfinite diag compare precision errors, and cuda, which runs only when named; default: all)
 source "$(dirname "$0")/cli_common.sh"
 
 small=(--data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --dim 32 --layers 2 --heads 2 --seq-len 32
@@ -161,6 +161,49 @@ for key in ("composite_fwd_max", "composite_bwd_max"):
   expect_error "mhc compare: --residual: unknown residual kind 'foo' \(accepted: residual, hc, mhc, mhc-lite\)" compare --residual mhc,foo
   expect_error "mhc compare: --residual lists 'hc' twice" compare --residual hc,mhc,hc
   expect_error "mhc compare: $work/cmp/mhc holds a run with other settings: lr \(checkpoint 0.003, given 0.001\)" compare "${cmp_args[@]}" --residual mhc --lr 0.001
+fi
+
+# within_bf16 A B: every step's loss in run B is within bf16's unit roundoff (2^-8, relative) of
+# run A's — no worse than rounding the fp32 loss itself to bf16 once. (The precision section's runs
+# differ by 2e-4; accumulating the products in bf16, as LibTorch 1.13's CPU bf16 GEMM does, makes
+# it 4.4e-3.)
+within_bf16() {
+  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(f)] for f in sys.argv[1:3])
+assert len(a) == len(b) >= 20, f"{len(a)} vs {len(b)} steps"
+worst = max(abs(y - x) / x for x, y in zip(a, b))
+print(f"worst relative loss gap over {len(a)} steps: {worst:.2e} (bound 2^-8 = {2**-8:.2e})")
+sys.exit(worst > 2**-8)
+PY
+}
+
+if want precision; then
+  # bf16 activations (fp32 masters) track the fp32 run; the checkpoint keeps fp32 parameters.
+  precise=("${small[@]}" --dim 64 --heads 2 --seq-len 64 --batch 16 --steps 20 --eval-every 0 --diag-every 0)
+  "$mhc" train "${precise[@]}" --out "$work/fp32" > /dev/null 2>&1 || fail "fp32 run failed"
+  "$mhc" train "${precise[@]}" --dtype bfloat16 --out "$work/bf16" > "$work/bf16.log" 2>&1 || fail "bf16 run failed: $(tail -1 "$work/bf16.log")"
+  gap=$(within_bf16 "$work/fp32" "$work/bf16") || fail "bf16 does not track fp32: $gap"
+  echo "cpu bf16 vs fp32: $gap"
+  /usr/bin/python3 "$src/scripts/read_safetensors.py" "$work/bf16/latest" > "$work/bf16-tensors.txt" 2>&1
+  grep -q "^model/blocks.0.mlp_hc.phi float32" "$work/bf16-tensors.txt" && ! grep "^model/" "$work/bf16-tensors.txt" | grep -vq " float32 " ||
+    fail "bf16 run's checkpoint: $(grep '^model/' "$work/bf16-tensors.txt" | grep -v ' float32 ' | head -1)"
+  expect_error "--dtype 'half' is not supported \(accepted: float32, bfloat16\)" train "${precise[@]}" --dtype half
+  expect_error "--device 'gpu' is not a device \(accepted: cpu, cuda, cuda:N\)" train "${precise[@]}" --device gpu
+fi
+
+if [ "$only" = cuda ]; then  # only when asked for: it ends the script with 77 (ctest: skipped) where no GPU is usable
+  # `--preset small` on the GPU in bf16 tracks the CPU's fp32 run over its first 20 steps.
+  cuda_err=$("$mhc" train "${small[@]}" --steps 1 --device cuda --out "$work/probe" 2>&1 >/dev/null)
+  if echo "$cuda_err" | grep -q "no CUDA GPU is usable here"; then echo "skipped: $cuda_err"; exit 77; fi
+  gpu=(--preset small --data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --stop-after 20 --eval-every 0
+       --diag-every 10 --sample-tokens 0)
+  "$mhc" train "${gpu[@]}" --out "$work/small-cpu" > "$work/small-cpu.log" 2>&1 || fail "CPU run failed: $(tail -1 "$work/small-cpu.log")"
+  "$mhc" train "${gpu[@]}" --device cuda --dtype bfloat16 --out "$work/small-cuda" > "$work/small-cuda.log" 2>&1 ||
+    fail "CUDA run failed: $(tail -1 "$work/small-cuda.log")"
+  gap=$(within_bf16 "$work/small-cpu" "$work/small-cuda") || fail "CUDA bf16 does not track the CPU fp32 run: $gap"
+  echo "cuda bf16 vs cpu fp32: $gap"
+  "$mhc" analyze --ckpt "$work/small-cuda" --out "$work/small-cuda-analysis" > /dev/null 2>&1 || fail "analyze of the CUDA run failed"
 fi
 
 if want errors; then

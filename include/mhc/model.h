@@ -32,6 +32,10 @@ struct GPTConfig {
   int64_t streams = 4;
   int64_t sinkhorn_iters = 20;
   BiasInit bias_init = {};
+  // The activations' dtype: float32, or bfloat16 (mixed precision: the sublayers compute on bf16
+  // activations with bf16 copies of their weights; parameters, their gradients, the norms'
+  // statistics, the softmax, the connections' coefficients and the loss stay float32).
+  torch::ScalarType dtype = torch::kFloat;
   // Throws std::invalid_argument naming the first bad value and what is accepted.
   void check() const;
   // SwiGLU's hidden width: 8/3·dim (same parameter count as a 4·dim GELU MLP), rounded up to 32.
@@ -86,7 +90,8 @@ TORCH_MODULE(Block);
 class GPTImpl : public torch::nn::Module {
  public:
   explicit GPTImpl(const GPTConfig& config);
-  // tokens [B, T] int64 -> logits [B, T, vocab]; with `record`, also every connection's input and
+  // tokens [B, T] int64 (on any device: they are moved to the model's) -> logits [B, T, vocab] in
+  // the activations' dtype; with `record`, also every connection's input and
   // coefficients in depth order (nothing for the plain residual).
   torch::Tensor forward(const torch::Tensor& tokens, std::vector<SublayerRecord>* record = nullptr);
   // Mean cross-entropy of next-token prediction, in nats.

@@ -21,6 +21,17 @@ torch::nn::Linear linear(int64_t in, int64_t out, double std) {
   return l;
 }
 
+// y = x·Wᵀ in x's dtype. Under bf16 the fp32 master weight is rounded for each use (autograd carries
+// its gradient back to the master in fp32) and the products accumulate in fp32, as tensor cores
+// do. On the CPU the product is taken in fp32 on the rounded operands: LibTorch 1.13's CPU bf16
+// GEMM accumulates in bf16, and a 4096-term sum of positive terms comes out 75% short.
+Tensor project(const torch::nn::Linear& layer, const Tensor& x) {
+  if (x.scalar_type() != torch::kBFloat16) return torch::linear(x, layer->weight.to(x.scalar_type()));
+  const Tensor w = layer->weight.to(torch::kBFloat16);
+  if (x.is_cuda()) return torch::linear(x, w);
+  return torch::linear(x.to(torch::kFloat), w.to(torch::kFloat)).to(torch::kBFloat16);
+}
+
 }  // namespace
 
 void GPTConfig::check() const {
@@ -37,6 +48,8 @@ void GPTConfig::check() const {
   if (residual == Kind::residual && streams != 1)
     bad("--streams " + std::to_string(streams) + " with --residual residual: the plain residual has one stream");
   check_streams(residual, streams);
+  if (dtype != torch::kFloat && dtype != torch::kBFloat16)
+    bad(std::string("activation dtype ") + c10::toString(dtype) + " is not supported (accepted: float32, bfloat16)");
   if (sinkhorn_iters < 0 || sinkhorn_iters > kMaxSinkhornIters)
     bad("--sinkhorn-iters must be in [0, " + std::to_string(kMaxSinkhornIters) + "], got " +
         std::to_string(sinkhorn_iters));
@@ -44,8 +57,9 @@ void GPTConfig::check() const {
 
 RMSNormImpl::RMSNormImpl(int64_t dim) { weight = register_parameter("weight", torch::ones({dim})); }
 
-Tensor RMSNormImpl::forward(const Tensor& x) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + kRmsEps) * weight;
+Tensor RMSNormImpl::forward(const Tensor& x_stored) {
+  const Tensor x = x_stored.to(coefficient_dtype(x_stored.scalar_type()));  // bf16: the statistics in fp32
+  return (x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + kRmsEps) * weight).to(x_stored.scalar_type());
 }
 
 AttentionImpl::AttentionImpl(const GPTConfig& c) : heads_(c.heads) {
@@ -62,7 +76,7 @@ AttentionImpl::AttentionImpl(const GPTConfig& c) : heads_(c.heads) {
 
 Tensor AttentionImpl::forward(const Tensor& h) {
   const int64_t B = h.size(0), T = h.size(1), C = h.size(2), D = C / heads_;
-  const auto qkv = qkv_(norm_(h)).view({B, T, 3, heads_, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+  const auto qkv = project(qkv_, norm_(h)).view({B, T, 3, heads_, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
   if (cos_.device() != h.device() || cos_.scalar_type() != h.scalar_type())
     cos_ = cos_.to(h.device(), h.scalar_type()), sin_ = sin_.to(h.device(), h.scalar_type());
   const Tensor cos = cos_.slice(0, 0, T), sin = sin_.slice(0, 0, T);
@@ -74,12 +88,14 @@ Tensor AttentionImpl::forward(const Tensor& h) {
 #if TORCH_VERSION_MAJOR >= 2
   const Tensor y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
 #else
-  // LibTorch 1.13 has no public fused attention: the textbook form, masked before the softmax.
+  // LibTorch 1.13 has no public fused attention: the textbook form, masked before the softmax, in
+  // fp32 under bf16 storage (see project()).
+  const auto math = coefficient_dtype(h.scalar_type());
   const Tensor future = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(h.device())).triu(1);
-  const Tensor scores = torch::matmul(q, k.transpose(-2, -1)).mul_(1.0 / std::sqrt(static_cast<double>(D)));
-  const Tensor y = torch::matmul(scores.masked_fill_(future, -INFINITY).softmax(-1), v);
+  const Tensor scores = torch::matmul(q.to(math), k.to(math).transpose(-2, -1)).mul_(1.0 / std::sqrt(static_cast<double>(D)));
+  const Tensor y = torch::matmul(scores.masked_fill_(future, -INFINITY).softmax(-1), v.to(math)).to(h.scalar_type());
 #endif
-  return out_(y.transpose(1, 2).reshape({B, T, C}));
+  return project(out_, y.transpose(1, 2).reshape({B, T, C}));
 }
 
 MLPImpl::MLPImpl(const GPTConfig& c) {
@@ -91,7 +107,7 @@ MLPImpl::MLPImpl(const GPTConfig& c) {
 
 Tensor MLPImpl::forward(const Tensor& h) {
   const Tensor z = norm_(h);
-  return down_(torch::silu(gate_(z)) * up_(z));
+  return project(down_, torch::silu(project(gate_, z)) * project(up_, z));
 }
 
 BlockImpl::BlockImpl(const GPTConfig& c, int64_t index) {
@@ -148,14 +164,16 @@ std::vector<HyperConnection> GPTImpl::connections() const {
 Tensor GPTImpl::forward(const Tensor& tokens, std::vector<SublayerRecord>* record) {
   TORCH_CHECK_VALUE(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len, "GPT: tokens must be [B, T] with T <= ",
                     config_.seq_len, ", got ", tokens.sizes());
-  Tensor x = expand_streams(embed_(tokens), config_.streams);  // [B, T, n, C]
+  const Tensor e = embed_(tokens.to(embed_->weight.device())).to(config_.dtype);
+  Tensor x = expand_streams(e, config_.streams);  // [B, T, n, C]
   for (auto& block : blocks_) x = block->forward(x, record);
-  return head_(final_norm_(reduce_streams(x)));
+  return project(head_, final_norm_(reduce_streams(x)));
 }
 
 Tensor GPTImpl::loss(const Tensor& tokens, const Tensor& targets) {
   const Tensor logits = forward(tokens);
-  return torch::nn::functional::cross_entropy(logits.view({-1, config_.vocab}).to(torch::kFloat), targets.reshape({-1}));
+  return torch::nn::functional::cross_entropy(logits.view({-1, config_.vocab}).to(torch::kFloat),
+                                              targets.reshape({-1}).to(logits.device()));
 }
 
 }  // namespace mhc

@@ -13,6 +13,24 @@
 
 namespace mhc::train {
 
+torch::Device parse_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name != "cuda" && name.rfind("cuda:", 0) != 0)
+    throw std::invalid_argument("--device '" + name + "' is not a device (accepted: cpu, cuda, cuda:N)");
+  const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+  if (count == 0)
+    throw std::invalid_argument("--device " + name + ": no CUDA GPU is usable here (a CPU-only LibTorch, or no GPU " +
+                                "visible; accepted here: cpu)");
+  const int64_t index = name == "cuda" ? 0 : parse_integer("--device cuda:N", name.substr(5), 0, count - 1);
+  return {torch::kCUDA, static_cast<c10::DeviceIndex>(index)};
+}
+
+torch::ScalarType parse_dtype(const std::string& name) {
+  if (name == "float32" || name == "fp32") return torch::kFloat;
+  if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;
+  throw std::invalid_argument("--dtype '" + name + "' is not supported (accepted: float32, bfloat16)");
+}
+
 int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 const std::vector<SettingSpec>& setting_specs() {
@@ -42,9 +60,11 @@ const std::vector<SettingSpec>& setting_specs() {
       {"beta2", "0.95", "AdamW beta2", 'f', false},
       {"clip", "1.0", "gradient clipping by global norm (0: off)", 'f', false},
       {"seed", "1337", "seed of the initialisation and the data order", 'i', false},
+      {"dtype", "float32", "activations: float32, or bfloat16 (fp32 master weights, coefficients and loss)", 's', false},
       // run settings (a resumed run may change them)
       {"out", "runs/default", "output folder: config.json, metrics.jsonl, checkpoints", 's', true},
       {"data-dir", "data", "where the corpus is installed and token caches are kept", 's', true},
+      {"device", "cpu", "where the model trains: cpu, cuda, cuda:N", 's', true},
       {"threads", std::to_string(default_threads()), "CPU threads", 'i', true},
       {"eval-every", "50", "validation every N steps (0: only at the end)", 'i', true},
       {"eval-batches", "8", "validation batches per evaluation (0: the whole split)", 'i', true},
@@ -127,6 +147,7 @@ GPTConfig Settings::model_config(int64_t vocab) const {
   c.dim = integer("dim", 2, 1 << 16);
   c.heads = integer("heads", 1, 1 << 12);
   c.seq_len = integer("seq-len", 1, 1 << 20);
+  c.dtype = parse_dtype(str("dtype"));
   c.check();
   return c;
 }

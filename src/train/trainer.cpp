@@ -218,10 +218,10 @@ StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parame
     loss_sum = loss.item<double>();
     all_reduce_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   }
-  double norm_sq = 0;
+  std::vector<torch::Tensor> squares;  // summed on the device: one synchronisation, not one per tensor
   for (const auto& p : parameters)
-    if (p.grad().defined()) norm_sq += p.grad().pow(2).sum().item<double>();
-  const double norm = std::sqrt(norm_sq);
+    if (p.grad().defined()) squares.push_back(p.grad().pow(2).sum().to(torch::kDouble));
+  const double norm = squares.empty() ? 0.0 : std::sqrt(torch::stack(squares).sum().item<double>());
   const bool finite = std::isfinite(loss_sum) && std::isfinite(norm);
   if (finite) {
     if (clip > 0 && norm > clip)
@@ -256,6 +256,11 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
                                 std::to_string(world) + " ranks (the batch is global: accepted, a multiple of " +
                                 std::to_string(world) + ")");
   const int64_t rank_batch = batch / world;
+  const torch::Device device = parse_device(s.str("device"));
+  if (device.is_cuda() && world > 1)
+    throw std::invalid_argument("--device " + s.str("device") + " with WORLD_SIZE=" + std::to_string(world) +
+                                ": data-parallel training exchanges CPU tensors over Gloo; NCCL for CUDA is not wired "
+                                "in yet (accepted: --device cpu, or one rank)");
   dist::Group group(environment, std::chrono::milliseconds(static_cast<int64_t>(s.real("dist-timeout", 0.001, 1e6) * 1e3)));
 
   // The checkpoint first: its tokenizer must be the one the data is encoded with.
@@ -280,6 +285,7 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
 
   torch::manual_seed(seed);
   GPT model(s.model_config(corpus.tokenizer->vocab_size()));
+  model->to(device);  // before the optimizer takes its state shaped (and placed) like the parameters
   std::vector<std::pair<std::string, torch::Tensor>> named;
   for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
   AdamW optimizer(named, adam);
@@ -346,7 +352,8 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
               << " blocks x C=" << s.str("dim") << ", " << model->parameters().size() << " tensors / "
               << [&] { int64_t c = 0; for (auto& p : model->parameters()) c += p.numel(); return short_count(c); }()
               << " parameters, vocab " << corpus.tokenizer->vocab_size() << ", "
-              << (world > 1 ? std::to_string(world) + " ranks x " : "") << threads << " threads -> " << out
+              << (world > 1 ? std::to_string(world) + " ranks x " : "") << threads << " threads, " << device << ", "
+              << s.str("dtype") << " -> " << out
               << (resume_from.empty() ? "" : " (resumed at step " + std::to_string(step) + ")") << std::endl;
 
   // The global batch is windows [position, position + batch) of the shuffled order; this rank's
