@@ -19,7 +19,8 @@ StochasticError stochastic_error(const Tensor& H_res) {  // [N, n, n]
 }
 
 // 10k tokens whose H_res logits range from ordinary to ±80.
-PreOutput coefficients_for_random_tokens(Kind kind, int64_t n, int64_t t, double logit_scale, uint64_t seed) {
+PreOutput coefficients_for_random_tokens(Kind kind, int64_t n, int64_t t, double logit_scale, uint64_t seed,
+                                         torch::Device device) {
   torch::manual_seed(seed);
   const int64_t N = 10000, C = 8;
   const Layout l = layout(kind, n, C);
@@ -27,33 +28,42 @@ PreOutput coefficients_for_random_tokens(Kind kind, int64_t n, int64_t t, double
   const Tensor phi = torch::randn({l.proj_rows, l.proj_cols}) * logit_scale;
   const Tensor bias = torch::randn({l.bias_size}) * logit_scale;
   const Tensor alpha = torch::ones({l.alpha_size});
-  return mhc::pre(x, phi, bias, alpha, kind, t);
+  return mhc::pre(x.to(device), phi.to(device), bias.to(device), alpha.to(device), kind, t);
 }
 
-TEST(DoublyStochastic, MHCLiteIsExact) {
+// On every backend the fused ops run on (CUDA skipped where there is none).
+class DoublyStochastic : public testing::TestWithParam<std::string> {
+ protected:
+  const torch::Device device{GetParam()};
+};
+INSTANTIATE_TEST_SUITE_P(Backends, DoublyStochastic, testing::Values("cpu", "cuda"));
+
+TEST_P(DoublyStochastic, MHCLiteIsExact) {
+  MHC_SKIP_UNLESS_USABLE(device);
   for (int64_t n : {2, 3, 4, 5})
     for (double scale : {1.0, 10.0, 80.0}) {
-      const StochasticError e = stochastic_error(coefficients_for_random_tokens(Kind::mhc_lite, n, 0, scale, n).H_res);
+      const StochasticError e = stochastic_error(coefficients_for_random_tokens(Kind::mhc_lite, n, 0, scale, n, device).H_res);
       EXPECT_LE(e.row, 1e-6) << "n=" << n << " scale=" << scale;
       EXPECT_LE(e.col, 1e-6) << "n=" << n << " scale=" << scale;
       EXPECT_GE(e.min_entry, 0.0) << "n=" << n << " scale=" << scale;
     }
 }
 
-TEST(DoublyStochastic, MHCRowsExactColumnsConverge) {
+TEST_P(DoublyStochastic, MHCRowsExactColumnsConverge) {
+  MHC_SKIP_UNLESS_USABLE(device);
   double previous = INFINITY;
   for (int64_t t : {1, 5, 20}) {
-    const StochasticError e = stochastic_error(coefficients_for_random_tokens(Kind::mhc, 4, t, 1.0, 11).H_res);
+    const StochasticError e = stochastic_error(coefficients_for_random_tokens(Kind::mhc, 4, t, 1.0, 11, device).H_res);
     EXPECT_LE(e.row, 1e-6) << "t=" << t;
     EXPECT_GE(e.min_entry, 0.0) << "t=" << t;
     EXPECT_LT(e.col, previous) << "column error does not shrink at t=" << t;
     RecordProperty("column_error_t" + std::to_string(t), std::to_string(e.col));
-    std::printf("mHC n=4, 10k tokens: t=%2lld  max |row sum - 1| = %.2e  max |col sum - 1| = %.2e\n",
-                static_cast<long long>(t), e.row, e.col);
+    std::printf("mHC n=4, 10k tokens on %s: t=%2lld  max |row sum - 1| = %.2e  max |col sum - 1| = %.2e\n",
+                device.str().c_str(), static_cast<long long>(t), e.row, e.col);
     previous = e.col;
   }
   // Rows stay exact even with extreme logits and n = 8.
-  EXPECT_LE(stochastic_error(coefficients_for_random_tokens(Kind::mhc, 8, 20, 80.0, 12).H_res).row, 1e-6);
+  EXPECT_LE(stochastic_error(coefficients_for_random_tokens(Kind::mhc, 8, 20, 80.0, 12, device).H_res).row, 1e-6);
 }
 
 // A small stack of sublayers F_l(z) = W_l·RMSNorm(z) on a plain residual stream and, with the same

@@ -58,7 +58,7 @@ def coefficients(x, phi, bias, alpha, kind, t=20):
         H_res = sinkhorn(res.view(N, n, n), t)
     elif kind == "mhc-lite":
         weights = torch.softmax(res, dim=-1)
-        H_res = torch.einsum("nk,kij->nij", weights, permutation_matrices(n, x.dtype))
+        H_res = torch.einsum("nk,kij->nij", weights, permutation_matrices(n, x.dtype).to(x.device))
     else:
         raise ValueError(kind)
     return torch.sigmoid(pre), 2 * torch.sigmoid(post), H_res
