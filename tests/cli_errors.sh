@@ -4,11 +4,13 @@
 set -u
 mhc=$1
 failures=0
+checks=0
 
 expect_error() {  # expect_error REGEX ARGS...
   local pattern=$1
   shift
   local out err status
+  checks=$((checks + 1))
   err=$("$mhc" "$@" 2>&1 >/dev/null)
   status=$?
   out=$("$mhc" "$@" 2>/dev/null)
@@ -29,6 +31,11 @@ expect_error "--reps must be a whole number in \[5, [0-9]+\], got '2'" bench lay
 expect_error "mhc-lite takes 1 to 5 streams .*got n = 6; for more streams use KromHC" bench layer --kind mhc-lite --streams 6
 expect_error "mhc bench layer: --dim needs a value" bench layer --dim
 expect_error "mhc bench layer: unexpected argument 'fast'" bench layer fast
+expect_error "--device 'tpu' is not a device \(accepted: cpu, cuda, cuda:N\)" bench layer --device tpu
+expect_error "--dtype 'fp8' is not supported \(accepted: float32, bfloat16\)" bench layer --dtype fp8
+if ! "$mhc" bench layer --device cuda --tokens 8 --dim 8 --reps 5 > /dev/null 2>&1; then  # no GPU here
+  expect_error "--device cuda: no CUDA GPU is usable here" bench layer --device cuda
+fi
 
-echo "$((10 - failures)) passed, $failures failed"
+echo "$((checks - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

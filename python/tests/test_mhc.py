@@ -190,13 +190,15 @@ def test_bench_runs():
                           "--dim", "16", "--reps", "3", "--warmup", "1", "--markdown"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert re.search(r"^\| mhc \| 4 \| 16 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$", run.stdout, re.M), run.stdout
+    assert re.search(r"^\| mhc \| 4 \| 16 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| [0-9]+ \| [0-9]+% \|$", run.stdout, re.M), run.stdout
 
 
 @pytest.mark.parametrize("args,message", [
     (["--dim", "abc"], "--dim takes comma-separated positive widths, got 'abc'"),
     (["--kind", "mhc-lite", "--streams", "6"], "mhc-lite takes 1 to 5 streams"),
     (["--kind", "mhc", "--sinkhorn-iters", "-2"], "sinkhorn_iters must be in [0, 100], got -2"),
+    (["--device", "gpu"], "--device 'gpu' is not a device (accepted: cpu, cuda, cuda:N)"),
+    (["--dtype", "half"], "argument --dtype: invalid choice: 'half'"),
 ])
 def test_bench_bad_flags_are_one_line_errors(args, message):
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"))

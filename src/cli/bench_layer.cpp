@@ -7,10 +7,11 @@
 // after warm-up. The GB/s column divides the bytes the fused kernels must move by the fused time:
 //   pre fwd   reads x (nC), writes h (C)          post fwd  reads x, y ((n+1)C), writes nC
 //   post bwd  reads dout, x, y, writes dx, dy     pre bwd   reads dh, x, writes dx
-// i.e. (8n + 5)·C values per token, each once; it is printed next to this machine's copy bandwidth
-// (a large multi-threaded memcpy, read + write counted), the ceiling for a streaming kernel. The
-// Markdown table adds the copy-bound time (those bytes at copy speed: no fused path can be
-// faster) and the speedup over the reference that this bound allows.
+// i.e. (8n + 5)·C values per token of the storage dtype, each once; it is printed next to the
+// device's copy bandwidth (a large multi-threaded memcpy on the CPU, a device-to-device copy on a
+// GPU; read + write counted), the ceiling for a streaming kernel. The Markdown table adds the
+// copy-bound time (those bytes at copy speed: no fused path can be faster) and the speedup over the
+// reference that this bound allows. On a GPU every timing ends with a device synchronisation.
 #include <omp.h>
 
 #include <algorithm>
@@ -25,15 +26,34 @@
 #include "bench_common.h"
 #include "commands.h"
 #include "mhc/module.h"
+#include "mhc/train.h"
 
 namespace mhc::cli {
 namespace {
 
-// Best of a few parallel memcpy's of 256 MiB; bytes read + bytes written per second.
-double copy_bandwidth_gbs(int threads) {
+// Waits for the device's queued work: what a wall-clock timing of GPU work must end with.
+void finish(torch::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// Best of a few copies of 256 MiB (parallel memcpy's on the CPU, one device copy on a GPU); bytes
+// read + bytes written per second.
+double copy_bandwidth_gbs(torch::Device device, int threads) {
   const size_t bytes = size_t(256) << 20;
-  std::vector<char> src(bytes, 1), dst(bytes, 0);
   double best = 0;
+  if (device.is_cuda()) {
+    const auto options = torch::TensorOptions().dtype(torch::kByte).device(device);
+    const torch::Tensor src = torch::ones({static_cast<int64_t>(bytes)}, options), dst = torch::empty_like(src);
+    for (int rep = 0; rep < 5; ++rep) {
+      finish(device);
+      const auto t0 = Clock::now();
+      dst.copy_(src);
+      finish(device);
+      best = std::max(best, 2.0 * bytes / seconds_since(t0) / 1e9);
+    }
+    return best;
+  }
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
   for (int rep = 0; rep < 5; ++rep) {
     const auto t0 = Clock::now();
 #pragma omp parallel num_threads(threads)
@@ -46,28 +66,47 @@ double copy_bandwidth_gbs(int threads) {
   return best;
 }
 
+// The GPU's name, as the driver's nvidia-smi reports it (this build need not link the CUDA runtime).
+std::string gpu_model(torch::Device device) {
+  const std::string command = "nvidia-smi --query-gpu=name --format=csv,noheader --id=" +
+                              std::to_string(std::max<int>(device.index(), 0)) + " 2>/dev/null";
+  std::string name;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char buffer[256];
+    while (fgets(buffer, sizeof buffer, pipe)) name += buffer;
+    pclose(pipe);
+  }
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  return name.empty() ? "unknown GPU" : name;
+}
+
 struct Result {
   Kind kind;
   int64_t n, C, tokens;
   double fused_s, reference_s, bytes;
 };
 
-Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps) {
+Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps, torch::Device device,
+                torch::ScalarType storage) {
   torch::manual_seed(0);
   auto options = HyperConnectionOptions(kind, n, C).sinkhorn_iters(t);
   HyperConnection fused(options), reference(HyperConnectionOptions(options).use_reference(true));
+  fused->to(device), reference->to(device);  // the parameters stay float32 (mhc/ops.h)
   {  // a non-trivial, shared φ so both paths do real work on the same numbers
     torch::NoGradGuard no_grad;
     if (fused->phi.numel()) fused->phi.normal_(0, 0.02);
     for (auto [a, b] : {std::pair{fused->phi, reference->phi}, {fused->bias, reference->bias}, {fused->alpha, reference->alpha}})
       b.copy_(a);
   }
-  const torch::Tensor x = torch::randn({N, n, C}).requires_grad_(true);
-  const torch::Tensor dout = torch::randn({N, n, C});
+  const auto on_device = torch::TensorOptions().dtype(storage).device(device);
+  const torch::Tensor x = torch::randn({N, n, C}, on_device).requires_grad_(true);
+  const torch::Tensor dout = torch::randn({N, n, C}, on_device);
   auto step = [&](HyperConnection& hc) {
+    finish(device);
     const auto t0 = Clock::now();
     const torch::Tensor out = hc->forward(x, [](const torch::Tensor& h) { return h; });
     out.backward(dout);
+    finish(device);
     const double s = seconds_since(t0);
     x.mutable_grad() = torch::Tensor();
     hc->zero_grad();
@@ -78,7 +117,7 @@ Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmu
     const double f = step(fused), r = step(reference);
     if (rep >= warmup) fused_s.push_back(f), reference_s.push_back(r);
   }
-  const double bytes = double(N) * (8 * n + 5) * C * sizeof(float);
+  const double bytes = double(N) * (8 * n + 5) * C * x.element_size();
   return {kind, n, C, N, median(fused_s), median(reference_s), bytes};
 }
 
@@ -91,7 +130,9 @@ int bench_layer(const std::vector<std::string>& argv) {
       .flag("tokens", "4096", "tokens N = batch x sequence")
       .flag("streams", "4", "streams n (residual always uses 1)")
       .flag("dim", "512", "widths C, comma-separated")
-      .flag("threads", std::to_string(omp_get_num_procs()), "threads for the kernels and LibTorch")
+      .flag("device", "cpu", "where to run: cpu, cuda, cuda:N")
+      .flag("dtype", "float32", "storage of x and y: float32, bfloat16 (parameters and coefficients stay float32)")
+      .flag("threads", std::to_string(omp_get_num_procs()), "CPU threads for the kernels and LibTorch")
       .flag("sinkhorn-iters", "20", "Sinkhorn-Knopp iterations t (mhc)")
       .flag("warmup", "2", "untimed repetitions first")
       .flag("reps", "7", "timed repetitions (median reported; at least 5)")
@@ -111,15 +152,20 @@ int bench_layer(const std::vector<std::string>& argv) {
   if (args.on("json") && args.on("markdown")) throw std::invalid_argument("mhc bench layer: choose one of --json, --markdown");
   for (Kind k : kinds) check_streams(k, k == Kind::residual ? 1 : n);
 
+  const torch::Device device = train::parse_device(args.str("device"));
+  const torch::ScalarType storage = train::parse_dtype(args.str("dtype"));
+
   torch::set_num_threads(threads);
-  const double copy_gbs = copy_bandwidth_gbs(threads);
-  const std::string machine = cpu_model() + ", " + std::to_string(threads) + " threads";
+  const double copy_gbs = copy_bandwidth_gbs(device, threads);
+  const std::string machine =
+      device.is_cuda() ? gpu_model(device) + " (" + device.str() + ")" : cpu_model() + ", " + std::to_string(threads) + " threads";
+  const std::string dtype_name = storage == torch::kBFloat16 ? "bfloat16" : "float32";
 
   std::ostream& out = std::cout;
   out << std::fixed;
   if (args.on("markdown")) {
     out << "Machine: " << machine << "; copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s (read + write).\n"
-        << "N = " << N << " tokens, fp32, fwd+bwd of one sublayer with F = identity, median of " << reps << ".\n\n"
+        << "N = " << N << " tokens, " << dtype_name << " storage, fwd+bwd of one sublayer with F = identity, median of " << reps << ".\n\n"
         << "| kind | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |"
            " copy-bound ms | speedup bound |\n"
         << "|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -129,12 +175,13 @@ int bench_layer(const std::vector<std::string>& argv) {
   }
   for (Kind kind : kinds) {
     for (int64_t C : dims) {
-      const Result r = run_case(kind, N, kind == Kind::residual ? 1 : n, C, t, warmup, reps);
+      const Result r = run_case(kind, N, kind == Kind::residual ? 1 : n, C, t, warmup, reps, device, storage);
       const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
       const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
       if (args.on("json")) {
         out << std::setprecision(6) << "{\"kind\": \"" << kind_name(kind) << "\", \"streams\": " << r.n
-            << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"threads\": " << threads
+            << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
+            << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
             << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
             << ", \"speedup\": " << speedup << ", \"fused_tokens_per_s\": " << tps << ", \"fused_gb_per_s\": " << gbs
             << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3 << "}\n";
