@@ -9,6 +9,8 @@
 #include <fstream>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "mhc/files.h"
 #include "mhc/train.h"
 
@@ -202,6 +204,20 @@ TEST(Settings, TomlKeysAreTheFlagNames) {
   write(dir + "/bad.toml", "learning_rate = 1\n");
   EXPECT_EQ(error_of([&] { train::read_toml(dir + "/bad.toml"); }),
             "config " + dir + "/bad.toml: unknown key 'learning_rate' (keys are the flags of `mhc train --help`)");
+}
+
+// A run written before a setting existed: run settings take their default, --dtype the float32
+// every earlier run had, and a missing model-defining setting is refused.
+TEST(Settings, RunsWrittenBeforeASettingExistedStillRead) {
+  nlohmann::json j;
+  for (const auto& spec : train::setting_specs()) j[spec.name] = spec.default_value;
+  j.erase("dtype"), j.erase("device");
+  j["threads"] = "1";
+  const train::Settings s = train::Settings::from_json(j.dump());
+  EXPECT_EQ(s.str("dtype"), "float32");
+  EXPECT_EQ(s.str("device"), "cpu");
+  j.erase("dim");
+  EXPECT_EQ(error_of([&] { train::Settings::from_json(j.dump()); }), "the run's settings lack 'dim'");
 }
 
 }  // namespace

@@ -24,6 +24,9 @@ struct SettingSpec {
   std::string name, default_value, help;
   char type;  // 'i' integer, 'f' real, 's' string
   bool run;
+  // The value a run written before this setting existed had, if it defines the run (for run settings
+  // such a run takes the default).
+  std::string before_it_existed = {};
 };
 const std::vector<SettingSpec>& setting_specs();
 // --device: "cpu", "cuda", "cuda:N" (checked to exist here); throws std::invalid_argument naming the

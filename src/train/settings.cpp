@@ -60,7 +60,8 @@ const std::vector<SettingSpec>& setting_specs() {
       {"beta2", "0.95", "AdamW beta2", 'f', false},
       {"clip", "1.0", "gradient clipping by global norm (0: off)", 'f', false},
       {"seed", "1337", "seed of the initialisation and the data order", 'i', false},
-      {"dtype", "float32", "activations: float32, or bfloat16 (fp32 master weights, coefficients and loss)", 's', false},
+      {"dtype", "float32", "activations: float32, or bfloat16 (fp32 master weights, coefficients and loss)", 's', false,
+       "float32"},
       // run settings (a resumed run may change them)
       {"out", "runs/default", "output folder: config.json, metrics.jsonl, checkpoints", 's', true},
       {"data-dir", "data", "where the corpus is installed and token caches are kept", 's', true},
@@ -125,9 +126,11 @@ Settings Settings::from_json(const std::string& json) {
   const auto j = nlohmann::json::parse(json);
   for (const auto& spec : setting_specs()) {
     if (!j.contains(spec.name)) {
-      // A run setting added after the run was written takes its default; the others define the run.
-      if (!spec.run) throw std::invalid_argument("the run's settings lack '" + spec.name + "'");
-      s.values[spec.name] = spec.default_value;
+      // A setting added after the run was written: run settings take their default, the others
+      // the value every earlier run had, if there is one.
+      if (!spec.run && spec.before_it_existed.empty())
+        throw std::invalid_argument("the run's settings lack '" + spec.name + "'");
+      s.values[spec.name] = spec.run ? spec.default_value : spec.before_it_existed;
       continue;
     }
     const auto& v = j.at(spec.name);
