@@ -32,7 +32,8 @@ const std::vector<SettingSpec>& setting_specs();
 // --device: "cpu", "cuda", "cuda:N" (checked to exist here); throws std::invalid_argument naming the
 // value and what is accepted.
 torch::Device parse_device(const std::string& name);
-// --dtype: "float32" (fp32) or "bfloat16" (bf16); throws std::invalid_argument.
+// --dtype: "float32" or "bfloat16" (one spelling each, so that a resumed run's setting compares
+// equal); throws std::invalid_argument.
 torch::ScalarType parse_dtype(const std::string& name);
 // The default of every --threads flag: the machine's hardware threads.
 int default_threads();

@@ -26,8 +26,8 @@ torch::Device parse_device(const std::string& name) {
 }
 
 torch::ScalarType parse_dtype(const std::string& name) {
-  if (name == "float32" || name == "fp32") return torch::kFloat;
-  if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;
+  if (name == "float32") return torch::kFloat;
+  if (name == "bfloat16") return torch::kBFloat16;
   throw std::invalid_argument("--dtype '" + name + "' is not supported (accepted: float32, bfloat16)");
 }
 
