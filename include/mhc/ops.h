@@ -48,6 +48,9 @@ torch::Tensor permutation_matrices(int64_t n, torch::ScalarType dtype = torch::k
 // The dtype of the parameters and coefficients that go with storage of dtype x: float32 for bfloat16,
 // x's own dtype otherwise.
 torch::ScalarType coefficient_dtype(torch::ScalarType x);
+// phi as the projection reads it next to storage of dtype x: rounded to bf16 values (still float32)
+// under bfloat16 storage, phi itself otherwise.
+torch::Tensor projection_weights(const torch::Tensor& phi, torch::ScalarType x);
 
 // Validation shared by every backend and by the reference: throws c10::Error with a one-line
 // message naming the bad value and what is accepted. Returns the variant's layout.

@@ -68,6 +68,10 @@ void check_shape(const char* op, const char* name, const Tensor& t, c10::IntArra
 
 torch::ScalarType coefficient_dtype(torch::ScalarType x) { return x == torch::kBFloat16 ? torch::kFloat : x; }
 
+Tensor projection_weights(const Tensor& phi, torch::ScalarType x) {
+  return x == torch::kBFloat16 ? phi.to(torch::kBFloat16).to(torch::kFloat) : phi;
+}
+
 Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
                       int64_t sinkhorn_iters) {
   const char* op = "mhc.pre";
@@ -126,7 +130,6 @@ int kernel_threads() { return at::get_num_threads(); }
 bool is_bf16(const Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
 Tensor upcast(const Tensor& t) { return t.to(torch::kFloat); }
 Tensor downcast(const Tensor& t) { return t.to(torch::kBFloat16); }
-Tensor as_bf16_operand(const Tensor& phi) { return downcast(phi).to(torch::kFloat); }
 
 // `pre`'s inputs for the CPU kernels.
 struct PreArgs : ops::PreArgs {
@@ -146,7 +149,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Ten
                                                                        c10::string_view kind, int64_t t) {
   if (is_bf16(x)) {
     check_pre_args(x, phi, bias, alpha, kind_or_throw(kind), t);
-    auto out = pre_fwd_cpu(upcast(x), as_bf16_operand(phi), bias, alpha, kind, t);
+    auto out = pre_fwd_cpu(upcast(x), projection_weights(phi, torch::kBFloat16), bias, alpha, kind, t);
     std::get<0>(out) = downcast(std::get<0>(out));
     return out;
   }
@@ -172,8 +175,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const 
                                                        int64_t t) {
   if (is_bf16(x)) {
     check_pre_args(x, phi, bias, alpha, kind_or_throw(kind), t);
-    auto out = pre_bwd_cpu(upcast(dh_), dH_pre_, dH_post_, dH_res_, upcast(x), as_bf16_operand(phi), bias, alpha,
-                           proj_, rms_, kind, t);
+    auto out = pre_bwd_cpu(upcast(dh_), dH_pre_, dH_post_, dH_res_, upcast(x), projection_weights(phi, torch::kBFloat16),
+                           bias, alpha, proj_, rms_, kind, t);
     std::get<0>(out) = downcast(std::get<0>(out));
     return out;
   }

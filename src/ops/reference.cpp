@@ -43,7 +43,6 @@ Tensor permutation_matrices(int64_t n, torch::ScalarType dtype) {
 }
 
 namespace {
-bool is_bf16(const Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
 Tensor math(const Tensor& storage) { return storage.to(coefficient_dtype(storage.scalar_type())); }
 }  // namespace
 
@@ -51,7 +50,7 @@ PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bi
               int64_t sinkhorn_iters) {
   check_pre_args(x_stored, phi_master, bias, alpha, kind, sinkhorn_iters);
   const Tensor x = math(x_stored);
-  const Tensor phi = is_bf16(x_stored) ? phi_master.to(torch::kBFloat16).to(torch::kFloat) : phi_master;
+  const Tensor phi = projection_weights(phi_master, x_stored.scalar_type());
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
   Tensor H_pre, H_post, H_res;
   switch (kind) {
