@@ -194,6 +194,16 @@ TEST(Checkpoint, RoundTripIsBitExactAndDamageIsRefused) {
   EXPECT_NE(error_of([&] { train::load_checkpoint(dir + "/text.safetensors"); }).find("is unreadable"), std::string::npos);
 }
 
+TEST(Checkpoint, FileNamesAreTheStepPaddedAndNothingElseIsOne) {
+  EXPECT_EQ(train::checkpoint_file_name(40), "ckpt-00000040.safetensors");
+  EXPECT_EQ(train::checkpoint_file_name(123456789), "ckpt-123456789.safetensors");
+  for (int64_t step : {0, 7, 123456789}) EXPECT_TRUE(train::is_checkpoint_file_name(train::checkpoint_file_name(step)));
+  // --overwrite and --keep delete what these accept: a user's files next to the run must not match.
+  for (const char* other : {"ckpt-notes.safetensors", "ckpt-40.safetensors", "ckpt-00000040.safetensors.tmp",
+                            "my-ckpt-00000040.safetensors", "ckpt-0000004x.safetensors", "latest", "config.json"})
+    EXPECT_FALSE(train::is_checkpoint_file_name(other)) << other;
+}
+
 TEST(Settings, TomlKeysAreTheFlagNames) {
   const std::string dir = scratch("toml");
   write(dir + "/ok.toml", "residual = \"hc\"\nlr = 0.002\nsteps = 7\n");

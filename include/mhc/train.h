@@ -121,6 +121,12 @@ std::map<std::string, std::string> read_checkpoint_metadata(const std::string& p
 // A run folder (its `latest`) or a checkpoint file -> the checkpoint file's path.
 std::string resolve_checkpoint(const std::string& path);
 
+// A run folder's checkpoints are ckpt-<step, at least 8 digits>.safetensors, and `latest` is a
+// symlink to the newest; --overwrite and --keep remove these names and nothing else.
+inline constexpr const char* kLatestCheckpoint = "latest";
+std::string checkpoint_file_name(int64_t step);
+bool is_checkpoint_file_name(const std::string& name);
+
 // ---- The loop -----------------------------------------------------------------------------------
 
 // Trains as the settings say, writing into settings "out"; resume_from (a checkpoint file, or

@@ -197,7 +197,7 @@ int compare(const std::vector<std::string>& argv) {
       runs.push_back(run);
 
       std::string resume_from;
-      if (fs::exists(fs::path(run.dir) / "latest")) {
+      if (fs::exists(fs::path(run.dir) / train::kLatestCheckpoint)) {
         resume_from = train::resolve_checkpoint(run.dir);
         const train::RunInfo info = train::read_run_info(resume_from);
         if (const std::string d = differences(info.settings, s, fixed_names); !d.empty())

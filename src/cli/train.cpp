@@ -75,7 +75,7 @@ void replace_earlier_run(const std::string& out, bool overwrite) {
   std::vector<fs::path> earlier;
   for (const auto& e : fs::directory_iterator(out)) {
     const std::string name = e.path().filename().string();
-    if (name == "latest" || (name.rfind("ckpt-", 0) == 0 && e.path().extension() == ".safetensors")) earlier.push_back(e.path());
+    if (name == train::kLatestCheckpoint || train::is_checkpoint_file_name(name)) earlier.push_back(e.path());
   }
   if (earlier.empty()) return;
   if (!overwrite)

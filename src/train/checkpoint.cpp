@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <string_view>
 
 #include "mhc/files.h"
 #include "mhc/train.h"
@@ -157,13 +158,32 @@ std::map<std::string, std::string> read_checkpoint_metadata(const std::string& p
 
 std::string resolve_checkpoint(const std::string& path) {
   if (fs::is_directory(path)) {
-    const fs::path latest = fs::path(path) / "latest";
+    const fs::path latest = fs::path(path) / kLatestCheckpoint;
     if (!fs::exists(latest)) throw std::invalid_argument("run folder " + path + " has no checkpoint yet (no 'latest')");
     const fs::path target = fs::read_symlink(latest);  // relative to the run folder, as the trainer writes it
     return (target.is_absolute() ? target : fs::path(path) / target).string();
   }
   if (!fs::exists(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
   return path;
+}
+
+namespace {
+constexpr std::string_view kCheckpointPrefix = "ckpt-", kCheckpointSuffix = ".safetensors";
+}
+
+std::string checkpoint_file_name(int64_t step) {
+  std::string digits = std::to_string(step);
+  if (digits.size() < 8) digits.insert(0, 8 - digits.size(), '0');
+  return std::string(kCheckpointPrefix) + digits + std::string(kCheckpointSuffix);
+}
+
+bool is_checkpoint_file_name(const std::string& name) {
+  const size_t affixes = kCheckpointPrefix.size() + kCheckpointSuffix.size();
+  if (name.size() < affixes + 8 || name.compare(0, kCheckpointPrefix.size(), kCheckpointPrefix) != 0 ||
+      name.compare(name.size() - kCheckpointSuffix.size(), kCheckpointSuffix.size(), kCheckpointSuffix) != 0)
+    return false;
+  const auto digits = std::string_view(name).substr(kCheckpointPrefix.size(), name.size() - affixes);
+  return std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 }  // namespace mhc::train

@@ -11,7 +11,6 @@
 #include <iomanip>
 #include <iostream>
 #include <random>
-#include <regex>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -49,12 +48,6 @@ std::string duration(double seconds) {
   const int s = static_cast<int>(seconds + 0.5);
   return s >= 60 ? std::to_string(s / 60) + "m" + (s % 60 < 10 ? "0" : "") + std::to_string(s % 60) + "s"
                  : std::to_string(s) + "s";
-}
-
-std::string checkpoint_name(int64_t step) {
-  std::ostringstream s;
-  s << "ckpt-" << std::setw(8) << std::setfill('0') << step << ".safetensors";
-  return s.str();
 }
 
 // Parameters by name, and the checkpoint tensors they map to ("model/<name>").
@@ -324,17 +317,19 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     c.metadata = {{"format", kFormat}, {"step", std::to_string(step)}, {"data_position", std::to_string(position)},
                   {"bad_steps", std::to_string(bad_total)}, {"adam_steps", std::to_string(optimizer.steps_taken())},
                   {"tokenizer", corpus.tokenizer->kind()}, {"config", s.to_json()}};
-    const std::string name = checkpoint_name(step);
+    const std::string name = checkpoint_file_name(step);
     save_checkpoint(out + "/" + name, c);
-    point_symlink_atomic(out + "/latest", name);
+    point_symlink_atomic(out + "/" + kLatestCheckpoint, name);
     // Older checkpoints beyond --keep go only after `latest` points at the new one.
-    static const std::regex checkpoint_file("ckpt-[0-9]{8}\\.safetensors");
     std::vector<std::string> old;
     for (const auto& e : fs::directory_iterator(out)) {
       const std::string f = e.path().filename().string();
-      if (std::regex_match(f, checkpoint_file) && f != name) old.push_back(f);
+      if (is_checkpoint_file_name(f) && f != name) old.push_back(f);
     }
-    std::sort(old.begin(), old.end());
+    // Oldest first: by step, i.e. by the digits' length, then lexically.
+    std::sort(old.begin(), old.end(), [](const std::string& a, const std::string& b) {
+      return a.size() != b.size() ? a.size() < b.size() : a < b;
+    });
     const size_t keep_old = static_cast<size_t>(keep - 1);
     for (size_t i = 0; i + keep_old < old.size(); ++i) fs::remove(fs::path(out) / old[i]);
     return out + "/" + name;
