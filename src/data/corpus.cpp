@@ -118,7 +118,7 @@ std::string brown_to_text(const std::string& tagged) {
       const size_t slash = token.rfind('/');
       std::string word = slash == std::string::npos || slash == 0 ? token : token.substr(0, slash);
       const bool closes = is(closing, word);
-      if (word == "``" || word == "''") word = "\"";
+      if (word == "``" || word == "''") word.assign(1, '"');
       if (!glue_next && !closes) sentence += ' ';
       sentence += word;
       glue_next = is(opening, token.substr(0, slash));
