@@ -19,7 +19,6 @@
 namespace mhc {
 
 using torch::Tensor;
-using ops::contiguous_or_undefined;
 using ops::kind_or_throw;
 using ops::ptr_or_null;
 
@@ -181,18 +180,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const 
     return out;
   }
   const PreArgs a(x, phi, bias, alpha, kind, t);
-  const Tensor dh = dh_.contiguous(), proj = proj_.contiguous(), rms = rms_.contiguous();
-  const Tensor dH_pre = contiguous_or_undefined(dH_pre_), dH_post = contiguous_or_undefined(dH_post_),
-               dH_res = contiguous_or_undefined(dH_res_);
-  Tensor dx = torch::empty_like(a.x), dphi = torch::empty_like(a.phi), dbias = torch::empty_like(a.bias),
-         dalpha = torch::empty_like(a.alpha);
+  const Tensor dh = dh_.contiguous();
+  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre_backward", [&] {
     cpu::pre_backward(cpu::PreBackwardParams<scalar_t>{
-        a.kernel_inputs<scalar_t>(), proj.data_ptr<scalar_t>(), rms.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(dH_pre), ptr_or_null<scalar_t>(dH_post), ptr_or_null<scalar_t>(dH_res),
-        dx.data_ptr<scalar_t>(), dphi.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>(), dalpha.data_ptr<scalar_t>()});
+        a.kernel_inputs<scalar_t>(), b.proj.data_ptr<scalar_t>(), b.rms.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(b.dH_pre), ptr_or_null<scalar_t>(b.dH_post), ptr_or_null<scalar_t>(b.dH_res),
+        b.dx.data_ptr<scalar_t>(), b.dphi.data_ptr<scalar_t>(), b.dbias.data_ptr<scalar_t>(),
+        b.dalpha.data_ptr<scalar_t>()});
   });
-  return {dx, dphi, dbias, dalpha};
+  return b.gradients();
 }
 
 Tensor post_cpu(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, const Tensor& H_res_) {

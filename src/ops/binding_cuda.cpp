@@ -22,7 +22,6 @@ namespace mhc {
 namespace {
 
 using torch::Tensor;
-using ops::contiguous_or_undefined;
 using ops::kind_or_throw;
 using ops::ptr_or_null;
 
@@ -108,12 +107,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
                                                         int64_t t) {
   const c10::cuda::CUDAGuard device(x.device());
   const PreArgs a(x, phi, bias, alpha, kind, t);
-  const Tensor dh = dh_.to(x.scalar_type()).contiguous(), proj = proj_.contiguous(), rms = rms_.contiguous();
-  const Tensor dH_pre = contiguous_or_undefined(dH_pre_), dH_post = contiguous_or_undefined(dH_post_),
-               dH_res = contiguous_or_undefined(dH_res_);
+  const Tensor dh = dh_.to(x.scalar_type()).contiguous();
   // dphi, dbias, dalpha are gradients of the fp32 masters (a.phi, not a.phi_stored).
-  Tensor dx = torch::empty_like(a.x), dphi = torch::empty_like(a.phi),
-         dbias = torch::empty_like(a.bias), dalpha = torch::empty_like(a.alpha);
+  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_);
   const int64_t N = x.size(0), C = x.size(2);
   const int n = static_cast<int>(x.size(1));
   const Tensor workspace = torch::empty(
@@ -123,12 +119,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
     using S = decltype(s);
     cuda::pre_backward(
         cuda::PreBackwardParams<typename S::kernel>{
-            a.kernel_inputs<S>(), proj.data_ptr<float>(), rms.data_ptr<float>(), storage_ptr<S>(dh),
-            ptr_or_null<float>(dH_pre), ptr_or_null<float>(dH_post), ptr_or_null<float>(dH_res), storage_ptr<S>(dx),
-            dphi.data_ptr<float>(), dbias.data_ptr<float>(), dalpha.data_ptr<float>(), workspace.data_ptr()},
+            a.kernel_inputs<S>(), b.proj.data_ptr<float>(), b.rms.data_ptr<float>(), storage_ptr<S>(dh),
+            ptr_or_null<float>(b.dH_pre), ptr_or_null<float>(b.dH_post), ptr_or_null<float>(b.dH_res),
+            storage_ptr<S>(b.dx), b.dphi.data_ptr<float>(), b.dbias.data_ptr<float>(), b.dalpha.data_ptr<float>(),
+            workspace.data_ptr()},
         context());
   });
-  return {dx, dphi, dbias, dalpha};
+  return b.gradients();
 }
 
 Tensor post_cuda(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, const Tensor& H_res_) {

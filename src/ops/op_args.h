@@ -34,6 +34,26 @@ inline torch::Tensor contiguous_or_undefined(const c10::optional<torch::Tensor>&
   return g.has_value() && g->defined() ? g->contiguous() : torch::Tensor();
 }
 
+// pre_bwd's tensors besides dh and the inputs: the forward's saved proj and rms and the upstream
+// coefficient gradients, contiguous (undefined where none flowed), and the gradients it returns,
+// shaped like the (fp32 master) inputs.
+struct PreBackwardTensors {
+  torch::Tensor proj, rms, dH_pre, dH_post, dH_res;
+  torch::Tensor dx, dphi, dbias, dalpha;
+
+  PreBackwardTensors(const PreArgs& a, const torch::Tensor& proj_, const torch::Tensor& rms_,
+                     const c10::optional<torch::Tensor>& dH_pre_, const c10::optional<torch::Tensor>& dH_post_,
+                     const c10::optional<torch::Tensor>& dH_res_)
+      : proj(proj_.contiguous()), rms(rms_.contiguous()), dH_pre(contiguous_or_undefined(dH_pre_)),
+        dH_post(contiguous_or_undefined(dH_post_)), dH_res(contiguous_or_undefined(dH_res_)),
+        dx(torch::empty_like(a.x)), dphi(torch::empty_like(a.phi)), dbias(torch::empty_like(a.bias)),
+        dalpha(torch::empty_like(a.alpha)) {}
+
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gradients() const {
+    return {dx, dphi, dbias, dalpha};
+  }
+};
+
 template <typename T>
 const T* ptr_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
