@@ -275,7 +275,6 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   const data::WindowSampler train_windows(corpus.train, s.integer("seq-len", 1, 1 << 20), seed, "training");
   const data::WindowSampler val_windows(corpus.val, s.integer("seq-len", 1, 1 << 20), seed, "validation");
 
-
   torch::manual_seed(seed);
   GPT model(s.model_config(corpus.tokenizer->vocab_size()));
   model->to(device);  // before the optimizer takes its state shaped (and placed) like the parameters
