@@ -3,7 +3,7 @@
 // This is the specification the fused kernels are tested against and the "eager" side of
 // `mhc bench layer`. Autograd provides the backward. It follows DESIGN.md literally: the
 // projection g = v·phi is divided by r after the product, Sinkhorn–Knopp normalises columns
-// first and rows last, the column-max shift before exp is a constant (detached). bfloat16 storage
+// first and rows last, on logarithms (exact at any logit scale). bfloat16 storage
 // (mhc/ops.h) computes in float32 on the bf16 values, with phi read as bf16.
 #include <algorithm>
 #include <numeric>
@@ -16,17 +16,16 @@ using torch::Tensor;
 namespace idx = torch::indexing;
 
 namespace {
-constexpr double kExpFloor = -80.0;  // same floor as the kernels (see src/kernels/cpu/pre.cpp)
-
+// SK_t(exp(H̃)) written on logarithms: each normalisation subtracts a log-sum-exp, which is the same
+// function at every logit scale (the linear form underflows to all-zero rows at sharp logits).
 Tensor sinkhorn(const Tensor& logits, int64_t t) {  // logits [N, n, n]
   if (t == 0) return logits.exp();
-  const Tensor colmax = std::get<0>(logits.max(/*dim=*/1, /*keepdim=*/true)).detach();
-  Tensor M = (logits - colmax).clamp_min(kExpFloor).exp();
+  Tensor L = logits;
   for (int64_t it = 0; it < t; ++it) {
-    M = M / M.sum(1, true);  // columns
-    M = M / M.sum(2, true);  // rows
+    L = L - L.logsumexp(/*dim=*/1, /*keepdim=*/true);  // columns
+    L = L - L.logsumexp(/*dim=*/2, /*keepdim=*/true);  // rows
   }
-  return M;
+  return L.exp();
 }
 }  // namespace
 
