@@ -117,6 +117,37 @@ void check_post_args(const Tensor& x, const Tensor& y, const Tensor& H_post, con
   check_shape(op, "H_res", H_res, {N, n, n}, "[N, n, n]");
 }
 
+void ops::check_pre_bwd_args(const Tensor& dh, const c10::optional<Tensor>& dH_pre, const c10::optional<Tensor>& dH_post,
+                             const c10::optional<Tensor>& dH_res, const Tensor& x, const Tensor& phi, const Tensor& bias,
+                             const Tensor& alpha, const Tensor& proj, const Tensor& rms, Kind kind,
+                             int64_t sinkhorn_iters) {
+  const char* op = "mhc.pre_bwd";
+  const Layout l = check_pre_args(x, phi, bias, alpha, kind, sinkhorn_iters);
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+  const auto coefficients = coefficient_dtype(x.scalar_type());
+  check_like(op, "dh", dh, x, x.scalar_type());
+  check_shape(op, "dh", dh, {N, C}, "[N, C]");
+  check_like(op, "proj", proj, x, coefficients);
+  check_shape(op, "proj", proj, {N, l.proj_per_token, l.proj_cols}, "pre_fwd's proj [N, P, m]");
+  check_like(op, "rms", rms, x, coefficients);
+  check_shape(op, "rms", rms, {N, l.proj_per_token}, "pre_fwd's rms [N, P]");
+  const std::vector<int64_t> nn = {N, n, n};
+  for (auto [name, g, shape, what] : {std::tuple{"dH_pre", &dH_pre, std::vector<int64_t>{N, n}, "[N, n]"},
+                                      {"dH_post", &dH_post, std::vector<int64_t>{N, n}, "[N, n]"},
+                                      {"dH_res", &dH_res, nn, "[N, n, n]"}}) {
+    if (!g->has_value() || !(*g)->defined()) continue;
+    check_like(op, name, **g, x, coefficients);
+    check_shape(op, name, **g, shape, what);
+  }
+}
+
+void ops::check_post_bwd_args(const Tensor& dout, const Tensor& x, const Tensor& y, const Tensor& H_post,
+                              const Tensor& H_res) {
+  check_post_args(x, y, H_post, H_res);
+  check_like("mhc.post_bwd", "dout", dout, x, x.scalar_type());
+  check_shape("mhc.post_bwd", "dout", dout, x.sizes(), "x's shape [N, n, C]");
+}
+
 namespace {
 
 int kernel_threads() { return at::get_num_threads(); }
@@ -172,8 +203,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const 
                                                        const Tensor& phi, const Tensor& bias, const Tensor& alpha,
                                                        const Tensor& proj_, const Tensor& rms_, c10::string_view kind,
                                                        int64_t t) {
+  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, kind_or_throw(kind), t);
   if (is_bf16(x)) {
-    check_pre_args(x, phi, bias, alpha, kind_or_throw(kind), t);
     auto out = pre_bwd_cpu(upcast(dh_), dH_pre_, dH_post_, dH_res_, upcast(x), projection_weights(phi, torch::kBFloat16),
                            bias, alpha, proj_, rms_, kind, t);
     std::get<0>(out) = downcast(std::get<0>(out));
@@ -207,7 +238,7 @@ Tensor post_cpu(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, const
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> post_bwd_cpu(const Tensor& dout_, const Tensor& x_, const Tensor& y_,
                                                         const Tensor& H_post_, const Tensor& H_res_) {
-  check_post_args(x_, y_, H_post_, H_res_);
+  ops::check_post_bwd_args(dout_, x_, y_, H_post_, H_res_);
   if (is_bf16(x_)) {
     auto out = post_bwd_cpu(upcast(dout_), upcast(x_), upcast(y_), H_post_, H_res_);
     std::get<0>(out) = downcast(std::get<0>(out)), std::get<1>(out) = downcast(std::get<1>(out));
@@ -249,6 +280,36 @@ c10::TypedOperatorHandle<Fn> op(const char* name) {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The backward under create_graph = true (autograd runs a backward with grad mode on exactly then):
+// the fused backward kernels compute numbers, not a graph, so a gradient penalty would get a wrong
+// second derivative from them. Instead the reference (the same function, in differentiable LibTorch
+// ops) is re-run on the saved inputs and differentiated with a graph: the gradients agree with the
+// fused ones to rounding and are differentiable to any order, at the reference's speed.
+// The reference runs on views of the saved inputs: differentiating with respect to the inputs
+// themselves would also follow paths between them (x reaches post both directly and through pre's
+// h), which the outer backward already walks, and count those twice.
+template <typename Recompute>
+variable_list differentiable_backward(Recompute recompute, variable_list inputs, const variable_list& grads,
+                                      int non_tensor_args) {
+  for (Tensor& input : inputs) input = input.view_as(input);
+  variable_list outputs = recompute(inputs), wanted, grad_outputs;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (!grads[i].defined() || !outputs[i].requires_grad()) continue;
+    wanted.push_back(outputs[i]);
+    grad_outputs.push_back(grads[i]);
+  }
+  variable_list differentiable;
+  for (const Tensor& input : inputs)
+    if (input.requires_grad()) differentiable.push_back(input);
+  variable_list result(inputs.size() + non_tensor_args);
+  if (wanted.empty() || differentiable.empty()) return result;
+  const variable_list g = torch::autograd::grad(wanted, differentiable, grad_outputs, /*retain_graph=*/true,
+                                                /*create_graph=*/true, /*allow_unused=*/true);
+  for (size_t i = 0, k = 0; i < inputs.size(); ++i)
+    if (inputs[i].requires_grad()) result[i] = g[k++];
+  return result;
+}
+
 class PreFunction : public torch::autograd::Function<PreFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& phi, const Tensor& bias,
@@ -263,9 +324,18 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    if (torch::GradMode::is_enabled()) {  // create_graph: a gradient that is itself differentiable
+      const Kind kind = kind_or_throw(ctx->saved_data["kind"].toStringRef());
+      return differentiable_backward(
+          [&](const variable_list& in) {
+            const PreOutput o = reference::pre(in[0], in[1], in[2], in[3], kind, ctx->saved_data["t"].toInt());
+            return variable_list{o.h, o.H_pre, o.H_post, o.H_res};
+          },
+          {s[0], s[1], s[2], s[3]}, grads, /*non_tensor_args=*/2);
+    }
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto bwd = op<PreBwdFn>("mhc::pre_bwd");
-    const auto s = ctx->get_saved_variables();
     const Tensor dh = grads[0].defined() ? grads[0] : torch::zeros({s[0].size(0), s[0].size(2)}, s[0].options());
     auto [dx, dphi, dbias, dalpha] = bwd.call(dh, grads[1], grads[2], grads[3], s[0], s[1], s[2], s[3], s[4], s[5],
                                               ctx->saved_data["kind"].toStringRef(), ctx->saved_data["t"].toInt());
@@ -284,9 +354,13 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    if (torch::GradMode::is_enabled())  // create_graph, as in PreFunction
+      return differentiable_backward(
+          [](const variable_list& in) { return variable_list{reference::post(in[0], in[1], in[2], in[3])}; }, s, grads,
+          /*non_tensor_args=*/0);
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto bwd = op<PostBwdFn>("mhc::post_bwd");
-    const auto s = ctx->get_saved_variables();
     auto [dx, dy, dH_post, dH_res] = bwd.call(grads[0], s[0], s[1], s[2], s[3]);
     return {dx, dy, dH_post, dH_res};
   }

@@ -105,9 +105,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
                                                         const Tensor& phi, const Tensor& bias, const Tensor& alpha,
                                                         const Tensor& proj_, const Tensor& rms_, c10::string_view kind,
                                                         int64_t t) {
+  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, ops::kind_or_throw(kind), t);
   const c10::cuda::CUDAGuard device(x.device());
   const PreArgs a(x, phi, bias, alpha, kind, t);
-  const Tensor dh = dh_.to(x.scalar_type()).contiguous();
+  const Tensor dh = dh_.contiguous();
   // dphi, dbias, dalpha are gradients of the fp32 masters (a.phi, not a.phi_stored).
   const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_);
   const int64_t N = x.size(0), C = x.size(2);
@@ -143,10 +144,10 @@ Tensor post_cuda(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, cons
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> post_bwd_cuda(const Tensor& dout_, const Tensor& x_, const Tensor& y_,
                                                          const Tensor& H_post_, const Tensor& H_res_) {
-  check_post_args(x_, y_, H_post_, H_res_);
+  ops::check_post_bwd_args(dout_, x_, y_, H_post_, H_res_);
   const c10::cuda::CUDAGuard device(x_.device());
   const Tensor x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(), H_res = H_res_.contiguous();
-  const Tensor dout = dout_.to(x.scalar_type()).contiguous();
+  const Tensor dout = dout_.contiguous();
   Tensor dx = torch::empty_like(x), dy = torch::empty_like(y), dH_post = torch::empty_like(H_post),
          dH_res = torch::empty_like(H_res);
   with_storage("mhc.post_backward", x, [&](auto s) {

@@ -29,6 +29,17 @@ struct PreArgs {
         kind(kind_or_throw(name)), sinkhorn_iters(t), layout(check_pre_args(x_, phi_, bias_, alpha_, kind, t)) {}
 };
 
+// pre_bwd and post_bwd are reachable from Python (torch.ops.mhc.*), so their gradient and saved
+// tensors are checked like the public ops' inputs: a wrong shape, dtype or device is a one-line
+// error, never a read out of bounds. check_pre_bwd_args also checks pre's inputs (check_pre_args).
+void check_pre_bwd_args(const torch::Tensor& dh, const c10::optional<torch::Tensor>& dH_pre,
+                        const c10::optional<torch::Tensor>& dH_post, const c10::optional<torch::Tensor>& dH_res,
+                        const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
+                        const torch::Tensor& alpha, const torch::Tensor& proj, const torch::Tensor& rms, Kind kind,
+                        int64_t sinkhorn_iters);
+void check_post_bwd_args(const torch::Tensor& dout, const torch::Tensor& x, const torch::Tensor& y,
+                         const torch::Tensor& H_post, const torch::Tensor& H_res);
+
 // Gradients that did not flow arrive undefined (or absent): the kernels read a null pointer as zeros.
 inline torch::Tensor contiguous_or_undefined(const c10::optional<torch::Tensor>& g) {
   return g.has_value() && g->defined() ? g->contiguous() : torch::Tensor();
