@@ -194,6 +194,27 @@ TEST(Checkpoint, RoundTripIsBitExactAndDamageIsRefused) {
   EXPECT_NE(error_of([&] { train::load_checkpoint(dir + "/text.safetensors"); }).find("is unreadable"), std::string::npos);
 }
 
+// An update that overflows a weight (here weight decay times a huge learning rate) leaves a
+// non-finite parameter; saving it is refused, nothing is written, and the earlier checkpoint stays.
+TEST(Checkpoint, NonFiniteWeightsAreNeverWritten) {
+  const std::string dir = scratch("nonfinite");
+  const std::string path = dir + "/ckpt-00000001.safetensors";
+  torch::Tensor w = torch::full({2, 2}, 3e38f).requires_grad_(true);
+  train::Checkpoint c;
+  c.tensors["model/w"] = w.detach().clone();
+  train::save_checkpoint(path, c);
+  train::AdamW adam({{"w", w}}, {0.9, 0.999, 1e-8, /*weight_decay=*/1.0});
+  w.mutable_grad() = torch::ones_like(w);
+  adam.step(1e30);
+  ASSERT_FALSE(torch::isfinite(w).all().item<bool>());
+  c.tensors["model/w"] = w;
+  const std::string error = error_of([&] { train::save_checkpoint(path, c); });
+  EXPECT_NE(error.find("not writing checkpoint " + path + ": tensor 'model/w' holds non-finite values"), std::string::npos)
+      << error;
+  EXPECT_TRUE(torch::equal(train::load_checkpoint(path).tensors.at("model/w"), torch::full({2, 2}, 3e38f)));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 1) << "a temporary file was left";
+}
+
 TEST(Checkpoint, FileNamesAreTheStepPaddedAndNothingElseIsOne) {
   EXPECT_EQ(train::checkpoint_file_name(40), "ckpt-00000040.safetensors");
   EXPECT_EQ(train::checkpoint_file_name(123456789), "ckpt-123456789.safetensors");

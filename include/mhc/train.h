@@ -90,7 +90,9 @@ double learning_rate(int64_t step, int64_t total, int64_t warmup, double peak, d
 
 // One optimizer step: `accum` micro-batches from next_batch (forward, backward), the global
 // gradient norm, clipping, AdamW. A non-finite loss or norm skips the update (grads are zeroed
-// either way). The trainer and `mhc bench train` both run exactly this.
+// either way). An update that overflows a parameter is not checked here (that would cost a pass
+// over the weights every step): the next loss is then non-finite, and save_checkpoint refuses to
+// write the weights. The trainer and `mhc bench train` both run exactly this.
 struct StepResult {
   double loss, grad_norm;
   bool finite;
@@ -105,24 +107,31 @@ StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parame
 // ---- Checkpoints --------------------------------------------------------------------------------
 
 // One file in the safetensors format: tensors (model/…, adam_m/…, adam_v/…, tokenizer, rng/…) and
-// string metadata; metadata["sha256"] is the digest of every tensor byte, checked on every load.
+// string metadata; metadata["format"] is kCheckpointFormat and metadata["sha256"] the digest of the
+// whole file (its own 64 digits read as zeros), checked on every load.
 struct Checkpoint {
   std::map<std::string, torch::Tensor> tensors;
   std::map<std::string, std::string> metadata;
 };
-// Writes atomically (temporary name, fsync, rename).
+inline constexpr const char* kCheckpointFormat = "mhc-checkpoint-2";
+// Writes atomically (temporary name, fsync, rename), adding "format" and "sha256" to the metadata.
+// Refuses (std::runtime_error, nothing written) a floating-point tensor with a non-finite value: a
+// checkpoint is never the carrier of a diverged run, and the run's earlier checkpoints stay.
 void save_checkpoint(const std::string& path, const Checkpoint& checkpoint);
-// Throws std::invalid_argument naming the file when it is missing, truncated, not safetensors, or
-// fails its checksum.
+// Throws std::invalid_argument naming the file (and the key at fault) when it is missing, not a
+// regular file, truncated, not safetensors, of another format, or fails its checksum.
 Checkpoint load_checkpoint(const std::string& path);
 // A checkpoint's metadata (format, step, config, …) from its header alone: no tensor is read and
 // the checksum is not verified. Throws std::invalid_argument like load_checkpoint.
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
-// A run folder (its `latest`) or a checkpoint file -> the checkpoint file's path.
+// A run folder (its `latest`: a symlink, or a regular file where a copy followed the link) or a
+// checkpoint file -> the checkpoint file's path; throws std::invalid_argument saying what is there
+// when it is not a checkpoint file.
 std::string resolve_checkpoint(const std::string& path);
 
 // A run folder's checkpoints are ckpt-<step, at least 8 digits>.safetensors, and `latest` is a
-// symlink to the newest; --overwrite and --keep remove these names and nothing else.
+// symlink to the newest; --overwrite and --keep remove these names and nothing else. A run holds
+// the folder's lock (FolderLock) for its whole life.
 inline constexpr const char* kLatestCheckpoint = "latest";
 std::string checkpoint_file_name(int64_t step);
 bool is_checkpoint_file_name(const std::string& name);

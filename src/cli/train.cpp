@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "mhc/files.h"
 #include "mhc/train.h"
 #include "run_settings.h"
 
@@ -72,6 +73,7 @@ std::string differences(const Settings& checkpoint, const Settings& given, const
 
 void replace_earlier_run(const std::string& out, bool overwrite) {
   if (!fs::is_directory(out)) return;
+  const FolderLock lock(out);  // a run still writing there is named, and none of its files is deleted
   std::vector<fs::path> earlier;
   for (const auto& e : fs::directory_iterator(out)) {
     const std::string name = e.path().filename().string();

@@ -2,6 +2,7 @@
 #include "mhc/files.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -39,7 +40,9 @@ std::string folder_of(const std::string& path) {
   return parent.empty() ? "." : parent.string();
 }
 
-std::string temporary_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+constexpr const char* kTemporaryInfix = ".tmp.";
+
+std::string temporary_name(const std::string& path) { return path + kTemporaryInfix + std::to_string(::getpid()); }
 
 }  // namespace
 
@@ -83,6 +86,39 @@ void point_symlink_atomic(const std::string& link, const std::string& target) {
   if (std::rename(tmp.c_str(), link.c_str()) != 0) fail("cannot rename onto", link);
   fsync_path(folder_of(link), O_RDONLY | O_DIRECTORY);
 }
+
+std::string temporary_target(const std::string& name) {
+  const size_t infix = name.rfind(kTemporaryInfix);
+  if (infix == std::string::npos || infix == 0) return "";
+  const std::string pid = name.substr(infix + std::strlen(kTemporaryInfix));
+  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) return "";
+  return name.substr(0, infix);
+}
+
+FolderLock::FolderLock(const std::string& folder) {
+  const std::string path = (fs::path(folder) / "lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("cannot open", path);
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    char holder[32] = {};
+    const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+    ::close(fd_);
+    if (error != EWOULDBLOCK) {
+      errno = error;
+      fail("cannot lock", path);
+    }
+    const std::string pid = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "unknown";
+    throw std::invalid_argument(folder + " is in use by process " + pid + " (it holds " + path + ")");
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+    ::close(fd_);
+    fail("cannot write", path);
+  }
+}
+
+FolderLock::~FolderLock() { ::close(fd_); }  // closing releases the lock
 
 void ensure_writable_dir(const std::string& path) {
   std::error_code ec;

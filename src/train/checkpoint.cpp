@@ -1,6 +1,6 @@
 // Checkpoints in the safetensors format (8-byte little-endian header length, a JSON header of
 // name -> {dtype, shape, data_offsets} plus "__metadata__", then the raw tensor bytes), with a
-// SHA-256 of all tensor bytes in the metadata so a truncated or altered file is never loaded.
+// SHA-256 of the whole file in the metadata so a truncated or altered file is never loaded.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -19,6 +19,14 @@ namespace mhc::train {
 
 namespace {
 
+// Format 1 digested the tensor bytes alone, so its header (step, lr, data position, dtypes) could
+// change unnoticed.
+constexpr const char* kUncheckedFormat = "mhc-checkpoint-1";
+
+// The digest covers every byte of the file, with its own value replaced by this placeholder.
+constexpr std::string_view kDigestKey = "\"sha256\":\"";
+const std::string kDigestPlaceholder(64, '0');
+
 const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
   static const std::vector<std::pair<torch::ScalarType, std::string>> names = {
       {torch::kFloat, "F32"}, {torch::kDouble, "F64"}, {torch::kBFloat16, "BF16"}, {torch::kHalf, "F16"},
@@ -36,6 +44,26 @@ std::string dtype_name(torch::ScalarType t) {
   throw std::invalid_argument("checkpoint " + path + " is unreadable: " + why);
 }
 
+std::string file_type_name(fs::file_type type) {
+  switch (type) {
+    case fs::file_type::directory: return "a directory";
+    case fs::file_type::fifo: return "a FIFO";
+    case fs::file_type::character: return "a character device";
+    case fs::file_type::block: return "a block device";
+    case fs::file_type::socket: return "a socket";
+    case fs::file_type::symlink: return "a symlink";
+    default: return "not a regular file";
+  }
+}
+
+// Refuses anything but an existing regular file, saying what is there instead.
+void expect_regular_file(const std::string& path) {
+  const fs::file_status status = fs::status(path);
+  if (!fs::exists(status)) throw std::invalid_argument("checkpoint " + path + " does not exist");
+  if (!fs::is_regular_file(status))
+    throw std::invalid_argument("checkpoint " + path + " is " + file_type_name(status.type()) + ", not a checkpoint file");
+}
+
 // The JSON header of the safetensors file `path` (`file_size` bytes), given at least its first
 // 8 + header-length bytes in `head`; stores the header length.
 nlohmann::json parse_header(const std::string& path, const std::string& head, uint64_t file_size, uint64_t* header_size) {
@@ -43,21 +71,80 @@ nlohmann::json parse_header(const std::string& path, const std::string& head, ui
   std::memcpy(header_size, head.data(), 8);
   if (*header_size > file_size - 8 || *header_size > head.size() - 8)
     corrupt(path, "header length beyond the end of the file (truncated?)");
+  nlohmann::json header;
   try {
-    return nlohmann::json::parse(head.substr(8, *header_size));
+    header = nlohmann::json::parse(head.substr(8, *header_size));
   } catch (const std::exception&) {
     corrupt(path, "its header is not valid JSON");
   }
+  if (!header.is_object()) corrupt(path, "its header is not a JSON object");
+  return header;
 }
 
+// The metadata, after checking the format: the digest scheme depends on it, so it comes first.
 std::map<std::string, std::string> metadata_of(const std::string& path, const nlohmann::json& header) {
   std::map<std::string, std::string> out;
-  try {
-    if (header.contains("__metadata__"))
-      for (const auto& [k, v] : header.at("__metadata__").items()) out[k] = v.get<std::string>();
-  } catch (const nlohmann::json::exception&) {
-    corrupt(path, "its metadata are not strings");
+  const auto metadata = header.find("__metadata__");
+  if (metadata == header.end() || !metadata->is_object()) corrupt(path, "no __metadata__ object in its header");
+  for (const auto& [k, v] : metadata->items()) {
+    if (!v.is_string()) corrupt(path, "metadata '" + k + "' is not a string");
+    out[k] = v.get<std::string>();
   }
+  const auto format = out.find("format");
+  if (format == out.end()) corrupt(path, "no metadata 'format' (not an mhc checkpoint)");
+  if (format->second == kUncheckedFormat)
+    throw std::invalid_argument("checkpoint " + path + " has the old format " + kUncheckedFormat +
+                                ", whose header is not under its checksum; it cannot be loaded safely (retrain, or "
+                                "use an older mhc)");
+  if (format->second != kCheckpointFormat)
+    corrupt(path, "metadata 'format' is '" + format->second + "', expected '" + kCheckpointFormat + "'");
+  return out;
+}
+
+// SHA-256 of `file` with the 64 digits at `digest_at` read as the placeholder.
+std::string file_digest(const std::string& file, size_t digest_at) {
+  Sha256 digest;
+  digest.update(file.data(), digest_at);
+  digest.update(kDigestPlaceholder);
+  const size_t rest = digest_at + kDigestPlaceholder.size();
+  digest.update(file.data() + rest, file.size() - rest);
+  return digest.hex();
+}
+
+// One header entry: dtype, shape and byte range, each checked, with errors naming the tensor and key.
+struct TensorEntry {
+  std::string name;
+  torch::ScalarType type;
+  std::vector<int64_t> shape;
+  uint64_t begin, end;
+};
+
+[[noreturn]] void bad_entry(const std::string& path, const std::string& name, const std::string& key, const std::string& what) {
+  corrupt(path, "tensor '" + name + "': '" + key + "' " + what);
+}
+
+TensorEntry tensor_entry(const std::string& path, const std::string& name, const nlohmann::json& entry) {
+  const auto bad = [&](const std::string& key, const std::string& what) { bad_entry(path, name, key, what); };
+  if (!entry.is_object()) corrupt(path, "tensor '" + name + "' is not a JSON object");
+  TensorEntry out{name, torch::kFloat, {}, 0, 0};
+  const auto dtype = entry.find("dtype");
+  if (dtype == entry.end() || !dtype->is_string()) bad("dtype", "is missing or not a string");
+  const auto known = std::find_if(dtype_names().begin(), dtype_names().end(),
+                                  [&](const auto& d) { return d.second == dtype->get<std::string>(); });
+  if (known == dtype_names().end()) bad("dtype", "is unsupported: " + dtype->dump());
+  out.type = known->first;
+  const auto shape = entry.find("shape");
+  if (shape == entry.end() || !shape->is_array()) bad("shape", "is missing or not a list");
+  for (const auto& d : *shape) {
+    if (!d.is_number_unsigned()) bad("shape", "holds " + d.dump() + ", not a size");
+    out.shape.push_back(d.get<int64_t>());
+  }
+  const auto offsets = entry.find("data_offsets");
+  if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !offsets->at(0).is_number_unsigned() ||
+      !offsets->at(1).is_number_unsigned())
+    bad("data_offsets", "is not two byte offsets");
+  out.begin = offsets->at(0).get<uint64_t>();
+  out.end = offsets->at(1).get<uint64_t>();
   return out;
 }
 
@@ -66,18 +153,21 @@ std::map<std::string, std::string> metadata_of(const std::string& path, const nl
 void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
   nlohmann::ordered_json header;
   std::vector<torch::Tensor> blobs;
-  Sha256 digest;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : checkpoint.tensors) {
     const torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
+    if (t.is_floating_point() && !torch::isfinite(t).all().item<bool>())
+      throw std::runtime_error("not writing checkpoint " + path + ": tensor '" + name +
+                               "' holds non-finite values (an update overflowed? try a lower --lr); the earlier "
+                               "checkpoints are kept");
     const uint64_t bytes = t.numel() * t.element_size();
     header[name] = {{"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
-    digest.update(t.data_ptr(), bytes);
     blobs.push_back(t);
     offset += bytes;
   }
   auto metadata = checkpoint.metadata;
-  metadata["sha256"] = digest.hex();
+  metadata["format"] = kCheckpointFormat;
+  metadata["sha256"] = kDigestPlaceholder;
   header["__metadata__"] = metadata;
   std::string json = header.dump();
   json.resize((json.size() + 7) / 8 * 8, ' ');  // the data section starts 8-byte aligned
@@ -91,55 +181,56 @@ void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
     std::memcpy(data, t.data_ptr(), bytes);
     data += bytes;
   }
+  // Metadata values are JSON strings, whose quotes are escaped: the key appears once, unquoted.
+  const size_t digest_at = 8 + json.find(std::string(kDigestKey) + kDigestPlaceholder) + kDigestKey.size();
+  const std::string digest = file_digest(file, digest_at);
+  std::memcpy(file.data() + digest_at, digest.data(), digest.size());
   write_file_atomic(path, file);
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
-  if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
+  expect_regular_file(path);
   const std::string file = read_file(path);
   uint64_t header_size = 0;
   const nlohmann::json header = parse_header(path, file, file.size(), &header_size);
+  Checkpoint out;
+  out.metadata = metadata_of(path, header);
   const uint64_t data_size = file.size() - 8 - header_size;
   const char* data = file.data() + 8 + header_size;
-  Checkpoint out;
-  Sha256 digest;
-  uint64_t expected_offset = 0;
-  // Tensors in data order: the digest covers the bytes in the order they were written.
-  std::vector<std::pair<uint64_t, std::string>> order;
+  // The layout first (a truncated file says so), then the checksum, then the tensors.
+  std::vector<TensorEntry> entries;
   for (const auto& [name, entry] : header.items())
-    if (name != "__metadata__") order.emplace_back(entry.at("data_offsets").at(0).get<uint64_t>(), name);
-  std::sort(order.begin(), order.end());
-  try {
-    for (const auto& [begin, name] : order) {
-      const auto& entry = header.at(name);
-      const uint64_t end = entry.at("data_offsets").at(1).get<uint64_t>();
-      if (begin != expected_offset || end < begin || end > data_size) corrupt(path, "tensor '" + name + "' lies outside the file (truncated?)");
-      torch::ScalarType type = torch::kFloat;
-      bool known = false;
-      for (const auto& [t, n] : dtype_names())
-        if (n == entry.at("dtype").get<std::string>()) type = t, known = true;
-      if (!known) corrupt(path, "tensor '" + name + "' has unsupported dtype " + entry.at("dtype").dump());
-      const auto shape = entry.at("shape").get<std::vector<int64_t>>();
-      torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(type));
-      if (static_cast<uint64_t>(t.numel() * t.element_size()) != end - begin) corrupt(path, "tensor '" + name + "' has the wrong byte count");
-      std::memcpy(t.data_ptr(), data + begin, end - begin);
-      digest.update(data + begin, end - begin);
-      out.tensors[name] = t;
-      expected_offset = end;
-    }
-    if (expected_offset != data_size) corrupt(path, "trailing bytes after the last tensor");
-  } catch (const nlohmann::json::exception&) {
-    corrupt(path, "its header is not a safetensors header");
+    if (name != "__metadata__") entries.push_back(tensor_entry(path, name, entry));
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
+  uint64_t expected_offset = 0;
+  for (const auto& e : entries) {
+    if (e.begin != expected_offset || e.end < e.begin || e.end > data_size)
+      corrupt(path, "tensor '" + e.name + "' lies outside the file (truncated?)");
+    uint64_t bytes = c10::elementSize(e.type);
+    for (const int64_t d : e.shape)
+      if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes)) bytes = UINT64_MAX;
+    if (bytes != e.end - e.begin) corrupt(path, "tensor '" + e.name + "' has the wrong byte count for its dtype and shape");
+    expected_offset = e.end;
   }
-  out.metadata = metadata_of(path, header);
-  auto sum = out.metadata.find("sha256");
+  if (expected_offset != data_size) corrupt(path, "trailing bytes after the last tensor");
+
+  const auto sum = out.metadata.find("sha256");
   if (sum == out.metadata.end()) corrupt(path, "no sha256 checksum in its metadata");
-  if (sum->second != digest.hex()) corrupt(path, "checksum mismatch (the file was truncated or modified)");
+  const size_t key_at = file.substr(8, header_size).find(std::string(kDigestKey) + sum->second + "\"");
+  if (sum->second.size() != kDigestPlaceholder.size() || key_at == std::string::npos ||
+      file_digest(file, 8 + key_at + kDigestKey.size()) != sum->second)
+    corrupt(path, "checksum mismatch (the file was truncated or modified)");
+
+  for (const auto& e : entries) {
+    torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.type));
+    std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
+    out.tensors[e.name] = t;
+  }
   return out;
 }
 
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
-  if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
+  expect_regular_file(path);
   const uint64_t file_size = fs::file_size(path);
   std::ifstream in(path, std::ios::binary);
   std::string head(8, '\0');
@@ -157,14 +248,26 @@ std::map<std::string, std::string> read_checkpoint_metadata(const std::string& p
 }
 
 std::string resolve_checkpoint(const std::string& path) {
-  if (fs::is_directory(path)) {
-    const fs::path latest = fs::path(path) / kLatestCheckpoint;
-    if (!fs::exists(latest)) throw std::invalid_argument("run folder " + path + " has no checkpoint yet (no 'latest')");
-    const fs::path target = fs::read_symlink(latest);  // relative to the run folder, as the trainer writes it
-    return (target.is_absolute() ? target : fs::path(path) / target).string();
+  if (!fs::is_directory(path)) {
+    expect_regular_file(path);
+    return path;
   }
-  if (!fs::exists(path)) throw std::invalid_argument("checkpoint " + path + " does not exist");
-  return path;
+  const fs::path latest = fs::path(path) / kLatestCheckpoint;
+  const fs::file_status link = fs::symlink_status(latest);
+  if (!fs::exists(link)) throw std::invalid_argument("run folder " + path + " has no checkpoint yet (no 'latest')");
+  // A regular file is the checkpoint itself: what copies that follow links (cp -rL, rsync -L) leave.
+  if (fs::is_regular_file(link)) return latest.string();
+  if (!fs::is_symlink(link))
+    throw std::invalid_argument("run folder " + path + ": 'latest' is " + file_type_name(link.type()) + ", not a checkpoint");
+  const fs::path target = fs::read_symlink(latest);  // relative to the run folder, as the trainer writes it
+  const fs::path resolved = target.is_absolute() ? target : fs::path(path) / target;
+  const fs::file_status status = fs::status(resolved);
+  if (!fs::exists(status))
+    throw std::invalid_argument("run folder " + path + ": 'latest' points at " + target.string() + ", which does not exist");
+  if (!fs::is_regular_file(status))
+    throw std::invalid_argument("run folder " + path + ": 'latest' points at " + target.string() + ", which is " +
+                                file_type_name(status.type()) + ", not a checkpoint");
+  return resolved.string();
 }
 
 namespace {

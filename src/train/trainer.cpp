@@ -3,13 +3,16 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -27,7 +30,6 @@ namespace mhc::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr const char* kFormat = "mhc-checkpoint-1";
 
 std::atomic<int> stop_signal{0};
 void request_stop(int signal) { stop_signal = signal; }
@@ -50,21 +52,134 @@ std::string duration(double seconds) {
                  : std::to_string(s) + "s";
 }
 
-// Parameters by name, and the checkpoint tensors they map to ("model/<name>").
-void restore_model(GPT& model, const Checkpoint& checkpoint, const std::string& path) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : model->named_parameters()) {
-    auto it = checkpoint.tensors.find("model/" + p.key());
-    if (it == checkpoint.tensors.end() || it->second.sizes() != p.value().sizes())
-      throw std::invalid_argument("checkpoint " + path + " does not match the model: no tensor model/" + p.key() +
-                                  " of shape " + c10::str(p.value().sizes()));
-    p.value().copy_(it->second);
+// ---- Reading a run's checkpoint: every key checked in one place, errors naming the file and key --
+
+[[noreturn]] void refuse(const std::string& path, const std::string& what) {
+  throw std::invalid_argument("checkpoint " + path + ": " + what);
+}
+
+const std::string& metadata_value(const std::string& path, const std::map<std::string, std::string>& metadata,
+                                  const std::string& key) {
+  const auto it = metadata.find(key);
+  if (it == metadata.end()) refuse(path, "no metadata '" + key + "' (not written by mhc train?)");
+  return it->second;
+}
+
+// A count (steps, windows): a whole number in [0, max].
+int64_t metadata_count(const std::string& path, const std::map<std::string, std::string>& metadata,
+                       const std::string& key, int64_t max) {
+  const std::string& text = metadata_value(path, metadata, key);
+  int64_t value = -1;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size() || value < 0 || value > max)
+    refuse(path, "metadata '" + key + "' is '" + text + "', not a whole number in [0, " + std::to_string(max) + "]");
+  return value;
+}
+
+// A positive whole-number setting of the checkpoint's config.
+int64_t config_count(const std::string& path, const Settings& settings, const std::string& name) {
+  try {
+    return settings.integer(name, 1, INT64_MAX);
+  } catch (const std::invalid_argument& e) {
+    refuse(path, std::string("metadata 'config': ") + e.what());
   }
 }
 
-std::string tokenizer_bytes(const Checkpoint& c) {
-  const torch::Tensor t = c.tensors.at("tokenizer");
-  return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
+// The run's settings and step, from the metadata alone.
+RunInfo run_info_of(const std::string& path, const std::map<std::string, std::string>& metadata) {
+  const std::string& config = metadata_value(path, metadata, "config");
+  RunInfo info;
+  try {
+    info.settings = Settings::from_json(config);
+    info.settings.model_config(2);  // every model setting in range
+  } catch (const nlohmann::json::exception&) {
+    refuse(path, "metadata 'config' is not a JSON object of settings");
+  } catch (const std::invalid_argument& e) {
+    refuse(path, std::string("metadata 'config': ") + e.what());
+  }
+  info.step = metadata_count(path, metadata, "step", config_count(path, info.settings, "steps"));
+  return info;
+}
+
+// A tensor the run needs, of the dtype and shape it must have ("like"), and finite when it is
+// floating point: a checkpoint is never the source of a non-finite weight.
+const torch::Tensor& checkpoint_tensor(const std::string& path, const Checkpoint& c, const std::string& key,
+                                       const torch::Tensor& like) {
+  const auto it = c.tensors.find(key);
+  const auto description = [](const torch::Tensor& t) {
+    return std::string(c10::toString(t.scalar_type())) + " " + c10::str(t.sizes());
+  };
+  if (it == c.tensors.end()) refuse(path, "no tensor '" + key + "' (" + description(like) + ")");
+  if (it->second.scalar_type() != like.scalar_type() || it->second.sizes() != like.sizes())
+    refuse(path, "tensor '" + key + "' is " + description(it->second) + ", expected " + description(like));
+  if (it->second.is_floating_point() && !torch::isfinite(it->second).all().item<bool>())
+    refuse(path, "tensor '" + key + "' holds non-finite values");
+  return it->second;
+}
+
+// What resuming or loading a run reads besides the model's weights.
+struct RunState : RunInfo {
+  int64_t data_position = 0, bad_steps = 0, adam_steps = 0;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+};
+
+// A lower bound on a GPT's parameter count from its settings alone — the embedding, the head and
+// each block's attention and MLP matrices — in double, as absurd settings overflow int64.
+double least_parameters(const GPTConfig& c) {
+  const double dim = static_cast<double>(c.dim);
+  return 2.0 * static_cast<double>(c.vocab) * dim +
+         static_cast<double>(c.layers) * (4.0 * dim * dim + 3.0 * dim * static_cast<double>(c.mlp_hidden()));
+}
+
+RunState read_run_state(const std::string& path, const Checkpoint& c) {
+  RunState state;
+  static_cast<RunInfo&>(state) = run_info_of(path, c.metadata);
+  const Settings& s = state.settings;
+  state.bad_steps = metadata_count(path, c.metadata, "bad_steps", state.step);
+  // Every step but a skipped one is one AdamW step.
+  state.adam_steps = metadata_count(path, c.metadata, "adam_steps", state.step - state.bad_steps);
+  if (state.adam_steps != state.step - state.bad_steps)
+    refuse(path, "metadata 'adam_steps' is " + std::to_string(state.adam_steps) + ", expected step - bad_steps = " +
+                     std::to_string(state.step - state.bad_steps));
+  // Each step consumes batch x accum windows of the endless shuffled order.
+  int64_t windows = 0;
+  if (__builtin_mul_overflow(state.step, config_count(path, s, "batch"), &windows) ||
+      __builtin_mul_overflow(windows, config_count(path, s, "accum"), &windows))
+    refuse(path, "metadata 'step' is too large for its batch and accum");
+  state.data_position = metadata_count(path, c.metadata, "data_position", INT64_MAX);
+  if (state.data_position != windows)
+    refuse(path, "metadata 'data_position' is " + std::to_string(state.data_position) + ", expected step x batch x accum = " +
+                     std::to_string(windows));
+
+  const std::string& kind = metadata_value(path, c.metadata, "tokenizer");
+  const auto bytes = c.tensors.find("tokenizer");
+  if (bytes == c.tensors.end() || bytes->second.scalar_type() != torch::kByte || bytes->second.dim() != 1)
+    refuse(path, "no tensor 'tokenizer' of bytes");
+  try {
+    state.tokenizer = data::tokenizer_from_bytes(
+        kind, std::string(static_cast<const char*>(bytes->second.data_ptr()), bytes->second.numel()));
+  } catch (const std::exception& e) {
+    refuse(path, "metadata 'tokenizer' and tensor 'tokenizer' are not a tokenizer: " + std::string(e.what()));
+  }
+  const torch::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+  checkpoint_tensor(path, c, "rng/torch_cpu", rng);
+
+  // The settings must not claim a model larger than the tensors the file holds: that model would be
+  // allocated (tens of GB for a file of a few hundred KB) before restore_model could refuse it.
+  int64_t held = 0;
+  for (const auto& [name, t] : c.tensors)
+    if (name.rfind("model/", 0) == 0) held += t.numel();
+  const double least = least_parameters(s.model_config(state.tokenizer->vocab_size()));
+  if (least > static_cast<double>(held))
+    refuse(path, "metadata 'config' describes a model of at least " + short_count(least) + " parameters, but its model/ tensors hold " +
+                     short_count(static_cast<double>(held)));
+  return state;
+}
+
+// Parameters by name, and the checkpoint tensors they map to ("model/<name>").
+void restore_model(GPT& model, const Checkpoint& checkpoint, const std::string& path) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters()) p.value().copy_(checkpoint_tensor(path, checkpoint, "model/" + p.key(), p.value()));
 }
 
 // Keeps the metrics of steps <= step (a resumed run re-logs what came after its checkpoint).
@@ -153,32 +268,19 @@ std::vector<int32_t> generate(GPT& model, std::vector<int32_t> tokens, int64_t c
   return tokens;
 }
 
-namespace {
-
-void check_format(const std::string& path, const std::map<std::string, std::string>& metadata) {
-  const auto format = metadata.find("format");
-  if (format == metadata.end() || format->second != kFormat || metadata.count("config") == 0 || metadata.count("step") == 0)
-    throw std::invalid_argument("checkpoint " + path + " was not written by mhc train (format '" +
-                                (format == metadata.end() ? "" : format->second) + "', expected '" + kFormat + "')");
-}
-
-}  // namespace
-
 RunInfo read_run_info(const std::string& checkpoint_path) {
-  const auto metadata = read_checkpoint_metadata(checkpoint_path);
-  check_format(checkpoint_path, metadata);
-  return {Settings::from_json(metadata.at("config")), std::stoll(metadata.at("step"))};
+  return run_info_of(checkpoint_path, read_checkpoint_metadata(checkpoint_path));
 }
 
 LoadedRun load_run(const std::string& checkpoint_path) {
   const Checkpoint c = load_checkpoint(checkpoint_path);
-  check_format(checkpoint_path, c.metadata);
+  RunState state = read_run_state(checkpoint_path, c);
   LoadedRun run;
-  run.settings = Settings::from_json(c.metadata.at("config"));
-  run.tokenizer = data::tokenizer_from_bytes(c.metadata.at("tokenizer"), tokenizer_bytes(c));
+  run.settings = state.settings;
+  run.tokenizer = std::move(state.tokenizer);
   run.model = GPT(run.settings.model_config(run.tokenizer->vocab_size()));
   restore_model(run.model, c, checkpoint_path);
-  run.step = std::stoll(c.metadata.at("step"));
+  run.step = state.step;
   return run;
 }
 
@@ -187,6 +289,7 @@ data::TokenizedCorpus run_corpus(LoadedRun& run, const std::string& data_dir, in
   return data::tokenize_corpus(s.str("data"), data_dir.empty() ? s.str("data-dir") : data_dir, s.str("tokenizer"),
                                s.integer("vocab", 2, 1 << 20), threads, std::move(run.tokenizer));
 }
+
 
 StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
                       const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr,
@@ -232,7 +335,16 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   torch::set_num_threads(threads);
   const std::string out = s.str("out");
   const bool leader = environment.rank == 0;
-  if (leader) ensure_writable_dir(out);
+  std::optional<FolderLock> lock;  // one run at a time writes into `out`
+  if (leader) {
+    ensure_writable_dir(out);
+    lock.emplace(out);
+    for (const auto& e : fs::directory_iterator(out)) {  // left by a run that was killed while writing
+      const std::string target = temporary_target(e.path().filename().string());
+      if (is_checkpoint_file_name(target) || target == kLatestCheckpoint || target == "config.json" || target == "metrics.jsonl")
+        fs::remove(e.path());
+    }
+  }
 
   const int64_t steps = s.integer("steps", 1, int64_t(1) << 40), batch = s.integer("batch", 1, 1 << 20),
                 accum = s.integer("accum", 1, 1 << 20), warmup = s.integer("warmup", 0, INT64_MAX),
@@ -258,11 +370,12 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
 
   // The checkpoint first: its tokenizer must be the one the data is encoded with.
   Checkpoint resumed;
-  std::unique_ptr<data::Tokenizer> tokenizer;
+  RunState state;
   if (!resume_from.empty()) {
     resumed = load_checkpoint(resume_from);
-    tokenizer = data::tokenizer_from_bytes(resumed.metadata.at("tokenizer"), tokenizer_bytes(resumed));
+    state = read_run_state(resume_from, resumed);
   }
+  std::unique_ptr<data::Tokenizer> tokenizer = std::move(state.tokenizer);
   auto tokenize = [&] {
     return data::tokenize_corpus(s.str("data"), s.str("data-dir"), s.str("tokenizer"), s.integer("vocab", 2, 1 << 20),
                                  threads, std::move(tokenizer));
@@ -285,15 +398,13 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   const bool has_connections = !model->connections().empty();  // the plain residual has nothing to diagnose
   const torch::Tensor probe = diag::probe_tokens(val_windows, diag_batch);
 
-  int64_t step = 0, position = 0, bad_total = 0;
+  int64_t step = state.step, position = state.data_position, bad_total = state.bad_steps;
   if (!resume_from.empty()) {
     restore_model(model, resumed, resume_from);
-    step = std::stoll(resumed.metadata.at("step"));
-    position = std::stoll(resumed.metadata.at("data_position"));
-    bad_total = std::stoll(resumed.metadata.at("bad_steps"));
-    optimizer.load(resumed.tensors, std::stoll(resumed.metadata.at("adam_steps")));
+    for (const auto& [name, moment] : optimizer.state()) checkpoint_tensor(resume_from, resumed, name, moment);
+    optimizer.load(resumed.tensors, state.adam_steps);
     at::Generator generator = at::detail::getDefaultCPUGenerator();
-    generator.set_state(resumed.tensors.at("rng/torch_cpu"));
+    generator.set_state(resumed.tensors.at("rng/torch_cpu"));  // checked by read_run_state
     resumed = {};
   }
   group.broadcast(parameters);  // rank 0's weights everywhere, fresh or resumed
@@ -304,6 +415,7 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     if (resume_from.empty()) write_file_atomic(metrics_path, "");
     else truncate_metrics(metrics_path, step);
     metrics.open(metrics_path, std::ios::app);
+    if (!metrics) throw std::runtime_error("cannot open " + metrics_path + ": " + std::strerror(errno));
   }
 
   auto save = [&] {
@@ -313,7 +425,7 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     const std::string tok = corpus.tokenizer->serialize();
     c.tensors["tokenizer"] = torch::from_blob(const_cast<char*>(tok.data()), {static_cast<int64_t>(tok.size())}, torch::kByte).clone();
     c.tensors["rng/torch_cpu"] = at::detail::getDefaultCPUGenerator().get_state();
-    c.metadata = {{"format", kFormat}, {"step", std::to_string(step)}, {"data_position", std::to_string(position)},
+    c.metadata = {{"step", std::to_string(step)}, {"data_position", std::to_string(position)},
                   {"bad_steps", std::to_string(bad_total)}, {"adam_steps", std::to_string(optimizer.steps_taken())},
                   {"tokenizer", corpus.tokenizer->kind()}, {"config", s.to_json()}};
     const std::string name = checkpoint_file_name(step);
@@ -401,7 +513,9 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
       line["diag"] = nlohmann::ordered_json::parse(diag::to_json(diag::probe(model, probe)));
       line["diag_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - d0).count();
     }
-    metrics << line.dump() << "\n" << std::flush;
+    if (!(metrics << line.dump() << "\n" << std::flush))  // a full disk must not lose metrics silently
+      throw std::runtime_error("cannot write " + metrics_path + ": " + std::strerror(errno) + " (step " +
+                               std::to_string(step) + "'s metrics would be lost)");
     const double eta = seconds_training / static_cast<double>(step - first_step) * static_cast<double>(last_step - step);
     progress.step(step, loss_sum, eval_now ? &last_val : nullptr, norm, rate, seconds * 1e3, tokens_per_step / seconds,
                   eta, !finite);
