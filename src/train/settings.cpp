@@ -45,7 +45,8 @@ const std::vector<SettingSpec>& setting_specs() {
       {"heads", "4", "attention heads (must divide --dim)", 'i', false},
       {"seq-len", "128", "tokens per training window", 'i', false},
       // on what
-      {"data", "brown", "'brown' (the Brown corpus) or a UTF-8 text file or folder", 's', false},
+      {"data", "brown", "'brown' (the Brown corpus) or a UTF-8 text file or folder of them (at most " +
+       data::byte_count_text(data::kMaxCorpusBytes) + " in all)", 's', false},
       {"tokenizer", "bpe", "bpe (SentencePiece, trained on the training split) or byte", 's', false},
       {"vocab", "4096", "BPE vocabulary size", 'i', false},
       // how
@@ -156,9 +157,13 @@ GPTConfig Settings::model_config(int64_t vocab) const {
 }
 
 std::map<std::string, std::string> read_toml(const std::string& path) {
+  // A settings file is a few dozen lines; the bound keeps a wrong path (a log, a device) from being
+  // read whole, and reading it ourselves refuses folders and devices that toml++ reads as empty.
+  constexpr int64_t kMaxConfigBytes = 1 << 20;
+  const std::string text = data::read_input_file(path, "config", kMaxConfigBytes);
   toml::table table;
   try {
-    table = toml::parse_file(path);
+    table = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     std::ostringstream s;
     s << "config " << path << ": " << e.description() << " (line " << e.source().begin.line << ")";
