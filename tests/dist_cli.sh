@@ -2,9 +2,11 @@
 # Data-parallel `mhc train` on loopback (mhc/distributed.h): 2 ranks reproduce one rank's losses at
 # the same global batch and end with identical parameters, torch's own launcher works, a killed or
 # stalled rank makes the survivor exit non-zero within --dist-timeout naming it, checkpoints resume
-# across world sizes, and a bad environment gets a one-line error.
+# across world sizes, a bad environment gets a one-line error, the rendezvous ends within
+# --dist-timeout even against a port that never answers, ranks given different settings refuse to
+# start, and `mhc launch` stops the other ranks as soon as one fails.
 # Usage: dist_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: equivalence torchrun failure resume
-# errors; default: all)
+# errors rendezvous settings launcher; default: all)
 source "$(dirname "$0")/cli_common.sh"
 
 small=(--data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --dim 32 --layers 2 --heads 2 --seq-len 32
@@ -22,6 +24,33 @@ assert [j["step"] for j in a] == [j["step"] for j in b] and a, ("steps differ", 
 worst = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(a, b))
 assert worst < 1e-5, "losses differ by %.2e relative" % worst
 PY
+}
+# start_silent_listener: a program on a free port that accepts connections and never answers (in
+# this shell, so that the exit trap ends it); sets listener_port and listener_pid.
+start_silent_listener() {
+  /usr/bin/python3 -c '
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print(s.getsockname()[1]); sys.stdout.close()
+held = []
+while True: held.append(s.accept())' > "$work/listener.port" &
+  listener_pid=$!
+  for _ in $(seq 1 50); do [ -s "$work/listener.port" ] && break; sleep 0.1; done
+  listener_port=$(cat "$work/listener.port")
+}
+# took_at_most LIMIT T0 WHAT: prints the seconds since T0 (date +%s.%N); fails WHAT past LIMIT.
+took_at_most() {
+  local took
+  took=$(awk -v t0="$2" -v now="$(date +%s.%N)" 'BEGIN { printf "%.1f", now - t0 }')
+  echo "$3: $took s (bound $1 s)"
+  awk -v took="$took" -v limit="$1" 'BEGIN { exit !(took <= limit) }' || fail "$3 took $took s (bound: $1 s)"
+}
+# one_error_line FILE WHAT PATTERN…: FILE is one line, "error: …", holding every PATTERN (grep -E).
+one_error_line() {
+  local file=$1 what=$2
+  shift 2
+  [ "$(grep -c . "$file")" -eq 1 ] && grep -q "^error: " "$file" || fail "$what: not one error line: $(cat "$file")"
+  for pattern in "$@"; do grep -Eq -- "$pattern" "$file" || fail "$what: no '$pattern' in: $(cat "$file")"; done
 }
 reference() {  # one rank, the whole batch: the run every distributed one must reproduce
   [ -f "$work/one-$1/metrics.jsonl" ] || "$mhc" train "${small[@]}" --steps "$1" --out "$work/one-$1" > "$work/one-$1.log" 2>&1 ||
@@ -80,6 +109,7 @@ if want failure; then
   survivor_exits 1 KILL   # a dead rank: its sockets close
   survivor_exits 0 KILL   # rank 0 hosts the store: the survivor cannot even hold a roll call
   survivor_exits 1 STOP   # a stalled rank: only the timeout can tell
+  survivor_exits 0 STOP   # a stalled store host: its socket is open, but nothing answers the roll call
 fi
 
 if want resume; then
@@ -104,6 +134,81 @@ if want errors; then
     RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 -- train "${small[@]}" --dist-timeout 2 --out "$work/e"
   expect_failure 2 "mhc launch: give the command after --" -- launch --nproc 2
   expect_failure 2 "mhc compare runs in one process" RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 -- compare "${small[@]}" --out "$work/e"
+fi
+
+if want rendezvous; then
+  # Every rendezvous step ends by --dist-timeout 5 (+3 s to start and report), naming what it awaited.
+  port=$(free_port) t0=$(date +%s.%N)
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$mhc" train "${small[@]}" --dist-timeout 5 \
+    --out "$work/lone" > /dev/null 2> "$work/lone.err" && fail "rendezvous: a lone rank 0 exited 0"
+  took_at_most 8 "$t0" "rendezvous: a lone rank 0 (no peer ever comes)"
+  one_error_line "$work/lone.err" "rendezvous: a lone rank 0" "rank 0 timed out after 5 s \(--dist-timeout\) awaiting rank 1" \
+    "at the rendezvous store at 127\.0\.0\.1:$port \(MASTER_ADDR:MASTER_PORT\): it never joined"
+
+  start_silent_listener
+  port=$listener_port t0=$(date +%s.%N)
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port timeout 60 "$mhc" train "${small[@]}" --dist-timeout 5 \
+    --out "$work/lone" > /dev/null 2> "$work/silent.err" && fail "rendezvous: rank 1 against a silent port exited 0"
+  took_at_most 8 "$t0" "rendezvous: a lone rank 1 against a port that never answers"
+  one_error_line "$work/silent.err" "rendezvous: a port that never answers" "^error: rank 1 " "5 s \(--dist-timeout\)" \
+    "the rendezvous store at 127\.0\.0\.1:$port \(MASTER_ADDR:MASTER_PORT\)"
+  t0=$(date +%s.%N)
+  timeout 60 "$mhc" launch --nproc 2 --master-port "$port" -- train "${small[@]}" --dist-timeout 5 --out "$work/lone" \
+    > /dev/null 2> "$work/silent-launch.err" && fail "rendezvous: mhc launch on a taken port exited 0"
+  took_at_most 8 "$t0" "rendezvous: mhc launch on a port another program holds"
+  grep -Eq "^error: rank 0 cannot host the rendezvous store at 127\.0\.0\.1:$port .*Address already in use" \
+    "$work/silent-launch.err" || fail "rendezvous: mhc launch on a taken port: $(cat "$work/silent-launch.err")"
+  kill "$listener_pid"
+fi
+
+if want settings; then
+  # two_ranks NAME RANK0_ARGS -- RANK1_ARGS: 2 ranks by hand on a fresh port, each with its own
+  # extra flags; their exit statuses land in $work/NAME.RANK.status.
+  two_ranks() {
+    local name=$1 port rank=0 pids=() extra=()
+    shift
+    port=$(free_port)
+    for arg in "$@" --; do
+      if [ "$arg" != -- ]; then extra+=("$arg"); continue; fi
+      RANK=$rank WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$mhc" train "${small[@]}" --dist-timeout 20 \
+        "${extra[@]}" --out "$work/$name" > "$work/$name.$rank.log" 2> "$work/$name.$rank.err" &
+      pids+=($!) rank=$((rank + 1)) extra=()
+    done
+    for rank in 0 1; do wait "${pids[$rank]}"; echo $? > "$work/$name.$rank.status"; done
+  }
+  t0=$(date +%s.%N)
+  two_ranks differ --dim 32 -- --dim 64
+  took_at_most 10 "$t0" "settings: ranks given --dim 32 and --dim 64 (--dist-timeout 20)"
+  for rank in 0 1; do
+    [ "$(cat "$work/differ.$rank.status")" -eq 2 ] || fail "settings: rank $rank exited $(cat "$work/differ.$rank.status"), not 2"
+    one_error_line "$work/differ.$rank.err" "settings: rank $rank" "^error: --dim is 32 on rank 0.* but 64 on rank 1"
+  done
+  grep -q "on rank 1 (this rank)" "$work/differ.1.err" || fail "settings: rank 1 must name its own value"
+  # The same numbers spelt differently, and run settings (--threads) that may differ: accepted.
+  two_ranks alike --lr 0.001 --steps 2 -- --lr 1e-3 --steps 2 --threads 2
+  for rank in 0 1; do
+    [ "$(cat "$work/alike.$rank.status")" -eq 0 ] || fail "settings: --lr 0.001 vs 1e-3: rank $rank: $(cat "$work/alike.$rank.err")"
+  done
+fi
+
+if want launcher; then
+  # One rank dies mid-training: mhc launch stops the other at once (SIGTERM, then SIGKILL after its
+  # 5 s grace), not after --dist-timeout 30, and exits with the dead rank's status (128 + 9).
+  "$mhc" launch --nproc 2 -- train "${small[@]}" --steps 100000 --dist-timeout 30 --out "$work/launched" \
+    > "$work/launched.log" 2>&1 &
+  launcher=$!
+  for _ in $(seq 1 600); do [ -f "$work/launched/metrics.jsonl" ] && [ "$(wc -l < "$work/launched/metrics.jsonl")" -ge 3 ] && break; sleep 0.1; done
+  ranks=$(ps -o pid= --ppid "$launcher") victim=
+  for pid in $ranks; do tr '\0' '\n' < "/proc/$pid/environ" | grep -qx RANK=1 && victim=$pid; done
+  kill -KILL "$victim"
+  t0=$(date +%s.%N)
+  wait "$launcher"
+  status=$?
+  took_at_most 8 "$t0" "launcher: mhc launch ended after rank 1's SIGKILL (--dist-timeout 30)"
+  [ "$status" -eq 137 ] || fail "launcher: exited $status, not rank 1's 137: $(tail -2 "$work/launched.log")"
+  for pid in $ranks; do kill -0 "$pid" 2>/dev/null && fail "launcher: rank pid $pid left running"; done
+  grep -q "^mhc launch: rank 1 exited with status 137; stopping the other ranks" "$work/launched.log" ||
+    fail "launcher: $(tail -2 "$work/launched.log")"
 fi
 
 echo "dist_cli ($only): $failures failed"

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -36,10 +37,16 @@ struct Environment {
 
 class Group {
  public:
-  // Rendezvous (every rank must arrive within `timeout`) and the process group. The same timeout
-  // bounds every collective: a rank that died or stalled makes the others throw, never hang.
-  // Throws std::runtime_error naming MASTER_ADDR:MASTER_PORT when the store cannot be reached.
-  Group(const Environment& environment, std::chrono::milliseconds timeout);
+  // (name, value) pairs that must be equal on every rank, compared at the rendezvous.
+  using SharedSettings = std::vector<std::pair<std::string, std::string>>;
+
+  // Rendezvous (every rank must arrive within `timeout`, each step of it bounded by that timeout
+  // even when whatever listens on MASTER_PORT never answers) and the process group. The same
+  // timeout bounds every collective: a rank that died or stalled makes the others throw, never
+  // hang. Throws std::runtime_error naming MASTER_ADDR:MASTER_PORT and what was awaited when the
+  // rendezvous fails, std::invalid_argument naming the first setting on which a rank differs from
+  // rank 0 (every rank throws it).
+  Group(const Environment& environment, std::chrono::milliseconds timeout, const SharedSettings& shared_settings);
   ~Group();
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;

@@ -2,6 +2,8 @@
 // N copies of this executable running `mhc COMMAND …`, each with the environment torchrun gives
 // its workers (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), forwards
 // SIGINT/SIGTERM to them, and returns the first non-zero exit status (0 when every rank succeeds).
+// As soon as one rank fails the others get SIGTERM, then SIGKILL after a grace period, as under
+// torchrun: without their peer they could only wait for --dist-timeout.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -11,12 +13,13 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <stdexcept>
 
 #include "args.h"
@@ -28,8 +31,14 @@ namespace mhc::cli {
 
 namespace {
 
-std::atomic<int> forwarded_signal{0};
-void remember(int signal) { forwarded_signal = signal; }
+using Clock = std::chrono::steady_clock;
+
+// Long enough for a rank to write its error, short enough not to look hung.
+constexpr std::chrono::seconds kStopGrace{5};
+
+void signal_all(const std::map<pid_t, int>& running, int signal) {
+  for (const auto& [pid, rank] : running) ::kill(pid, signal);
+}
 
 // A port nobody listens on now: bind port 0 and ask which one the kernel chose.
 int free_port() {
@@ -74,10 +83,16 @@ int launch(const std::vector<std::string>& argv) {
   shared_environment["MASTER_PORT"] = std::to_string(port);
   shared_environment.erase("TORCHELASTIC_USE_AGENT_STORE");  // rank 0 hosts the store here
 
-  struct sigaction action {};
-  action.sa_handler = remember;  // no SA_RESTART: waitpid returns to forward the signal
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
+  // The signals the launcher acts on stay blocked and are taken by sigwaitinfo/sigtimedwait, so
+  // that none is lost between two checks; the ranks start with the mask the launcher had.
+  sigset_t watched, previous;
+  sigemptyset(&watched);
+  for (const int signal : {SIGCHLD, SIGINT, SIGTERM}) sigaddset(&watched, signal);
+  sigprocmask(SIG_BLOCK, &watched, &previous);
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  posix_spawnattr_setsigmask(&attributes, &previous);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
 
   std::map<pid_t, int> running;  // pid -> rank
   for (int rank = 0; rank < ranks; ++rank) {
@@ -91,32 +106,48 @@ int launch(const std::vector<std::string>& argv) {
     for (auto& x : arguments) args.push_back(x.data());
     envp.push_back(nullptr), args.push_back(nullptr);
     pid_t pid = 0;
-    if (const int error = posix_spawn(&pid, self.c_str(), nullptr, nullptr, args.data(), envp.data()); error != 0) {
-      for (const auto& [child, r] : running) ::kill(child, SIGTERM);
+    if (const int error = posix_spawn(&pid, self.c_str(), nullptr, &attributes, args.data(), envp.data()); error != 0) {
+      signal_all(running, SIGTERM);
+      posix_spawnattr_destroy(&attributes);
+      sigprocmask(SIG_SETMASK, &previous, nullptr);
       throw std::runtime_error("mhc launch: cannot start rank " + std::to_string(rank) + ": " + std::strerror(error));
     }
     running[pid] = rank;
   }
+  posix_spawnattr_destroy(&attributes);
 
-  int first_failure = 0, sent = 0;
+  int first_failure = 0;
+  std::optional<Clock::time_point> kill_at;  // while the other ranks of a failed one are in their grace
   while (!running.empty()) {
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, 0);
-    if (forwarded_signal != 0 && forwarded_signal != sent) {
-      sent = forwarded_signal;
-      for (const auto& [child, rank] : running) ::kill(child, sent);
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid < 0) break;  // ECHILD: no rank left to wait for
+    if (pid > 0) {
+      const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      const int rank = running[pid];
+      running.erase(pid);
+      if (code != 0 && first_failure == 0) {
+        first_failure = code;
+        std::cerr << "mhc launch: rank " << rank << " exited with status " << code
+                  << (running.empty() ? "" : "; stopping the other ranks") << std::endl;
+        signal_all(running, SIGTERM);
+        kill_at = Clock::now() + kStopGrace;
+      }
+      continue;
     }
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      break;
+    siginfo_t info;
+    if (!kill_at) {
+      if (const int signal = sigwaitinfo(&watched, &info); signal == SIGINT || signal == SIGTERM) signal_all(running, signal);
+      continue;
     }
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (code != 0 && first_failure == 0) {
-      first_failure = code;
-      std::cerr << "mhc launch: rank " << running[pid] << " exited with status " << code << std::endl;
+    const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(std::max(*kill_at - Clock::now(), Clock::duration::zero()));
+    const timespec grace_left = {static_cast<time_t>(left.count() / 1000000000), static_cast<long>(left.count() % 1000000000)};
+    if (sigtimedwait(&watched, &info, &grace_left) < 0 && errno == EAGAIN) {
+      signal_all(running, SIGKILL);
+      kill_at.reset();
     }
-    running.erase(pid);
   }
+  sigprocmask(SIG_SETMASK, &previous, nullptr);
   return first_failure;
 }
 

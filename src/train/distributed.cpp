@@ -1,9 +1,12 @@
 // c10d behind mhc/distributed.h: a TCPStore for the rendezvous, a ProcessGroupGloo for the
 // collectives, flattened buckets so that a step is a handful of collectives whatever the number of
 // parameter tensors, and failures turned into one line that names the ranks that did not answer.
+// Every step of the rendezvous ends by --dist-timeout, even against a port that never answers.
 #include "mhc/distributed.h"
 
 #include <algorithm>
+#include <future>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -25,12 +28,64 @@ using Clock = std::chrono::steady_clock;
 // flattened copy never doubles a large model's memory at once.
 constexpr int64_t kBucketBytes = 32 << 20;
 
+// How long past its own deadline a step may take before it is abandoned: when c10d's own timeout
+// fires, its error says more than "no answer"; a step that polls until the deadline ends just after.
+constexpr std::chrono::milliseconds kOwnTimeoutFirst{1000}, kPollEnds{300};
+
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 std::string seconds(std::chrono::milliseconds t) {
   std::ostringstream s;
   s << t.count() / 1000.0 << " s";
   return s.str();
+}
+
+// Runs `step` on a thread of its own and waits for it until `deadline`. c10d's store client waits
+// without any timeout on a peer that accepts connections and never answers (another program on
+// MASTER_PORT, a stopped rank 0), and a blocked call cannot be cancelled: it is abandoned and
+// `timed_out` thrown (the process is on its way out with that error). The step may outlive the
+// caller: it must own what it uses.
+template <typename Result>
+Result within(Clock::time_point deadline, const std::string& timed_out, std::function<Result()> step) {
+  std::promise<Result> promise;
+  std::future<Result> result = promise.get_future();
+  std::thread([step = std::move(step), promise = std::move(promise)]() mutable {
+    try {
+      promise.set_value(step());
+    } catch (...) {
+      promise.set_exception(std::current_exception());
+    }
+  }).detach();
+  if (result.wait_until(deadline) == std::future_status::timeout) throw std::runtime_error(timed_out);
+  return result.get();
+}
+
+// Posts this rank's key `prefix` + rank (holding `value`), then waits until every rank has posted
+// its own or `deadline` passes; returns the ranks absent by then, as "1, 3" (empty: none).
+std::string absent_ranks(c10d::Store& store, const std::string& prefix, const std::vector<uint8_t>& value, int rank,
+                         int world_size, Clock::time_point deadline) {
+  store.set(prefix + std::to_string(rank), value);
+  std::string absent;
+  for (int r = 0; r < world_size; ++r) {
+    const std::vector<std::string> key = {prefix + std::to_string(r)};
+    while (!store.check(key) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (!store.check(key)) absent += (absent.empty() ? "" : ", ") + std::to_string(r);
+  }
+  return absent;
+}
+
+std::string serialize(const Group::SharedSettings& settings) {
+  std::string text;
+  for (const auto& [name, value] : settings) text += name + "=" + value + "\n";
+  return text;
+}
+
+std::map<std::string, std::string> deserialize(const std::vector<uint8_t>& bytes) {
+  std::map<std::string, std::string> settings;
+  std::istringstream lines(std::string(bytes.begin(), bytes.end()));
+  for (std::string line; std::getline(lines, line);)
+    settings[line.substr(0, line.find('='))] = line.substr(line.find('=') + 1);
+  return settings;
 }
 
 // Consecutive runs of same-dtype tensors holding at most kBucketBytes (a larger tensor is a bucket alone).
@@ -84,34 +139,90 @@ struct Group::State {
   int64_t digests = 0;  // same_everywhere() calls so far: each uses fresh store keys
 };
 
-Group::Group(const Environment& environment, std::chrono::milliseconds timeout)
+Group::Group(const Environment& environment, std::chrono::milliseconds timeout, const SharedSettings& shared_settings)
     : environment_(environment), timeout_(timeout), state_(std::make_unique<State>()) {
   if (world_size() == 1) return;
-  const std::string where = environment_.master_addr + ":" + std::to_string(environment_.master_port);
-  try {
-    c10d::TCPStoreOptions options;
-    options.port = static_cast<uint16_t>(environment_.master_port);
-    options.isServer = !environment_.agent_store && leader();
-    options.numWorkers = world_size();
-    options.waitWorkers = !environment_.agent_store;
-    options.timeout = timeout;
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(environment_.master_addr, options);
-    state_->store = environment_.agent_store
-                        ? c10::intrusive_ptr<c10d::Store>(c10::make_intrusive<c10d::PrefixStore>(
-                              "/worker/attempt_" + std::to_string(environment_.restart_count), tcp))
-                        : c10::intrusive_ptr<c10d::Store>(tcp);
-  } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(rank()) + " cannot reach the rendezvous store at " + where +
-                             " (MASTER_ADDR:MASTER_PORT) within " + seconds(timeout) + ": " +
-                             first_line(error_message(e)));
-  }
-  auto options = c10d::ProcessGroupGloo::Options::create();
-  options->timeout = timeout;
+  const Clock::time_point deadline = Clock::now() + timeout;
+  const Environment e = environment_;
+  const std::string me = "rank " + std::to_string(rank());
+  const std::string port = std::to_string(e.master_port);
+  const std::string store_at = "the rendezvous store at " + e.master_addr + ":" + port + " (MASTER_ADDR:MASTER_PORT)";
+  const auto timed_out_awaiting = [me, store_at, timeout](const std::string& what) {
+    return me + " timed out after " + seconds(timeout) + " (--dist-timeout) awaiting " + what + " at " + store_at + ": ";
+  };
+
+  // The store, hosted by rank 0 unless torchrun's agent hosts it.
+  const bool hosting = !e.agent_store && leader();
+  const std::string unusable =
+      me + (hosting ? " cannot host " : " cannot reach ") + store_at + " within " + seconds(timeout) + " (--dist-timeout): ";
+  c10d::TCPStoreOptions options;
+  options.port = static_cast<uint16_t>(e.master_port);
+  options.isServer = hosting;
+  options.numWorkers = world_size();
+  options.waitWorkers = false;  // the join below waits for them, and names the missing ones
+  options.timeout = timeout;
+  state_->store = within<c10::intrusive_ptr<c10d::Store>>(
+      deadline + kOwnTimeoutFirst, unusable + "connected, but nothing answered (is another program listening on port " + port + "?)",
+      [e, options, unusable]() -> c10::intrusive_ptr<c10d::Store> {
+        try {
+          auto tcp = c10::make_intrusive<c10d::TCPStore>(e.master_addr, options);
+          if (!e.agent_store) return tcp;
+          return c10::make_intrusive<c10d::PrefixStore>("/worker/attempt_" + std::to_string(e.restart_count), tcp);
+        } catch (const std::exception& error) {
+          throw std::runtime_error(unusable + first_line(error_message(error)));
+        }
+      });
+
+  // The join: every rank posts its shared settings and reads everyone's; then the others say so,
+  // their last word to the store, and rank 0, which hosts it, waits for that before going on.
+  const std::string mine = serialize(shared_settings);
+  const std::vector<std::map<std::string, std::string>> settings = within<std::vector<std::map<std::string, std::string>>>(
+      deadline + kPollEnds, timed_out_awaiting("the other ranks") + "the store stopped answering",
+      [store = state_->store, r = rank(), world = world_size(), mine, deadline,
+       timed_out_awaiting] {
+        const std::string joined = "mhc/rendezvous/joined/", read = "mhc/rendezvous/read/";
+        if (const std::string absent = absent_ranks(*store, joined, {mine.begin(), mine.end()}, r, world, deadline);
+            !absent.empty())
+          throw std::runtime_error(timed_out_awaiting("rank " + absent) +
+                                   "it never joined (not started, failed first, or given another MASTER_ADDR:MASTER_PORT)");
+        std::vector<std::map<std::string, std::string>> all;
+        for (int other = 0; other < world; ++other) all.push_back(deserialize(store->get(joined + std::to_string(other))));
+        if (r != 0) {
+          store->set(read + std::to_string(r), std::vector<uint8_t>{1});
+          return all;
+        }
+        if (const std::string absent = absent_ranks(*store, read, {1}, r, world, deadline); !absent.empty())
+          throw std::runtime_error(timed_out_awaiting("rank " + absent) + "it joined, then stopped answering");
+        return all;
+      });
+
+  // The same settings everywhere, or a collective would fail later without saying why. This rank
+  // is compared first, so that its own value is named when it differs.
+  std::vector<int> ranks = {rank()};
+  for (int r = 0; r < world_size(); ++r)
+    if (r != rank()) ranks.push_back(r);
+  const auto value_on = [&](int r, const std::string& name) {
+    const auto found = settings[r].find(name);
+    return found == settings[r].end() ? std::string("(not set)") : found->second;
+  };
+  const auto which = [&](int r) { return "rank " + std::to_string(r) + (r == rank() ? " (this rank)" : ""); };
+  for (const int r : ranks)
+    for (const auto& [name, value] : shared_settings)
+      if (value_on(r, name) != value_on(0, name))
+        throw std::invalid_argument(name + " is " + value_on(0, name) + " on " + which(0) + " but " + value_on(r, name) +
+                                    " on " + which(r) + ": every rank must be given the same settings");
+
+  auto group_options = c10d::ProcessGroupGloo::Options::create();
+  group_options->timeout = timeout;
   const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
-  options->devices.push_back(interface && *interface ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
-                                                      : c10d::ProcessGroupGloo::createDefaultDevice());
+  group_options->devices.push_back(interface && *interface ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
+                                                            : c10d::ProcessGroupGloo::createDefaultDevice());
   run("connecting the process group", [&] {
-    state_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(state_->store, rank(), world_size(), options);
+    state_->group = within<c10::intrusive_ptr<c10d::ProcessGroupGloo>>(
+        Clock::now() + timeout + kOwnTimeoutFirst, "no connection within " + seconds(timeout),
+        [store = state_->store, r = rank(), world = world_size(), group_options] {
+          return c10::make_intrusive<c10d::ProcessGroupGloo>(store, r, world, group_options);
+        });
   });
 }
 
@@ -123,26 +234,23 @@ void Group::run(const char* what, const std::function<void()>& collective) {
     return;
   } catch (const std::exception& e) {
     // Roll call: every rank that saw the failure checks in; whoever has not within a few seconds
-    // is dead or stalled. (If the store's host is the one gone, the store itself is unreachable.)
-    std::string absent;
+    // is dead or stalled. (If the store's host is the one gone, the store itself does not answer.)
+    const std::string store_gone = environment_.agent_store
+                                       ? "the launcher's rendezvous store does not answer"
+                                       : "rank 0 did not answer (dead or stalled: the rendezvous store it hosts does not answer)";
+    const auto deadline = Clock::now() + std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(5));
+    std::string verdict;
     try {
-      const std::string key = "mhc/failed/";
-      state_->store->set(key + std::to_string(rank()), std::vector<uint8_t>{1});
-      const auto deadline = Clock::now() + std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(5));
-      for (int r = 0; r < world_size(); ++r) {
-        while (r != rank() && !state_->store->check({key + std::to_string(r)}) && Clock::now() < deadline)
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        if (r != rank() && !state_->store->check({key + std::to_string(r)}))
-          absent += (absent.empty() ? "" : ", ") + std::to_string(r);
-      }
-      absent = absent.empty() ? "every rank answered the roll call"
-                              : "rank " + absent + " did not answer (dead or stalled)";
+      const std::string absent = within<std::string>(
+          deadline + kPollEnds, store_gone, [store = state_->store, r = rank(), world = world_size(), deadline] {
+            return absent_ranks(*store, "mhc/failed/", {1}, r, world, deadline);
+          });
+      verdict = absent.empty() ? "every rank answered the roll call" : "rank " + absent + " did not answer (dead or stalled)";
     } catch (const std::exception&) {
-      absent = environment_.agent_store ? "the launcher's rendezvous store is gone"
-                                        : "rank 0 did not answer (dead: the rendezvous store it hosted is gone)";
+      verdict = store_gone;
     }
     throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(rank()) + " of " +
-                             std::to_string(world_size()) + " (--dist-timeout " + seconds(timeout_) + "): " + absent +
+                             std::to_string(world_size()) + " (--dist-timeout " + seconds(timeout_) + "): " + verdict +
                              " [" + first_line(error_message(e)) + "]");
   }
 }

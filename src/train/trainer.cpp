@@ -366,7 +366,17 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     throw std::invalid_argument("--device " + s.str("device") + " with WORLD_SIZE=" + std::to_string(world) +
                                 ": data-parallel training exchanges CPU tensors over Gloo; NCCL for CUDA is not wired "
                                 "in yet (accepted: --device cpu, or one rank)");
-  dist::Group group(environment, std::chrono::milliseconds(static_cast<int64_t>(s.real("dist-timeout", 0.001, 1e6) * 1e3)));
+  // What defines the run must agree on every rank (run settings such as --out may differ); numbers
+  // in config.json's form, so that 0.001 and 1e-3 agree.
+  dist::Group::SharedSettings shared_settings;
+  const auto config = nlohmann::json::parse(s.to_json());
+  for (const auto& spec : setting_specs())
+    if (!spec.run) {
+      const auto& value = config.at(spec.name);
+      shared_settings.emplace_back("--" + spec.name, value.is_string() ? value.get<std::string>() : value.dump());
+    }
+  dist::Group group(environment, std::chrono::milliseconds(static_cast<int64_t>(s.real("dist-timeout", 0.001, 1e6) * 1e3)),
+                    shared_settings);
 
   // The checkpoint first: its tokenizer must be the one the data is encoded with.
   Checkpoint resumed;
