@@ -59,6 +59,16 @@ Layout check_pre_args(const torch::Tensor& x, const torch::Tensor& phi, const to
 void check_post_args(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                      const torch::Tensor& H_res);
 
+// Wall-clock time spent inside the connection ops' CPU implementations (pre, post and their
+// backward halves: kernels and output allocations; autograd's bookkeeping excluded), summed over
+// calls while enabled, from any thread. `mhc bench train` reports it as the connection's measured
+// share of a training step. Off by default: then an op call costs one relaxed atomic load.
+namespace op_clock {
+void enable(bool on);
+void reset();
+double seconds();
+}  // namespace op_clock
+
 // The message of an error without LibTorch's C++ backtrace, for one-line reports.
 std::string error_message(const std::exception& e);
 

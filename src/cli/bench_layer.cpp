@@ -11,7 +11,11 @@
 // device's copy bandwidth (a large multi-threaded memcpy on the CPU, a device-to-device copy on a
 // GPU; read + write counted), the ceiling for a streaming kernel. The Markdown table adds the
 // copy-bound time (those bytes at copy speed: no fused path can be faster) and the speedup over the
-// reference that this bound allows. On a GPU every timing ends with a device synchronisation.
+// reference that this bound allows. The projection's FLOPs (forward g = v·φ, backward dv = dg·φᵀ
+// and dφ = vᵀ·dg: 3 × 2·P·K·m per token) at the measured FMA peak give the FMA bound; the fused
+// path can meet neither bound alone, so bound_ratio = fused / max(copy bound, FMA bound) says how
+// far it is from the machine. On a GPU every timing ends with a device synchronisation (and the
+// FMA bound is not computed).
 #include <omp.h>
 
 #include <algorithm>
@@ -25,6 +29,7 @@
 #include "args.h"
 #include "bench_common.h"
 #include "commands.h"
+#include "../kernels/cpu/kernels.h"
 #include "mhc/module.h"
 #include "mhc/train.h"
 
@@ -83,8 +88,14 @@ std::string gpu_model(torch::Device device) {
 struct Result {
   Kind kind;
   int64_t n, C, tokens;
-  double fused_s, reference_s, bytes;
+  double fused_s, reference_s, bytes, flops;
 };
+
+// The projection GEMMs' floating-point operations for N tokens, forward and backward.
+double projection_flops(Kind kind, int64_t N, int64_t n, int64_t C) {
+  const Layout l = layout(kind, n, C);
+  return 3.0 * 2.0 * double(N) * double(l.proj_per_token) * double(l.proj_rows) * double(l.proj_cols);
+}
 
 Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps, torch::Device device,
                 torch::ScalarType storage) {
@@ -118,7 +129,7 @@ Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmu
     if (rep >= warmup) fused_s.push_back(f), reference_s.push_back(r);
   }
   const double bytes = double(N) * (8 * n + 5) * C * x.element_size();
-  return {kind, n, C, N, median(fused_s), median(reference_s), bytes};
+  return {kind, n, C, N, median(fused_s), median(reference_s), bytes, projection_flops(kind, N, n, C)};
 }
 
 }  // namespace
@@ -157,6 +168,7 @@ int bench_layer(const std::vector<std::string>& argv) {
 
   torch::set_num_threads(threads);
   const double copy_gbs = copy_bandwidth_gbs(device, threads);
+  const double fma_gflops = device.is_cpu() ? cpu::fma_peak_gflops(threads) : 0.0;
   const std::string machine =
       device.is_cuda() ? gpu_model(device) + " (" + device.str() + ")" : cpu_model() + ", " + std::to_string(threads) + " threads";
   const std::string dtype_name = storage == torch::kBFloat16 ? "bfloat16" : "float32";
@@ -164,38 +176,46 @@ int bench_layer(const std::vector<std::string>& argv) {
   std::ostream& out = std::cout;
   out << std::fixed;
   if (args.on("markdown")) {
-    out << "Machine: " << machine << "; copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s (read + write).\n"
+    out << "Machine: " << machine << "; copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s (read + write)";
+    if (fma_gflops > 0) out << ", FMA peak " << fma_gflops << " GFLOP/s";
+    out << ".\n"
         << "N = " << N << " tokens, " << dtype_name << " storage, fwd+bwd of one sublayer with F = identity, median of " << reps << ".\n\n"
         << "| kind | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |"
-           " copy-bound ms | speedup bound |\n"
-        << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+           " copy-bound ms | FMA-bound ms | fused / bound |\n"
+        << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   } else if (!args.on("json")) {
-    out << "machine: " << machine << " | copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s\n"
-        << "kind        n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s\n";
+    out << "machine: " << machine << " | copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s";
+    if (fma_gflops > 0) out << " | FMA peak " << fma_gflops << " GFLOP/s";
+    out << "\nkind        n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s  copy-bound  FMA-bound  fused/bound\n";
   }
   for (Kind kind : kinds) {
     for (int64_t C : dims) {
       const Result r = run_case(kind, N, kind == Kind::residual ? 1 : n, C, t, warmup, reps, device, storage);
       const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
       const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
+      const double fma_s = fma_gflops > 0 ? r.flops / (fma_gflops * 1e9) : 0.0;  // its projection at FMA peak
+      const double bound_ratio = r.fused_s / std::max(floor_s, fma_s);
       if (args.on("json")) {
         out << std::setprecision(6) << "{\"kind\": \"" << kind_name(kind) << "\", \"streams\": " << r.n
             << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
             << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
             << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
             << ", \"speedup\": " << speedup << ", \"fused_tokens_per_s\": " << tps << ", \"fused_gb_per_s\": " << gbs
-            << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3 << "}\n";
+            << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3
+            << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3
+            << ", \"bound_ratio\": " << bound_ratio << "}\n";
       } else if (args.on("markdown")) {
         out << "| " << kind_name(kind) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
             << " | " << r.reference_s * 1e3 << " | " << std::setprecision(1) << speedup << "x | "
             << std::setprecision(0) << tps << " | " << std::setprecision(1) << gbs << " | " << std::setprecision(0)
-            << 100 * gbs / copy_gbs << "% | " << std::setprecision(2) << floor_s * 1e3 << " | " << std::setprecision(1)
-            << r.reference_s / floor_s << "x |\n";
+            << 100 * gbs / copy_gbs << "% | " << std::setprecision(2) << floor_s * 1e3 << " | " << fma_s * 1e3 << " | "
+            << bound_ratio << " |\n";
       } else {
         out << std::left << std::setw(9) << kind_name(kind) << std::right << std::setw(4) << r.n << std::setw(7) << C
             << std::setw(9) << N << std::setprecision(2) << std::setw(11) << r.fused_s * 1e3 << std::setw(10)
             << r.reference_s * 1e3 << std::setprecision(1) << std::setw(8) << speedup << "x" << std::setprecision(0)
-            << std::setw(14) << tps << std::setprecision(1) << std::setw(13) << gbs << "\n";
+            << std::setw(14) << tps << std::setprecision(1) << std::setw(13) << gbs << std::setprecision(2)
+            << std::setw(12) << floor_s * 1e3 << std::setw(11) << fma_s * 1e3 << std::setw(13) << bound_ratio << "\n";
       }
       out.flush();
     }

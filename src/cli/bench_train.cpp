@@ -1,6 +1,8 @@
 // `mhc bench train`: the median time of one full training step (forward, backward, clipping, AdamW)
 // of the same GPT with each residual variant, interleaved step by step in one run, as ratios to
-// the plain residual. Batches are random tokens: a step's cost does not depend on the text.
+// the plain residual, and the share of each step spent inside the connection's ops, measured by
+// the ops' own clock (mhc::op_clock), not inferred from the difference to the plain residual.
+// Batches are random tokens: a step's cost does not depend on the text.
 #include <iomanip>
 #include <iostream>
 
@@ -19,8 +21,10 @@ int bench_train(const std::vector<std::string>& argv) {
       .flag("threads", std::to_string(train::default_threads()), "CPU threads")
       .flag("warmup", "1", "untimed steps per variant first")
       .flag("reps", "5", "timed steps per variant (median reported)")
-      .toggle("markdown", "a Markdown table (for docs/benchmarks.md)");
+      .toggle("markdown", "a Markdown table (for docs/benchmarks.md)")
+      .toggle("json", "one JSON object per variant instead of a table");
   if (!a.parse(argv)) return 0;
+  if (a.on("json") && a.on("markdown")) throw std::invalid_argument("mhc bench train: choose one of --json, --markdown");
   const auto preset = train::presets().find(a.str("preset"));
   if (preset == train::presets().end()) throw std::invalid_argument("mhc bench train: unknown --preset '" + a.str("preset") + "'");
   train::Settings s;
@@ -36,14 +40,14 @@ int bench_train(const std::vector<std::string>& argv) {
     GPT model{nullptr};
     std::unique_ptr<train::AdamW> optimizer;
     std::vector<torch::Tensor> parameters;
-    std::vector<double> seconds;
+    std::vector<double> seconds, op_seconds;  // whole steps; inside the connection's ops
   };
   std::vector<Variant> variants;
   for (const auto& name : a.list("residual")) {
     s.values["residual"] = name;
     s.values["streams"] = parse_kind(name) == Kind::residual ? "1" : a.str("streams");
     torch::manual_seed(0);
-    Variant v{name, GPT(s.model_config(vocab)), nullptr, {}, {}};
+    Variant v{name, GPT(s.model_config(vocab)), nullptr, {}, {}, {}};
     std::vector<std::pair<std::string, torch::Tensor>> named;
     for (auto& p : v.model->named_parameters()) named.emplace_back(p.key(), p.value());
     v.optimizer = std::make_unique<train::AdamW>(named, train::AdamW::Options{});
@@ -53,37 +57,51 @@ int bench_train(const std::vector<std::string>& argv) {
   const GPTConfig& c = variants.front().model->config();
   const torch::Tensor tokens = torch::randint(vocab, {batch, c.seq_len + 1}, torch::kLong);
   const torch::Tensor x = tokens.slice(1, 0, c.seq_len), y = tokens.slice(1, 1);
+  op_clock::enable(true);
   for (int rep = 0; rep < warmup + reps; ++rep)
     for (auto& v : variants) {
+      op_clock::reset();
       const auto t0 = Clock::now();
       train::train_step(*v.optimizer, v.parameters, [&] { return v.model->loss(x, y); }, 1, 1.0, 1e-4);
-      if (rep >= warmup) v.seconds.push_back(seconds_since(t0));
+      if (rep >= warmup) v.seconds.push_back(seconds_since(t0)), v.op_seconds.push_back(op_clock::seconds());
     }
+  op_clock::enable(false);
 
-  const bool md = a.on("markdown");
+  const bool md = a.on("markdown"), json = a.on("json");
   const double base = median(variants.front().seconds);
-  std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ", " << threads << " threads. Preset " << a.str("preset")
-            << ": " << c.layers << " blocks, C = " << c.dim << ", " << batch << " x " << c.seq_len
-            << " tokens per step, vocab " << vocab << "; median of " << reps << " steps, variants interleaved.\n"
-            << (md ? "\n| variant | n | median step ms | fastest step ms | tokens/s (median) | median ratio | fastest ratio |\n"
-                     "|---|---|---|---|---|---|---|\n"
-                   : "variant      n  median ms  fastest ms   tokens/s  median ratio  fastest ratio\n");
   // On a shared, noisy host the fastest step is the steadier estimate of a variant's own cost;
   // both ratios are to the first variant (the plain residual by default).
   const double base_fastest = *std::min_element(variants.front().seconds.begin(), variants.front().seconds.end());
+  if (!json)
+    std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ", " << threads << " threads. Preset " << a.str("preset")
+              << ": " << c.layers << " blocks, C = " << c.dim << ", " << batch << " x " << c.seq_len
+              << " tokens per step, vocab " << vocab << "; median of " << reps << " steps, variants interleaved.\n"
+              << (md ? "\n| variant | n | median step ms | fastest step ms | tokens/s (median) | median ratio | fastest ratio |"
+                       " in the connection's ops |\n|---|---|---|---|---|---|---|---|\n"
+                     : "variant      n  median ms  fastest ms   tokens/s  median ratio  fastest ratio  connection ops\n");
   for (const auto& v : variants) {
     const double m = median(v.seconds), f = *std::min_element(v.seconds.begin(), v.seconds.end());
+    std::vector<double> shares;
+    for (size_t i = 0; i < v.seconds.size(); ++i) shares.push_back(v.op_seconds[i] / v.seconds[i]);
+    const double share = median(shares);
     std::ostringstream line;
     line << std::fixed;
-    if (md)
+    if (json)
+      line << std::setprecision(6) << "{\"variant\": \"" << v.name << "\", \"streams\": " << v.model->config().streams
+           << ", \"preset\": \"" << a.str("preset") << "\", \"threads\": " << threads << ", \"reps\": " << reps
+           << ", \"median_step_ms\": " << m * 1e3 << ", \"fastest_step_ms\": " << f * 1e3
+           << ", \"tokens_per_s\": " << batch * c.seq_len / m << ", \"median_ratio\": " << m / base
+           << ", \"fastest_ratio\": " << f / base_fastest << ", \"connection_ops_ms\": " << median(v.op_seconds) * 1e3
+           << ", \"connection_share\": " << share << "}";
+    else if (md)
       line << "| " << v.name << " | " << v.model->config().streams << " | " << std::setprecision(1) << m * 1e3 << " | "
            << f * 1e3 << " | " << std::setprecision(0) << batch * c.seq_len / m << " | " << std::setprecision(3) << m / base
-           << "x | " << f / base_fastest << "x |";
+           << "x | " << f / base_fastest << "x | " << std::setprecision(1) << 100 * share << "% |";
     else
       line << std::left << std::setw(10) << v.name << std::right << std::setw(4) << v.model->config().streams
            << std::setprecision(1) << std::setw(11) << m * 1e3 << std::setw(12) << f * 1e3 << std::setprecision(0)
            << std::setw(11) << batch * c.seq_len / m << std::setprecision(3) << std::setw(13) << m / base << "x"
-           << std::setw(14) << f / base_fastest << "x";
+           << std::setw(14) << f / base_fastest << "x" << std::setprecision(1) << std::setw(15) << 100 * share << "%";
     std::cout << line.str() << std::endl;
   }
   return 0;

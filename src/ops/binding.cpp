@@ -10,6 +10,8 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#include <atomic>
+#include <chrono>
 #include <sstream>
 
 #include "../kernels/cpu/kernels.h"
@@ -257,6 +259,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> post_bwd_cpu(const Tensor& dout_, con
   return {dx, dy, dH_post, dH_res};
 }
 
+// --------------------------------------------------------------------------------- op clock
+std::atomic<bool> clock_enabled{false};
+std::atomic<int64_t> clock_nanoseconds{0};
+
+// Adds the wall time of one call to the op clock when it is enabled.
+class ScopedOpClock {
+ public:
+  ScopedOpClock() : on_(clock_enabled.load(std::memory_order_relaxed)) {
+    if (on_) start_ = std::chrono::steady_clock::now();
+  }
+  ~ScopedOpClock() {
+    if (on_)
+      clock_nanoseconds += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  bool on_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// An op implementation as registered: the same function, timed. Inner calls (the bf16 path calls
+// the fp32 one) go to the untimed function, so nothing is counted twice.
+template <auto fn>
+struct Timed;
+template <typename R, typename... Args, R (*fn)(Args...)>
+struct Timed<fn> {
+  static R call(Args... args) {
+    const ScopedOpClock clock;
+    return fn(args...);
+  }
+};
+
 // ------------------------------------------------------------------------- dispatcher handles
 using PreFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                          const Tensor&, c10::string_view, int64_t);
@@ -379,6 +413,10 @@ Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, con
 }  // namespace
 
 // ------------------------------------------------------------------------------ C++ front door
+void op_clock::enable(bool on) { clock_enabled = on; }
+void op_clock::reset() { clock_nanoseconds = 0; }
+double op_clock::seconds() { return static_cast<double>(clock_nanoseconds.load()) * 1e-9; }
+
 PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
               int64_t sinkhorn_iters) {
   static auto handle = op<PreFn>("mhc::pre");
@@ -408,11 +446,11 @@ TORCH_LIBRARY(mhc, m) {
 }
 
 TORCH_LIBRARY_IMPL(mhc, CPU, m) {
-  m.impl("pre", mhc::ops::pre_from<mhc::pre_fwd_cpu>);
-  m.impl("post", mhc::post_cpu);
-  m.impl("pre_fwd", mhc::pre_fwd_cpu);
-  m.impl("pre_bwd", mhc::pre_bwd_cpu);
-  m.impl("post_bwd", mhc::post_bwd_cpu);
+  m.impl("pre", mhc::Timed<mhc::ops::pre_from<mhc::pre_fwd_cpu>>::call);
+  m.impl("post", mhc::Timed<mhc::post_cpu>::call);
+  m.impl("pre_fwd", mhc::Timed<mhc::pre_fwd_cpu>::call);
+  m.impl("pre_bwd", mhc::Timed<mhc::pre_bwd_cpu>::call);
+  m.impl("post_bwd", mhc::Timed<mhc::post_bwd_cpu>::call);
 }
 
 TORCH_LIBRARY_IMPL(mhc, Autograd, m) {

@@ -70,4 +70,8 @@ template <typename T>
 void post_backward(T* dx, T* dy, T* dH_post, T* dH_res, const T* dout, const T* x, const T* y,
                    const T* H_post, const T* H_res, int64_t N, int n, int64_t C, int threads);
 
+// The FMA throughput of `threads` threads in GFLOP/s (2 per multiply-add, 32-byte vectors): the
+// arithmetic ceiling of the projection GEMMs (peak.cpp).
+double fma_peak_gflops(int threads);
+
 }  // namespace mhc::cpu
