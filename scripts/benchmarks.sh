@@ -19,7 +19,8 @@ One optimizer step (forward, backward, clipping, AdamW) of the \`small\` GPT wit
 variant, n = 4 for the hyper-connection variants, variants interleaved step by step in one run.
 The plain residual is \`x + F(x)\` with no connection op. This host's timings swing by tens of
 percent from minute to minute, so both the median and the fastest step are given, each as a
-ratio to the plain residual's.
+ratio to the plain residual's. "in the connection's ops" is the median share of a step spent
+inside the connection's ops (pre, post and their backward halves), timed by the ops themselves.
 
 HEADER
 "$mhc" bench train --preset small --reps 9 --threads "$threads" --markdown
@@ -34,9 +35,12 @@ Forward + backward of pre → F = identity → post, both paths in the same run,
 repetition by repetition; median after warm-up. "fused GB/s" divides the bytes the fused kernels
 must move, (8n + 5)·C fp32 values per token, by the fused time; "% of copy" compares it with this
 machine's measured memcpy bandwidth (read + write). "copy-bound ms" is the time those bytes take
-at copy speed — no fused implementation of these two ops can beat it — and "speedup bound" is
-the reference time divided by it: the most any fused kernel could show against this reference
-here. The plain residual row (n = 1) is the cost of \`x + F(x)\` through the same ops.
+at copy speed, "FMA-bound ms" the time the projection's three GEMMs (forward, and the two
+backward products: 6·P·K·m FLOPs per token) take at this machine's measured FMA peak; no fused
+implementation can beat either, and "fused / bound" divides the fused time by the larger of the
+two. The plain residual row (n = 1) is the cost of \`x + F(x)\` through the same ops. The
+reference runs Sinkhorn–Knopp on logarithms (exact at every logit scale), so its mHC times are
+the cost of that exactness in eager LibTorch, not of a linear-domain iteration.
 
 HEADER
 "$mhc" bench layer --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
