@@ -109,6 +109,7 @@ StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parame
 // One file in the safetensors format: tensors (model/…, adam_m/…, adam_v/…, tokenizer, rng/…) and
 // string metadata; metadata["format"] is kCheckpointFormat and metadata["sha256"] the digest of the
 // whole file (its own 64 digits read as zeros), checked on every load.
+// What a run's checkpoint holds, key by key, and how each is checked: mhc/run_state.h.
 struct Checkpoint {
   std::map<std::string, torch::Tensor> tensors;
   std::map<std::string, std::string> metadata;
@@ -172,5 +173,8 @@ double evaluate(GPT& model, const data::WindowSampler& val, int64_t batch, int64
 // Continues `prompt` by `tokens` tokens (temperature 0: greedy; top_k 0: no cut).
 std::vector<int32_t> generate(GPT& model, std::vector<int32_t> prompt, int64_t tokens, double temperature,
                               int64_t top_k, uint64_t seed);
+
+// A count in logs and messages: 1234567 -> "1.2M", 1234 -> "1.2k", 12 -> "12".
+std::string short_count(double count);
 
 }  // namespace mhc::train
