@@ -30,14 +30,6 @@ inline constexpr int64_t kMaxCorpusBytes = int64_t{512} << 20;
 // (over kMaxCorpusBytes) and on anything that is not a regular file or a folder (a device, a FIFO).
 Corpus load_corpus(const std::string& source, const std::string& data_dir);
 
-// Reads a file the user named (a corpus file, a --config): only a regular file, of at most
-// max_bytes, so a device (/dev/zero) cannot exhaust memory and a FIFO without a writer cannot hang
-// the run. Throws std::invalid_argument "<what> <path> is a FIFO (named pipe), not a regular file",
-// "<what> <path> is larger than the <max_bytes> limit" or "cannot read <what> <path>: <reason>".
-std::string read_input_file(const std::string& path, const std::string& what, int64_t max_bytes);
-// "512 MiB", "1 KiB", "100 bytes": a byte count as limits are stated in messages.
-std::string byte_count_text(int64_t bytes);
-
 // The Brown corpus' tagged form ("The/at jury/nn said/vbd ./.") as plain text, one sentence per
 // line ("The jury said."). Exposed for tests.
 std::string brown_to_text(const std::string& tagged);

@@ -2,10 +2,18 @@
 // name in the same folder, flush to disk, rename), and content digests come from OpenSSL.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace mhc {
 
+// Reads a file the user named (a corpus file, a --config): only a regular file, of at most
+// max_bytes, so a device (/dev/zero) cannot exhaust memory and a FIFO without a writer cannot hang
+// the run. Throws std::invalid_argument "<what> <path> is a FIFO (named pipe), not a regular file",
+// "<what> <path> is larger than the <max_bytes> limit" or "cannot read <what> <path>: <reason>".
+std::string read_input_file(const std::string& path, const std::string& what, int64_t max_bytes);
+// "512 MiB", "1 KiB", "100 bytes": a byte count as limits are stated in messages.
+std::string byte_count_text(int64_t bytes);
 // Reads a whole file; throws std::invalid_argument naming the path when it cannot be read.
 std::string read_file(const std::string& path);
 // Writes `bytes` to path.tmp.<pid>, fsyncs, renames over `path` and fsyncs the folder, so a crash

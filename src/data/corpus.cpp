@@ -45,15 +45,6 @@ std::string read_utf8(const fs::path& path, int64_t max_bytes) {
   return text;
 }
 
-const char* file_type_name(mode_t mode) {
-  if (S_ISDIR(mode)) return "folder";
-  if (S_ISCHR(mode)) return "character device";
-  if (S_ISBLK(mode)) return "block device";
-  if (S_ISFIFO(mode)) return "FIFO (named pipe)";
-  if (S_ISSOCK(mode)) return "socket";
-  return "special file";
-}
-
 // Blank-line-separated blocks, each with its lines trimmed of trailing whitespace.
 std::vector<std::string> paragraphs(const std::string& text) {
   std::vector<std::string> out;
@@ -166,51 +157,6 @@ std::string brown_to_text(const std::string& tagged) {
   }
   if (!out.empty()) out.pop_back();
   return out;
-}
-
-std::string byte_count_text(int64_t bytes) {
-  static const std::pair<const char*, int64_t> units[] = {{"GiB", int64_t{1} << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}};
-  for (const auto& [unit, size] : units)
-    if (bytes >= size) {
-      std::ostringstream s;
-      s.precision(bytes % size == 0 ? 0 : 1);
-      s << std::fixed << static_cast<double>(bytes) / static_cast<double>(size) << " " << unit;
-      return s.str();
-    }
-  return std::to_string(bytes) + " bytes";
-}
-
-std::string read_input_file(const std::string& path, const std::string& what, int64_t max_bytes) {
-  // O_NONBLOCK: opening a FIFO without a writer returns at once instead of waiting for one; the
-  // type is then taken from what was opened (fstat), so no swap after a check can get past it.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) throw std::invalid_argument("cannot read " + what + " " + path + ": " + std::strerror(errno));
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) throw std::invalid_argument("cannot read " + what + " " + path + ": " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode))
-    throw std::invalid_argument(what + " " + path + " is a " + file_type_name(st.st_mode) + ", not a regular file");
-  const std::string too_large = what + " " + path + " is larger than the " + byte_count_text(max_bytes) + " limit";
-  if (st.st_size > max_bytes) throw std::invalid_argument(too_large);
-  // Read to the end, not to st_size: the file may be growing; one byte past the limit is enough to refuse.
-  std::string bytes(static_cast<size_t>(st.st_size) + 1, '\0');
-  size_t done = 0;
-  for (;;) {
-    if (done == bytes.size()) {
-      if (static_cast<int64_t>(done) > max_bytes) throw std::invalid_argument(too_large);
-      bytes.resize(std::min<size_t>(std::max<size_t>(2 * done, 4096), static_cast<size_t>(max_bytes) + 1));
-    }
-    const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::invalid_argument("cannot read " + what + " " + path + ": " + std::strerror(errno));
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  bytes.resize(done);
-  return bytes;
 }
 
 Corpus load_corpus(const std::string& source, const std::string& data_dir) {

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "mhc/files.h"
 #include "mhc/parse.h"
 #include "mhc/train.h"
 
@@ -46,7 +47,7 @@ const std::vector<SettingSpec>& setting_specs() {
       {"seq-len", "128", "tokens per training window", 'i', false},
       // on what
       {"data", "brown", "'brown' (the Brown corpus) or a UTF-8 text file or folder of them (at most " +
-       data::byte_count_text(data::kMaxCorpusBytes) + " in all)", 's', false},
+       byte_count_text(data::kMaxCorpusBytes) + " in all)", 's', false},
       {"tokenizer", "bpe", "bpe (SentencePiece, trained on the training split) or byte", 's', false},
       {"vocab", "4096", "BPE vocabulary size", 'i', false},
       // how
@@ -160,7 +161,7 @@ std::map<std::string, std::string> read_toml(const std::string& path) {
   // A settings file is a few dozen lines; the bound keeps a wrong path (a log, a device) from being
   // read whole, and reading it ourselves refuses folders and devices that toml++ reads as empty.
   constexpr int64_t kMaxConfigBytes = 1 << 20;
-  const std::string text = data::read_input_file(path, "config", kMaxConfigBytes);
+  const std::string text = read_input_file(path, "config", kMaxConfigBytes);
   toml::table table;
   try {
     table = toml::parse(text, path);
