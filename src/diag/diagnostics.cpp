@@ -1,7 +1,10 @@
-// Signal-gain diagnostics of the connections' residual maps (see mhc/diag.h and DESIGN.md §5).
+// Diagnostics of the connections (see mhc/diag.h and DESIGN.md §5): the signal gains of the
+// residual maps, the use of the streams, and the collapse alarm.
 #include "mhc/diag.h"
 
+#include <fstream>
 #include <iomanip>
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -23,6 +26,38 @@ std::vector<Tensor> composite_maps(const std::vector<Tensor>& H) {
     P[l] = l + 1 == H.size() ? h : torch::matmul(P[l + 1], h);  // later maps act last: on the left
   }
   return P;
+}
+
+Tensor stream_shares(const Tensor& x) {
+  const Tensor energy = x.to(torch::kDouble).square().sum(-1);
+  return energy / energy.sum(-1, /*keepdim=*/true).clamp_min(std::numeric_limits<double>::min());
+}
+
+Tensor effective_rank(const Tensor& x) {
+  const Tensor v = x.to(torch::kDouble);
+  const Tensor gram = torch::matmul(v, v.transpose(-1, -2));
+  // LAPACK refuses a non-finite matrix (a forward pass that overflowed): those tokens get NaN, the
+  // others their rank.
+  const Tensor finite = torch::isfinite(gram).all(-1).all(-1);
+  const int64_t n = x.size(-2);
+  const Tensor eigenvalues =  // ascending
+      torch::linalg_eigvalsh(torch::where(finite.unsqueeze(-1).unsqueeze(-1), gram, torch::eye(n, gram.options())));
+  const Tensor largest = eigenvalues.select(-1, n - 1).unsqueeze(-1);
+  const Tensor rounding = static_cast<double>(n) * std::numeric_limits<double>::epsilon() * largest;
+  const Tensor singular = torch::where(eigenvalues > rounding, eigenvalues, torch::zeros_like(eigenvalues)).sqrt();
+  const Tensor p = singular / singular.sum(-1, /*keepdim=*/true).clamp_min(std::numeric_limits<double>::min());
+  const Tensor rank = (-torch::xlogy(p, p).sum(-1)).exp();
+  return torch::where(finite, rank, torch::full_like(rank, std::numeric_limits<double>::quiet_NaN()));
+}
+
+Tensor frobenius_distance(const Tensor& H, const Tensor& reference) {
+  return (H.to(torch::kDouble) - reference.to(torch::kDouble)).square().sum({-2, -1}).sqrt();
+}
+
+Tensor coefficient_entropy(const Tensor& h) {
+  const Tensor a = h.to(torch::kDouble).abs();
+  const Tensor q = a / a.sum(-1, /*keepdim=*/true).clamp_min(std::numeric_limits<double>::min());
+  return -torch::xlogy(q, q).sum(-1);
 }
 
 Stat over_tokens(const Tensor& per_token) {
@@ -56,12 +91,24 @@ std::vector<SublayerDiagnostics> diagnose(const std::vector<SublayerRecord>& rec
     const Tensor& post = records[l].mix.H_post;
     d.pre_min = pre.min().item<double>(), d.pre_max = pre.max().item<double>();
     d.post_min = post.min().item<double>(), d.post_max = post.max().item<double>();
+    const Tensor& x = records[l].x;
+    const Tensor shares = stream_shares(x.reshape({-1, x.size(-2), x.size(-1)})).mean(0);
+    d.share_max = shares.max().item<double>(), d.share_min = shares.min().item<double>();
+    d.effective_rank = effective_rank(x).mean().item<double>();
+    const int64_t n = d.streams = H[l].size(-1);
+    const auto like = torch::TensorOptions().dtype(torch::kDouble);
+    const Tensor uniform = torch::full({n, n}, 1.0 / static_cast<double>(n), like);
+    d.identity_distance = frobenius_distance(H[l], torch::eye(n, like)).mean().item<double>();
+    d.uniform_distance = frobenius_distance(H[l], uniform).mean().item<double>();
+    d.pre_entropy = coefficient_entropy(pre).mean().item<double>();
+    d.post_entropy = coefficient_entropy(post).mean().item<double>();
     out.push_back(d);
   }
   return out;
 }
 
 std::vector<SublayerDiagnostics> probe(GPT& model, const Tensor& tokens) {
+  if (model->connections().empty()) return {};  // the plain residual: no coefficients to diagnose
   torch::NoGradGuard no_grad;
   std::vector<SublayerRecord> records;
   model->forward(tokens, &records);
@@ -96,6 +143,13 @@ std::string to_json(const std::vector<SublayerDiagnostics>& diagnostics) {
   column("pre_max", [](const D& d) { return d.pre_max; });
   column("post_min", [](const D& d) { return d.post_min; });
   column("post_max", [](const D& d) { return d.post_max; });
+  column("share_max", [](const D& d) { return d.share_max; });
+  column("share_min", [](const D& d) { return d.share_min; });
+  column("effective_rank", [](const D& d) { return d.effective_rank; });
+  column("h_res_to_identity", [](const D& d) { return d.identity_distance; });
+  column("h_res_to_uniform", [](const D& d) { return d.uniform_distance; });
+  column("pre_entropy", [](const D& d) { return d.pre_entropy; });
+  column("post_entropy", [](const D& d) { return d.post_entropy; });
   return j.dump();
 }
 
@@ -123,7 +177,79 @@ std::string table(const std::vector<SublayerDiagnostics>& diagnostics) {
     number(d.pre_min, 10), number(d.pre_max, 9), number(d.post_min, 10), number(d.post_max, 9);
     s << "\n";
   }
+  s << "\nstream use, means over probe tokens: each stream's share ||x_i||^2 / sum_j ||x_j||^2 of the input state\n"
+       "(largest and smallest over streams), the state's effective rank (1: one signal in n copies, n: n orthogonal\n"
+       "streams), the Frobenius distance of H_res from I and from J/n, the entropy (nats) of |H_pre| and |H_post|\n"
+       "normalised to sum to 1 (ln n: every stream weighted alike)\n\n";
+  s << std::left << std::setw(9) << "sublayer" << std::right;
+  for (const char* h : {"share max", "share min", "eff rank", "|H-I|", "|H-J/n|", "H_pre ent", "H_post ent"})
+    s << std::setw(11) << h;
+  s << "\n";
+  for (const auto& d : diagnostics) {
+    s << std::left << std::setw(9) << d.name << std::right;
+    for (double v : {d.share_max, d.share_min, d.effective_rank, d.identity_distance, d.uniform_distance, d.pre_entropy,
+                     d.post_entropy})
+      number(v, 11);
+    s << "\n";
+  }
   return s.str();
+}
+
+StreamSummary summarize_streams(const std::vector<SublayerDiagnostics>& diagnostics) {
+  StreamSummary summary;
+  if (diagnostics.empty()) return summary;
+  summary.streams = diagnostics.front().streams;
+  const size_t first = diagnostics.size() > 1 ? 1 : 0;
+  double rank = 0, share = 0;
+  for (size_t l = first; l < diagnostics.size(); ++l)
+    rank += diagnostics[l].effective_rank, share += diagnostics[l].share_max;
+  const double count = static_cast<double>(diagnostics.size() - first);
+  summary.effective_rank = rank / count, summary.largest_share = share / count;
+  return summary;
+}
+
+bool collapsed(const StreamSummary& summary, const CollapseThresholds& thresholds) {
+  return summary.streams > 1 && (summary.effective_rank < thresholds.rank || summary.largest_share > thresholds.share);
+}
+
+CollapseAlarm::CollapseAlarm(const CollapseThresholds& thresholds, int64_t streak)
+    : thresholds_(thresholds), streak_(streak) {}
+
+bool CollapseAlarm::observe(const StreamSummary& summary) {
+  last_ = summary;
+  streak_ = collapsed(summary, thresholds_) ? streak_ + 1 : 0;
+  return streak_ == thresholds_.after;
+}
+
+std::string CollapseAlarm::to_json() const {
+  return nlohmann::ordered_json{{"effective_rank", last_.effective_rank},
+                                {"largest_share", last_.largest_share},
+                                {"streak", streak_},
+                                {"alarm", firing()}}
+      .dump();
+}
+
+std::string CollapseAlarm::warning(int64_t step) const {
+  std::ostringstream s;
+  s << std::setprecision(3) << "warning: stream collapse at step " << step << ": ";
+  if (last_.effective_rank < thresholds_.rank)
+    s << "effective rank " << last_.effective_rank << " < " << thresholds_.rank
+      << (last_.largest_share > thresholds_.share ? " and " : "");
+  if (last_.largest_share > thresholds_.share)
+    s << "largest stream share " << last_.largest_share << " > " << thresholds_.share;
+  s << " for " << streak_ << " diagnostics in a row (means over sublayers, n = " << last_.streams
+    << "; metrics.jsonl \"collapse\")";
+  return s.str();
+}
+
+int64_t collapse_streak(const std::string& metrics_path) {
+  std::ifstream in(metrics_path);
+  int64_t streak = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_discarded() && j.contains("collapse")) streak = j["collapse"].value("streak", int64_t{0});
+  }
+  return streak;
 }
 
 std::vector<std::vector<double>> sinkhorn_errors(GPT& model, const std::vector<SublayerRecord>& records,
