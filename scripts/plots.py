@@ -1,9 +1,16 @@
 #!/usr/bin/python3
 """The plots of `mhc analyze` and `mhc compare`, drawn with matplotlib from the files they write.
 
-    plots.py analyze ANALYSIS_JSON OUT_DIR       gain_vs_depth.png, h_res_mean.png, sinkhorn_error.png
+    plots.py analyze ANALYSIS_JSON OUT_DIR       gain_vs_depth.png, h_res_mean.png, sinkhorn_error.png,
+                                                 streams.png
     plots.py compare OUT_DIR NAME=RUN_DIR ...    val_loss.png, grad_norm.png, gain_vs_depth.png,
-                                                 gain_over_steps.png (from each RUN_DIR/metrics.jsonl)
+                                                 gain_over_steps.png, streams_vs_depth.png,
+                                                 streams_over_steps.png (from each RUN_DIR/metrics.jsonl)
+    plots.py depth OUT_PNG NAME=RUN_DIR ...      the final composite gain vs the number of blocks, per
+                                                 variant (RUN_DIR/config.json gives both)
+
+Runs named VARIANT-seedS are seeds of one variant: drawn as their mean with a band for the spread,
+min–max below 3 seeds and mean ± the sample standard deviation from 3 (the rule of `mhc compare`).
 
 Run by the `mhc` tool with Debian's /usr/bin/python3 (python3-matplotlib); never from inside training.
 Each PNG is written to a temporary name and renamed, so a reader never sees half an image.
@@ -44,10 +51,10 @@ def variant_of(name):
     return name.rsplit("-seed", 1)[0]
 
 
-def style(name, seeds, markers=True):
-    color, marker, line = STYLES.get(variant_of(name), (None, "", "-"))
+def style(name, markers=True):
+    color, marker, line = STYLES.get(variant_of(name).split(" ")[0], (None, "", "-"))
     return {"color": color, "marker": marker if markers else "", "markersize": 3, "linestyle": line,
-            "alpha": 1.0 if seeds == 1 else 0.7, "linewidth": 1.4}
+            "linewidth": 1.4}
 
 
 def log_gain_axis(ax):
@@ -116,7 +123,6 @@ def analyze(analysis_path, out):
     save(fig, os.path.join(out, "gain_vs_depth.png"))
 
     mats = a["mean_h_res"]
-    n = len(mats[0])
     cols = min(8, L)
     rows = math.ceil(L / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.2, 1.6 * rows + 0.8), squeeze=False)
@@ -163,6 +169,45 @@ def analyze(analysis_path, out):
              "max(|row sum − 1|, |column sum − 1|), worst token")
     save(fig, os.path.join(out, "sinkhorn_error.png"))
 
+    if "effective_rank" in d:  # analysis.json written before the stream diagnostics has none
+        streams_vs_depth([(a["residual"], [d])], a["streams"], "stream use, means over probe tokens\n" + what,
+                         os.path.join(out, "streams.png"))
+
+
+# ---- stream diagnostics (analyze and compare) ------------------------------------------------------
+
+
+def streams_vs_depth(groups, n, title, path):
+    """Four panels against depth: effective rank, largest and smallest stream share, the distances of
+    H_res from I and J/n, the entropies of H_pre and H_post. groups: [(name, [diag of each seed])]."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
+    panels = (
+        (axes[0][0], (("effective_rank", ""),), "effective rank of the state entering the sublayer",
+         "effective rank (1: one signal, n: orthogonal streams)", [(1.0, "1"), (float(n), "n = %d" % n)]),
+        (axes[0][1], (("share_max", "largest"), ("share_min", "smallest")), "stream shares ||x_i||² / Σ ||x_j||²",
+         "share of the state's energy", [(1.0 / n, "1/n")]),
+        (axes[1][0], (("h_res_to_identity", "from I"), ("h_res_to_uniform", "from J/n")),
+         "Frobenius distance of H_res", "||H_res − reference||_F", [(0.0, ""), (math.sqrt(n - 1), "√(n−1)")]),
+        (axes[1][1], (("pre_entropy", "H_pre"), ("post_entropy", "H_post")), "entropy of |coefficients| normalised",
+         "entropy (nats)", [(0.0, ""), (math.log(n), "ln n")]),
+    )
+    for ax, keys, panel_title, ylabel, references in panels:
+        for name, diags in groups:
+            for k, (key, label) in enumerate(keys):
+                rows = [d[key] for d in diags if key in d]
+                if rows:
+                    band(ax, list(range(len(rows[0]))), rows, ("%s %s" % (name, label)).strip(),
+                         linestyle=("-", "--")[k], markers=k == 0)
+        for value, label in references:
+            ax.axhline(value, color="black", linewidth=0.6, linestyle=":")
+            if label:
+                ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), fontsize=7, ha="right",
+                            va="bottom")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        decorate(ax, panel_title, SUBLAYER_AXIS, ylabel)
+    fig.suptitle(title, fontsize=10)
+    save(fig, path)
+
 
 # ---- compare ---------------------------------------------------------------------------------------
 
@@ -178,49 +223,165 @@ def read_metrics(run_dir):
     return lines
 
 
+def spread(rows):
+    """Per position of equal-length rows (one per seed): mean, low, high — min to max for fewer than 3
+    rows, mean ± the sample standard deviation for 3 or more. Non-finite values are left out."""
+    mean, low, high = [], [], []
+    for column in zip(*rows):
+        values = finite(v for v in column if v is not None)
+        if not values:
+            mean.append(math.nan), low.append(math.nan), high.append(math.nan)
+            continue
+        m = math.fsum(values) / len(values)
+        if len(values) < 3:
+            lo, hi = min(values), max(values)
+        else:
+            std = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+            lo, hi = m - std, m + std
+        mean.append(m), low.append(lo), high.append(hi)
+    return mean, low, high
+
+
+def band(ax, x, rows, name, markers=True, linestyle=None):
+    """One run as a line, several seeds as their mean and a band for the spread."""
+    st = style(name, markers)
+    if linestyle:
+        st["linestyle"] = linestyle
+    if len(rows) == 1:
+        ax.plot(x, rows[0], label=name, **st)
+        return
+    mean, low, high = spread(rows)
+    what = "min–max" if len(rows) < 3 else "± std"
+    ax.plot(x, mean, label="%s (mean of %d seeds, band %s)" % (name, len(rows), what), **st)
+    ax.fill_between(x, low, high, color=st["color"], alpha=0.2, linewidth=0)
+
+
+def by_variant(metrics):
+    """{name: metrics} -> [(variant, [metrics of each seed])], in the order the runs were given."""
+    groups = {}
+    for name, m in metrics.items():
+        groups.setdefault(variant_of(name), []).append(m)
+    return list(groups.items())
+
+
+def over_steps(runs, value):
+    """The steps every seed logged value(line) at (not None), and each seed's values there."""
+    per_seed = [{j["step"]: value(j) for j in m if value(j) is not None} for m in runs]
+    steps = sorted(set.intersection(*(set(p) for p in per_seed)))
+    return steps, [[p[s] for s in steps] for p in per_seed]
+
+
+def last_diags(runs):
+    """Each seed's last diagnostics record, and the step of the first seed's; None without any."""
+    lasts = [[j for j in m if "diag" in j][-1:] for m in runs]
+    if not all(lasts):
+        return None, None
+    return [l[0]["diag"] for l in lasts], lasts[0][0]["step"]
+
+
+def has_streams(seeds):
+    diags, _ = last_diags(seeds)
+    return bool(diags) and all("effective_rank" in d for d in diags)
+
+
 def compare(out, runs):
-    metrics = {name: read_metrics(run_dir) for name, run_dir in runs}
-    seeds = max(sum(1 for n in metrics if variant_of(n) == variant_of(name)) for name in metrics)
+    groups = by_variant({name: read_metrics(run_dir) for name, run_dir in runs})
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, m in metrics.items():
-        points = [(j["step"], j["val_loss"]) for j in m if "val_loss" in j]
-        if points:
-            ax.plot(*zip(*points), label=name, **style(name, seeds))
-    decorate(ax, "validation loss", "step", "validation loss (nats)")
-    save(fig, os.path.join(out, "val_loss.png"))
+    def over_training(path, value, title, ylabel, log=False, markers=True):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for variant, seeds in groups:
+            steps, rows = over_steps(seeds, value)
+            if steps:
+                band(ax, steps, rows, variant, markers=markers)
+        if log:
+            ax.set_yscale("log")
+        decorate(ax, title, "step", ylabel)
+        save(fig, os.path.join(out, path))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, m in metrics.items():
-        points = [(j["step"], j["grad_norm"]) for j in m if j.get("grad_norm") is not None]
-        if points:
-            ax.plot(*zip(*points), label=name, **style(name, seeds, markers=False))
-    ax.set_yscale("log")
-    decorate(ax, "gradient norm", "step", "global L2 gradient norm before clipping (log scale)")
-    save(fig, os.path.join(out, "grad_norm.png"))
+    over_training("val_loss.png", lambda j: j.get("val_loss"), "validation loss", "validation loss (nats)")
+    over_training("grad_norm.png", lambda j: j.get("grad_norm"), "gradient norm",
+                  "global L2 gradient norm before clipping (log scale)", log=True, markers=False)
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
     for ax, key, title in ((axes[0], "fwd", "composite forward gain"), (axes[1], "bwd", "composite backward gain")):
-        for name, m in metrics.items():
-            diags = [j for j in m if "diag" in j]
+        for variant, seeds in groups:
+            diags, step = last_diags(seeds)
             if diags:
-                last = diags[-1]
-                ax.plot(last["diag"]["composite_%s_max" % key], label="%s (step %d)" % (name, last["step"]),
-                        **style(name, seeds))
+                rows = [d["composite_%s_max" % key] for d in diags]
+                band(ax, list(range(len(rows[0]))), rows, "%s (step %d)" % (variant, step))
             else:
-                ax.axhline(1.0, label="%s (identity: no H_res)" % name, **style(name, seeds, markers=False))
+                ax.axhline(1.0, label="%s (identity: no H_res)" % variant, **style(variant, markers=False))
         gain_axes(ax, "%s of P_l = H_res^(L-1)···H_res^(l)\nat the end of training, max over probe tokens" % title)
     save(fig, os.path.join(out, "gain_vs_depth.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
     for ax, key, title in ((axes[0], "fwd", "forward"), (axes[1], "bwd", "backward")):
-        for name, m in metrics.items():
-            points = [(j["step"], max(j["diag"]["composite_%s_max" % key])) for j in m if "diag" in j]
-            if points:
-                ax.plot(*zip(*points), label=name, **style(name, seeds))
+        for variant, seeds in groups:
+            steps, rows = over_steps(seeds, lambda j: max(j["diag"]["composite_%s_max" % key]) if "diag" in j else None)
+            if steps:
+                band(ax, steps, rows, variant)
         gain_axes(ax, "largest composite %s gain over depth,\nduring training" % title, "step",
                   "gain (ratio, log scale; max over sublayers and probe tokens)")
     save(fig, os.path.join(out, "gain_over_steps.png"))
+
+    # Stream use: the plain residual has one stream and no diagnostics; runs logged before the
+    # stream diagnostics existed have none either.
+    with_streams = [(v, seeds) for v, seeds in groups if has_streams(seeds)]
+    hyper = [config_of(d) for name, d in runs if variant_of(name) != "residual"]  # one --streams for all
+    n = hyper[0]["streams"] if hyper else 1
+    streams_vs_depth([(v, last_diags(seeds)[0]) for v, seeds in with_streams], n,
+                     "stream use at the end of training, means over probe tokens", os.path.join(out, "streams_vs_depth.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+    for ax, key, title, ylabel, setting in (
+            (axes[0], "effective_rank", "effective rank", "effective rank (mean over sublayers 1…L−1)", "collapse-rank"),
+            (axes[1], "largest_share", "largest stream share", "largest share (mean over sublayers 1…L−1)",
+             "collapse-share")):
+        for variant, seeds in with_streams:
+            steps, rows = over_steps(seeds, lambda j: j["collapse"][key] if "collapse" in j else None)
+            if steps:
+                band(ax, steps, rows, variant)
+        if hyper and setting in hyper[0]:  # run settings: the first run's stand for all
+            ax.axhline(hyper[0][setting], color="tab:red", linewidth=1, linestyle="--",
+                       label="collapse alarm threshold (--%s %g)" % (setting, hyper[0][setting]))
+        decorate(ax, "%s of the streams during training" % title, "step", ylabel)
+    save(fig, os.path.join(out, "streams_over_steps.png"))
+
+
+def config_of(run_dir):
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return json.load(f)
+
+
+# ---- depth ------------------------------------------------------------------------------------------
+
+
+def depth(path, runs):
+    """The largest composite gain over depth at the end of training, against the number of blocks."""
+    points = {}  # variant -> {blocks: [gain of each seed]}
+    for name, run_dir in runs:
+        config = config_of(run_dir)
+        diags = [j for j in read_metrics(run_dir) if "diag" in j]
+        gain = max(max(diags[-1]["diag"]["composite_fwd_max"]), max(diags[-1]["diag"]["composite_bwd_max"])) \
+            if diags else 1.0  # the plain residual: the identity
+        points.setdefault(config["residual"], {}).setdefault(config["layers"], []).append(gain)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for variant, by_blocks in points.items():
+        blocks = sorted(by_blocks)
+        mean, low, high = spread([[by_blocks[b][k] if k < len(by_blocks[b]) else None for b in blocks]
+                                  for k in range(max(len(v) for v in by_blocks.values()))])
+        seeds = "/".join(str(len(by_blocks[b])) for b in blocks)
+        st = style(variant)
+        ax.errorbar(blocks, mean, yerr=[[m - l for m, l in zip(mean, low)], [h - m for m, h in zip(mean, high)]],
+                    label="%s (seeds per depth: %s)" % (variant, seeds), capsize=3, **st)
+    gain_axes(ax, "largest composite gain at the end of training vs depth\n"
+              "max over sublayers, probe tokens, forward and backward; bars: the spread over seeds",
+              "transformer blocks (2 sublayers each; log scale)", "composite gain (ratio, log scale)")
+    ax.set_xscale("log", base=2)  # the sweep doubles the depth: equal steps
+    ax.set_xticks(sorted({b for v in points.values() for b in v}))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "%g" % v))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    save(fig, path)
 
 
 def main(argv):
@@ -228,6 +389,8 @@ def main(argv):
         analyze(argv[1], argv[2])
     elif len(argv) >= 3 and argv[0] == "compare":
         compare(argv[1], [tuple(a.split("=", 1)) for a in argv[2:]])
+    elif len(argv) >= 3 and argv[0] == "depth":
+        depth(argv[1], [tuple(a.split("=", 1)) for a in argv[2:]])
     else:
         sys.exit(__doc__)
 

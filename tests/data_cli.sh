@@ -96,14 +96,16 @@ if want analyze; then
     grep -Eq "^warning: [0-9]+ of [0-9]+ diagnostic values are not finite \(in .*diag.*\)" "$work/analyze.err" ||
     fail "analyze of overflowing weights: stderr: $(cat "$work/analyze.err")"
   pngs_valid() { /usr/bin/python3 "$src/tests/check_png.py" "$@"; }
-  pngs_valid "$work/analyze-1e30/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error}.png ||
+  pngs_valid "$work/analyze-1e30/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error,streams}.png ||
     fail "analyze of overflowing weights: missing or invalid plots"
-  # What is finite is kept: the single-layer gains of the sublayers before the overflow.
+  # What is finite is kept: the single-layer gains and the effective ranks of the sublayers before
+  # the overflow.
   /usr/bin/python3 -c '
 import json, math, sys
 a = json.load(open(sys.argv[1]))
-gains = a["diag"]["fwd_gain_max"]
-assert None in gains and any(g is not None and math.isfinite(g) for g in gains), gains
+for key in ("fwd_gain_max", "effective_rank"):
+    values = a["diag"][key]
+    assert None in values and any(v is not None and math.isfinite(v) for v in values), (key, values)
 ' "$work/analyze-1e30/analysis/analysis.json" || fail "analyze of overflowing weights: analysis.json"
 fi
 

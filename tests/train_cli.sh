@@ -117,16 +117,43 @@ if want diag; then
   diag_steps() { /usr/bin/python3 -c 'import json,sys; print(" ".join(str(j["step"]) for j in map(json.loads, open(sys.argv[1])) if "diag" in j))' "$1"; }
   [ "$(diag_steps "$work/diag/metrics.jsonl")" = "5 10 12" ] || fail "diag: diagnostics at steps '$(diag_steps "$work/diag/metrics.jsonl")', want '5 10 12'"
   [ -z "$(diag_steps "$work/nodiag/metrics.jsonl")" ] || fail "diag: --diag-every 0 still logged diagnostics"
+  # The collapse alarm: silent with its defaults on a healthy mHC run, even diagnosing every step;
+  # forced (every state has effective rank <= n = 4 < 5) it warns once, at the 3rd diagnostic in a
+  # row, and still changes no loss; a resumed run continues the streak it had.
+  "$mhc" train "${small[@]}" --steps 12 --diag-every 1 --out "$work/alarm-default" > "$work/alarm-default.log" 2>&1 ||
+    fail "diag: default alarm run: $(tail -1 "$work/alarm-default.log")"
+  ! grep -q "stream collapse" "$work/alarm-default.log" || fail "diag: the alarm fired on a default run: $(grep "stream collapse" "$work/alarm-default.log")"
+  forced=(--diag-every 1 --collapse-rank 5 --collapse-after 3)
+  "$mhc" train "${small[@]}" --steps 12 "${forced[@]}" --out "$work/alarm" > "$work/alarm.log" 2>&1 ||
+    fail "diag: forced alarm run: $(tail -1 "$work/alarm.log")"
+  [ "$(grep -c "^warning: stream collapse" "$work/alarm.log")" -eq 1 ] &&
+    grep -q "^warning: stream collapse at step 3: effective rank [0-9.]* < 5 for 3 diagnostics in a row" "$work/alarm.log" ||
+    fail "diag: forced alarm: $(grep -i collapse "$work/alarm.log")"
+  [ "$(losses "$work/nodiag/metrics.jsonl")" = "$(losses "$work/alarm/metrics.jsonl")" ] || fail "diag: the losses differ with the alarm on"
+  collapse() { /usr/bin/python3 -c 'import json,sys; print(" ".join("%d:%d" % (j["collapse"]["streak"], j["collapse"]["alarm"]) for j in map(json.loads, open(sys.argv[1])) if "collapse" in j))' "$1"; }
+  [ "$(collapse "$work/alarm/metrics.jsonl")" = "1:0 2:0 3:1 4:1 5:1 6:1 7:1 8:1 9:1 10:1 11:1 12:1" ] ||
+    fail "diag: forced alarm records: $(collapse "$work/alarm/metrics.jsonl")"
+  "$mhc" train "${small[@]}" --steps 12 "${forced[@]}" --stop-after 6 --out "$work/alarm-split" > /dev/null 2>&1 &&
+    "$mhc" train --resume "$work/alarm-split" --stop-after 0 > "$work/alarm-resume.log" 2>&1 || fail "diag: resumed alarm run failed"
+  [ "$(collapse "$work/alarm/metrics.jsonl")" = "$(collapse "$work/alarm-split/metrics.jsonl")" ] ||
+    fail "diag: a resumed run lost the streak: $(collapse "$work/alarm-split/metrics.jsonl")"
+  ! grep -q "stream collapse" "$work/alarm-resume.log" || fail "diag: the resumed run warned again"
 
   "$mhc" analyze --ckpt "$work/diag" > "$work/analyze.txt" 2>&1 || fail "analyze: $(tail -1 "$work/analyze.txt")"
   grep -q "^mlp 1 " "$work/analyze.txt" || fail "analyze: no row for sublayer 'mlp 1' in: $(cat "$work/analyze.txt")"
-  pngs_valid "$work/diag/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error}.png || fail "analyze: missing or invalid plots"
+  grep -q "^sublayer   share max  share min   eff rank" "$work/analyze.txt" || fail "analyze: no stream table in: $(cat "$work/analyze.txt")"
+  grep -q "^streams, means over sublayers 1..L-1: effective rank .*: not collapsed" "$work/analyze.txt" ||
+    fail "analyze: no collapse verdict in: $(cat "$work/analyze.txt")"
+  pngs_valid "$work/diag/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error,streams}.png || fail "analyze: missing or invalid plots"
   /usr/bin/python3 -c '
 import json, sys
 a = json.load(open(sys.argv[1]))
 assert a["diag"]["sublayer"] == ["attn 0", "mlp 0", "attn 1", "mlp 1"], a["diag"]["sublayer"]
 assert a["sinkhorn"]["iterations"] == [1, 2, 5, 10, 20, 50] and len(a["sinkhorn"]["error"]) == 4
 assert all(abs(g - 1) < 1e-4 for g in a["diag"]["composite_fwd_max"]), a["diag"]["composite_fwd_max"]
+# Sublayer 0 receives n copies of the embedding: one direction, equal shares.
+assert abs(a["diag"]["effective_rank"][0] - 1) < 1e-9 and abs(a["diag"]["share_max"][0] - 0.25) < 1e-9, a["diag"]
+assert all(1 <= r <= 4 for r in a["diag"]["effective_rank"]) and a["stream_summary"]["collapsed"] is False, a["stream_summary"]
 ' "$work/diag/analysis/analysis.json" || fail "analyze: analysis.json"
 
   "$mhc" train "${small[@]}" --steps 3 --residual residual --out "$work/plain" > /dev/null 2>&1 || fail "diag: residual run"
@@ -143,9 +170,14 @@ fi
 if want compare; then
   cmp_args=("${small[@]}" --steps 6 --eval-every 3 --diag-every 2 --out "$work/cmp")
   if "$mhc" compare "${cmp_args[@]}" > "$work/compare.log" 2>&1; then
-    [ "$(grep -cE '^\| (residual|hc|mhc|mhc-lite) \|' "$work/cmp/report.md")" -eq 4 ] || fail "compare: report rows: $(cat "$work/cmp/report.md")"
+    # One row per variant in the main table and in the stream table; one seed calls no difference.
+    [ "$(grep -cE '^\| (residual|hc|mhc|mhc-lite) \|' "$work/cmp/report.md")" -eq 8 ] || fail "compare: report rows: $(cat "$work/cmp/report.md")"
     grep -q "A \*\*loss spike\*\* is" "$work/cmp/report.md" || fail "compare: the report does not define a loss spike"
-    pngs_valid "$work/cmp/"{val_loss,grad_norm,gain_vs_depth,gain_over_steps}.png || fail "compare: missing or invalid plots"
+    grep -qE '^\| mhc \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| (never|from step [0-9]+) \|$' "$work/cmp/report.md" ||
+      fail "compare: no stream row for mhc: $(cat "$work/cmp/report.md")"
+    grep -q "with one seed there is no spread, so no difference is called" "$work/cmp/report.md" || fail "compare: one seed called differences"
+    pngs_valid "$work/cmp/"{val_loss,grad_norm,gain_vs_depth,gain_over_steps,streams_vs_depth,streams_over_steps}.png ||
+      fail "compare: missing or invalid plots"
     # mHC-lite's composite maps are doubly stochastic by construction: both gains 1 within 1e-4.
     /usr/bin/python3 -c '
 import json, sys
@@ -157,6 +189,27 @@ for key in ("composite_fwd_max", "composite_bwd_max"):
     [ "$(grep -c "reusing the finished run" "$work/compare2.log")" -eq 4 ] || fail "compare (again): finished runs were not reused"
   else
     fail "compare: $(tail -1 "$work/compare.log")"
+  fi
+  # Seeds: 2 give the mean and (min–max), 3 (two of them reused) the mean ± std; every run listed.
+  seeds_args=("${cmp_args[@]}" --residual residual,mhc --out "$work/cmp-seeds")
+  if "$mhc" compare "${seeds_args[@]}" --seeds 2 > "$work/seeds2.log" 2>&1; then
+    grep -qE '^\| mhc \| [0-9.]+ \([0-9.]+–[0-9.]+\) \|' "$work/cmp-seeds/report.md" || fail "compare --seeds 2: $(cat "$work/cmp-seeds/report.md")"
+  else
+    fail "compare --seeds 2: $(tail -1 "$work/seeds2.log")"
+  fi
+  if "$mhc" compare "${seeds_args[@]}" --seeds 3 > "$work/seeds3.log" 2>&1; then
+    [ "$(grep -c "reusing the finished run" "$work/seeds3.log")" -eq 4 ] || fail "compare --seeds 3: the 2 seeds' runs were not reused"
+    report=$work/cmp-seeds/report.md
+    grep -qE '^\| mhc \| [0-9.]+ ± [0-9.e+-]+ \|' "$report" || fail "compare --seeds 3: no mean ± std row: $(cat "$report")"
+    grep -qE '^\| mhc \| [+-][0-9.]+ \((\*\*difference\*\*|within the spread)\) \|' "$report" ||
+      fail "compare --seeds 3: no difference verdicts: $(cat "$report")"
+    for run in residual-seed1337 residual-seed1339 mhc-seed1338 mhc-seed1339; do
+      grep -q "^| $run |" "$report" || fail "compare --seeds 3: no row for $run"
+    done
+    pngs_valid "$work/cmp-seeds/"{val_loss,grad_norm,gain_vs_depth,gain_over_steps,streams_vs_depth,streams_over_steps}.png ||
+      fail "compare --seeds 3: missing or invalid plots"
+  else
+    fail "compare --seeds 3: $(tail -1 "$work/seeds3.log")"
   fi
   expect_error "mhc compare: --residual: unknown residual kind 'foo' \(accepted: residual, hc, mhc, mhc-lite\)" compare --residual mhc,foo
   expect_error "mhc compare: --residual lists 'hc' twice" compare --residual hc,mhc,hc

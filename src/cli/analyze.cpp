@@ -1,6 +1,6 @@
-// `mhc analyze`: the signal-gain diagnostics of one checkpoint on its run's fixed probe batch — a
-// per-sublayer table on stdout, analysis.json, and plots (composite gains vs depth, mean H_res per
-// sublayer, Sinkhorn–Knopp error vs iteration count).
+// `mhc analyze`: the diagnostics of one checkpoint on its run's fixed probe batch — per-sublayer
+// tables of the signal gains and the stream use on stdout, analysis.json, and plots (composite gains
+// vs depth, mean H_res per sublayer, Sinkhorn–Knopp error vs iteration count, stream use vs depth).
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -52,9 +52,9 @@ void report_non_finite(const nlohmann::ordered_json& report) {
 
 int analyze(const std::vector<std::string>& argv) {
   Args a("mhc analyze",
-         "Signal-gain diagnostics (DESIGN.md §5) of a checkpoint on its run's probe batch (the first validation\n"
-         "windows): per-sublayer table, <out>/analysis.json, and plots gain_vs_depth.png, h_res_mean.png,\n"
-         "sinkhorn_error.png.");
+         "Signal-gain and stream diagnostics (DESIGN.md §5, include/mhc/diag.h) of a checkpoint on its run's\n"
+         "probe batch (the first validation windows): per-sublayer tables, the collapse alarm's verdict,\n"
+         "<out>/analysis.json, and plots gain_vs_depth.png, h_res_mean.png, sinkhorn_error.png, streams.png.");
   declare_checkpoint_flag(a);
   a.flag("out", "", "where to write analysis.json and the plots (default: <run folder>/analysis)")
       .flag("probe-batch", "", "validation windows in the probe batch (default: the run's --diag-batch)")
@@ -90,7 +90,7 @@ int analyze(const std::vector<std::string>& argv) {
                                    {"sinkhorn_iters", config.sinkhorn_iters},
                                    {"probe_tokens", tokens.numel()},
                                    {"probe_loss", probe_loss}};
-  if (records.empty()) {
+  if (run.model->connections().empty()) {
     std::cout << "the plain residual has no H_res to analyse: its residual map is the identity (x + F(x)), so every\n"
                  "single-layer and composite gain is exactly 1 and there is no doubly-stochastic error\n";
     report_non_finite(report);
@@ -100,6 +100,17 @@ int analyze(const std::vector<std::string>& argv) {
   }
   const auto diagnostics = diag::diagnose(records);
   std::cout << diag::table(diagnostics);
+  // The alarm's test of this one diagnostic, with the run's thresholds (a run written before they
+  // existed gets the defaults).
+  const diag::CollapseThresholds thresholds{run.settings.real("collapse-rank", 0, 1e6),
+                                            run.settings.real("collapse-share", 0, 1),
+                                            run.settings.integer("collapse-after", 1, INT64_MAX)};
+  const diag::StreamSummary streams = diag::summarize_streams(diagnostics);
+  const bool collapsed = diag::collapsed(streams, thresholds);
+  std::cout << "\nstreams, means over sublayers 1..L-1: effective rank " << streams.effective_rank << ", largest share "
+            << streams.largest_share << " (n = " << streams.streams << "): "
+            << (collapsed ? "collapsed" : "not collapsed") << " by the alarm's thresholds (rank < " << thresholds.rank
+            << " or share > " << thresholds.share << ")\n";
 
   const std::vector<int64_t> iterations = {1, 2, 5, 10, 20, 50};
   nlohmann::json mean_h_res = nlohmann::json::array();
@@ -111,6 +122,11 @@ int analyze(const std::vector<std::string>& argv) {
     mean_h_res.push_back(rows);
   }
   report["diag"] = nlohmann::ordered_json::parse(diag::to_json(diagnostics));
+  report["stream_summary"] = {{"effective_rank", streams.effective_rank},
+                       {"largest_share", streams.largest_share},
+                       {"collapsed", collapsed},
+                       {"collapse_rank", thresholds.rank},
+                       {"collapse_share", thresholds.share}};
   report["mean_h_res"] = mean_h_res;
   report["sinkhorn"] = {{"iterations", iterations},
                         {"error", diag::sinkhorn_errors(run.model, records, iterations)}};
@@ -118,7 +134,8 @@ int analyze(const std::vector<std::string>& argv) {
   write_file_atomic(out + "/analysis.json", report.dump(1) + "\n");
   std::cout << "wrote " << out << "/analysis.json" << std::endl;
   run_plots({"analyze", out + "/analysis.json", out});
-  std::cout << "plots: " << out << "/gain_vs_depth.png, " << out << "/h_res_mean.png, " << out << "/sinkhorn_error.png\n";
+  std::cout << "plots: " << out << "/gain_vs_depth.png, " << out << "/h_res_mean.png, " << out << "/sinkhorn_error.png, "
+            << out << "/streams.png\n";
   return 0;
 }
 

@@ -73,6 +73,12 @@ const std::vector<SettingSpec>& setting_specs() {
       {"eval-batches", "8", "validation batches per evaluation (0: the whole split)", 'i', true},
       {"diag-every", "10", "signal-gain diagnostics into metrics.jsonl every N steps and at the end (0: never)", 'i', true},
       {"diag-batch", "4", "validation windows in the diagnostics' fixed probe batch", 'i', true},
+      {"collapse-rank", "1.2", "stream-collapse alarm: a diagnostic counts as collapsed when the streams' effective "
+       "rank (1 to n, mean over sublayers) is below this (0: never)", 'f', true},
+      {"collapse-share", "0.9", "... or when the largest stream's share of the state's energy (1/n to 1) is above this "
+       "(1: never)", 'f', true},
+      {"collapse-after", "5", "collapsed diagnostics in a row that fire the alarm: one warning line, \"alarm\": true "
+       "in metrics.jsonl", 'i', true},
       {"ckpt-every", "100", "checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)", 'i', true},
       {"keep", "2", "checkpoints kept (older ones are deleted)", 'i', true},
       {"stop-after", "0", "stop with a checkpoint after this step (0: run all --steps)", 'i', true},

@@ -345,6 +345,8 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   const std::vector<torch::Tensor> parameters = model->parameters();
   const bool has_connections = !model->connections().empty();  // the plain residual has nothing to diagnose
   const torch::Tensor probe = diag::probe_tokens(val_windows, diag_batch);
+  const diag::CollapseThresholds collapse{s.real("collapse-rank", 0, 1e6), s.real("collapse-share", 0, 1),
+                                          s.integer("collapse-after", 1, INT64_MAX)};
 
   // ---- Resume: the weights, AdamW and the RNG where the checkpoint left them ----
   int64_t step = state.step, position = state.data_position, bad_total = state.bad_steps;
@@ -359,6 +361,7 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     write_file_atomic(out + "/config.json", s.to_json());
     metrics = open_metrics(metrics_path, !resume_from.empty(), step);
   }
+  diag::CollapseAlarm collapse_alarm(collapse, leader ? diag::collapse_streak(metrics_path) : 0);
 
   const StopOnSignals stop_on_signals;
   if (leader)
@@ -407,8 +410,11 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     // No autograd and no randomness: the diagnostics cannot change the training that follows.
     if (diag_every > 0 && has_connections && (step % diag_every == 0 || step == last_step)) {
       const auto d0 = Clock::now();
-      line["diag"] = nlohmann::ordered_json::parse(diag::to_json(diag::probe(model, probe)));
+      const auto diagnostics = diag::probe(model, probe);
+      line["diag"] = nlohmann::ordered_json::parse(diag::to_json(diagnostics));
       line["diag_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - d0).count();
+      if (collapse_alarm.observe(diag::summarize_streams(diagnostics))) progress.note(collapse_alarm.warning(step));
+      line["collapse"] = nlohmann::ordered_json::parse(collapse_alarm.to_json());
     }
     append_metrics(metrics, metrics_path, line, step);
     const double eta = seconds_training / static_cast<double>(step - first_step) * static_cast<double>(last_step - step);
