@@ -1,21 +1,50 @@
 #!/usr/bin/env bash
 # Regenerates docs/stability/, the data of docs/stability.md (the stability experiment of DESIGN.md
-# §5): `mhc compare --preset deep` (24 blocks = 48 sublayers, C = 64, 300 steps; every variant) into
-# runs/stability — finished runs are reused, so re-running only redraws — then `mhc analyze` of the
-# hyper-connection runs, and copies the report, tables and plots. About 20 minutes on 2 cores.
+# §5, issue 21), into runs/stability:
+#   seeds/      `mhc compare --preset deep --seeds 3`: every variant, 24 blocks = 48 sublayers, C = 64,
+#               300 steps, seeds 1337-1339; the report gives each number's mean and spread
+#   depth-12/, depth-48/   the hyper-connection variants at 12 and 48 blocks of the same width, one seed
+#               (1337); the 24-block point is the seeds study's
+#   depth.png   the largest final composite gain vs depth, per variant, on one log axis
+#   analysis-*/ `mhc analyze` of each hyper-connection variant's seed-1337 run at 24 blocks
+# Finished runs are reused and interrupted ones resumed, so re-running only redraws. Estimated from
+# the single-seed study (13.5 minutes for 4 variants at 24 blocks on 2 cores): ~40 minutes for the
+# seeds, ~6 and ~25 minutes for 12 and 48 blocks (step time grows with depth), ~70 minutes in all.
 # Usage: scripts/stability.sh [path/to/mhc]
+# Environment, for a quick rehearsal on a small setting: STABILITY_FLAGS (flags added to every
+# compare, e.g. "--steps 4 --dim 16"), STABILITY_OUT (default runs/stability), STABILITY_DOCS
+# (default docs/stability), STABILITY_DEPTHS (default "12 48").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mhc=${1:-build/mhc}
-out=runs/stability
-docs=docs/stability
+out=${STABILITY_OUT:-runs/stability}
+docs=${STABILITY_DOCS:-docs/stability}
+read -r -a flags <<< "${STABILITY_FLAGS:-}"
+read -r -a depths <<< "${STABILITY_DEPTHS:-12 48}"
+hyper=(hc mhc mhc-lite)  # the variants with an H_res; the plain residual's gain is 1 at every depth
+seeds=3
+first_seed=1337
 
-"$mhc" compare --preset deep --out "$out"
+"$mhc" compare --preset deep --seeds "$seeds" --seed "$first_seed" "${flags[@]}" --out "$out/seeds"
+depth_runs=()
+for variant in "${hyper[@]}"; do
+  for k in $(seq 0 $((seeds - 1))); do depth_runs+=("$variant-seed$((first_seed + k))=$out/seeds/$variant-seed$((first_seed + k))"); done
+done
+for blocks in "${depths[@]}"; do
+  "$mhc" compare --preset deep --layers "$blocks" --residual "$(IFS=,; echo "${hyper[*]}")" --seed "$first_seed" \
+    "${flags[@]}" --out "$out/depth-$blocks"
+  for variant in "${hyper[@]}"; do depth_runs+=("$variant=$out/depth-$blocks/$variant"); done
+done
+"${MHC_PYTHON:-/usr/bin/python3}" scripts/plots.py depth "$out/depth.png" "${depth_runs[@]}"
+
 mkdir -p "$docs"
-cp "$out/report.md" "$out"/*.png "$docs/"
-# Each variant's table; the plots that say something (HC's drift, mHC's Sinkhorn error, the mean maps).
-for variant in hc mhc mhc-lite; do
-  "$mhc" analyze --ckpt "$out/$variant" --out "$out/analysis-$variant" > "$docs/analyze-$variant.txt"
+cp "$out/seeds/report.md" "$out/seeds"/*.png "$out/depth.png" "$docs/"
+for blocks in "${depths[@]}"; do cp "$out/depth-$blocks/report.md" "$docs/report-depth-$blocks.md"; done
+# Each variant's tables; the plots that say something (HC's drift, mHC's Sinkhorn error, the mean
+# maps, the streams).
+for variant in "${hyper[@]}"; do
+  "$mhc" analyze --ckpt "$out/seeds/$variant-seed$first_seed" --out "$out/analysis-$variant" > "$docs/analyze-$variant.txt"
+  cp "$out/analysis-$variant/streams.png" "$docs/analyze-$variant-streams.png"
 done
 cp "$out/analysis-hc/gain_vs_depth.png" "$docs/analyze-hc-gain_vs_depth.png"
 cp "$out/analysis-hc/h_res_mean.png" "$docs/analyze-hc-h_res_mean.png"
