@@ -139,4 +139,15 @@ inline void expect_close_fp64(const Outputs& fused64, const Outputs& ref64, cons
   }
 }
 
+// What f throws (its what()), or "(no error)": for comparing one-line error messages exactly.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
 }  // namespace mhc::test

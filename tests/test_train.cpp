@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "helpers.h"
 #include "mhc/files.h"
 #include "mhc/train.h"
 
@@ -27,16 +28,6 @@ std::string scratch(const std::string& name) {
 }
 
 void write(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 TEST(Corpus, BrownTagsAreStrippedAndPunctuationAttached) {
   const std::string tagged =

@@ -38,6 +38,14 @@ if want resume; then
   a=$(losses "$work/straight/metrics.jsonl") b=$(losses "$work/split/metrics.jsonl")
   [ -n "$a" ] && [ "$a" = "$b" ] || fail "resume is not exact: straight [$a] vs split [$b]"
   [ "$(echo "$a" | wc -w)" -eq 40 ] || fail "straight run logged $(echo "$a" | wc -w) steps, want 40"
+  # Recomputation is a run setting: started with none, resumed with streams, or blocks throughout,
+  # the losses are the straight run's, bit for bit.
+  "$mhc" train "${small[@]}" --steps 40 --stop-after 20 --out "$work/split-streams" > /dev/null 2>&1 || fail "first half (none) failed"
+  "$mhc" train --resume "$work/split-streams" --recompute streams --recompute-every 2 --stop-after 0 > "$work/resume-streams.log" 2>&1 ||
+    fail "resume with --recompute streams failed: $(tail -1 "$work/resume-streams.log")"
+  "$mhc" train "${small[@]}" --steps 40 --recompute blocks --out "$work/blocks" > /dev/null 2>&1 || fail "--recompute blocks run failed"
+  [ "$(losses "$work/split-streams/metrics.jsonl")" = "$a" ] || fail "none resumed with streams differs from the straight run"
+  [ "$(losses "$work/blocks/metrics.jsonl")" = "$a" ] || fail "--recompute blocks differs from the straight run"
   # A resumed run may not change what was trained.
   err=$("$mhc" train --resume "$work/split" --residual hc --dim 64 2>&1 >/dev/null)
   echo "$err" | grep -q "^error: mhc train: --resume $work/split contradicts the checkpoint: residual (checkpoint mhc, given hc), dim (checkpoint 32, given 64)$" ||
@@ -274,6 +282,10 @@ if want errors; then
   expect_error "unknown residual kind 'sinkhorn'" train "${small[@]}" --residual sinkhorn
   expect_error "mhc train: unknown --preset 'huge' \(accepted: deep, small, tiny\)" train --preset huge
   expect_error "--lr must be a number in \[0, 1e\+30\], got 'fast'" train "${small[@]}" --lr fast
+  expect_error "--recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)" train "${small[@]}" --recompute fast
+  for every in 0 -1; do
+    expect_error "--recompute-every must be a whole number in \[1, [0-9]+\], got '$every' \(accepted: auto or a whole number >= 1\)" train "${small[@]}" --recompute-every "$every"
+  done
   if [ "$(id -u)" -ne 0 ]; then  # root writes anywhere
     expect_error "output folder $work/readonly/run is not writable" train "${small[@]}" --out "$work/readonly/run"
   fi

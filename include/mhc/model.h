@@ -15,13 +15,6 @@
 
 namespace mhc {
 
-// One sublayer's connection input x [B, T, n, C] and coefficients, as GPT::forward records them for
-// the diagnostics (mhc/diag.h).
-struct SublayerRecord {
-  torch::Tensor x;
-  PreOutput mix;
-};
-
 struct GPTConfig {
   int64_t vocab = 4096;
   int64_t dim = 128;
@@ -36,6 +29,9 @@ struct GPTConfig {
   // activations with bf16 copies of their weights; parameters, their gradients, the norms'
   // statistics, the softmax, the connections' coefficients and the loss stay float32).
   torch::ScalarType dtype = torch::kFloat;
+  // What the backward pass recomputes instead of keeping (mhc/recompute.h). It changes memory and
+  // time, never a result.
+  RecomputeOptions recompute = {};
   // Throws std::invalid_argument naming the first bad value and what is accepted.
   void check() const;
   // SwiGLU's hidden width: 8/3·dim (same parameter count as a 4·dim GELU MLP), rounded up to 32.
@@ -76,11 +72,11 @@ class MLPImpl : public torch::nn::Module {
 TORCH_MODULE(MLP);
 
 // One block: attention and MLP sublayers, each with its connection (none for the plain residual).
+// GPT::forward runs the blocks' sublayers as one stack (forward_stack), so that recomputation groups
+// may span blocks.
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const GPTConfig& config, int64_t index);
-  // x [B, T, n, C] -> [B, T, n, C]; appends its two sublayers to `record` when given.
-  torch::Tensor forward(const torch::Tensor& x, std::vector<SublayerRecord>* record = nullptr);
   Attention attention{nullptr};
   MLP mlp{nullptr};
   HyperConnection attention_connection{nullptr}, mlp_connection{nullptr};
@@ -97,6 +93,9 @@ class GPTImpl : public torch::nn::Module {
   // Mean cross-entropy of next-token prediction, in nats.
   torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& targets);
   const GPTConfig& config() const { return config_; }
+  // The recomputation policy is a run setting: it changes memory and time, never a result, so a
+  // model may switch it between steps (a resumed run, `mhc bench memory`).
+  void set_recompute(const RecomputeOptions& recompute);
   // The sublayers' connections in depth order (attention of block 0, MLP of block 0, …); empty for
   // the plain residual.
   std::vector<HyperConnection> connections() const;

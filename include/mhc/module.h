@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include "mhc/ops.h"
+#include "mhc/recompute.h"
 #include "mhc/variant.h"
 
 namespace mhc {
@@ -70,6 +71,40 @@ class HyperConnectionImpl : public torch::nn::Module {
   HyperConnectionOptions options_;
 };
 TORCH_MODULE(HyperConnection);
+
+// A sublayer F: h [..., C] -> y [..., C].
+using Sublayer = std::function<torch::Tensor(const torch::Tensor&)>;
+
+// One sublayer's connection input x [..., n, C] and the coefficients pre(x) made, as a stack
+// records them for the diagnostics (mhc/diag.h).
+struct SublayerRecord {
+  torch::Tensor x;
+  PreOutput mix;
+};
+
+// x_{l+1} = connections[l]->forward(x_l, sublayers[l]) for l = 0 … L−1, with the recomputation
+// policy of mhc/recompute.h applied to groups of group_size(recompute, n, L) sublayers. With no
+// connections it is the plain residual x_{l+1} = x_l + F_l(x_l) on x [..., 1, C], with no op at
+// all (`streams` then has nothing to free and is a no-op; `blocks` still checkpoints). With
+// `record`, every sublayer's input and coefficients are appended to it and nothing is recomputed:
+// the record holds the states.
+torch::Tensor forward_stack(const std::vector<HyperConnection>& connections, const std::vector<Sublayer>& sublayers,
+                            const torch::Tensor& x, const RecomputeOptions& recompute = {},
+                            std::vector<SublayerRecord>* record = nullptr);
+
+// L sublayers' connections as one module (children "0" … "L−1", connection l built with
+// sublayer_index l), for models that keep their sublayers elsewhere:
+//
+//     auto stack = mhc::HyperConnectionStack(mhc::HyperConnectionOptions(mhc::Kind::mhc, 4, 512), 2 * blocks);
+//     x = stack->forward(x, {attention_0, mlp_0, attention_1, …}, {mhc::Recompute::streams});
+class HyperConnectionStackImpl : public torch::nn::Module {
+ public:
+  HyperConnectionStackImpl(const HyperConnectionOptions& options, int64_t sublayers);
+  torch::Tensor forward(const torch::Tensor& x, const std::vector<Sublayer>& sublayers,
+                        const RecomputeOptions& recompute = {}, std::vector<SublayerRecord>* record = nullptr);
+  std::vector<HyperConnection> connections;
+};
+TORCH_MODULE(HyperConnectionStack);
 
 // [..., C] -> [..., n, C]: n copies (the model's x_0). [..., n, C] -> [..., C]: the sum of streams.
 torch::Tensor expand_streams(const torch::Tensor& e, int64_t n);

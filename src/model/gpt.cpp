@@ -50,6 +50,8 @@ void GPTConfig::check() const {
   check_streams(residual, streams);
   if (dtype != torch::kFloat && dtype != torch::kBFloat16)
     bad(std::string("activation dtype ") + c10::toString(dtype) + " is not supported (accepted: float32, bfloat16)");
+  if (recompute.every < 0)
+    bad("recompute every " + std::to_string(recompute.every) + " sublayers: accepted are 0 (auto) or at least 1");
   if (sinkhorn_iters < 0 || sinkhorn_iters > kMaxSinkhornIters)
     bad("--sinkhorn-iters must be in [0, " + std::to_string(kMaxSinkhornIters) + "], got " +
         std::to_string(sinkhorn_iters));
@@ -124,20 +126,6 @@ BlockImpl::BlockImpl(const GPTConfig& c, int64_t index) {
   mlp_connection = register_module("mlp_hc", HyperConnection(options(2 * index + 1)));
 }
 
-Tensor BlockImpl::forward(const Tensor& x, std::vector<SublayerRecord>* record) {
-  const auto attend = [&](const Tensor& h) { return attention(h); };
-  const auto transform = [&](const Tensor& h) { return mlp(h); };
-  if (!attention_connection) {  // plain residual: x is [B, T, 1, C]
-    const Tensor y = x + attend(x.squeeze(-2)).unsqueeze(-2);
-    return y + transform(y.squeeze(-2)).unsqueeze(-2);
-  }
-  SublayerRecord attention_step{x, {}}, mlp_step;
-  mlp_step.x = attention_connection->forward(x, attend, record ? &attention_step.mix : nullptr);
-  const Tensor out = mlp_connection->forward(mlp_step.x, transform, record ? &mlp_step.mix : nullptr);
-  if (record) record->push_back(attention_step), record->push_back(mlp_step);
-  return out;
-}
-
 GPTImpl::GPTImpl(const GPTConfig& config) : config_(config) {
   config_.check();
   embed_ = register_module("embed", torch::nn::Embedding(config.vocab, config.dim));
@@ -154,6 +142,13 @@ GPTImpl::GPTImpl(const GPTConfig& config) : config_(config) {
   head_ = register_module("head", linear(config.dim, config.vocab, kInitStd));
 }
 
+void GPTImpl::set_recompute(const RecomputeOptions& recompute) {
+  GPTConfig c = config_;
+  c.recompute = recompute;
+  c.check();
+  config_ = c;
+}
+
 std::vector<HyperConnection> GPTImpl::connections() const {
   std::vector<HyperConnection> out;
   for (const auto& b : blocks_)
@@ -165,8 +160,12 @@ Tensor GPTImpl::forward(const Tensor& tokens, std::vector<SublayerRecord>* recor
   TORCH_CHECK_VALUE(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len, "GPT: tokens must be [B, T] with T <= ",
                     config_.seq_len, ", got ", tokens.sizes());
   const Tensor e = embed_(tokens.to(embed_->weight.device())).to(config_.dtype);
-  Tensor x = expand_streams(e, config_.streams);  // [B, T, n, C]
-  for (auto& block : blocks_) x = block->forward(x, record);
+  std::vector<Sublayer> sublayers;  // attention of block 0, MLP of block 0, …
+  for (const auto& block : blocks_) {
+    sublayers.push_back([attention = block->attention](const Tensor& h) mutable { return attention->forward(h); });
+    sublayers.push_back([mlp = block->mlp](const Tensor& h) mutable { return mlp->forward(h); });
+  }
+  const Tensor x = forward_stack(connections(), sublayers, expand_streams(e, config_.streams), config_.recompute, record);
   return project(head_, final_norm_(reduce_streams(x)));
 }
 

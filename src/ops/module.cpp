@@ -1,6 +1,7 @@
 // HyperConnection module: parameters, DESIGN.md §2 initialisation, and the pre/post front end.
 #include "mhc/module.h"
 
+#include <optional>
 #include <stdexcept>
 
 namespace mhc {
@@ -104,6 +105,76 @@ Tensor HyperConnectionImpl::forward(const Tensor& x, const std::function<Tensor(
   const PreOutput mix = pre(x);
   if (mix_out) *mix_out = mix;
   return post(x, sublayer(mix.h), mix);
+}
+
+namespace {
+
+// One sublayer update and, for `streams`, what its group's discard needs.
+Tensor sublayer_step(HyperConnection connection, const Sublayer& F, const Tensor& x, PreOutput* mix_out,
+                     Tensor* y_out) {
+  if (!connection) return x + F(x.squeeze(-2)).unsqueeze(-2);  // plain residual: x is [..., 1, C]
+  const PreOutput mix = connection->pre(x);
+  const Tensor y = F(mix.h);
+  if (mix_out) *mix_out = mix;
+  if (y_out) *y_out = y;
+  return connection->post(x, y, mix);
+}
+
+}  // namespace
+
+Tensor forward_stack(const std::vector<HyperConnection>& connections, const std::vector<Sublayer>& sublayers,
+                     const Tensor& x_in, const RecomputeOptions& recompute, std::vector<SublayerRecord>* record) {
+  const int64_t L = static_cast<int64_t>(sublayers.size());
+  TORCH_CHECK_VALUE(connections.empty() || static_cast<int64_t>(connections.size()) == L,
+                    "forward_stack: ", connections.size(), " connections for ", L,
+                    " sublayers (accepted: one per sublayer, or none for the plain residual)");
+  TORCH_CHECK_VALUE(x_in.dim() >= 2, "forward_stack: x must be [..., n, C], got ", x_in.sizes());
+  auto connection = [&](int64_t l) { return connections.empty() ? HyperConnection(nullptr) : connections[l]; };
+  const int64_t every = group_size(recompute, x_in.size(-2), L);
+  Tensor x = x_in;
+  if (recompute.mode == Recompute::blocks && !record) {
+    for (int64_t start = 0; start < L; start += every) {
+      // The backward pass runs the segment again: it owns copies of what it calls.
+      std::vector<HyperConnection> group_connections;
+      for (int64_t l = start; l < std::min(L, start + every); ++l) group_connections.push_back(connection(l));
+      const std::vector<Sublayer> group(sublayers.begin() + start, sublayers.begin() + start + group_connections.size());
+      x = checkpoint(
+          [group_connections, group](const Tensor& in) {
+            Tensor h = in;
+            for (size_t l = 0; l < group.size(); ++l) h = sublayer_step(group_connections[l], group[l], h, nullptr, nullptr);
+            return h;
+          },
+          x);
+    }
+    return x;
+  }
+  const bool discard = recompute.mode == Recompute::streams && !connections.empty() && !record;
+  std::optional<StreamGroup> group;
+  for (int64_t l = 0; l < L; ++l) {
+    if (discard && l % every == 0) group.emplace(x, connection(l)->options().use_reference());
+    PreOutput mix;
+    Tensor y;
+    const Tensor next = sublayer_step(connection(l), sublayers[l], x, (discard || record) ? &mix : nullptr,
+                                      discard ? &y : nullptr);
+    if (record) record->push_back({x, mix});
+    if (group) group->add(next, y, mix.H_post, mix.H_res);
+    x = next;
+  }
+  return x;
+}
+
+HyperConnectionStackImpl::HyperConnectionStackImpl(const HyperConnectionOptions& options, int64_t sublayers) {
+  TORCH_CHECK_VALUE(sublayers >= 1, "HyperConnectionStack: need at least 1 sublayer, got ", sublayers);
+  for (int64_t l = 0; l < sublayers; ++l)
+    connections.push_back(
+        register_module(std::to_string(l), HyperConnection(HyperConnectionOptions(options).sublayer_index(l))));
+}
+
+Tensor HyperConnectionStackImpl::forward(const Tensor& x, const std::vector<Sublayer>& sublayers,
+                                         const RecomputeOptions& recompute, std::vector<SublayerRecord>* record) {
+  TORCH_CHECK_VALUE(sublayers.size() == connections.size(), "HyperConnectionStack: ", sublayers.size(),
+                    " sublayers given to a stack of ", connections.size());
+  return forward_stack(connections, sublayers, x, recompute, record);
 }
 
 Tensor expand_streams(const Tensor& e, int64_t n) {

@@ -69,6 +69,10 @@ const std::vector<SettingSpec>& setting_specs() {
       {"data-dir", "data", "where the corpus is installed and token caches are kept", 's', true},
       {"device", "cpu", "where the model trains: cpu, cuda, cuda:N", 's', true},
       {"threads", std::to_string(default_threads()), "CPU threads", 'i', true},
+      {"recompute", "none", "what the backward pass rebuilds instead of keeping: none; streams (the connections' "
+       "n-stream states, F not re-run; a no-op for the plain residual); blocks (whole groups of sublayers, F included)", 's', true},
+      {"recompute-every", "auto", "L_r, sublayers per recomputed group: auto (streams: the stack in equal groups of at "
+       "most 12; blocks: round(sqrt(n·L/(n+2))), L sublayers) or a whole number >= 1", 's', true},
       {"eval-every", "50", "validation every N steps (0: only at the end)", 'i', true},
       {"eval-batches", "8", "validation batches per evaluation (0: the whole split)", 'i', true},
       {"diag-every", "10", "signal-gain diagnostics into metrics.jsonl every N steps and at the end (0: never)", 'i', true},
@@ -159,6 +163,13 @@ GPTConfig Settings::model_config(int64_t vocab) const {
   c.heads = integer("heads", 1, 1 << 12);
   c.seq_len = integer("seq-len", 1, 1 << 20);
   c.dtype = parse_dtype(str("dtype"));
+  c.recompute.mode = parse_recompute(str("recompute"));
+  const std::string& every = str("recompute-every");
+  try {
+    c.recompute.every = every == "auto" ? 0 : parse_integer("--recompute-every", every, 1, 1 << 20);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string(e.what()) + " (accepted: auto or a whole number >= 1)");
+  }
   c.check();
   return c;
 }

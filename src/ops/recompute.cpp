@@ -1,0 +1,210 @@
+// The two recomputation policies of mhc/recompute.h: `streams` (free a group's inner n-stream
+// states after the forward pass, rebuild them with the fused post op before the backward pass) and
+// `blocks` (reentrant activation checkpointing of a whole segment).
+#include "mhc/recompute.h"
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <stdexcept>
+
+#include "mhc/ops.h"
+
+namespace mhc {
+
+using torch::Tensor;
+
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::none;
+  if (name == "streams") return Recompute::streams;
+  if (name == "blocks") return Recompute::blocks;
+  throw std::invalid_argument("--recompute '" + name + "' is not a recomputation policy (accepted: none, streams, blocks)");
+}
+
+const char* recompute_name(Recompute mode) {
+  switch (mode) {
+    case Recompute::none: return "none";
+    case Recompute::streams: return "streams";
+    case Recompute::blocks: return "blocks";
+  }
+  return "?";
+}
+
+int64_t auto_group_size(Recompute mode, int64_t streams, int64_t sublayers) {
+  const int64_t L = std::max<int64_t>(sublayers, 1);
+  if (mode == Recompute::streams) {
+    const int64_t groups = (L + kMaxAutoStreamGroup - 1) / kMaxAutoStreamGroup;
+    return (L + groups - 1) / groups;
+  }
+  const double n = static_cast<double>(streams);
+  return std::clamp<int64_t>(std::llround(std::sqrt(n * static_cast<double>(L) / (n + 2))), 1, L);
+}
+
+int64_t group_size(const RecomputeOptions& options, int64_t streams, int64_t sublayers) {
+  if (options.every < 0) throw std::invalid_argument("--recompute-every must be auto or at least 1, got " + std::to_string(options.every));
+  if (options.every == 0) return auto_group_size(options.mode, streams, sublayers);
+  return std::min(options.every, std::max<int64_t>(sublayers, 1));
+}
+
+namespace {
+
+// ----------------------------------------------------------------------------------- streams
+// A state's data, released or adopted in place: every view of the storage (the tensors pre and post
+// saved) sees the change.
+void release_data(const Tensor& t) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  s->set_data_ptr_noswap(c10::DataPtr(nullptr, s->device()));
+  s->set_nbytes(0);
+}
+
+// Moves `fresh`'s data (same size, contiguous, owning its storage) into `t`'s storage.
+void adopt_data(const Tensor& t, const Tensor& fresh) {
+  c10::StorageImpl* from = fresh.storage().unsafeGetStorageImpl();
+  const size_t bytes = from->nbytes();
+  c10::StorageImpl* to = t.storage().unsafeGetStorageImpl();
+  to->set_data_ptr_noswap(from->set_data_ptr(c10::DataPtr(nullptr, from->device())));
+  to->set_nbytes(bytes);
+}
+
+bool owns_its_storage(const Tensor& t) {
+  return t.is_contiguous() && t.storage_offset() == 0 &&
+         t.storage().nbytes() == static_cast<size_t>(t.numel()) * t.element_size();
+}
+
+}  // namespace
+
+// What one group keeps to rebuild its freed states, shared by the hooks on its states. Every tensor
+// is a detached alias (no graph edges, so no reference cycle through the hooks), dropped as soon as
+// the backward pass is past the sublayers that need it.
+//
+// A freed state is rebuilt just before the backward pass reaches the sublayer that reads it, from
+// the group's input, and the states in between are temporaries: at most two rebuilt states are
+// alive at a time, so the transient memory does not grow with the group (rebuilding the whole group
+// at once, as the paper does, holds k − 1 of them at the start of the group's backward pass, when
+// nothing of the sublayers' own activations has been freed yet). The price is k·(k − 1)/2 re-runs
+// of post per group instead of k − 1; post is the cheapest op of a sublayer.
+struct FreedStates {
+  Tensor start;                           // x_{l0}
+  std::vector<Tensor> freed;              // freed[i] = x_{l0+1+i}, its data released until rebuilt
+  std::vector<Tensor> ys, H_post, H_res;  // post j's inputs, which make x_{l0+1+j} from x_{l0+j}
+  bool use_reference = false;
+
+  Tensor post(size_t j, const Tensor& x) const {
+    const int64_t n = x.size(-2), C = x.size(-1);
+    const Tensor flat = x.reshape({-1, n, C}), y = ys[j].reshape({-1, C}), hp = H_post[j].reshape({-1, n}),
+                 hr = H_res[j].reshape({-1, n, n});
+    return use_reference ? reference::post(flat, y, hp, hr) : mhc::post(flat, y, hp, hr);
+  }
+
+  // Called when the gradient of x_{l0+m} (m ≥ 2) is complete, so its readers (sublayer l0+m's pre
+  // and post) are done, and just before sublayer l0+m−1's post reads x_{l0+m−1}.
+  void reached(size_t m) {
+    if (m - 1 < freed.size()) freed[m - 1] = Tensor();
+    ys[m - 1] = H_post[m - 1] = H_res[m - 1] = Tensor();
+    Tensor& target = freed[m - 2];
+    if (target.defined() && target.storage().nbytes() == 0) {  // not rebuilt yet (a second backward finds it kept)
+      torch::NoGradGuard no_grad;
+      Tensor x = start;
+      for (size_t j = 0; j + 2 <= m; ++j) x = post(j, x);
+      adopt_data(target, x);
+    }
+    if (m == 2) *this = FreedStates{};  // the group is done
+  }
+};
+
+StreamGroup::StreamGroup(const Tensor& start, bool use_reference)
+    : freed_(std::make_shared<FreedStates>()), last_(start), active_(torch::GradMode::is_enabled()) {
+  freed_->start = start.detach();
+  freed_->use_reference = use_reference;
+}
+
+void StreamGroup::add(const Tensor& x_next, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  const Tensor& start = freed_->start;
+  TORCH_CHECK_VALUE(x_next.sizes() == start.sizes() && y.dim() == start.dim() - 1 && H_post.dim() == y.dim() &&
+                        H_res.dim() == start.dim(),
+                    "mhc.StreamGroup.add: need x_next of the group's shape ", start.sizes(), ", y [..., C], H_post [..., n] "
+                    "and H_res [..., n, n], got ", x_next.sizes(), ", ", y.sizes(), ", ", H_post.sizes(), ", ", H_res.sizes());
+  active_ = active_ && x_next.requires_grad();
+  if (!active_) return;  // no backward pass will come: nothing to free
+  const size_t m = freed_->ys.size() + 1;  // x_next is x_{l0+m}
+  if (m >= 2) {                           // the previous state is an inner one, consumed by now
+    TORCH_CHECK_VALUE(owns_its_storage(last_), "mhc.StreamGroup.add: state ", m - 1,
+                      " must own its storage, as post returns it (got a view of shape ", last_.sizes(), ")");
+    freed_->freed.push_back(last_.detach());
+    release_data(last_);
+    x_next.register_hook([freed = freed_, m](const Tensor&) {
+      if (!freed->ys.empty()) freed->reached(m);
+    });
+  }
+  freed_->ys.push_back(y.detach()), freed_->H_post.push_back(H_post.detach()), freed_->H_res.push_back(H_res.detach());
+  last_ = x_next;
+}
+
+// ------------------------------------------------------------------------------------ blocks
+namespace {
+
+using torch::autograd::variable_list;
+
+// The backward of checkpoint(): re-runs the segment with a graph and differentiates it.
+struct CheckpointBackward : torch::autograd::Node {
+  CheckpointBackward(std::function<Tensor(const Tensor&)> segment, Tensor input)
+      : segment(std::move(segment)), input(std::move(input)) {}
+
+  variable_list apply(variable_list&& grads) override {
+    TORCH_CHECK(segment, "mhc.checkpoint: the segment's backward ran already and its input was released "
+                         "(use retain_graph=True to run backward twice)");
+    if (!grads[0].defined()) return {Tensor()};
+    const Tensor x = input.detach().requires_grad_(input.requires_grad());
+    Tensor out;
+    {
+      torch::AutoGradMode with_graph(true);
+      out = segment(x);
+    }
+    // Accumulates the segment's parameter gradients, and x's.
+    torch::autograd::backward({out}, {grads[0]});
+    return {x.requires_grad() ? x.grad() : Tensor()};
+  }
+
+  // Called by the engine once the outer graph is not retained.
+  void release_variables() override { segment = nullptr, input = Tensor(); }
+
+  std::string name() const override { return "mhc::CheckpointBackward"; }
+
+  std::function<Tensor(const Tensor&)> segment;
+  Tensor input;  // the segment's input, kept in place of its activations
+};
+
+}  // namespace
+
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& segment, const Tensor& x) {
+  if (!torch::GradMode::is_enabled()) return segment(x);
+  Tensor out;
+  {
+    torch::NoGradGuard no_graph;
+    out = segment(x);
+  }
+  auto node = std::shared_ptr<CheckpointBackward>(new CheckpointBackward(segment, x), torch::autograd::deleteNode);
+  node->set_next_edges(torch::autograd::collect_next_edges(x));
+  torch::autograd::set_history(out, node);
+  return out;
+}
+
+}  // namespace mhc
+
+// The `streams` group and the group size, for the Python package's stack (python/mhc/modules.py).
+TORCH_LIBRARY_FRAGMENT(mhc, m) {
+  m.def("recompute_group_size(str recompute, int streams, int sublayers, int every=0) -> int",
+        [](c10::string_view recompute, int64_t streams, int64_t sublayers, int64_t every) {
+          try {
+            return mhc::group_size({mhc::parse_recompute(std::string(recompute)), every}, streams, sublayers);
+          } catch (const std::invalid_argument& e) {
+            TORCH_CHECK_VALUE(false, e.what());
+          }
+        });
+  m.class_<mhc::StreamGroup>("StreamGroup")
+      .def(torch::init<at::Tensor>())
+      .def("add", &mhc::StreamGroup::add);
+}
