@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates docs/benchmarks.md (on stdout) on this machine from `mhc bench train`, `mhc bench layer`,
-# python/bench.py, bench_kernels and scripts/bench_dist.sh:
+# Regenerates docs/benchmarks.md (on stdout) on this machine from `mhc bench train`, `mhc bench memory`,
+# `mhc bench layer`, python/bench.py, bench_kernels and scripts/bench_dist.sh:
 #   bash scripts/benchmarks.sh build/mhc > docs/benchmarks.md      (or: make bench-docs)
 set -euo pipefail
 mhc=${1:-build/mhc}
@@ -24,6 +24,29 @@ inside the connection's ops (pre, post and their backward halves), timed by the 
 
 HEADER
 "$mhc" bench train --preset small --reps 9 --threads "$threads" --markdown
+
+cat <<SECTION
+
+## Activation memory of a training step, and what recomputation gives back
+
+\`$(basename "$mhc") bench memory --preset small --reps 5 --threads $threads --markdown\`
+
+Peak bytes of live CPU tensors during one training step, counted by an allocator installed over
+LibTorch's (include/mhc/live_bytes.h; not RSS), minus the bytes live when the step began (weights,
+gradients, AdamW's moments): what the forward pass keeps for the backward pass, and the backward
+pass's transients. "stream MiB" is that minus the plain residual's under the same policy (\`none\`
+for \`streams\`, which leaves the plain residual unchanged). The two predictions are DESIGN.md §6
+(the paper's Eq. 20): what stays from the forward to the backward pass (resident), and that plus
+the paper's transient for rebuilding a whole group at once. This library rebuilds each state just
+before the backward pass reads it (include/mhc/recompute.h), holding two at a time, so the
+\`streams\` rows meet the resident term; the few MiB above it are the connections' coefficients,
+which Eq. 20 leaves out. \`blocks\` (F recomputed too) is there for comparison; its prediction
+leaves out the n-stream gradients of the group being rerun. Times are medians of interleaved steps
+and carry this host's noise of a few percent (the plain residual's \`streams\` row changes nothing
+and shows it).
+
+SECTION
+"$mhc" bench memory --preset small --reps 5 --threads "$threads" --markdown
 
 cat <<HEADER
 

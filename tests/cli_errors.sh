@@ -22,7 +22,9 @@ expect_error() {  # expect_error REGEX ARGS...
 }
 
 expect_error "mhc: unknown command 'trian' \(accepted: train, sample, eval, analyze, compare, launch, bench\)" trian
-expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train\)" bench layers
+expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train, memory\)" bench layers
+expect_error "--recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)" bench memory --recompute none,fast
+expect_error "mhc bench memory: unknown --preset 'huge' \(accepted: deep, small, tiny\)" bench memory --preset huge
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --kind, .*--json" bench layer --widht 8
 expect_error "unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite\)" bench layer --kind mhc,sinkhorn
 expect_error "--tokens must be a whole number in \[1, [0-9]+\], got 'many'" bench layer --tokens many

@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "bench_common.h"
+#include "bench_model.h"
 #include "commands.h"
 #include "mhc/train.h"
 
@@ -15,54 +16,28 @@ namespace mhc::cli {
 
 int bench_train(const std::vector<std::string>& argv) {
   Args a("mhc bench train", "Training step time of each residual variant at one preset, as ratios to plain residual.");
-  a.flag("preset", "small", "model and batch settings (see mhc train --help)")
-      .flag("residual", "residual,hc,mhc,mhc-lite", "variants, comma-separated")
-      .flag("streams", "4", "n for the hyper-connection variants")
-      .flag("threads", std::to_string(train::default_threads()), "CPU threads")
-      .flag("warmup", "1", "untimed steps per variant first")
-      .flag("reps", "5", "timed steps per variant (median reported)")
-      .toggle("markdown", "a Markdown table (for docs/benchmarks.md)")
-      .toggle("json", "one JSON object per variant instead of a table");
+  declare_model_bench_flags(a, "5", "the median is reported");
   if (!a.parse(argv)) return 0;
-  if (a.on("json") && a.on("markdown")) throw std::invalid_argument("mhc bench train: choose one of --json, --markdown");
-  const auto preset = train::presets().find(a.str("preset"));
-  if (preset == train::presets().end()) throw std::invalid_argument("mhc bench train: unknown --preset '" + a.str("preset") + "'");
-  train::Settings s;
-  for (const auto& spec : train::setting_specs()) s.values[spec.name] = spec.default_value;
-  for (const auto& [k, v] : preset->second) s.values[k] = v;
+  const train::Settings s = model_bench_settings(a);
   const int threads = static_cast<int>(a.integer("threads", 1, 1024));
   const int warmup = static_cast<int>(a.integer("warmup", 0, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
-  const int64_t vocab = s.integer("vocab", 2, 1 << 20), batch = s.integer("batch", 1, 1 << 20);
+  const int64_t batch = s.integer("batch", 1, 1 << 20);
   torch::set_num_threads(threads);
 
   struct Variant {
-    std::string name;
-    GPT model{nullptr};
-    std::unique_ptr<train::AdamW> optimizer;
-    std::vector<torch::Tensor> parameters;
+    BenchModel bench;
     std::vector<double> seconds, op_seconds;  // whole steps; inside the connection's ops
   };
   std::vector<Variant> variants;
-  for (const auto& name : a.list("residual")) {
-    s.values["residual"] = name;
-    s.values["streams"] = parse_kind(name) == Kind::residual ? "1" : a.str("streams");
-    torch::manual_seed(0);
-    Variant v{name, GPT(s.model_config(vocab)), nullptr, {}, {}, {}};
-    std::vector<std::pair<std::string, torch::Tensor>> named;
-    for (auto& p : v.model->named_parameters()) named.emplace_back(p.key(), p.value());
-    v.optimizer = std::make_unique<train::AdamW>(named, train::AdamW::Options{});
-    v.parameters = v.model->parameters();
-    variants.push_back(std::move(v));
-  }
-  const GPTConfig& c = variants.front().model->config();
-  const torch::Tensor tokens = torch::randint(vocab, {batch, c.seq_len + 1}, torch::kLong);
-  const torch::Tensor x = tokens.slice(1, 0, c.seq_len), y = tokens.slice(1, 1);
+  for (const auto& name : a.list("residual")) variants.push_back({BenchModel(s, name, a.str("streams")), {}, {}});
+  const GPTConfig& c = variants.front().bench.model->config();
+  const torch::Tensor tokens = random_tokens(s);
   op_clock::enable(true);
   for (int rep = 0; rep < warmup + reps; ++rep)
     for (auto& v : variants) {
       op_clock::reset();
       const auto t0 = Clock::now();
-      train::train_step(*v.optimizer, v.parameters, [&] { return v.model->loss(x, y); }, 1, 1.0, 1e-4);
+      v.bench.step(tokens);
       if (rep >= warmup) v.seconds.push_back(seconds_since(t0)), v.op_seconds.push_back(op_clock::seconds());
     }
   op_clock::enable(false);
@@ -75,7 +50,7 @@ int bench_train(const std::vector<std::string>& argv) {
   if (!json)
     std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ", " << threads << " threads. Preset " << a.str("preset")
               << ": " << c.layers << " blocks, C = " << c.dim << ", " << batch << " x " << c.seq_len
-              << " tokens per step, vocab " << vocab << "; median of " << reps << " steps, variants interleaved.\n"
+              << " tokens per step, vocab " << c.vocab << "; median of " << reps << " steps, variants interleaved.\n"
               << (md ? "\n| variant | n | median step ms | fastest step ms | tokens/s (median) | median ratio | fastest ratio |"
                        " in the connection's ops |\n|---|---|---|---|---|---|---|---|\n"
                      : "variant      n  median ms  fastest ms   tokens/s  median ratio  fastest ratio  connection ops\n");
@@ -87,18 +62,18 @@ int bench_train(const std::vector<std::string>& argv) {
     std::ostringstream line;
     line << std::fixed;
     if (json)
-      line << std::setprecision(6) << "{\"variant\": \"" << v.name << "\", \"streams\": " << v.model->config().streams
+      line << std::setprecision(6) << "{\"variant\": \"" << v.bench.residual << "\", \"streams\": " << v.bench.model->config().streams
            << ", \"preset\": \"" << a.str("preset") << "\", \"threads\": " << threads << ", \"reps\": " << reps
            << ", \"median_step_ms\": " << m * 1e3 << ", \"fastest_step_ms\": " << f * 1e3
            << ", \"tokens_per_s\": " << batch * c.seq_len / m << ", \"median_ratio\": " << m / base
            << ", \"fastest_ratio\": " << f / base_fastest << ", \"connection_ops_ms\": " << median(v.op_seconds) * 1e3
            << ", \"connection_share\": " << share << "}";
     else if (md)
-      line << "| " << v.name << " | " << v.model->config().streams << " | " << std::setprecision(1) << m * 1e3 << " | "
+      line << "| " << v.bench.residual << " | " << v.bench.model->config().streams << " | " << std::setprecision(1) << m * 1e3 << " | "
            << f * 1e3 << " | " << std::setprecision(0) << batch * c.seq_len / m << " | " << std::setprecision(3) << m / base
            << "x | " << f / base_fastest << "x | " << std::setprecision(1) << 100 * share << "% |";
     else
-      line << std::left << std::setw(10) << v.name << std::right << std::setw(4) << v.model->config().streams
+      line << std::left << std::setw(10) << v.bench.residual << std::right << std::setw(4) << v.bench.model->config().streams
            << std::setprecision(1) << std::setw(11) << m * 1e3 << std::setw(12) << f * 1e3 << std::setprecision(0)
            << std::setw(11) << batch * c.seq_len / m << std::setprecision(3) << std::setw(13) << m / base << "x"
            << std::setw(14) << f / base_fastest << "x" << std::setprecision(1) << std::setw(15) << 100 * share << "%";

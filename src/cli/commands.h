@@ -12,6 +12,7 @@ int compare(const std::vector<std::string>& argv);
 int launch(const std::vector<std::string>& argv);
 int bench_layer(const std::vector<std::string>& argv);
 int bench_train(const std::vector<std::string>& argv);
+int bench_memory(const std::vector<std::string>& argv);
 int train(const std::vector<std::string>& argv);
 int sample(const std::vector<std::string>& argv);
 int eval(const std::vector<std::string>& argv);

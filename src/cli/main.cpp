@@ -33,6 +33,7 @@ const char* kUsage =
     "  launch        run a command as N local ranks of a data-parallel job (mhc launch --nproc 2 -- train)\n"
     "  bench layer   time one sublayer's fused ops against the plain-LibTorch reference\n"
     "  bench train   training step time of every variant, as ratios to the plain residual\n"
+    "  bench memory  peak activation bytes of a training step per variant and recomputation policy\n"
     "\n"
     "Run `mhc COMMAND --help` for the flags of a command.\n";
 
@@ -57,8 +58,9 @@ extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** 
     if (args[0] == "bench") {
       if (args.size() >= 2 && args[1] == "layer") return mhc::cli::bench_layer({args.begin() + 2, args.end()});
       if (args.size() >= 2 && args[1] == "train") return mhc::cli::bench_train({args.begin() + 2, args.end()});
+      if (args.size() >= 2 && args[1] == "memory") return mhc::cli::bench_memory({args.begin() + 2, args.end()});
       throw std::invalid_argument("mhc bench: unknown benchmark '" + (args.size() >= 2 ? args[1] : "") +
-                                  "' (accepted: layer, train)");
+                                  "' (accepted: layer, train, memory)");
     }
     throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: train, sample, eval, analyze, compare, launch, bench)");
   } catch (const std::invalid_argument& e) {

@@ -1,0 +1,60 @@
+// The preset models that the training benchmarks step (see bench_model.h).
+#include "bench_model.h"
+
+#include <stdexcept>
+
+namespace mhc::cli {
+
+train::Settings preset_settings(const std::string& command, const std::string& preset) {
+  const auto found = train::presets().find(preset);
+  if (found == train::presets().end()) {
+    std::string accepted;
+    for (const auto& [name, values] : train::presets()) accepted += (accepted.empty() ? "" : ", ") + name;
+    throw std::invalid_argument(command + ": unknown --preset '" + preset + "' (accepted: " + accepted + ")");
+  }
+  train::Settings s;
+  for (const auto& spec : train::setting_specs()) s.values[spec.name] = spec.default_value;
+  for (const auto& [k, v] : found->second) s.values[k] = v;
+  return s;
+}
+
+BenchModel::BenchModel(train::Settings s, const std::string& residual_name, const std::string& streams)
+    : residual(residual_name) {
+  s.values["residual"] = residual_name;
+  s.values["streams"] = parse_kind(residual_name) == Kind::residual ? "1" : streams;
+  torch::manual_seed(0);
+  model = GPT(s.model_config(s.integer("vocab", 2, 1 << 20)));
+  std::vector<std::pair<std::string, torch::Tensor>> named;
+  for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
+  optimizer = std::make_unique<train::AdamW>(named, train::AdamW::Options{});
+  parameters = model->parameters();
+}
+
+void BenchModel::step(const torch::Tensor& tokens) {
+  const int64_t T = tokens.size(1) - 1;
+  const torch::Tensor x = tokens.slice(1, 0, T), y = tokens.slice(1, 1);
+  train::train_step(*optimizer, parameters, [&] { return model->loss(x, y); }, 1, 1.0, 1e-4);
+}
+
+void declare_model_bench_flags(Args& a, const std::string& reps, const std::string& reps_help) {
+  a.flag("preset", "small", "model and batch settings (see mhc train --help)")
+      .flag("residual", "residual,hc,mhc,mhc-lite", "variants, comma-separated (the first is the baseline)")
+      .flag("streams", "4", "n for the hyper-connection variants")
+      .flag("threads", std::to_string(train::default_threads()), "CPU threads")
+      .flag("warmup", "1", "untimed steps per configuration first")
+      .flag("reps", reps, "measured steps per configuration (" + reps_help + ")")
+      .toggle("markdown", "a Markdown table (for docs/benchmarks.md)")
+      .toggle("json", "one JSON object per configuration instead of a table");
+}
+
+train::Settings model_bench_settings(const Args& a) {
+  if (a.on("json") && a.on("markdown")) throw std::invalid_argument(a.command() + ": choose one of --json, --markdown");
+  return preset_settings(a.command(), a.str("preset"));
+}
+
+torch::Tensor random_tokens(const train::Settings& s) {
+  return torch::randint(s.integer("vocab", 2, 1 << 20), {s.integer("batch", 1, 1 << 20), s.integer("seq-len", 1, 1 << 20) + 1},
+                        torch::kLong);
+}
+
+}  // namespace mhc::cli
