@@ -6,6 +6,9 @@
     x = hc(x, attention)                           # pre -> attention -> post
     out = mhc.reduce_streams(x)                    # [..., C]
 
+mhc.HyperConnectionStack wraps L consecutive sublayers and can rebuild their n-stream states in the
+backward pass instead of keeping them (recompute="streams"), for the memory.
+
 The ops themselves are torch.ops.mhc.pre / torch.ops.mhc.post (see include/mhc/ops.h).
 """
 from . import _library
@@ -13,10 +16,11 @@ from . import _library
 library_path = _library.load()
 
 from ._fake import register_fake_implementations  # noqa: E402  (needs the ops loaded)
-from .modules import HyperConnection, Mix, expand_streams, reduce_streams  # noqa: E402
+from .modules import RECOMPUTE, HyperConnection, HyperConnectionStack, Mix, expand_streams, reduce_streams  # noqa: E402
 
 register_fake_implementations()
 
 KINDS = ("residual", "hc", "mhc", "mhc-lite")
 
-__all__ = ["HyperConnection", "Mix", "expand_streams", "reduce_streams", "KINDS", "library_path"]
+__all__ = ["HyperConnection", "HyperConnectionStack", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams", "KINDS",
+           "library_path"]

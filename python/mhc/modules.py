@@ -10,9 +10,10 @@ Parameters (the names and layouts a checkpoint holds; see include/mhc/variant.h)
     alpha [A]     hc: [s_alpha, s_beta]; mhc/mhc-lite: [alpha_pre, alpha_post, alpha_res]
 The plain residual has none. vec(x) is the token's n×C state flattened stream-major.
 """
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 
@@ -82,6 +83,69 @@ class HyperConnection(nn.Module):
     def forward(self, x: Tensor, branch: Callable[[Tensor], Tensor]) -> Tensor:
         h, mix = self.pre(x)
         return self.post(x, branch(h), mix)
+
+
+RECOMPUTE = ("none", "streams", "blocks")
+
+
+class HyperConnectionStack(nn.Module):
+    """The connections of L consecutive sublayers, run as one stack so that the backward pass can
+    rebuild what the forward pass did not keep (include/mhc/recompute.h, DESIGN.md §6):
+
+        recompute="none"     every n-stream state stays saved for the backward pass;
+        recompute="streams"  of each group of `recompute_every` sublayers only the group's input
+                             state stays (with each y and the coefficients); the inner states are
+                             freed and rebuilt by the fused post op when the backward pass needs
+                             them. F is not re-run. A no-op for kind "residual";
+        recompute="blocks"   whole groups, F included, are re-run in the backward pass
+                             (torch.utils.checkpoint).
+
+    All three give bit-identical values and gradients. recompute_every=None (auto) is, for
+    "streams", the whole stack in the fewest equal groups of at most 12 sublayers, and for "blocks"
+    round(sqrt(n·L/(n+2))) (include/mhc/recompute.h says why). Sublayer l's connection is built
+    with sublayer_index=l.
+    """
+
+    def __init__(self, kind: str, streams: int, dim: int, sublayers: int, sinkhorn_iters: int = 20,
+                 stream_logit: float = 1.0, res_off_logit: float = -8.0):
+        super().__init__()
+        if sublayers < 1:
+            raise ValueError(f"HyperConnectionStack: need at least 1 sublayer, got {sublayers}")
+        self.kind, self.streams = kind, streams
+        self.connections = nn.ModuleList(
+            HyperConnection(kind, streams, dim, l, sinkhorn_iters, stream_logit, res_off_logit) for l in range(sublayers))
+
+    def forward(self, x: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]], recompute: str = "none",
+                recompute_every: Optional[int] = None) -> Tensor:
+        """x [..., n, C]; sublayers[l] maps [..., C] -> [..., C] -> x after the stack, [..., n, C]."""
+        L = len(self.connections)
+        if len(sublayers) != L:
+            raise ValueError(f"HyperConnectionStack: {len(sublayers)} sublayers given to a stack of {L}")
+        if recompute not in RECOMPUTE:
+            raise ValueError(f"recompute {recompute!r} is not a recomputation policy (accepted: {', '.join(RECOMPUTE)})")
+        if recompute_every is not None and recompute_every < 1:
+            raise ValueError(f"recompute_every must be None (auto) or at least 1, got {recompute_every}")
+        every = torch.ops.mhc.recompute_group_size(recompute, self.streams, L, recompute_every or 0)
+        if recompute == "blocks" and torch.is_grad_enabled():
+            for start in range(0, L, every):
+                x = torch.utils.checkpoint.checkpoint(self._run, x, sublayers, start, min(L, start + every),
+                                                      use_reentrant=False)
+            return x
+        if recompute == "none" or self.kind == "residual" or not torch.is_grad_enabled():
+            return self._run(x, sublayers, 0, L)
+        for l, (connection, F) in enumerate(zip(self.connections, sublayers)):
+            if l % every == 0:
+                group = torch.classes.mhc.StreamGroup(x)
+            h, mix = connection.pre(x)
+            y = F(h)
+            x = connection.post(x, y, mix)
+            group.add(x, y, mix.H_post, mix.H_res)  # frees the previous state, unless it is the group's input
+        return x
+
+    def _run(self, x: Tensor, sublayers, start: int, stop: int) -> Tensor:
+        for l in range(start, stop):
+            x = self.connections[l](x, sublayers[l])
+        return x
 
 
 def expand_streams(e: Tensor, streams: int) -> Tensor:

@@ -217,11 +217,75 @@ def test_toy_model_trains():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_readme_example_runs():
+def make_stack(kind, n, C=16, L=5):
+    torch.manual_seed(0)
+    stack = mhc.HyperConnectionStack(kind, n, C, L)
+    with torch.no_grad():  # coefficients away from their initial values: every entry matters
+        for p in stack.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    mlps = [torch.nn.Sequential(torch.nn.Linear(C, 2 * C), torch.nn.GELU(), torch.nn.Linear(2 * C, C)) for _ in range(L)]
+    return stack, mlps, torch.randn(3, 7, n, C)
+
+
+def storage_of(t):
+    return t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()
+
+
+@pytest.mark.parametrize("kind,n", [("residual", 1), ("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
+def test_stack_recompute_is_bit_identical(kind, n):
+    stack, mlps, x0 = make_stack(kind, n)
+    params = list(stack.parameters()) + [p for m in mlps for p in m.parameters()]
+
+    def run(recompute, every):
+        for p in params:
+            p.grad = None
+        x = x0.clone().requires_grad_()
+        out = stack(x, mlps, recompute, every)
+        out.square().sum().backward()
+        return [out.detach(), x.grad] + [p.grad for p in params]
+
+    reference = run("none", None)
+    for recompute in ("streams", "blocks"):
+        for every in (None, 1, 2, 5):
+            got = run(recompute, every)
+            assert all(torch.equal(a, b) for a, b in zip(reference, got)), (recompute, every)
+
+
+def test_stack_streams_frees_the_inner_states_until_backward():
+    stack, mlps, x0 = make_stack("mhc", 4)
+    x = x0.clone().requires_grad_()
+    saved = []  # every tensor the graph saves
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = stack(x, mlps, "streams", 5)
+    state_shape = x0.reshape(-1, 4, 16).shape
+    states = {storage_of(t)._cdata: t for t in saved if t.shape == state_shape}  # x_0 … x_4, saved by pre and post
+    freed = [t for t in states.values() if storage_of(t).nbytes() == 0]
+    assert len(states) == 5 and len(freed) == 4  # only the group's input x_0 keeps its data
+    out.square().sum().backward()
+    assert all(storage_of(t).nbytes() > 0 for t in freed)  # rebuilt by the backward pass
+
+
+def test_stack_bad_input_is_a_one_line_error():
+    stack, mlps, x0 = make_stack("mhc", 4)
+    with pytest.raises(ValueError, match=r"recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)"):
+        stack(x0, mlps, "fast")
+    with pytest.raises(ValueError, match=r"recompute_every must be None \(auto\) or at least 1, got 0"):
+        stack(x0, mlps, "streams", 0)
+    with pytest.raises(ValueError, match=r"4 sublayers given to a stack of 5"):
+        stack(x0, mlps[:4])
+
+
+def test_readme_examples_run():
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert len(blocks) == 1 and len(blocks[0].strip().splitlines()) <= 10
-    exec(compile(blocks[0], "README.md", "exec"), {})
+    assert len(blocks) == 2 and all(len(b.strip().splitlines()) <= 10 for b in blocks)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
 
 
 def test_library_for_another_torch_is_refused(tmp_path):
