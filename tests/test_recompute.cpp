@@ -179,6 +179,33 @@ TEST(Recompute, BlocksRefuseASecondBackwardPassOfAReleasedGraph) {
   EXPECT_NE(error_of([&] { loss.backward(); }).find("retain_graph"), std::string::npos);
 }
 
+TEST(Recompute, BlocksRefuseWhatAReentrantCheckpointCannotDo) {
+  Stack stack(Kind::mhc, 8, 4, 8, 2);
+  Tensor loss = stack.forward({Recompute::blocks, 2});
+  EXPECT_NE(error_of([&] { torch::autograd::grad({loss}, {stack.x}); }).find("works with backward() only"),
+            std::string::npos);
+  loss = stack.forward({Recompute::blocks, 2});
+  EXPECT_NE(error_of([&] { loss.backward({}, true, /*create_graph=*/true); }).find("does not support create_graph"),
+            std::string::npos);
+  // Its input changed in place after the forward pass: the version check refuses the recomputation.
+  const Tensor x = stack.x.detach().clone().requires_grad_();
+  Tensor x2 = x * 1;
+  loss = stack.connections->forward(x2, stack.sublayers(), {Recompute::blocks, 2}).sum();
+  {
+    torch::NoGradGuard no_grad;
+    x2.add_(1);
+  }
+  EXPECT_NE(error_of([&] { loss.backward(); }).find("modified by an inplace operation"), std::string::npos);
+}
+
+TEST(Recompute, BlocksWithNothingToTrainIsNoError) {
+  Stack stack(Kind::mhc, 8, 4, 8, 2);
+  for (Tensor t : stack.leaves()) t.requires_grad_(false);
+  const Tensor head = torch::ones({8}, torch::requires_grad());  // trained after the stack only
+  (stack.connections->forward(stack.x, stack.sublayers(), {Recompute::blocks, 1}).sum(-2) * head).sum().backward();
+  EXPECT_TRUE(head.grad().defined());
+}
+
 TEST(Recompute, WithoutGradModeNothingIsFreedOrRecorded) {
   const Stack stack(Kind::mhc, 16, 4, 8, 4);
   Tensor none, streams, blocks;

@@ -70,14 +70,15 @@ int64_t group_size(const RecomputeOptions& options, int64_t streams, int64_t sub
 // H_res [..., n, n]. Freed states are rebuilt from x_{l0} by hooks on the next state's gradient,
 // just before the backward pass reads them: at most two rebuilt states are alive at a time, for
 // k·(k − 1)/2 re-runs of post per group (recompute.cpp says why). With grad mode off, or a state
-// not requiring grad, it frees nothing: no backward pass will come. `use_reference` rebuilds with
-// reference::post, for connections that run the reference. The Python package's stack uses it as
+// not requiring grad, it frees nothing: no backward pass will come; nor under saved-tensor hooks.
+// `use_reference` says that this post ran reference::post, so the rebuild does too. The Python package's stack uses it as
 // torch.classes.mhc.StreamGroup (the fused rebuild).
 struct FreedStates;
 class StreamGroup : public torch::CustomClassHolder {
  public:
-  explicit StreamGroup(const torch::Tensor& start, bool use_reference = false);
-  void add(const torch::Tensor& x_next, const torch::Tensor& y, const torch::Tensor& H_post, const torch::Tensor& H_res);
+  explicit StreamGroup(const torch::Tensor& start);
+  void add(const torch::Tensor& x_next, const torch::Tensor& y, const torch::Tensor& H_post, const torch::Tensor& H_res,
+           bool use_reference = false);
 
  private:
   std::shared_ptr<FreedStates> freed_;  // shared with the hooks
@@ -87,8 +88,11 @@ class StreamGroup : public torch::CustomClassHolder {
 
 // The `blocks` policy: segment(x) run without a graph in the forward pass and again, with one, in
 // the backward pass (F included), then differentiated. Parameters used inside the segment get their
-// gradients accumulated by that inner backward, as with PyTorch's reentrant checkpoint; the segment
-// must be deterministic. With grad mode off it is segment(x).
+// gradients accumulated by that inner backward, as with PyTorch's reentrant checkpoint, so the
+// backward pass must be a plain backward(): torch::autograd::grad, backward(inputs) and
+// create_graph are refused with one line. The segment must be deterministic, and x is not to be
+// changed in place before the backward pass (a version check says so). With grad mode off it is
+// segment(x).
 torch::Tensor checkpoint(const std::function<torch::Tensor(const torch::Tensor&)>& segment, const torch::Tensor& x);
 
 }  // namespace mhc

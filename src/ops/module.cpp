@@ -151,13 +151,13 @@ Tensor forward_stack(const std::vector<HyperConnection>& connections, const std:
   const bool discard = recompute.mode == Recompute::streams && !connections.empty() && !record;
   std::optional<StreamGroup> group;
   for (int64_t l = 0; l < L; ++l) {
-    if (discard && l % every == 0) group.emplace(x, connection(l)->options().use_reference());
+    if (discard && l % every == 0) group.emplace(x);
     PreOutput mix;
     Tensor y;
     const Tensor next = sublayer_step(connection(l), sublayers[l], x, (discard || record) ? &mix : nullptr,
                                       discard ? &y : nullptr);
     if (record) record->push_back({x, mix});
-    if (group) group->add(next, y, mix.H_post, mix.H_res);
+    if (group) group->add(next, y, mix.H_post, mix.H_res, connection(l)->options().use_reference());
     x = next;
   }
   return x;

@@ -3,6 +3,8 @@
 // `blocks` (reentrant activation checkpointing of a whole segment).
 #include "mhc/recompute.h"
 
+#include <ATen/SavedTensorHooks.h>
+#include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
@@ -90,13 +92,13 @@ struct FreedStates {
   Tensor start;                           // x_{l0}
   std::vector<Tensor> freed;              // freed[i] = x_{l0+1+i}, its data released until rebuilt
   std::vector<Tensor> ys, H_post, H_res;  // post j's inputs, which make x_{l0+1+j} from x_{l0+j}
-  bool use_reference = false;
+  std::vector<bool> use_reference;        // whether post j ran the reference
 
   Tensor post(size_t j, const Tensor& x) const {
     const int64_t n = x.size(-2), C = x.size(-1);
     const Tensor flat = x.reshape({-1, n, C}), y = ys[j].reshape({-1, C}), hp = H_post[j].reshape({-1, n}),
                  hr = H_res[j].reshape({-1, n, n});
-    return use_reference ? reference::post(flat, y, hp, hr) : mhc::post(flat, y, hp, hr);
+    return use_reference[j] ? reference::post(flat, y, hp, hr) : mhc::post(flat, y, hp, hr);
   }
 
   // Called when the gradient of x_{l0+m} (m ≥ 2) is complete, so its readers (sublayer l0+m's pre
@@ -115,13 +117,18 @@ struct FreedStates {
   }
 };
 
-StreamGroup::StreamGroup(const Tensor& start, bool use_reference)
-    : freed_(std::make_shared<FreedStates>()), last_(start), active_(torch::GradMode::is_enabled()) {
+// Saved-tensor hooks (torch.autograd.graph.saved_tensors_hooks, non-reentrant checkpointing, CPU
+// offloading) may keep the saved states elsewhere or re-run this forward pass for a graph whose
+// backward never runs: under them nothing is freed.
+StreamGroup::StreamGroup(const Tensor& start)
+    : freed_(std::make_shared<FreedStates>()),
+      last_(start),
+      active_(torch::GradMode::is_enabled() && at::SavedTensorDefaultHooks::get_stack().empty()) {
   freed_->start = start.detach();
-  freed_->use_reference = use_reference;
 }
 
-void StreamGroup::add(const Tensor& x_next, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+void StreamGroup::add(const Tensor& x_next, const Tensor& y, const Tensor& H_post, const Tensor& H_res,
+                      bool use_reference) {
   const Tensor& start = freed_->start;
   TORCH_CHECK_VALUE(x_next.sizes() == start.sizes() && y.dim() == start.dim() - 1 && H_post.dim() == y.dim() &&
                         H_res.dim() == start.dim(),
@@ -140,6 +147,7 @@ void StreamGroup::add(const Tensor& x_next, const Tensor& y, const Tensor& H_pos
     });
   }
   freed_->ys.push_back(y.detach()), freed_->H_post.push_back(H_post.detach()), freed_->H_res.push_back(H_res.detach());
+  freed_->use_reference.push_back(use_reference);
   last_ = x_next;
 }
 
@@ -150,31 +158,40 @@ using torch::autograd::variable_list;
 
 // The backward of checkpoint(): re-runs the segment with a graph and differentiates it.
 struct CheckpointBackward : torch::autograd::Node {
-  CheckpointBackward(std::function<Tensor(const Tensor&)> segment, Tensor input)
-      : segment(std::move(segment)), input(std::move(input)) {}
+  CheckpointBackward(std::function<Tensor(const Tensor&)> segment, const Tensor& input)
+      : segment(std::move(segment)), input(input, /*is_output=*/false), input_requires_grad(input.requires_grad()) {}
 
   variable_list apply(variable_list&& grads) override {
     TORCH_CHECK(segment, "mhc.checkpoint: the segment's backward ran already and its input was released "
                          "(use retain_graph=True to run backward twice)");
+    // As PyTorch's reentrant checkpoint: the inner backward pass accumulates into every parameter's
+    // .grad, which torch.autograd.grad(inputs=...) must not do, and builds no graph of its own.
+    TORCH_CHECK(torch::autograd::Engine::get_default_engine().is_checkpoint_valid(),
+                "mhc.checkpoint (--recompute blocks) works with backward() only, not torch.autograd.grad or "
+                "backward(inputs=...); use --recompute none or streams");
+    TORCH_CHECK(!torch::GradMode::is_enabled(), "mhc.checkpoint (--recompute blocks) does not support "
+                                                "create_graph=True; use --recompute none or streams");
     if (!grads[0].defined()) return {Tensor()};
-    const Tensor x = input.detach().requires_grad_(input.requires_grad());
+    const Tensor x = input.unpack().detach().requires_grad_(input_requires_grad);  // checks the version
     Tensor out;
     {
       torch::AutoGradMode with_graph(true);
       out = segment(x);
     }
+    if (!out.requires_grad()) return {Tensor()};  // nothing in the segment is trained
     // Accumulates the segment's parameter gradients, and x's.
     torch::autograd::backward({out}, {grads[0]});
     return {x.requires_grad() ? x.grad() : Tensor()};
   }
 
   // Called by the engine once the outer graph is not retained.
-  void release_variables() override { segment = nullptr, input = Tensor(); }
+  void release_variables() override { segment = nullptr, input.reset_data(); }
 
   std::string name() const override { return "mhc::CheckpointBackward"; }
 
   std::function<Tensor(const Tensor&)> segment;
-  Tensor input;  // the segment's input, kept in place of its activations
+  torch::autograd::SavedVariable input;  // the segment's input, kept in place of its activations
+  bool input_requires_grad;
 };
 
 }  // namespace
@@ -206,5 +223,6 @@ TORCH_LIBRARY_FRAGMENT(mhc, m) {
         });
   m.class_<mhc::StreamGroup>("StreamGroup")
       .def(torch::init<at::Tensor>())
-      .def("add", &mhc::StreamGroup::add);
+      .def("add", [](const c10::intrusive_ptr<mhc::StreamGroup>& self, const at::Tensor& x_next, const at::Tensor& y,
+                     const at::Tensor& H_post, const at::Tensor& H_res) { self->add(x_next, y, H_post, H_res); });
 }
