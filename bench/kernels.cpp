@@ -11,8 +11,8 @@
 #include <random>
 #include <vector>
 
-#include "../src/kernels/cpu/common.h"
-#include "../src/kernels/cpu/kernels.h"
+#include "../src/kernels/cpu/simd.h"
+#include "../src/kernels/cpu/cpu_kernels.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the standalone CUDA kernel test (tests/cuda_kernels.cu: no LibTorch, no CMake) with nvcc
+# Builds the standalone CUDA kernel test (tests/test_cuda_kernels.cu: no LibTorch, no CMake) with nvcc
 # and runs it on this machine's GPU: the correctness checks, the same under compute-sanitizer,
 # and the benchmark. For GPU machines that lack the project's CPU-side dependencies.
 #   bash scripts/cuda_check.sh [OUT_DIR]      (default: build-cuda)
@@ -10,9 +10,9 @@ mkdir -p "$out"
 nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 arch=${CUDA_ARCH:-90}
 flags=(-std=c++17 -O3 -I"$root/include" --expt-relaxed-constexpr -Xcompiler -fopenmp,-O3)
-# The four translation units compile in parallel; kernels.cu dominates.
-"$nvcc" "${flags[@]}" -arch=sm_$arch -c "$root/src/kernels/cuda/kernels.cu" -o "$out/kernels.o" &
-"$nvcc" "${flags[@]}" -arch=sm_$arch -c "$root/tests/cuda_kernels.cu" -o "$out/cuda_kernels.o" &
+# The four translation units compile in parallel; cuda_kernels.cu dominates.
+"$nvcc" "${flags[@]}" -arch=sm_$arch -c "$root/src/kernels/cuda/cuda_kernels.cu" -o "$out/cuda_kernels.o" &
+"$nvcc" "${flags[@]}" -arch=sm_$arch -c "$root/tests/test_cuda_kernels.cu" -o "$out/test_cuda_kernels.o" &
 for f in variant cpu/pre cpu/post; do
   g++ -std=c++17 -O3 -fopenmp -ffp-contract=fast -march=native -I"$root/include" -c "$root/src/kernels/$f.cpp" -o "$out/$(basename $f).o" &
 done

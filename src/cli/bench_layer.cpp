@@ -29,7 +29,7 @@
 #include "args.h"
 #include "bench_common.h"
 #include "commands.h"
-#include "../kernels/cpu/kernels.h"
+#include "../kernels/cpu/cpu_kernels.h"
 #include "mhc/module.h"
 #include "mhc/train.h"
 

@@ -14,7 +14,7 @@
 #include <chrono>
 #include <sstream>
 
-#include "../kernels/cpu/kernels.h"
+#include "../kernels/cpu/cpu_kernels.h"
 #include "mhc/ops.h"
 #include "op_args.h"
 

@@ -14,7 +14,7 @@
 #include <mutex>
 
 #include "../kernels/coefficients.h"
-#include "../kernels/cuda/kernels.h"
+#include "../kernels/cuda/cuda_kernels.h"
 #include "mhc/ops.h"
 #include "op_args.h"
 

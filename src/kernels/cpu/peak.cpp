@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <chrono>
 
-#include "common.h"
-#include "kernels.h"
+#include "simd.h"
+#include "cpu_kernels.h"
 
 namespace mhc::cpu {
 

@@ -8,8 +8,8 @@
 // Parallel over tokens.
 #include <omp.h>
 
-#include "kernels.h"
-#include "common.h"
+#include "cpu_kernels.h"
+#include "simd.h"
 
 namespace mhc::cpu {
 namespace {

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "../coefficients.h"
-#include "common.h"
-#include "kernels.h"
+#include "simd.h"
+#include "cpu_kernels.h"
 
 namespace mhc::cpu {
 namespace {

@@ -1,4 +1,4 @@
-// Fused CUDA kernels of the residual family: the interface (the same seam as ../cpu/kernels.h).
+// Fused CUDA kernels of the residual family: the interface (the same seam as ../cpu/cpu_kernels.h).
 //
 // Framework-free: device pointers to contiguous row-major buffers, sizes, a stream and a cuBLAS
 // handle. Storage T is float or __nv_bfloat16 (x, y, h, dx, dy, dh, and phi for the projection's

@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "../src/kernels/coefficients.h"
-#include "../src/kernels/cpu/kernels.h"
-#include "../src/kernels/cuda/kernels.h"
+#include "../src/kernels/cpu/cpu_kernels.h"
+#include "../src/kernels/cuda/cuda_kernels.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// Fused CUDA kernels of the residual family (see kernels.h for the plan of each op).
+// Fused CUDA kernels of the residual family (see cuda_kernels.h for the plan of each op).
 //
 // Every per-token kernel gives one token to one thread block: its threads stride along C with
 // 16-byte loads where C allows, hold the n (or n + n²) per-token sums in registers, and reduce
@@ -10,7 +10,7 @@
 #include <string>
 
 #include "../coefficients.h"
-#include "kernels.h"
+#include "cuda_kernels.h"
 
 namespace mhc::cuda {
 namespace {
