@@ -1,6 +1,7 @@
 // Bad input gets a one-line error that names the bad value and what is accepted — never a crash,
 // a hang or a silently wrong result.
 #include "helpers.h"
+#include "mhc/errors.h"
 
 namespace mhc::test {
 namespace {

@@ -69,7 +69,4 @@ void reset();
 double seconds();
 }  // namespace op_clock
 
-// The message of an error without LibTorch's C++ backtrace, for one-line reports.
-std::string error_message(const std::exception& e);
-
 }  // namespace mhc

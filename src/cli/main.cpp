@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "commands.h"
-#include "mhc/ops.h"
+#include "mhc/errors.h"
 
 namespace {
 

@@ -32,11 +32,6 @@ Kind ops::kind_or_throw(c10::string_view name) {
   }
 }
 
-std::string error_message(const std::exception& e) {
-  if (auto* c10e = dynamic_cast<const c10::Error*>(&e)) return c10e->what_without_backtrace();
-  return e.what();
-}
-
 namespace {
 
 std::string shape_of(const Tensor& t) {

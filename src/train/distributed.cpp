@@ -15,7 +15,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "mhc/files.h"
-#include "mhc/ops.h"
+#include "mhc/errors.h"
 #include "mhc/parse.h"
 
 namespace mhc::dist {
