@@ -1,4 +1,4 @@
-// What the per-backend op implementations (binding.cpp: CPU and autograd; binding_cuda.cpp: CUDA)
+// What the per-backend op implementations (op_cpu.cpp, op_cuda.cpp) and their checks (op_checks.cpp)
 // share: reading the kind argument and `pre`'s inputs, the optional upstream gradients of its
 // coefficients, and `pre` as `pre_fwd` without the saved tensors.
 #pragma once

@@ -1,7 +1,7 @@
 // Fused CPU kernels of the residual family: the interface.
 //
 // Framework-free on purpose (the flash-attention split): plain pointers to contiguous row-major
-// buffers, sizes, and a thread count. The LibTorch binding (src/ops/binding.cpp) validates shapes
+// buffers, sizes, and a thread count. The LibTorch ops (src/ops/op_checks.cpp, op_cpu.cpp) validate shapes
 // and dtypes, allocates, fills these structs and calls in. Instantiated for float (training) and
 // double (gradient checks). Shape letters: N tokens, n streams, C width, K = rows of phi, m = its
 // columns, P = projections per token (n for HC, 1 for mHC/mHC-lite, 0 for the plain residual).

@@ -1,7 +1,7 @@
 // CUDA implementations of the mhc ops: validation, then the framework-free kernels of
 // src/kernels/cuda on the current stream and cuBLAS handle of x's device.
 //
-// Registered for the CUDA dispatch key only; autograd is binding.cpp's, whose Functions call
+// Registered for the CUDA dispatch key only; autograd is op_schema.cpp's, whose Functions call
 // pre_fwd / pre_bwd / post / post_bwd through the dispatcher and so reach these on CUDA tensors.
 // Storage is float32 or bfloat16 (mhc/ops.h); float64 stays on the CPU, where the gradchecks run.
 #include <ATen/cuda/CUDAContext.h>

@@ -1,0 +1,174 @@
+// The mhc ops' schemas, their autograd (pre and post as autograd Functions whose forward saves
+// what the fused backward needs — the raw projections g and norms r, a few numbers per token — and
+// whose backward calls the fused backward ops), and the C++ entry points mhc::pre / mhc::post.
+//
+// The ops are declared once (TORCH_LIBRARY) and implemented per dispatch key: CPU in op_cpu.cpp,
+// CUDA in op_cuda.cpp, Autograd here. Because everything goes through the dispatcher, the same
+// shared library gives autograd to the C++ trainer and to Python (torch.ops.load_library).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include "mhc/ops.h"
+#include "op_args.h"
+
+namespace mhc {
+
+using torch::Tensor;
+using ops::kind_or_throw;
+
+namespace {
+
+// ------------------------------------------------------------------------- dispatcher handles
+using PreFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                         const Tensor&, c10::string_view, int64_t);
+using PreFwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                                            const Tensor&, const Tensor&,
+                                                                            c10::string_view, int64_t);
+using PreBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
+    int64_t);
+using PostFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
+using PostBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                             const Tensor&, const Tensor&);
+
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+// ------------------------------------------------------------------------------------ autograd
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The backward under create_graph = true (autograd runs a backward with grad mode on exactly then):
+// the fused backward kernels compute numbers, not a graph, so a gradient penalty would get a wrong
+// second derivative from them. Instead the reference (the same function, in differentiable LibTorch
+// ops) is re-run on the saved inputs and differentiated with a graph: the gradients agree with the
+// fused ones to rounding and are differentiable to any order, at the reference's speed.
+// The reference runs on views of the saved inputs: differentiating with respect to the inputs
+// themselves would also follow paths between them (x reaches post both directly and through pre's
+// h), which the outer backward already walks, and count those twice.
+template <typename Recompute>
+variable_list differentiable_backward(Recompute recompute, variable_list inputs, const variable_list& grads,
+                                      int non_tensor_args) {
+  for (Tensor& input : inputs) input = input.view_as(input);
+  variable_list outputs = recompute(inputs), wanted, grad_outputs;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (!grads[i].defined() || !outputs[i].requires_grad()) continue;
+    wanted.push_back(outputs[i]);
+    grad_outputs.push_back(grads[i]);
+  }
+  variable_list differentiable;
+  for (const Tensor& input : inputs)
+    if (input.requires_grad()) differentiable.push_back(input);
+  variable_list result(inputs.size() + non_tensor_args);
+  if (wanted.empty() || differentiable.empty()) return result;
+  const variable_list g = torch::autograd::grad(wanted, differentiable, grad_outputs, /*retain_graph=*/true,
+                                                /*create_graph=*/true, /*allow_unused=*/true);
+  for (size_t i = 0, k = 0; i < inputs.size(); ++i)
+    if (inputs[i].requires_grad()) result[i] = g[k++];
+  return result;
+}
+
+class PreFunction : public torch::autograd::Function<PreFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& phi, const Tensor& bias,
+                               const Tensor& alpha, c10::string_view kind, int64_t t) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = op<PreFwdFn>("mhc::pre_fwd");
+    auto [h, H_pre, H_post, H_res, proj, rms] = fwd.call(x, phi, bias, alpha, kind, t);
+    ctx->save_for_backward({x, phi, bias, alpha, proj, rms});
+    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["t"] = t;
+    return {h, H_pre, H_post, H_res};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    if (torch::GradMode::is_enabled()) {  // create_graph: a gradient that is itself differentiable
+      const Kind kind = kind_or_throw(ctx->saved_data["kind"].toStringRef());
+      return differentiable_backward(
+          [&](const variable_list& in) {
+            const PreOutput o = reference::pre(in[0], in[1], in[2], in[3], kind, ctx->saved_data["t"].toInt());
+            return variable_list{o.h, o.H_pre, o.H_post, o.H_res};
+          },
+          {s[0], s[1], s[2], s[3]}, grads, /*non_tensor_args=*/2);
+    }
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto bwd = op<PreBwdFn>("mhc::pre_bwd");
+    const Tensor dh = grads[0].defined() ? grads[0] : torch::zeros({s[0].size(0), s[0].size(2)}, s[0].options());
+    auto [dx, dphi, dbias, dalpha] = bwd.call(dh, grads[1], grads[2], grads[3], s[0], s[1], s[2], s[3], s[4], s[5],
+                                              ctx->saved_data["kind"].toStringRef(), ctx->saved_data["t"].toInt());
+    return {dx, dphi, dbias, dalpha, Tensor(), Tensor()};
+  }
+};
+
+class PostFunction : public torch::autograd::Function<PostFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, const Tensor& H_post,
+                        const Tensor& H_res) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = op<PostFn>("mhc::post");
+    ctx->save_for_backward({x, y, H_post, H_res});
+    return fwd.call(x, y, H_post, H_res);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    if (torch::GradMode::is_enabled())  // create_graph, as in PreFunction
+      return differentiable_backward(
+          [](const variable_list& in) { return variable_list{reference::post(in[0], in[1], in[2], in[3])}; }, s, grads,
+          /*non_tensor_args=*/0);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto bwd = op<PostBwdFn>("mhc::post_bwd");
+    auto [dx, dy, dH_post, dH_res] = bwd.call(grads[0], s[0], s[1], s[2], s[3]);
+    return {dx, dy, dH_post, dH_res};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> pre_autograd(const Tensor& x, const Tensor& phi, const Tensor& bias,
+                                                        const Tensor& alpha, c10::string_view kind, int64_t t) {
+  auto out = PreFunction::apply(x, phi, bias, alpha, kind, t);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  return PostFunction::apply(x, y, H_post, H_res);
+}
+
+}  // namespace
+
+PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+              int64_t sinkhorn_iters) {
+  static auto handle = op<PreFn>("mhc::pre");
+  auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, kind_name(kind), sinkhorn_iters);
+  return {h, H_pre, H_post, H_res};
+}
+
+Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  static auto handle = op<PostFn>("mhc::post");
+  return handle.call(x, y, H_post, H_res);
+}
+
+}  // namespace mhc
+
+TORCH_LIBRARY(mhc, m) {
+  m.def("pre(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str kind, int sinkhorn_iters=20)"
+        " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res)");
+  m.def("post(Tensor x, Tensor y, Tensor H_post, Tensor H_res) -> Tensor");
+  // Internal halves of the fused autograd: the forward also returns the projections g and norms r.
+  m.def("pre_fwd(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str kind, int sinkhorn_iters)"
+        " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res, Tensor proj, Tensor rms)");
+  m.def("pre_bwd(Tensor dh, Tensor? dH_pre, Tensor? dH_post, Tensor? dH_res, Tensor x, Tensor phi,"
+        " Tensor bias, Tensor alpha, Tensor proj, Tensor rms, str kind, int sinkhorn_iters)"
+        " -> (Tensor dx, Tensor dphi, Tensor dbias, Tensor dalpha)");
+  m.def("post_bwd(Tensor dout, Tensor x, Tensor y, Tensor H_post, Tensor H_res)"
+        " -> (Tensor dx, Tensor dy, Tensor dH_post, Tensor dH_res)");
+}
+
+TORCH_LIBRARY_IMPL(mhc, Autograd, m) {
+  m.impl("pre", mhc::pre_autograd);
+  m.impl("post", mhc::post_autograd);
+}
