@@ -1,0 +1,147 @@
+// What every variant's per-token coefficient math shares (DESIGN.md §2–3): the per-call view of
+// the parameters, one token's coefficients, the compile-time stream count, and the σ family —
+// mHC, mHC-lite (and any variant whose H_pre and H_post are σ and 2σ of α·g/r + b, differing only
+// in H_res), written once with the H_res map as a parameter. A few dozen numbers per token, so plain
+// scalar code, compiled for the CPU kernels and, under nvcc, for the CUDA kernels (MHC_HD): both
+// backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_lite.h)
+// specialises VariantMath; ../coefficients.h turns the runtime kind into it.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "mhc/variant.h"
+
+#ifdef __CUDACC__
+#define MHC_HD __host__ __device__
+#else
+#define MHC_HD
+#endif
+
+namespace mhc::kernels {
+
+// Calls f(std::integral_constant<int, n>{}) for the runtime stream count n ≤ kMaxStreams: per-token
+// loops over streams unroll fully, and their accumulators stay in registers, when n is a constant.
+template <typename F>
+MHC_HD void with_streams(int n, F&& f) {
+  switch (n) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
+
+// What the coefficient math of one call needs (a view: the permutation table lives elsewhere).
+template <typename T>
+struct CoeffVariant {
+  Kind kind;
+  int n;
+  int64_t m, P;        // columns of phi; projections per token
+  int64_t res_count;   // entries behind H_res: n² logits (mHC, HC) or n! mixture weights (mHC-lite)
+  int t;
+  const T* bias;
+  const T* alpha;
+  const int* perms;    // mHC-lite: perms[k·n + i] = σ_k(i), lexicographic, k = 0 is identity
+};
+
+// One token's coefficients.
+template <typename T>
+struct Coeffs {
+  T pre[kMaxStreams];
+  T post[kMaxStreams];
+  T res[kMaxStreams * kMaxStreams];
+};
+
+template <typename T>
+MHC_HD inline T sigmoid(T z) {
+  return T(1) / (T(1) + std::exp(-z));
+}
+
+template <typename T>
+MHC_HD inline void softmax(const T* z, int64_t count, T* out) {
+  T zmax = z[0];
+  for (int64_t k = 1; k < count; ++k) zmax = std::max(zmax, z[k]);
+  T s = 0;
+  for (int64_t k = 0; k < count; ++k) s += (out[k] = std::exp(z[k] - zmax));
+  const T inv = T(1) / s;
+  for (int64_t k = 0; k < count; ++k) out[k] *= inv;
+}
+
+// One variant's per-token coefficient math: forward (g [P, m], r [P] -> Coeffs) and backward
+// (dH_pre, dH_post, dH_res -> dg, dr; accumulates dbias, dalpha; returns H_pre for dx).
+//   template <typename T> static MHC_HD void forward(const CoeffVariant<T>&, const T* g, const T* r,
+//                                                    T* scratch, Coeffs<T>& out);
+//   template <typename T> static MHC_HD void backward(const CoeffVariant<T>&, const T* g, const T* r,
+//       const T* dpre, const T* dpost, const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre);
+template <Kind K>
+struct VariantMath;
+
+// ---------------------------------------------------------------------------------------------
+// The σ family: H̃ = α_group·g/r + b over one projection per token (P = 1), H_pre = σ(H̃_pre),
+// H_post = 2σ(H̃_post), and H_res = Mixing::res_forward(H̃_res). Mixing supplies
+//   res_forward(v, res_logits, res)                          H_res [n·n] from its logits
+//   res_backward(v, res_logits, dres, work, dres_logits)     their gradient; work: scratch beyond 2m
+
+// mHC / mHC-lite logits H̃ = α_group·g/r + b.
+template <typename T>
+MHC_HD inline void mhc_logits(const CoeffVariant<T>& v, const T* g, T r, T* logits) {
+  for (int64_t j = 0; j < v.m; ++j) {
+    const int group = j < v.n ? 0 : j < 2 * v.n ? 1 : 2;
+    logits[j] = v.alpha[group] * (g[j] / r) + v.bias[j];  // the reference's rounding order
+  }
+}
+
+template <typename Mixing>
+struct SigmaFamily {
+  // scratch: at least m entries (the logits; mHC's SK then runs in place in out.res).
+  template <typename T>
+  static MHC_HD void forward(const CoeffVariant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {
+    const int n = v.n;
+    T* logits = scratch;
+    mhc_logits(v, g, r[0], logits);
+    for (int i = 0; i < n; ++i) {
+      out.pre[i] = sigmoid(logits[i]);
+      out.post[i] = T(2) * sigmoid(logits[n + i]);
+    }
+    Mixing::res_forward(v, logits + 2 * n, out.res);
+  }
+
+  // scratch: at least 2m entries (logits, their gradient) plus what Mixing::res_backward works in.
+  template <typename T>
+  static MHC_HD void backward(const CoeffVariant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
+                              const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre) {
+    const int n = v.n;
+    T* logits = scratch;
+    T* dlogits = scratch + v.m;  // m entries
+    T* work = dlogits + v.m;
+    mhc_logits(v, g, r[0], logits);
+    for (int i = 0; i < n; ++i) {
+      const T s_pre = sigmoid(logits[i]), s_post = sigmoid(logits[n + i]);
+      H_pre[i] = s_pre;
+      dlogits[i] = dpre[i] * s_pre * (T(1) - s_pre);
+      dlogits[n + i] = dpost[i] * T(2) * s_post * (T(1) - s_post);
+    }
+    Mixing::res_backward(v, logits + 2 * n, dres, work, dlogits + 2 * n);
+    // Through H̃ = α·g/r + b.
+    const T inv_r = T(1) / r[0];
+    T dr0 = 0;
+    for (int64_t j = 0; j < v.m; ++j) {
+      const int group = j < n ? 0 : j < 2 * n ? 1 : 2;
+      const T a = v.alpha[group];
+      dg[j] = a * dlogits[j] * inv_r;
+      dalpha[group] += dlogits[j] * (g[j] / r[0]);
+      dbias[j] += dlogits[j];
+      dr0 -= a * g[j] * dlogits[j] * inv_r * inv_r;
+    }
+    dr[0] = dr0;
+  }
+};
+
+}  // namespace mhc::kernels

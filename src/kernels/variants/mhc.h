@@ -1,0 +1,181 @@
+// mHC's H_res (DeepSeek, arXiv 2512.24880; DESIGN.md §2–3): Sinkhorn–Knopp, t alternating column
+// and row normalisations of exp(H̃_res), approximately doubly stochastic; H_pre and H_post are the
+// σ family's (common.h).
+#pragma once
+
+#include "common.h"
+
+namespace mhc::kernels {
+
+// Sinkhorn–Knopp runs in the linear domain (2t·n² multiplies) whenever that is exact, and in the log
+// domain (each normalisation subtracts a log-sum-exp: 2t·n² exps) otherwise. Why the test below
+// suffices: let every entry of M0 = exp(H̃ − colmax) lie in [m, 1], m = e^-S. Every iterate is a
+// diagonal scaling D1·M0·D2, and after any normalisation the opposite scaling's entries differ by at
+// most a factor 1/m (each is one over a sum whose terms differ by at most that factor). So every
+// entry of every iterate stays ≥ m²/n. With S ≤ 32 and n ≤ 16 that is ≥ 1e-29: normal fp32 numbers,
+// full relative precision, nothing flushed to zero, so the linear iteration computes SK_t(exp(H̃))
+// to rounding. A wider spread (a whole row far below its columns' maxima, as in trained models with
+// sharp logits) would underflow there, and the row normalisation cannot restore what was lost.
+constexpr double kLinearSpread = 32.0;
+
+// ---------------------------------------------------------------------------------------------
+// Sinkhorn–Knopp on an N×N matrix, N a compile-time stream count so the 2t normalisations of a
+// few dozen numbers unroll fully (they are the bulk of the per-token coefficient work).
+// SK_t(exp(H̃)) = t × (columns, rows) starting from exp(H̃); t = 0 is exp(H̃) itself.
+
+// M0 = exp(H̃ − colmax); the first column normalisation cancels the shift exactly. Returns whether
+// the linear domain is exact for these logits (every shifted logit ≥ −kLinearSpread, see above).
+template <typename T, int N>
+MHC_HD inline bool sinkhorn_linear_start(const T* logits, T* M) {
+  bool exact = true;
+  for (int j = 0; j < N; ++j) {
+    T colmax = logits[j];
+    for (int k = 1; k < N; ++k) colmax = std::max(colmax, logits[k * N + j]);
+    for (int k = 0; k < N; ++k) {
+      const T shifted = logits[k * N + j] - colmax;
+      exact = exact && shifted >= T(-kLinearSpread);
+      M[k * N + j] = std::exp(shifted);
+    }
+  }
+  return exact;
+}
+
+// Y = X / (sums along columns or rows); X and Y may alias.
+template <typename T, int N, bool kByCols>
+MHC_HD inline void normalize(const T* X, T* Y) {
+  for (int a = 0; a < N; ++a) {
+    T s = 0;
+    for (int b = 0; b < N; ++b) s += X[kByCols ? b * N + a : a * N + b];
+    const T inv = T(1) / s;
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
+      Y[e] = X[e] * inv;
+    }
+  }
+}
+
+// Backward of Y = X / s, in place on d (dY → dX): dX = (dY − Σ_axis dY⊙Y) / s.
+template <typename T, int N, bool kByCols>
+MHC_HD inline void normalize_backward(const T* X, const T* Y, T* d) {
+  for (int a = 0; a < N; ++a) {
+    T s = 0, dot = 0;
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
+      s += X[e];
+      dot += d[e] * Y[e];
+    }
+    const T inv = T(1) / s;
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
+      d[e] = (d[e] - dot) * inv;
+    }
+  }
+}
+
+// The same normalisation on logarithms: Y = X − logsumexp along columns or rows; X and Y may alias.
+template <typename T, int N, bool kByCols>
+MHC_HD inline void log_normalize(const T* X, T* Y) {
+  for (int a = 0; a < N; ++a) {
+    T mx = X[kByCols ? a : a * N];
+    for (int b = 1; b < N; ++b) mx = std::max(mx, X[kByCols ? b * N + a : a * N + b]);
+    T s = 0;
+    for (int b = 0; b < N; ++b) s += std::exp(X[kByCols ? b * N + a : a * N + b] - mx);
+    const T lse = mx + std::log(s);
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
+      Y[e] = X[e] - lse;
+    }
+  }
+}
+
+// Backward of Y = X − logsumexp(X), in place on d: dX = dY − exp(Y)·Σ_axis dY (exp(Y) is the softmax).
+template <typename T, int N, bool kByCols>
+MHC_HD inline void log_normalize_backward(const T* Y, T* d) {
+  for (int a = 0; a < N; ++a) {
+    T sum = 0;
+    for (int b = 0; b < N; ++b) sum += d[kByCols ? b * N + a : a * N + b];
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
+      d[e] -= std::exp(Y[e]) * sum;
+    }
+  }
+}
+
+// Writes the iterates into work [(2t+1)·N²] when `keep` (for the backward), else in place in M;
+// returns whether they are linear (M_s) or logarithms (ℓ_s). The last one is at work + 2t·N²,
+// or in M.
+template <typename T, int N>
+MHC_HD inline bool sinkhorn_iterates(const T* logits, int t, T* M, bool keep) {
+  constexpr int nn = N * N;
+  const int stride = keep ? nn : 0;
+  if (sinkhorn_linear_start<T, N>(logits, M)) {
+    for (int it = 0; it < t; ++it) {
+      T* X = M + 2 * it * stride;
+      normalize<T, N, true>(X, X + stride);
+      normalize<T, N, false>(X + stride, X + 2 * stride);
+    }
+    return true;
+  }
+  for (int e = 0; e < nn; ++e) M[e] = logits[e];
+  for (int it = 0; it < t; ++it) {
+    T* X = M + 2 * it * stride;
+    log_normalize<T, N, true>(X, X + stride);
+    log_normalize<T, N, false>(X + stride, X + 2 * stride);
+  }
+  return false;
+}
+
+template <typename T, int N>
+MHC_HD inline void sinkhorn_forward(const T* logits, int t, T* M) {
+  if (t == 0) {  // no projection at all: H_res = exp(H̃)
+    for (int e = 0; e < N * N; ++e) M[e] = std::exp(logits[e]);
+    return;
+  }
+  if (!sinkhorn_iterates<T, N>(logits, t, M, /*keep=*/false))
+    for (int e = 0; e < N * N; ++e) M[e] = std::exp(M[e]);
+}
+
+// dlogits = ∂⟨dres, SK_t(exp(logits))⟩/∂logits. Recomputes the iterates into work [(2t+1)·N²]
+// (never stored across the forward) and walks back through them.
+template <typename T, int N>
+MHC_HD inline void sinkhorn_backward(const T* logits, int t, const T* dres, T* work, T* dlogits) {
+  constexpr int nn = N * N;
+  if (t == 0) {
+    for (int e = 0; e < nn; ++e) dlogits[e] = dres[e] * std::exp(logits[e]);
+    return;
+  }
+  for (int e = 0; e < nn; ++e) dlogits[e] = dres[e];
+  const T* it = work;  // iterate s lives at work + s·nn
+  if (sinkhorn_iterates<T, N>(logits, t, work, /*keep=*/true)) {
+    for (int s = 2 * t; s >= 2; s -= 2) {
+      normalize_backward<T, N, false>(it + (s - 1) * nn, it + s * nn, dlogits);
+      normalize_backward<T, N, true>(it + (s - 2) * nn, it + (s - 1) * nn, dlogits);
+    }
+    // Through exp; the column-max shift is a constant (the first column normalisation cancels it).
+    for (int e = 0; e < nn; ++e) dlogits[e] *= it[e];
+    return;
+  }
+  for (int e = 0; e < nn; ++e) dlogits[e] *= std::exp(it[2 * t * nn + e]);  // through H_res = exp(ℓ_2t)
+  for (int s = 2 * t; s >= 2; s -= 2) {
+    log_normalize_backward<T, N, false>(it + s * nn, dlogits);
+    log_normalize_backward<T, N, true>(it + (s - 1) * nn, dlogits);
+  }
+}
+
+// H_res = SK_t(exp(H̃_res)) over the σ family; its backward works in (2t+1)·n² entries.
+struct SinkhornMixing {
+  template <typename T>
+  static MHC_HD void res_forward(const CoeffVariant<T>& v, const T* res_logits, T* res) {
+    with_streams(v.n, [&](auto N) { sinkhorn_forward<T, N()>(res_logits, v.t, res); });
+  }
+  template <typename T>
+  static MHC_HD void res_backward(const CoeffVariant<T>& v, const T* res_logits, const T* dres, T* work,
+                                  T* dres_logits) {
+    with_streams(v.n, [&](auto N) { sinkhorn_backward<T, N()>(res_logits, v.t, dres, work, dres_logits); });
+  }
+};
+
+template <>
+struct VariantMath<Kind::mhc> : SigmaFamily<SinkhornMixing> {};
+
+}  // namespace mhc::kernels

@@ -1,0 +1,68 @@
+// mHC-lite's H_res (arXiv 2601.05732; DESIGN.md §2): a softmax mixture of the n! permutation
+// matrices, exactly doubly stochastic by construction; H_pre and H_post are the σ family's
+// (common.h). n ≤ kMaxStreamsLite: the mixture has n! weights.
+#pragma once
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "common.h"
+
+namespace mhc::kernels {
+
+// The n! permutations, lexicographic (k = 0 is the identity), as table[k·n + i] = σ_k(i). Host
+// only: the CUDA kernels get a copy in device memory.
+inline std::vector<int> permutation_table(int n) {
+  std::vector<int> table, p(n);
+  std::iota(p.begin(), p.end(), 0);
+  do table.insert(table.end(), p.begin(), p.end());
+  while (std::next_permutation(p.begin(), p.end()));
+  return table;
+}
+
+// H_res = Σ_k softmax(z)_k·P_k. Accumulated in double and rounded once: an entry sums (n−1)!
+// weights, and at n = 5 fp32 accumulation alone would put row and column sums ~1e-6 from 1.
+template <typename T>
+MHC_HD inline void permutation_mixture(const CoeffVariant<T>& v, const T* z, T* res) {
+  const int n = v.n;
+  double acc[kMaxStreamsLite * kMaxStreamsLite] = {};
+  double zmax = z[0], total = 0;
+  for (int64_t k = 1; k < v.res_count; ++k) zmax = std::max<double>(zmax, z[k]);
+  for (int64_t k = 0; k < v.res_count; ++k) {
+    const double e = std::exp(double(z[k]) - zmax);
+    total += e;
+    const int* sigma = v.perms + k * n;
+    for (int i = 0; i < n; ++i) acc[i * n + sigma[i]] += e;
+  }
+  for (int e = 0; e < n * n; ++e) res[e] = T(acc[e] / total);
+}
+
+// H_res = Σ_k softmax(z)_k·P_k over the σ family; its backward works in res_count entries.
+struct PermutationMixing {
+  template <typename T>
+  static MHC_HD void res_forward(const CoeffVariant<T>& v, const T* z, T* res) {
+    permutation_mixture(v, z, res);
+  }
+  template <typename T>
+  static MHC_HD void res_backward(const CoeffVariant<T>& v, const T* res_logits, const T* dres, T* work,
+                                  T* dres_logits) {
+    const int n = v.n;
+    T* weights = work;
+    softmax(res_logits, v.res_count, weights);
+    T dot = 0;
+    for (int64_t k = 0; k < v.res_count; ++k) {  // da_k = ⟨dH_res, P_k⟩: a gather
+      const int* sigma = v.perms + k * n;
+      T da = 0;
+      for (int i = 0; i < n; ++i) da += dres[i * n + sigma[i]];
+      dres_logits[k] = da;
+      dot += da * weights[k];
+    }
+    for (int64_t k = 0; k < v.res_count; ++k) dres_logits[k] = weights[k] * (dres_logits[k] - dot);
+  }
+};
+
+template <>
+struct VariantMath<Kind::mhc_lite> : SigmaFamily<PermutationMixing> {};
+
+}  // namespace mhc::kernels
