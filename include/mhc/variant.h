@@ -52,4 +52,18 @@ Layout layout(Kind kind, int64_t n, int64_t C);
 // Checks n (and names what is accepted); throws std::invalid_argument.
 void check_streams(Kind kind, int64_t n);
 
+// The expected shapes of phi, bias and alpha in words, for error messages ("[n*C, 2n + n*n] for mhc").
+struct ShapeNames {
+  const char* phi;
+  const char* bias;
+  const char* alpha;
+};
+ShapeNames shape_names(Kind kind);
+
+// DESIGN.md §2's initial bias [B] and alpha [A] (as layout() sizes them) for a sublayer whose
+// leading stream is `lead` (its index mod n): stream_logit and res_off_logit are the magnitudes of
+// the σ variants' initial logits; HC's are fixed. phi starts at zero for every variant.
+void initial_bias_and_alpha(Kind kind, int64_t n, int64_t lead, double stream_logit, double res_off_logit, float* bias,
+                            float* alpha);
+
 }  // namespace mhc

@@ -14,15 +14,16 @@
 
 namespace mhc::kernels {
 
-// Calls f(std::integral_constant<Kind, kind>{}) for the runtime kind, so that f can name
-// VariantMath<decltype(k)::value> (beside with_streams, which does the same for n).
+// Returns f(std::integral_constant<Kind, kind>{}) for the runtime kind, so that f can name
+// VariantMath<decltype(k)::value> (beside with_streams, which does the same for n). Adding a
+// variant adds its header above and its case here.
 template <typename F>
-MHC_HD void with_variant(Kind kind, F&& f) {
+MHC_HD decltype(auto) with_variant(Kind kind, F&& f) {
   switch (kind) {
-    case Kind::residual: return f(std::integral_constant<Kind, Kind::residual>{});
     case Kind::hc: return f(std::integral_constant<Kind, Kind::hc>{});
     case Kind::mhc: return f(std::integral_constant<Kind, Kind::mhc>{});
     case Kind::mhc_lite: return f(std::integral_constant<Kind, Kind::mhc_lite>{});
+    default: return f(std::integral_constant<Kind, Kind::residual>{});  // kinds are checked when parsed
   }
 }
 

@@ -1,7 +1,10 @@
-// Names, stream limits and parameter layouts of the residual family (see include/mhc/variant.h).
+// Names of the residual family, and its per-variant facts (stream limits, parameter layouts,
+// initial values) dispatched to each variant's header in variants/ (see include/mhc/variant.h).
 #include "mhc/variant.h"
 
 #include <stdexcept>
+
+#include "coefficients.h"
 
 namespace mhc {
 
@@ -31,32 +34,27 @@ int factorial(int n) {
   return f;
 }
 
+using kernels::VariantMath;
+using kernels::with_variant;
+
 void check_streams(Kind kind, int64_t n) {
-  const std::string k = kind_name(kind);
-  if (kind == Kind::residual && n != 1)
-    throw std::invalid_argument("residual takes exactly 1 stream, got n = " + std::to_string(n));
-  if ((kind == Kind::hc || kind == Kind::mhc) && (n < 1 || n > kMaxStreams))
-    throw std::invalid_argument(k + " takes 1 to " + std::to_string(kMaxStreams) + " streams, got n = " +
-                                std::to_string(n));
-  if (kind == Kind::mhc_lite && (n < 1 || n > kMaxStreamsLite))
-    throw std::invalid_argument("mhc-lite takes 1 to " + std::to_string(kMaxStreamsLite) +
-                                " streams (n! permutations), got n = " + std::to_string(n) +
-                                "; for more streams use KromHC");
+  with_variant(kind, [&](auto k) { VariantMath<decltype(k)::value>::check_streams(n); });
 }
 
 Layout layout(Kind kind, int64_t n, int64_t C) {
   check_streams(kind, n);
-  switch (kind) {
-    case Kind::residual: return {0, 0, 0, 0, 0, 1};
-    // One projection per stream: x̄_i·[w_pre | w_post | W_res]; alpha = [s_alpha, s_beta].
-    case Kind::hc: return {C, n + 2, 2 * n + n * n, 2, n, n * n};
-    case Kind::mhc: return {n * C, 2 * n + n * n, 2 * n + n * n, 3, 1, n * n};
-    case Kind::mhc_lite: {
-      const int64_t perms = factorial(static_cast<int>(n));
-      return {n * C, 2 * n + perms, 2 * n + perms, 3, 1, perms};
-    }
-  }
-  throw std::invalid_argument("unknown residual kind");
+  return with_variant(kind, [&](auto k) { return VariantMath<decltype(k)::value>::layout(n, C); });
+}
+
+ShapeNames shape_names(Kind kind) {
+  return with_variant(kind, [](auto k) { return VariantMath<decltype(k)::value>::shape_names; });
+}
+
+void initial_bias_and_alpha(Kind kind, int64_t n, int64_t lead, double stream_logit, double res_off_logit, float* bias,
+                            float* alpha) {
+  with_variant(kind, [&](auto k) {
+    VariantMath<decltype(k)::value>::initial_bias_and_alpha(n, lead, stream_logit, res_off_logit, bias, alpha);
+  });
 }
 
 }  // namespace mhc

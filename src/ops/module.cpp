@@ -19,31 +19,8 @@ Parameters initial_parameters(const HyperConnectionOptions& o) {
   const Layout l = layout(o.kind(), n, C);
   const int64_t lead = o.sublayer_index() % n;  // the stream this sublayer reads and writes first
   Parameters p{torch::zeros({l.proj_rows, l.proj_cols}), torch::zeros({l.bias_size}), torch::zeros({l.alpha_size})};
-  switch (o.kind()) {
-    case Kind::residual:
-      break;
-    case Kind::hc:
-      // Step 0 is exactly a pre-norm residual network: H_pre = e_lead, H_res = I, H_post = 1.
-      p.bias[lead] = 1.0;
-      p.bias.slice(0, n, 2 * n).fill_(1.0);
-      p.bias.slice(0, 2 * n).view({n, n}).copy_(torch::eye(n));
-      p.alpha.fill_(0.01);
-      break;
-    case Kind::mhc:
-    case Kind::mhc_lite: {
-      const double s = o.bias_init().stream_logit;
-      for (auto group : {p.bias.slice(0, 0, n), p.bias.slice(0, n, 2 * n)}) {
-        group.fill_(-s);
-        group[lead] = s;
-      }
-      Tensor res = p.bias.slice(0, 2 * n);
-      res.fill_(o.bias_init().res_off_logit);
-      if (o.kind() == Kind::mhc) res.view({n, n}).diagonal().zero_();
-      else res[0] = 0.0;  // the identity is the first permutation
-      p.alpha.fill_(0.01);
-      break;
-    }
-  }
+  initial_bias_and_alpha(o.kind(), n, lead, o.bias_init().stream_logit, o.bias_init().res_off_logit,
+                         p.bias.data_ptr<float>(), p.alpha.data_ptr<float>());
   return p;
 }
 

@@ -80,11 +80,10 @@ Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, co
                       ": residual has no parameters; phi, bias and alpha must be empty");
     return l;
   }
-  const bool hc = kind == Kind::hc, lite = kind == Kind::mhc_lite;
-  check_shape(op, "phi", phi, {l.proj_rows, l.proj_cols},
-              hc ? "[C, n + 2] for hc" : lite ? "[n*C, 2n + n!] for mhc-lite" : "[n*C, 2n + n*n] for mhc");
-  check_shape(op, "bias", bias, {l.bias_size}, lite ? "[2n + n!]" : "[2n + n*n]");
-  check_shape(op, "alpha", alpha, {l.alpha_size}, hc ? "[2] (s_alpha, s_beta)" : "[3] (pre, post, res)");
+  const ShapeNames expected = shape_names(kind);
+  check_shape(op, "phi", phi, {l.proj_rows, l.proj_cols}, expected.phi);
+  check_shape(op, "bias", bias, {l.bias_size}, expected.bias);
+  check_shape(op, "alpha", alpha, {l.alpha_size}, expected.alpha);
   return l;
 }
 

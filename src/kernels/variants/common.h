@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "mhc/variant.h"
@@ -80,8 +82,22 @@ MHC_HD inline void softmax(const T* z, int64_t count, T* out) {
 //                                                    T* scratch, Coeffs<T>& out);
 //   template <typename T> static MHC_HD void backward(const CoeffVariant<T>&, const T* g, const T* r,
 //       const T* dpre, const T* dpost, const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre);
+// and, host only, the facts include/mhc/variant.h reports:
+//   static void check_streams(int64_t n);            throws std::invalid_argument naming what is accepted
+//   static Layout layout(int64_t n, int64_t C);
+//   static constexpr ShapeNames shape_names;
+//   static void initial_bias_and_alpha(int64_t n, int64_t lead, double stream_logit, double res_off_logit,
+//                                      float* bias, float* alpha);
 template <Kind K>
 struct VariantMath;
+
+// n in [1, most] streams, or a one-line error naming the variant, the range (and why), n, and advice.
+inline void check_stream_range(const char* variant, int64_t n, int64_t most, const std::string& why = "",
+                               const std::string& advice = "") {
+  if (n < 1 || n > most)
+    throw std::invalid_argument(std::string(variant) + " takes 1 to " + std::to_string(most) + " streams" + why +
+                                ", got n = " + std::to_string(n) + advice);
+}
 
 // ---------------------------------------------------------------------------------------------
 // The σ family: H̃ = α_group·g/r + b over one projection per token (P = 1), H_pre = σ(H̃_pre),
@@ -100,6 +116,22 @@ MHC_HD inline void mhc_logits(const CoeffVariant<T>& v, const T* g, T r, T* logi
 
 template <typename Mixing>
 struct SigmaFamily {
+  // One projection of the flattened state per token: vec(x)·[w_pre | w_post | w_res].
+  static Layout layout(int64_t n, int64_t C) {
+    const int64_t res = Mixing::res_size(n);
+    return {n * C, 2 * n + res, 2 * n + res, 3, 1, res};
+  }
+
+  // σ(±stream_logit) favours the sublayer's leading stream in H_pre and H_post, H_res starts near
+  // the identity (Mixing's res logits), and every gain α is 0.01: a near-residual network at step 0.
+  static void initial_bias_and_alpha(int64_t n, int64_t lead, double stream_logit, double res_off_logit, float* bias,
+                                     float* alpha) {
+    for (int64_t group = 0; group < 2; ++group)
+      for (int64_t i = 0; i < n; ++i) bias[group * n + i] = float(i == lead ? stream_logit : -stream_logit);
+    Mixing::initial_res_logits(n, res_off_logit, bias + 2 * n);
+    for (int a = 0; a < 3; ++a) alpha[a] = 0.01f;
+  }
+
   // scratch: at least m entries (the logits; mHC's SK then runs in place in out.res).
   template <typename T>
   static MHC_HD void forward(const CoeffVariant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {

@@ -164,6 +164,13 @@ MHC_HD inline void sinkhorn_backward(const T* logits, int t, const T* dres, T* w
 
 // H_res = SK_t(exp(H̃_res)) over the σ family; its backward works in (2t+1)·n² entries.
 struct SinkhornMixing {
+  static int64_t res_size(int64_t n) { return n * n; }
+  // Off-diagonal logits res_off_logit, diagonal 0: H_res ≈ I.
+  static void initial_res_logits(int64_t n, double res_off_logit, float* logits) {
+    for (int64_t k = 0; k < n; ++k)
+      for (int64_t i = 0; i < n; ++i) logits[k * n + i] = k == i ? 0.f : float(res_off_logit);
+  }
+
   template <typename T>
   static MHC_HD void res_forward(const CoeffVariant<T>& v, const T* res_logits, T* res) {
     with_streams(v.n, [&](auto N) { sinkhorn_forward<T, N()>(res_logits, v.t, res); });
@@ -176,6 +183,9 @@ struct SinkhornMixing {
 };
 
 template <>
-struct VariantMath<Kind::mhc> : SigmaFamily<SinkhornMixing> {};
+struct VariantMath<Kind::mhc> : SigmaFamily<SinkhornMixing> {
+  static void check_streams(int64_t n) { check_stream_range("mhc", n, kMaxStreams); }
+  static constexpr ShapeNames shape_names = {"[n*C, 2n + n*n] for mhc", "[2n + n*n]", "[3] (pre, post, res)"};
+};
 
 }  // namespace mhc::kernels

@@ -40,6 +40,12 @@ MHC_HD inline void permutation_mixture(const CoeffVariant<T>& v, const T* z, T* 
 
 // H_res = Σ_k softmax(z)_k·P_k over the σ family; its backward works in res_count entries.
 struct PermutationMixing {
+  static int64_t res_size(int64_t n) { return factorial(static_cast<int>(n)); }
+  // The identity (the first permutation) at 0, every other at res_off_logit: H_res ≈ I.
+  static void initial_res_logits(int64_t n, double res_off_logit, float* logits) {
+    for (int64_t k = 0; k < res_size(n); ++k) logits[k] = k == 0 ? 0.f : float(res_off_logit);
+  }
+
   template <typename T>
   static MHC_HD void res_forward(const CoeffVariant<T>& v, const T* z, T* res) {
     permutation_mixture(v, z, res);
@@ -63,6 +69,11 @@ struct PermutationMixing {
 };
 
 template <>
-struct VariantMath<Kind::mhc_lite> : SigmaFamily<PermutationMixing> {};
+struct VariantMath<Kind::mhc_lite> : SigmaFamily<PermutationMixing> {
+  static void check_streams(int64_t n) {
+    check_stream_range("mhc-lite", n, kMaxStreamsLite, " (n! permutations)", "; for more streams use KromHC");
+  }
+  static constexpr ShapeNames shape_names = {"[n*C, 2n + n!] for mhc-lite", "[2n + n!]", "[3] (pre, post, res)"};
+};
 
 }  // namespace mhc::kernels

@@ -8,6 +8,13 @@ namespace mhc::kernels {
 
 template <>
 struct VariantMath<Kind::residual> {
+  static void check_streams(int64_t n) {
+    if (n != 1) throw std::invalid_argument("residual takes exactly 1 stream, got n = " + std::to_string(n));
+  }
+  static Layout layout(int64_t, int64_t) { return {0, 0, 0, 0, 0, 1}; }
+  static constexpr ShapeNames shape_names = {"[0, 0] (no parameters)", "[0]", "[0]"};
+  static void initial_bias_and_alpha(int64_t, int64_t, double, double, float*, float*) {}
+
   template <typename T>
   static MHC_HD void forward(const CoeffVariant<T>&, const T*, const T*, T*, Coeffs<T>& out) {
     out.pre[0] = out.post[0] = out.res[0] = T(1);
