@@ -42,54 +42,84 @@ Tensor permutation_matrices(int64_t n, torch::ScalarType dtype) {
 }
 
 namespace {
+
 Tensor math(const Tensor& storage) { return storage.to(coefficient_dtype(storage.scalar_type())); }
+
+// One variant's coefficients of every token, in the order of the kernels' variants/*.h. x [N, n, C]
+// in the math dtype, phi as projection_weights makes it.
+struct Coefficients {
+  Tensor H_pre, H_post, H_res;
+};
+
+Coefficients residual_coefficients(const Tensor& x) {
+  const int64_t N = x.size(0);
+  return {x.new_ones({N, 1}), x.new_ones({N, 1}), x.new_ones({N, 1, 1})};
+}
+
+// Per-stream RMSNorm, then x̄_i·[w_pre | w_post | W_res] through tanh.
+Coefficients hc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
+  const int64_t n = x.size(1);
+  const Tensor r = (x.square().mean(-1, true) + kRmsEps).sqrt();  // [N, n, 1]
+  const Tensor u = (x.matmul(phi) / r).tanh();                     // [N, n, 2 + n]
+  const Tensor a_pre = bias.slice(0, 0, n), b_post = bias.slice(0, n, 2 * n);
+  const Tensor A_res = bias.slice(0, 2 * n).view({n, n});
+  return {a_pre + alpha[0] * u.select(2, 0), b_post + alpha[1] * u.select(2, 1),
+          A_res + alpha[0] * u.slice(2, 2).transpose(1, 2)};  // H_res [N, k, i] = tanh(x̄_i·W_res)[k]
+}
+
+// The σ family: one projection of the RMS-normalised flattened state, σ and 2σ for pre and post;
+// `mixing` maps the res logits [N, res] to H_res [N, n, n].
+template <typename Mixing>
+Coefficients sigma_family_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
+                                       Mixing mixing) {
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+  const Tensor v = x.reshape({N, n * C});
+  const Tensor r = (v.square().mean(-1, true) + kRmsEps).sqrt();  // [N, 1]
+  const Tensor g = v.matmul(phi) / r;                              // [N, m]
+  const Tensor pre_logits = alpha[0] * g.slice(1, 0, n) + bias.slice(0, 0, n);
+  const Tensor post_logits = alpha[1] * g.slice(1, n, 2 * n) + bias.slice(0, n, 2 * n);
+  const Tensor res_logits = alpha[2] * g.slice(1, 2 * n) + bias.slice(0, 2 * n);
+  return {pre_logits.sigmoid(), 2 * post_logits.sigmoid(), mixing(res_logits)};
+}
+
+Coefficients mhc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
+                              int64_t sinkhorn_iters) {
+  const int64_t N = x.size(0), n = x.size(1);
+  return sigma_family_coefficients(x, phi, bias, alpha, [&](const Tensor& res_logits) {
+    return sinkhorn(res_logits.view({N, n, n}), sinkhorn_iters);
+  });
+}
+
+Coefficients mhc_lite_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
+  const int64_t N = x.size(0), n = x.size(1);
+  return sigma_family_coefficients(x, phi, bias, alpha, [&](const Tensor& res_logits) {
+    const Tensor weights = res_logits.softmax(-1);  // [N, n!]
+    const Tensor P = permutation_matrices(n, x.scalar_type()).to(x.device()).view({-1, n * n});
+    return weights.matmul(P).view({N, n, n});
+  });
+}
+
+Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+                          int64_t sinkhorn_iters) {
+  switch (kind) {
+    case Kind::hc: return hc_coefficients(x, phi, bias, alpha);
+    case Kind::mhc: return mhc_coefficients(x, phi, bias, alpha, sinkhorn_iters);
+    case Kind::mhc_lite: return mhc_lite_coefficients(x, phi, bias, alpha);
+    case Kind::residual: break;
+  }
+  return residual_coefficients(x);
+}
+
 }  // namespace
 
 PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bias, const Tensor& alpha, Kind kind,
               int64_t sinkhorn_iters) {
   check_pre_args(x_stored, phi_master, bias, alpha, kind, sinkhorn_iters);
   const Tensor x = math(x_stored);
-  const Tensor phi = projection_weights(phi_master, x_stored.scalar_type());
-  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
-  Tensor H_pre, H_post, H_res;
-  switch (kind) {
-    case Kind::residual:
-      H_pre = H_post = x.new_ones({N, 1});
-      H_res = x.new_ones({N, 1, 1});
-      break;
-    case Kind::hc: {
-      // Per-stream RMSNorm, then x̄_i·[w_pre | w_post | W_res] through tanh.
-      const Tensor r = (x.square().mean(-1, true) + kRmsEps).sqrt();  // [N, n, 1]
-      const Tensor u = (x.matmul(phi) / r).tanh();                     // [N, n, 2 + n]
-      const Tensor a_pre = bias.slice(0, 0, n), b_post = bias.slice(0, n, 2 * n);
-      const Tensor A_res = bias.slice(0, 2 * n).view({n, n});
-      H_pre = a_pre + alpha[0] * u.select(2, 0);
-      H_post = b_post + alpha[1] * u.select(2, 1);
-      H_res = A_res + alpha[0] * u.slice(2, 2).transpose(1, 2);  // [N, k, i] = tanh(x̄_i·W_res)[k]
-      break;
-    }
-    case Kind::mhc:
-    case Kind::mhc_lite: {
-      const Tensor v = x.reshape({N, n * C});
-      const Tensor r = (v.square().mean(-1, true) + kRmsEps).sqrt();  // [N, 1]
-      const Tensor g = v.matmul(phi) / r;                              // [N, m]
-      const Tensor pre_logits = alpha[0] * g.slice(1, 0, n) + bias.slice(0, 0, n);
-      const Tensor post_logits = alpha[1] * g.slice(1, n, 2 * n) + bias.slice(0, n, 2 * n);
-      const Tensor res_logits = alpha[2] * g.slice(1, 2 * n) + bias.slice(0, 2 * n);
-      H_pre = pre_logits.sigmoid();
-      H_post = 2 * post_logits.sigmoid();
-      if (kind == Kind::mhc) {
-        H_res = sinkhorn(res_logits.view({N, n, n}), sinkhorn_iters);
-      } else {
-        const Tensor weights = res_logits.softmax(-1);  // [N, n!]
-        const Tensor P = permutation_matrices(n, x.scalar_type()).to(x.device()).view({-1, n * n});
-        H_res = weights.matmul(P).view({N, n, n});
-      }
-      break;
-    }
-  }
-  const Tensor h = (H_pre.unsqueeze(-1) * x).sum(1).to(x_stored.scalar_type());
-  return {h, H_pre, H_post, H_res};
+  const Coefficients c = coefficients(x, projection_weights(phi_master, x_stored.scalar_type()), bias, alpha, kind,
+                                      sinkhorn_iters);
+  const Tensor h = (c.H_pre.unsqueeze(-1) * x).sum(1).to(x_stored.scalar_type());
+  return {h, c.H_pre, c.H_post, c.H_res};
 }
 
 Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
