@@ -225,10 +225,10 @@ void check_case(Kind kind, int n, int64_t N, int64_t C, int t, const mhc::cuda::
   }
 }
 
-// Doubly stochastic on the GPU as on the CPU: mHC-lite exactly (to fp32 rounding), mHC rows exactly.
+// Doubly stochastic on the GPU as on the CPU: mHC-lite and KromHC exactly (to fp32 rounding), mHC
+// rows exactly.
 void check_doubly_stochastic(const mhc::cuda::Context& ctx) {
-  for (Kind kind : {Kind::mhc, Kind::mhc_lite}) {
-    const int n = 4;
+  for (auto [kind, n] : {std::pair{Kind::mhc, 4}, {Kind::mhc_lite, 4}, {Kind::kromhc, 8}, {Kind::kromhc, 6}}) {
     Inputs in = make_inputs(kind, n, 2048, 64, 20, 99);
     for (auto& b : in.bias) b *= 10;  // far from the identity init
     const Result r = run_gpu<float>(in, ctx);
@@ -336,7 +336,8 @@ int main(int argc, char** argv) {
 
   for (int64_t C : {13, 64, 100})
     for (auto [kind, n] : {std::pair{Kind::residual, 1}, {Kind::hc, 1}, {Kind::hc, 4}, {Kind::mhc, 1}, {Kind::mhc, 2},
-                           {Kind::mhc, 4}, {Kind::mhc, 8}, {Kind::mhc_lite, 2}, {Kind::mhc_lite, 4}, {Kind::mhc_lite, 5}})
+                           {Kind::mhc, 4}, {Kind::mhc, 8}, {Kind::mhc_lite, 2}, {Kind::mhc_lite, 4}, {Kind::mhc_lite, 5},
+                           {Kind::kromhc, 2}, {Kind::kromhc, 6}, {Kind::kromhc, 8}, {Kind::ihc, 4}})
       check_case(kind, n, 37, C, 20, ctx);
   check_case(Kind::mhc, 4, 37, 64, 0, ctx);  // t = 0: H_res = exp(H̃)
   check_case(Kind::mhc, 4, 37, 64, 1, ctx);

@@ -63,8 +63,14 @@ TEST(BadInput, UnsupportedStreamCounts) {
   const Params p = params(Kind::mhc, 6, 4);
   expect_error([&] { mhc::pre(x, p.phi, p.bias, p.alpha, Kind::mhc_lite, 20); }, {"mhc-lite", "1 to 5", "n = 6", "KromHC"});
   expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::mhc_lite, 6, 4)); }, {"n = 6", "KromHC"});
-  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::mhc, 9, 4)); }, {"1 to 8", "n = 9"});
-  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::hc, 0, 4)); }, {"1 to 8", "n = 0"});
+  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::mhc, 17, 4)); }, {"mhc takes 1 to 16", "n = 17"});
+  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::hc, 0, 4)); }, {"1 to 16", "n = 0"});
+  expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::ihc, 17, 4)); }, {"ihc takes 1 to 16", "n = 17"});
+  for (int64_t n : {1, 5, 10, 18, 32})
+    expect_error([&] { HyperConnection(HyperConnectionOptions(Kind::kromhc, n, 4)); },
+                 {"kromhc takes n = 2^a·3^b streams (2, 3, 4, 6, 8, 9, 12 or 16)", "got n = " + std::to_string(n)});
+  const Params k = params(Kind::kromhc, 4, 4);  // parameters for n = 4 given n = 8 streams: one line naming the shape
+  expect_error([&] { mhc::pre(torch::zeros({1, 8, 4}), k.phi, k.bias, k.alpha, Kind::kromhc, 0); }, {"phi", "kromhc"});
   expect_error([&] { mhc::pre(torch::zeros({2, 2, 4}), Tensor(torch::zeros({0})), torch::zeros({0}), torch::zeros({0}),
                               Kind::residual, 0); },
                {"residual takes exactly 1 stream", "n = 2"});
@@ -98,7 +104,7 @@ TEST(BadInput, DtypesAndDevices) {
 
 TEST(BadInput, KindNames) {
   expect_error([&] { HyperConnection(HyperConnectionOptions(parse_kind("mhc-heavy"), 2, 4)); },
-               {"mhc-heavy", "residual, hc, mhc, mhc-lite"});
+               {"mhc-heavy", "residual, hc, mhc, mhc-lite, kromhc, ihc"});
   expect_error([&] { BiasInit::named("ones"); }, {"ones", "paper, zero"});
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mhc::pre", "");
   const Params p = params(Kind::mhc, 2, 4);

@@ -62,5 +62,17 @@ TEST(Gradcheck, MHCLite) {
   for (int64_t n : {1, 2, 4, 5}) gradcheck(Kind::mhc_lite, n, 0);
 }
 
+TEST(Gradcheck, MHCSixteenStreams) { gradcheck(Kind::mhc, 16, 3); }
+
+// Every factorisation shape: one 2, one 3, 2⊗2, 2⊗3, 2⊗2⊗2, 3⊗3, 2⊗2⊗3, 2⊗2⊗2⊗2; and ±80 logits.
+TEST(Gradcheck, KromHC) {
+  for (int64_t n : {2, 3, 4, 6, 8, 9, 12, 16}) gradcheck(Kind::kromhc, n, 0);
+  for (int64_t n : {4, 6}) gradcheck(Kind::kromhc, n, 0, Scenario::large_logits);
+}
+
+TEST(Gradcheck, IdentityHC) {
+  for (int64_t n : {1, 2, 4}) gradcheck(Kind::ihc, n, 0);
+}
+
 }  // namespace
 }  // namespace mhc::test

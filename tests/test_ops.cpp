@@ -25,7 +25,12 @@ std::string case_name(const testing::TestParamInfo<Case>& info) {
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   const std::vector<std::pair<Kind, std::vector<int64_t>>> streams = {
-      {Kind::residual, {1}}, {Kind::hc, {1, 2, 4}}, {Kind::mhc, {1, 2, 4, 8}}, {Kind::mhc_lite, {1, 2, 4, 5}}};
+      {Kind::residual, {1}},
+      {Kind::hc, {1, 2, 4, 16}},
+      {Kind::mhc, {1, 2, 4, 8, 16}},
+      {Kind::mhc_lite, {1, 2, 4, 5}},
+      {Kind::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}},
+      {Kind::ihc, {1, 2, 4, 16}}};
   for (const auto& [kind, ns] : streams)
     for (int64_t n : ns)
       for (int64_t C : {13, 64})  // 13: not a multiple of any vector width
@@ -48,7 +53,20 @@ void check_case(const Case& c, torch::Device device) {
   const Outputs ref64 = run_sublayer(in64, c.kind, c.t, /*fused=*/false);
   const Outputs ref32 = run_sublayer(in64.to(torch::kFloat), c.kind, c.t, /*fused=*/false);
   const Outputs fused32 = run_sublayer(in64.to(torch::kFloat, device), c.kind, c.t, /*fused=*/true);
-  expect_close(fused32, ref32, ref64, what + " fp32");
+  // At ±80 logits a gradient may be ill-conditioned: with ties among a softmax's +80 logits, one
+  // fp32 rounding of the logits (ulp(80) = 7.6e-6) moves KromHC's dalpha at n = 12 by ~1e-4, which
+  // fp32's own reference may happen to dodge. The tolerance then counts that sensitivity, measured:
+  // ref64 with every bias b moved by |b|·2^-23 (one to two fp32 ulps) in a random direction.
+  Outputs jittered64;
+  if (c.scenario == Scenario::large_logits) {
+    Inputs moved = in64;
+    torch::manual_seed(99);
+    const Tensor ulp = in64.bias.detach().abs() * std::ldexp(1.0, -23);
+    moved.bias = (in64.bias.detach() + ulp * (torch::randint(0, 2, in64.bias.sizes(), torch::kDouble) * 2 - 1))
+                     .requires_grad_(true);
+    jittered64 = run_sublayer(moved, c.kind, c.t, /*fused=*/false);
+  }
+  expect_close(fused32, ref32, ref64, what + " fp32", 0, c.scenario == Scenario::large_logits ? &jittered64 : nullptr);
   if (device.is_cpu()) {  // the fp64 kernels exist on the CPU only
     expect_close_fp64(run_sublayer(in64, c.kind, c.t, /*fused=*/true), ref64, what);
   } else {
@@ -68,6 +86,7 @@ TEST_P(FusedVsReference, CPU) { check_case(GetParam(), torch::kCPU); }
 
 TEST_P(FusedVsReference, CUDA) {
   MHC_SKIP_UNLESS_USABLE(torch::kCUDA);
+  if (GetParam().n > kMaxStreamsCuda) GTEST_SKIP() << "the CUDA kernels take n <= " << kMaxStreamsCuda;
   check_case(GetParam(), torch::kCUDA);
 }
 
@@ -93,7 +112,7 @@ TEST(FusedOps, SameResultForAnyThreadCount) {
 
 // Gradients that never flow (here only h is used, so H_post and H_res get none) are read as zeros.
 TEST(FusedOps, GradientOfHAlone) {
-  for (Kind kind : {Kind::hc, Kind::mhc, Kind::mhc_lite}) {
+  for (Kind kind : {Kind::hc, Kind::mhc, Kind::mhc_lite, Kind::kromhc, Kind::ihc}) {
     const Inputs in = make_inputs(kind, 9, 3, 16, Scenario::random, 5);
     std::vector<Tensor> grads[2];
     for (bool fused : {true, false}) {
@@ -121,7 +140,7 @@ TEST(FusedOps, NonContiguousInputsAreHandled) {
 
 // An empty batch is valid: forward and backward return empty tensors and zero parameter gradients.
 TEST(FusedOps, EmptyBatch) {
-  for (Kind kind : {Kind::residual, Kind::hc, Kind::mhc, Kind::mhc_lite}) {
+  for (Kind kind : {Kind::residual, Kind::hc, Kind::mhc, Kind::mhc_lite, Kind::kromhc, Kind::ihc}) {
     const int64_t n = kind == Kind::residual ? 1 : 4;
     const Inputs in = make_inputs(kind, 0, n, 8, Scenario::random, 1).to(torch::kFloat);
     const Outputs o = run_sublayer(in, kind, 20, true);

@@ -1,6 +1,7 @@
-// Properties DESIGN.md §2 promises: doubly-stochastic H_res (exact for mHC-lite, rows exact and
-// columns converging with t for mHC), and the initialisation (HC reproduces a pre-norm residual
-// network exactly; mHC/mHC-lite start from the specified coefficients).
+// Properties DESIGN.md §2 promises: doubly-stochastic H_res (exact for mHC-lite and KromHC, the
+// identity for identity-HC, rows exact and columns converging with t for mHC), and the
+// initialisation (HC reproduces a pre-norm residual network exactly; the σ variants start from the
+// specified coefficients).
 #include <cmath>
 
 #include "helpers.h"
@@ -38,15 +39,35 @@ class DoublyStochastic : public testing::TestWithParam<std::string> {
 };
 INSTANTIATE_TEST_SUITE_P(Backends, DoublyStochastic, testing::Values("cpu", "cuda"));
 
+// Every given n at ordinary to ±80 logits: rows and columns sum to 1 within 1e-6, no entry < 0.
+void expect_exactly_doubly_stochastic(Kind kind, std::initializer_list<int64_t> ns, torch::Device device) {
+  for (int64_t n : ns)
+    for (double scale : {1.0, 10.0, 80.0}) {
+      if (device.is_cuda() && n > kMaxStreamsCuda) continue;
+      const StochasticError e = stochastic_error(coefficients_for_random_tokens(kind, n, 0, scale, n, device).H_res);
+      const std::string what = std::string(kind_name(kind)) + " n=" + std::to_string(n) + " scale=" + std::to_string(scale);
+      EXPECT_LE(e.row, 1e-6) << what;
+      EXPECT_LE(e.col, 1e-6) << what;
+      EXPECT_GE(e.min_entry, 0.0) << what;
+    }
+}
+
 TEST_P(DoublyStochastic, MHCLiteIsExact) {
   MHC_SKIP_UNLESS_USABLE(device);
-  for (int64_t n : {2, 3, 4, 5})
-    for (double scale : {1.0, 10.0, 80.0}) {
-      const StochasticError e = stochastic_error(coefficients_for_random_tokens(Kind::mhc_lite, n, 0, scale, n, device).H_res);
-      EXPECT_LE(e.row, 1e-6) << "n=" << n << " scale=" << scale;
-      EXPECT_LE(e.col, 1e-6) << "n=" << n << " scale=" << scale;
-      EXPECT_GE(e.min_entry, 0.0) << "n=" << n << " scale=" << scale;
-    }
+  expect_exactly_doubly_stochastic(Kind::mhc_lite, {2, 3, 4, 5}, device);
+}
+
+// Every factorisation shape: a Kronecker product of exactly doubly stochastic factors is exactly
+// doubly stochastic.
+TEST_P(DoublyStochastic, KromHCIsExact) {
+  MHC_SKIP_UNLESS_USABLE(device);
+  expect_exactly_doubly_stochastic(Kind::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}, device);
+}
+
+TEST_P(DoublyStochastic, IdentityHCIsTheIdentity) {
+  MHC_SKIP_UNLESS_USABLE(device);
+  const Tensor H = coefficients_for_random_tokens(Kind::ihc, 4, 0, 80.0, 3, device).H_res.cpu();
+  EXPECT_TRUE(torch::equal(H, torch::eye(4).expand_as(H)));
 }
 
 TEST_P(DoublyStochastic, MHCRowsExactColumnsConverge) {
@@ -91,33 +112,48 @@ TEST(Initialisation, HCIsExactlyAPreNormResidualNetwork) {
     }
 }
 
-// mHC and mHC-lite at initialisation (φ = 0, paper biases): H_pre = σ(±1), H_post = 2σ(±1) with
-// the + on stream l mod n, and H_res the closed form of the −8 off-diagonal / non-identity logits.
-TEST(Initialisation, MHCAndLiteStartFromTheSpecifiedCoefficients) {
+// mHC-lite's closed form at initialisation over f items: the identity's logit 0, the other f!−1 at
+// −8. (f−1)! permutations map i to each j ≠ i; the identity and (f−1)!−1 others fix i.
+Tensor permutation_mixture_at_init(int64_t f) {
+  const double e8 = std::exp(-8.0), z = 1 + (factorial(f) - 1) * e8, fixing = factorial(f - 1);
+  Tensor U = torch::full({f, f}, fixing * e8 / z);
+  U.diagonal().fill_((1 + (fixing - 1) * e8) / z);
+  return U;
+}
+
+// The σ variants at initialisation (φ = 0, paper biases): H_pre = σ(±1), H_post = 2σ(±1) with the
+// + on stream l mod n, and H_res the closed form of the −8 off-diagonal / non-identity logits.
+TEST(Initialisation, SigmaVariantsStartFromTheSpecifiedCoefficients) {
   const double e8 = std::exp(-8.0), s_hi = 1 / (1 + std::exp(-1.0)), s_lo = 1 / (1 + std::exp(1.0));
-  for (Kind kind : {Kind::mhc, Kind::mhc_lite})
-    for (int64_t n : {1, 2, 4})
+  const std::vector<std::pair<Kind, std::vector<int64_t>>> cases = {
+      {Kind::mhc, {1, 2, 4}}, {Kind::mhc_lite, {1, 2, 4}}, {Kind::kromhc, {2, 4, 6, 12}}, {Kind::ihc, {1, 2, 4}}};
+  for (const auto& [kind, ns] : cases)
+    for (int64_t n : ns)
       for (int64_t l : {0, 1, 5}) {
         HyperConnection hc(HyperConnectionOptions(kind, n, 16).sublayer_index(l));
         const PreOutput mix = hc->pre(torch::randn({2, 9, n, 16}));
-        Tensor want_pre = torch::full({n}, n == 1 ? s_hi : s_lo), want_res = torch::zeros({n, n});
+        Tensor want_pre = torch::full({n}, n == 1 ? s_hi : s_lo), want_res = torch::eye(n);
         want_pre[l % n] = s_hi;
         if (kind == Kind::mhc) {  // symmetric, equal row and column sums: one SK step is exact
           const double z = 1 + (n - 1) * e8;
           want_res.fill_(e8 / z);
           want_res.diagonal().fill_(1 / z);
-        } else {  // (n-1)! permutations map i to each j ≠ i; the identity and (n-1)!-1 others fix i
-          const double z = 1 + (factorial(n) - 1) * e8, f = factorial(n - 1);
-          want_res.fill_(f * e8 / z);
-          want_res.diagonal().fill_((1 + (f - 1) * e8) / z);
+        } else if (kind == Kind::mhc_lite) {
+          want_res = permutation_mixture_at_init(n);
+        } else if (kind == Kind::kromhc) {  // U_1 ⊗ … ⊗ U_K over n's factors, the 2s first
+          want_res = torch::ones({1, 1});
+          for (int64_t f : {2, 3})
+            for (int64_t rest = n; rest % f == 0; rest /= f) want_res = torch::kron(want_res, permutation_mixture_at_init(f));
         }
         const std::string what = std::string(kind_name(kind)) + " n=" + std::to_string(n) + " l=" + std::to_string(l);
         EXPECT_LE(max_abs_diff(mix.H_pre, want_pre.expand_as(mix.H_pre)), 1e-6) << what;
         EXPECT_LE(max_abs_diff(mix.H_post, 2 * want_pre.expand_as(mix.H_post)), 1e-6) << what;
         EXPECT_LE(max_abs_diff(mix.H_res, want_res.expand_as(mix.H_res)), 1e-6) << what;
         // "≈ I": within (n-1)·e^-8 (mHC) or (n!-1)·e^-8 (mHC-lite) of the identity.
-        const double bound = (kind == Kind::mhc ? n - 1 : factorial(n) - 1) * e8;
-        EXPECT_LE(max_abs_diff(mix.H_res, torch::eye(n).expand_as(mix.H_res)), bound + 1e-6) << what;
+        if (kind == Kind::mhc || kind == Kind::mhc_lite) {
+          const double bound = (kind == Kind::mhc ? n - 1 : factorial(n) - 1) * e8;
+          EXPECT_LE(max_abs_diff(mix.H_res, torch::eye(n).expand_as(mix.H_res)), bound + 1e-6) << what;
+        }
       }
 }
 

@@ -151,7 +151,7 @@ void expect_equal(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
 }
 
 TEST(Recompute, StackGradientsAreBitIdenticalForEveryVariant) {
-  for (Kind kind : {Kind::hc, Kind::mhc, Kind::mhc_lite}) {
+  for (Kind kind : {Kind::hc, Kind::mhc, Kind::mhc_lite, Kind::kromhc, Kind::ihc}) {
     SCOPED_TRACE(kind_name(kind));
     const Stack stack(kind, 40, 4, 24, 7);
     const auto reference = stack.gradients({});

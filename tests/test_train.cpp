@@ -111,7 +111,8 @@ GPTConfig small_config(Kind kind, int64_t n) {
 }
 
 TEST(Model, EveryVariantIsCausalAndStartsNearUniform) {
-  for (auto [kind, n] : {std::pair{Kind::residual, 1}, {Kind::hc, 4}, {Kind::mhc, 4}, {Kind::mhc_lite, 3}}) {
+  for (auto [kind, n] : {std::pair{Kind::residual, 1}, {Kind::hc, 4}, {Kind::mhc, 4}, {Kind::mhc_lite, 3}, {Kind::kromhc, 8},
+                         {Kind::ihc, 2}}) {
     SCOPED_TRACE(kind_name(kind));
     torch::manual_seed(0);
     GPT model(small_config(kind, n));

@@ -15,7 +15,8 @@ pngs_valid() { /usr/bin/python3 "$src/tests/check_png.py" "$@"; }
 losses() { /usr/bin/python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1])))' "$1"; }
 
 if want variants; then
-  for v in "residual" "hc --streams 2" "mhc --streams 4 --sinkhorn-iters 5" "mhc-lite --streams 3"; do
+  for v in "residual" "hc --streams 2" "mhc --streams 4 --sinkhorn-iters 5" "mhc-lite --streams 3" "kromhc --streams 8" \
+           "ihc --streams 4"; do
     out="$work/variant-${v%% *}"
     # shellcheck disable=SC2086
     if ! "$mhc" train "${small[@]}" --steps 12 --residual $v --out "$out" > "$out.log" 2>&1; then
@@ -46,6 +47,15 @@ if want resume; then
   "$mhc" train "${small[@]}" --steps 40 --recompute blocks --out "$work/blocks" > /dev/null 2>&1 || fail "--recompute blocks run failed"
   [ "$(losses "$work/split-streams/metrics.jsonl")" = "$a" ] || fail "none resumed with streams differs from the straight run"
   [ "$(losses "$work/blocks/metrics.jsonl")" = "$a" ] || fail "--recompute blocks differs from the straight run"
+  # The exact variants beyond mHC-lite resume bit for bit too (KromHC at n = 8 = 2⊗2⊗2).
+  for v in "kromhc --streams 8" "ihc --streams 4"; do
+    # shellcheck disable=SC2086
+    "$mhc" train "${small[@]}" --steps 16 --residual $v --out "$work/straight-${v%% *}" > /dev/null 2>&1 &&
+      "$mhc" train "${small[@]}" --steps 16 --stop-after 8 --residual $v --out "$work/split-${v%% *}" > /dev/null 2>&1 &&
+      "$mhc" train --resume "$work/split-${v%% *}" --stop-after 0 > /dev/null 2>&1 || fail "$v: a run failed"
+    [ "$(losses "$work/straight-${v%% *}/metrics.jsonl")" = "$(losses "$work/split-${v%% *}/metrics.jsonl")" ] ||
+      fail "$v: resume is not exact"
+  done
   # A resumed run may not change what was trained.
   err=$("$mhc" train --resume "$work/split" --residual hc --dim 64 2>&1 >/dev/null)
   echo "$err" | grep -q "^error: mhc train: --resume $work/split contradicts the checkpoint: residual (checkpoint mhc, given hc), dim (checkpoint 32, given 64)$" ||
@@ -198,6 +208,17 @@ for key in ("composite_fwd_max", "composite_bwd_max"):
   else
     fail "compare: $(tail -1 "$work/compare.log")"
   fi
+  # KromHC and identity-HC side by side; KromHC's composite maps are exact like mHC-lite's.
+  if "$mhc" compare "${cmp_args[@]}" --residual kromhc,ihc --out "$work/cmp-exact" > "$work/compare-exact.log" 2>&1; then
+    [ "$(grep -cE '^\| (kromhc|ihc) \|' "$work/cmp-exact/report.md")" -eq 4 ] || fail "compare kromhc,ihc: $(cat "$work/cmp-exact/report.md")"
+    /usr/bin/python3 -c '
+import json, sys
+last = [json.loads(l) for l in open(sys.argv[1])][-1]["diag"]
+assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max") for g in last[key]), last
+' "$work/cmp-exact/kromhc/metrics.jsonl" || fail "compare: KromHC composite gains are not 1 within 1e-4"
+  else
+    fail "compare kromhc,ihc: $(tail -1 "$work/compare-exact.log")"
+  fi
   # Seeds: 2 give the mean and (min–max), 3 (two of them reused) the mean ± std; every run listed.
   seeds_args=("${cmp_args[@]}" --residual residual,mhc --out "$work/cmp-seeds")
   if "$mhc" compare "${seeds_args[@]}" --seeds 2 > "$work/seeds2.log" 2>&1; then
@@ -219,7 +240,7 @@ for key in ("composite_fwd_max", "composite_bwd_max"):
   else
     fail "compare --seeds 3: $(tail -1 "$work/seeds3.log")"
   fi
-  expect_error "mhc compare: --residual: unknown residual kind 'foo' \(accepted: residual, hc, mhc, mhc-lite\)" compare --residual mhc,foo
+  expect_error "mhc compare: --residual: unknown residual kind 'foo' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)" compare --residual mhc,foo
   expect_error "mhc compare: --residual lists 'hc' twice" compare --residual hc,mhc,hc
   expect_error "mhc compare: $work/cmp/mhc holds a run with other settings: lr \(checkpoint 0.003, given 0.001\)" compare "${cmp_args[@]}" --residual mhc --lr 0.001
 fi

@@ -20,18 +20,24 @@ enum class Kind : int {
   hc = 1,        // Hyper-Connections: static + tanh-gated dynamic, unconstrained
   mhc = 2,       // DeepSeek mHC: sigmoid pre/post, Sinkhorn–Knopp H_res
   mhc_lite = 3,  // mHC-lite: sigmoid pre/post, H_res a softmax mixture of the n! permutations
+  kromhc = 4,    // KromHC: sigmoid pre/post, H_res a Kronecker product of small mHC-lite factors
+  ihc = 5,       // identity-HC: sigmoid pre/post, H_res = I (the no-mixing ablation)
 };
 
-constexpr int kMaxStreams = 8;        // HC and mHC
+constexpr int kMaxStreams = 16;       // HC, mHC, KromHC, identity-HC
 constexpr int kMaxStreamsLite = 5;    // mHC-lite: 5! = 120 permutation matrices
+// The CUDA kernels take n ≤ 8: their per-token loops are compile-time per n (registers, not local
+// memory), and n = 9..16 would double the instantiations and take ptxas past 6 minutes on a
+// 2-core build machine. Larger n runs on the CPU; the ops refuse it on CUDA in one line.
+constexpr int kMaxStreamsCuda = 8;
 constexpr int kMaxSinkhornIters = 100;
 constexpr double kRmsEps = 1e-6;
 
-// Parses "residual", "hc", "mhc", "mhc-lite" (also "mhc_lite"); throws std::invalid_argument
-// naming the value and the accepted list.
+// Parses "residual", "hc", "mhc", "mhc-lite" (also "mhc_lite"), "kromhc", "ihc"; throws
+// std::invalid_argument naming the value and the accepted list.
 Kind parse_kind(const std::string& name);
 const char* kind_name(Kind kind);
-const char* kind_names();  // "residual, hc, mhc, mhc-lite"
+const char* kind_names();  // "residual, hc, mhc, mhc-lite, kromhc, ihc"
 
 // n! for n ≤ kMaxStreamsLite.
 int factorial(int n);
@@ -43,7 +49,7 @@ struct Layout {
   int64_t bias_size;     // B
   int64_t alpha_size;    // A
   int64_t proj_per_token;  // projections one token makes (n for HC: one per stream; 1 otherwise)
-  int64_t res_size;      // coefficients behind H_res: n*n, or n! mixture weights for mHC-lite
+  int64_t res_size;      // logits behind H_res: n*n, n! (mHC-lite), Σ f_k! (KromHC), 0 (identity-HC)
 };
 
 // Throws std::invalid_argument when n is outside the range the kind supports.

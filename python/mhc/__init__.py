@@ -1,4 +1,4 @@
-"""mhc: hyper-connection residuals (HC, mHC, mHC-lite) for PyTorch, on the fused C++ ops.
+"""mhc: hyper-connection residuals (HC, mHC, mHC-lite, KromHC, identity-HC) for PyTorch, on the fused C++ ops.
 
     import torch, mhc
     hc = mhc.HyperConnection("mhc", streams=4, dim=512, sublayer_index=0)
@@ -20,7 +20,7 @@ from .modules import RECOMPUTE, HyperConnection, HyperConnectionStack, Mix, expa
 
 register_fake_implementations()
 
-KINDS = ("residual", "hc", "mhc", "mhc-lite")
+KINDS = ("residual", "hc", "mhc", "mhc-lite", "kromhc", "ihc")
 
 __all__ = ["HyperConnection", "HyperConnectionStack", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams", "KINDS",
            "library_path"]

@@ -6,8 +6,11 @@ Parameters (the names and layouts a checkpoint holds; see include/mhc/variant.h)
                   hc:       K = C,   m = n + 2    (w_pre | w_post | W_res, column 2+k feeds H_res row k)
                   mhc:      K = n*C, m = 2n + n*n (res logits row-major, row k = destination stream)
                   mhc-lite: K = n*C, m = 2n + n!  (permutations in lexicographic order, identity first)
-    bias  [B]     hc: a_pre (n) | b_post (n) | A_res (n*n, row-major); mhc/mhc-lite: logit biases as phi's columns
-    alpha [A]     hc: [s_alpha, s_beta]; mhc/mhc-lite: [alpha_pre, alpha_post, alpha_res]
+                  kromhc:   K = n*C, m = 2n + Σ f_k! (n = f_1·…·f_K, the 2s then the 3s; per factor its
+                            f_k! permutations as mhc-lite orders them; U_1 is the most significant digit)
+                  ihc:      K = n*C, m = 2n       (H_res = I)
+    bias  [B]     hc: a_pre (n) | b_post (n) | A_res (n*n, row-major); σ variants: logit biases as phi's columns
+    alpha [A]     hc: [s_alpha, s_beta]; σ variants: [alpha_pre, alpha_post, alpha_res] (ihc: no alpha_res)
 The plain residual has none. vec(x) is the token's n×C state flattened stream-major.
 """
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -34,7 +37,8 @@ class HyperConnection(nn.Module):
     """Wraps one sublayer F: h = H_pre·x, y = F(h), x_next = H_res·x + H_post^T·y.
 
     kind: "residual" (streams must be 1), "hc", "mhc" (Sinkhorn–Knopp, sinkhorn_iters in
-    [0, 100]) or "mhc-lite" (streams ≤ 5). sublayer_index l picks the stream l mod n that the
+    [0, 100]), "mhc-lite" (streams ≤ 5), "kromhc" (streams 2, 3, 4, 6, 8, 9, 12 or 16) or "ihc"
+    (H_res = I); streams ≤ 16. sublayer_index l picks the stream l mod n that the
     initial biases favour; stream_logit / res_off_logit are the initial bias magnitudes
     (1 and -8 in the papers; 0 and 0 make mHC a plain residual mean at step 0).
     """

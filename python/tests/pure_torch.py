@@ -24,6 +24,39 @@ def permutation_matrices(n, dtype=torch.float64):
     return P
 
 
+def kronecker_factors(n):
+    """KromHC's factor sizes: n = 2^a·3^b as [2]*a + [3]*b."""
+    factors = []
+    for f in (2, 3):
+        while n % f == 0:
+            factors.append(f)
+            n //= f
+    if n != 1:
+        raise ValueError(f"kromhc needs n = 2^a·3^b, got a factor {n}")
+    return factors
+
+
+def permutation_mixture(logits, f):
+    """softmax(logits) [N, f!] over the f x f permutation matrices -> [N, f, f]."""
+    weights = torch.softmax(logits, dim=-1)
+    return torch.einsum("nk,kij->nij", weights, permutation_matrices(f, logits.dtype).to(logits.device))
+
+
+def kronecker(factors):
+    """U_1 ⊗ … ⊗ U_K per token; entry [i, j] is the product of U_k at the k-th digits of i and j."""
+    sizes = [U.shape[-1] for U in factors]
+    n = math.prod(sizes)
+    entries = []
+    for i in range(n):
+        for j in range(n):
+            entry, a, b = 1.0, i, j
+            for U, f in reversed(list(zip(factors, sizes))):  # least significant digit last
+                entry = entry * U[:, a % f, b % f]
+                a, b = a // f, b // f
+            entries.append(entry)
+    return torch.stack(entries, dim=-1).view(-1, n, n)
+
+
 def sinkhorn(logits, t):
     """SK_t(exp(logits)), columns first, rows last; column-max shift before exp (t ≥ 1)."""
     if t == 0:
@@ -53,12 +86,21 @@ def coefficients(x, phi, bias, alpha, kind, t=20):
     g = (v @ phi) / rms(v)
     pre = alpha[0] * g[:, :n] + bias[:n]
     post = alpha[1] * g[:, n:2 * n] + bias[n:2 * n]
-    res = alpha[2] * g[:, 2 * n:] + bias[2 * n:]
+    res = alpha[2] * g[:, 2 * n:] + bias[2 * n:] if kind != "ihc" else None
     if kind == "mhc":
         H_res = sinkhorn(res.view(N, n, n), t)
     elif kind == "mhc-lite":
         weights = torch.softmax(res, dim=-1)
         H_res = torch.einsum("nk,kij->nij", weights, permutation_matrices(n, x.dtype).to(x.device))
+    elif kind == "kromhc":
+        factors, start = [], 0
+        for f in kronecker_factors(n):
+            count = math.factorial(f)
+            factors.append(permutation_mixture(res[:, start:start + count], f))
+            start += count
+        H_res = kronecker(factors)
+    elif kind == "ihc":
+        H_res = torch.eye(n, dtype=x.dtype, device=x.device).expand(N, n, n)
     else:
         raise ValueError(kind)
     return torch.sigmoid(pre), 2 * torch.sigmoid(post), H_res
@@ -80,5 +122,7 @@ def layout(kind, n, C):
         return (0, 0), 0, 0
     if kind == "hc":
         return (C, n + 2), 2 * n + n * n, 2
-    res = n * n if kind == "mhc" else math.factorial(n)
-    return (n * C, 2 * n + res), 2 * n + res, 3
+    res = {"mhc": n * n, "mhc-lite": math.factorial(n), "ihc": 0}.get(kind)
+    if kind == "kromhc":
+        res = sum(math.factorial(f) for f in kronecker_factors(n))
+    return (n * C, 2 * n + res), 2 * n + res, 3 if res else 2

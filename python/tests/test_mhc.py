@@ -17,7 +17,8 @@ import pure_torch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CASES = [("residual", 1)] + [("hc", n) for n in (1, 2, 4)] + [("mhc", n) for n in (1, 2, 4, 8)] + \
-        [("mhc-lite", n) for n in (1, 2, 4, 5)]
+        [("mhc-lite", n) for n in (1, 2, 4, 5)] + [("mhc", 16)] + \
+        [("kromhc", n) for n in (2, 3, 4, 6, 8, 12, 16)] + [("ihc", n) for n in (1, 4, 16)]
 
 
 def make_inputs(kind, n, C=7, N=11, dtype=torch.float64, seed=0):
@@ -72,7 +73,8 @@ def test_fused_fp32_within_fp32_rounding(kind, n):
         assert (f.double() - e).abs().max().item() <= tol
 
 
-@pytest.mark.parametrize("kind,n,t", [("residual", 1, 0), ("hc", 3, 0), ("mhc", 3, 20), ("mhc", 2, 0), ("mhc-lite", 3, 0)])
+@pytest.mark.parametrize("kind,n,t", [("residual", 1, 0), ("hc", 3, 0), ("mhc", 3, 20), ("mhc", 2, 0), ("mhc-lite", 3, 0),
+                                     ("kromhc", 4, 0), ("kromhc", 6, 0), ("ihc", 3, 0)])
 def test_gradcheck_double(kind, n, t):
     x, phi, bias, alpha, w = make_inputs(kind, n, C=4, N=3)
     params = [p for p in (x, phi, bias, alpha) if p.numel()]
@@ -85,7 +87,7 @@ def test_gradcheck_double(kind, n, t):
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("kind,n,t", [("hc", 2, 0), ("mhc", 3, 20), ("mhc-lite", 3, 0)])
+@pytest.mark.parametrize("kind,n,t", [("hc", 2, 0), ("mhc", 3, 20), ("mhc-lite", 3, 0), ("kromhc", 4, 0)])
 def test_gradgradcheck_double(kind, n, t):
     """create_graph=True gives differentiable gradients (second derivatives checked numerically)."""
     x, phi, bias, alpha, w = make_inputs(kind, n, C=3, N=2)
@@ -147,7 +149,7 @@ def test_module_initialisation_and_shapes():
     assert list(mhc.HyperConnection("residual", 1, 8).parameters()) == []
 
 
-@pytest.mark.parametrize("kind,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
+@pytest.mark.parametrize("kind,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3), ("kromhc", 8), ("ihc", 4)])
 def test_bfloat16_storage(kind, n):
     """bf16 x and y with the fp32 master parameters: h and x_next in bf16, the coefficients and the
     parameter gradients in fp32, and the values those of the fp32 ops on the same bf16 numbers
@@ -174,10 +176,12 @@ def test_bfloat16_storage(kind, n):
 
 
 def test_bad_input_is_a_one_line_error():
-    with pytest.raises(Exception, match=r"unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite\)"):
+    with pytest.raises(Exception, match=r"unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)"):
         mhc.HyperConnection("sinkhorn", 4, 8)
     with pytest.raises(Exception, match=r"mhc-lite takes 1 to 5 streams.*n = 6.*KromHC"):
         mhc.HyperConnection("mhc-lite", 6, 8)
+    with pytest.raises(Exception, match=r"kromhc takes n = 2\^a·3\^b streams \(2, 3, 4, 6, 8, 9, 12 or 16\), got n = 10"):
+        mhc.HyperConnection("kromhc", 10, 8)
     hc = mhc.HyperConnection("mhc", 4, 8)
     with pytest.raises(ValueError, match=r"x must be \[\.\.\., 4, 8\], got \[2, 3, 8\]"):
         hc.pre(torch.randn(2, 3, 8))

@@ -139,7 +139,7 @@ int bench_layer(const std::vector<std::string>& argv) {
             "Times forward+backward of one sublayer's connection (F = identity), fused vs reference.");
   args.flag("kind", "mhc", std::string("variants, comma-separated (") + kind_names() + ")")
       .flag("tokens", "4096", "tokens N = batch x sequence")
-      .flag("streams", "4", "streams n (residual always uses 1)")
+      .flag("streams", "4", "stream counts n, comma-separated (residual always uses 1)")
       .flag("dim", "512", "widths C, comma-separated")
       .flag("device", "cpu", "where to run: cpu, cuda, cuda:N")
       .flag("dtype", "float32", "storage of x and y: float32, bfloat16 (parameters and coefficients stay float32)")
@@ -155,13 +155,18 @@ int bench_layer(const std::vector<std::string>& argv) {
   for (const auto& k : args.list("kind")) kinds.push_back(parse_kind(k));
   std::vector<int64_t> dims;
   for (const auto& d : args.list("dim")) dims.push_back(parse_integer("--dim", d, 1, 1 << 20));
-  const int64_t N = args.integer("tokens", 1, 1 << 24), n = args.integer("streams", 1, kMaxStreams);
+  std::vector<int64_t> stream_counts;
+  for (const auto& s : args.list("streams")) stream_counts.push_back(parse_integer("--streams", s, 1, kMaxStreams));
+  const int64_t N = args.integer("tokens", 1, 1 << 24);
   const int threads = static_cast<int>(args.integer("threads", 1, 1024));
   const int64_t t = args.integer("sinkhorn-iters", 0, kMaxSinkhornIters);
   const int warmup = static_cast<int>(args.integer("warmup", 0, 1000));
   const int reps = static_cast<int>(args.integer("reps", 5, 10000));
   if (args.on("json") && args.on("markdown")) throw std::invalid_argument("mhc bench layer: choose one of --json, --markdown");
-  for (Kind k : kinds) check_streams(k, k == Kind::residual ? 1 : n);
+  // The stream counts each variant runs at: every one asked for (each must be accepted), 1 for residual.
+  auto streams_of = [&](Kind k) { return k == Kind::residual ? std::vector<int64_t>{1} : stream_counts; };
+  for (Kind k : kinds)
+    for (int64_t n : streams_of(k)) check_streams(k, n);
 
   const torch::Device device = train::parse_device(args.str("device"));
   const torch::ScalarType storage = train::parse_dtype(args.str("dtype"));
@@ -188,38 +193,38 @@ int bench_layer(const std::vector<std::string>& argv) {
     if (fma_gflops > 0) out << " | FMA peak " << fma_gflops << " GFLOP/s";
     out << "\nkind        n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s  copy-bound  FMA-bound  fused/bound\n";
   }
-  for (Kind kind : kinds) {
-    for (int64_t C : dims) {
-      const Result r = run_case(kind, N, kind == Kind::residual ? 1 : n, C, t, warmup, reps, device, storage);
-      const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
-      const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
-      const double fma_s = fma_gflops > 0 ? r.flops / (fma_gflops * 1e9) : 0.0;  // its projection at FMA peak
-      const double bound_ratio = r.fused_s / std::max(floor_s, fma_s);
-      if (args.on("json")) {
-        out << std::setprecision(6) << "{\"kind\": \"" << kind_name(kind) << "\", \"streams\": " << r.n
-            << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
-            << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
-            << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
-            << ", \"speedup\": " << speedup << ", \"fused_tokens_per_s\": " << tps << ", \"fused_gb_per_s\": " << gbs
-            << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3
-            << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3
-            << ", \"bound_ratio\": " << bound_ratio << "}\n";
-      } else if (args.on("markdown")) {
-        out << "| " << kind_name(kind) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
-            << " | " << r.reference_s * 1e3 << " | " << std::setprecision(1) << speedup << "x | "
-            << std::setprecision(0) << tps << " | " << std::setprecision(1) << gbs << " | " << std::setprecision(0)
-            << 100 * gbs / copy_gbs << "% | " << std::setprecision(2) << floor_s * 1e3 << " | " << fma_s * 1e3 << " | "
-            << bound_ratio << " |\n";
-      } else {
-        out << std::left << std::setw(9) << kind_name(kind) << std::right << std::setw(4) << r.n << std::setw(7) << C
-            << std::setw(9) << N << std::setprecision(2) << std::setw(11) << r.fused_s * 1e3 << std::setw(10)
-            << r.reference_s * 1e3 << std::setprecision(1) << std::setw(8) << speedup << "x" << std::setprecision(0)
-            << std::setw(14) << tps << std::setprecision(1) << std::setw(13) << gbs << std::setprecision(2)
-            << std::setw(12) << floor_s * 1e3 << std::setw(11) << fma_s * 1e3 << std::setw(13) << bound_ratio << "\n";
+  for (Kind kind : kinds)
+    for (int64_t n : streams_of(kind))
+      for (int64_t C : dims) {
+        const Result r = run_case(kind, N, n, C, t, warmup, reps, device, storage);
+        const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
+        const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
+        const double fma_s = fma_gflops > 0 ? r.flops / (fma_gflops * 1e9) : 0.0;  // its projection at FMA peak
+        const double bound_ratio = r.fused_s / std::max(floor_s, fma_s);
+        if (args.on("json")) {
+          out << std::setprecision(6) << "{\"kind\": \"" << kind_name(kind) << "\", \"streams\": " << r.n
+              << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
+              << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
+              << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
+              << ", \"speedup\": " << speedup << ", \"fused_tokens_per_s\": " << tps << ", \"fused_gb_per_s\": " << gbs
+              << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3
+              << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3
+              << ", \"bound_ratio\": " << bound_ratio << "}\n";
+        } else if (args.on("markdown")) {
+          out << "| " << kind_name(kind) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
+              << " | " << r.reference_s * 1e3 << " | " << std::setprecision(1) << speedup << "x | "
+              << std::setprecision(0) << tps << " | " << std::setprecision(1) << gbs << " | " << std::setprecision(0)
+              << 100 * gbs / copy_gbs << "% | " << std::setprecision(2) << floor_s * 1e3 << " | " << fma_s * 1e3 << " | "
+              << bound_ratio << " |\n";
+        } else {
+          out << std::left << std::setw(9) << kind_name(kind) << std::right << std::setw(4) << r.n << std::setw(7) << C
+              << std::setw(9) << N << std::setprecision(2) << std::setw(11) << r.fused_s * 1e3 << std::setw(10)
+              << r.reference_s * 1e3 << std::setprecision(1) << std::setw(8) << speedup << "x" << std::setprecision(0)
+              << std::setw(14) << tps << std::setprecision(1) << std::setw(13) << gbs << std::setprecision(2)
+              << std::setw(12) << floor_s * 1e3 << std::setw(11) << fma_s * 1e3 << std::setw(13) << bound_ratio << "\n";
+        }
+        out.flush();
       }
-      out.flush();
-    }
-  }
   return 0;
 }
 

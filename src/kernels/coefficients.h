@@ -8,6 +8,8 @@
 
 #include "variants/common.h"
 #include "variants/hc.h"
+#include "variants/ihc.h"
+#include "variants/kromhc.h"
 #include "variants/mhc.h"
 #include "variants/mhc_lite.h"
 #include "variants/residual.h"
@@ -23,6 +25,8 @@ MHC_HD decltype(auto) with_variant(Kind kind, F&& f) {
     case Kind::hc: return f(std::integral_constant<Kind, Kind::hc>{});
     case Kind::mhc: return f(std::integral_constant<Kind, Kind::mhc>{});
     case Kind::mhc_lite: return f(std::integral_constant<Kind, Kind::mhc_lite>{});
+    case Kind::kromhc: return f(std::integral_constant<Kind, Kind::kromhc>{});
+    case Kind::ihc: return f(std::integral_constant<Kind, Kind::ihc>{});
     default: return f(std::integral_constant<Kind, Kind::residual>{});  // kinds are checked when parsed
   }
 }
@@ -48,11 +52,10 @@ MHC_HD inline void coefficients_backward(const CoeffVariant<T>& v, const T* g, c
   });
 }
 
-// Enough scratch for every variant: the logits and their gradient (2m), the mixture weights
-// (mHC-lite) and the Sinkhorn–Knopp iterates (mHC, (2t+1)·n²).
+// The scratch one token's coefficients (forward or backward) work in, in entries of T.
 template <typename T>
 MHC_HD inline int64_t scratch_size(const CoeffVariant<T>& v) {
-  return 2 * v.m + v.res_count + (2 * int64_t(v.t) + 1) * v.n * v.n;
+  return with_variant(v.kind, [&](auto kind) { return VariantMath<decltype(kind)::value>::scratch_size(v); });
 }
 
 }  // namespace mhc::kernels

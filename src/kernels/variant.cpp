@@ -13,6 +13,8 @@ Kind parse_kind(const std::string& name) {
   if (name == "hc") return Kind::hc;
   if (name == "mhc") return Kind::mhc;
   if (name == "mhc-lite" || name == "mhc_lite") return Kind::mhc_lite;
+  if (name == "kromhc") return Kind::kromhc;
+  if (name == "ihc") return Kind::ihc;
   throw std::invalid_argument("unknown residual kind '" + name + "' (accepted: " + kind_names() + ")");
 }
 
@@ -22,11 +24,13 @@ const char* kind_name(Kind kind) {
     case Kind::hc: return "hc";
     case Kind::mhc: return "mhc";
     case Kind::mhc_lite: return "mhc-lite";
+    case Kind::kromhc: return "kromhc";
+    case Kind::ihc: return "ihc";
   }
   return "?";
 }
 
-const char* kind_names() { return "residual, hc, mhc, mhc-lite"; }
+const char* kind_names() { return "residual, hc, mhc, mhc-lite, kromhc, ihc"; }
 
 int factorial(int n) {
   int f = 1;

@@ -32,8 +32,11 @@ struct Storage {
   using aten = A;
 };
 
+// Also refuses more streams than the CUDA kernels take (x is [N, n, C] in every op).
 template <typename F>
 void with_storage(const char* op, const Tensor& x, F&& f) {
+  TORCH_CHECK_VALUE(x.dim() != 3 || x.size(1) <= kMaxStreamsCuda, op, " on CUDA takes 1 to ",
+                    kMaxStreamsCuda, " streams, got n = ", x.size(1), "; more streams run on the CPU");
   switch (x.scalar_type()) {
     case torch::kFloat: return f(Storage<float, float>{});
     case torch::kBFloat16: return f(Storage<__nv_bfloat16, at::BFloat16>{});

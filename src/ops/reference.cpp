@@ -68,7 +68,7 @@ Coefficients hc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& b
 }
 
 // The σ family: one projection of the RMS-normalised flattened state, σ and 2σ for pre and post;
-// `mixing` maps the res logits [N, res] to H_res [N, n, n].
+// `mixing` maps the res logits [N, res] to H_res [N, n, n] (identity-HC has none, and no α_res).
 template <typename Mixing>
 Coefficients sigma_family_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
                                        Mixing mixing) {
@@ -78,7 +78,8 @@ Coefficients sigma_family_coefficients(const Tensor& x, const Tensor& phi, const
   const Tensor g = v.matmul(phi) / r;                              // [N, m]
   const Tensor pre_logits = alpha[0] * g.slice(1, 0, n) + bias.slice(0, 0, n);
   const Tensor post_logits = alpha[1] * g.slice(1, n, 2 * n) + bias.slice(0, n, 2 * n);
-  const Tensor res_logits = alpha[2] * g.slice(1, 2 * n) + bias.slice(0, 2 * n);
+  const Tensor res_logits =
+      g.size(1) > 2 * n ? alpha[2] * g.slice(1, 2 * n) + bias.slice(0, 2 * n) : g.new_zeros({N, 0});
   return {pre_logits.sigmoid(), 2 * post_logits.sigmoid(), mixing(res_logits)};
 }
 
@@ -90,12 +91,40 @@ Coefficients mhc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& 
   });
 }
 
+// Σ_k softmax(z)_k·P_k over the f! permutation matrices of f items: [N, f!] -> [N, f, f].
+Tensor permutation_mixture(const Tensor& logits, int64_t f) {
+  const Tensor P = permutation_matrices(f, logits.scalar_type()).to(logits.device()).view({-1, f * f});
+  return logits.softmax(-1).matmul(P).view({logits.size(0), f, f});
+}
+
 Coefficients mhc_lite_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
+  const int64_t n = x.size(1);
+  return sigma_family_coefficients(x, phi, bias, alpha,
+                                   [&](const Tensor& res_logits) { return permutation_mixture(res_logits, n); });
+}
+
+// H_res = U_1 ⊗ … ⊗ U_K, U_k an mHC-lite mixture over f_k items; n's factors are its 2s, then its 3s.
+Coefficients kromhc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
   const int64_t N = x.size(0), n = x.size(1);
   return sigma_family_coefficients(x, phi, bias, alpha, [&](const Tensor& res_logits) {
-    const Tensor weights = res_logits.softmax(-1);  // [N, n!]
-    const Tensor P = permutation_matrices(n, x.scalar_type()).to(x.device()).view({-1, n * n});
-    return weights.matmul(P).view({N, n, n});
+    Tensor H = res_logits.new_ones({N, 1, 1});
+    int64_t rest = n, offset = 0;
+    for (int64_t f : {2, 3})
+      for (; rest % f == 0; rest /= f) {
+        const int64_t perms = f == 2 ? 2 : 6;
+        const Tensor U = permutation_mixture(res_logits.slice(1, offset, offset + perms), f);
+        offset += perms;
+        const int64_t s = H.size(1);  // (H ⊗ U)[a·f + b, c·f + d] = H[a, c]·U[b, d]
+        H = (H.view({N, s, 1, s, 1}) * U.view({N, 1, f, 1, f})).reshape({N, s * f, s * f});
+      }
+    return H;
+  });
+}
+
+Coefficients ihc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
+  const int64_t N = x.size(0), n = x.size(1);
+  return sigma_family_coefficients(x, phi, bias, alpha, [&](const Tensor&) {
+    return torch::eye(n, x.options()).expand({N, n, n}).contiguous();
   });
 }
 
@@ -105,6 +134,8 @@ Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias
     case Kind::hc: return hc_coefficients(x, phi, bias, alpha);
     case Kind::mhc: return mhc_coefficients(x, phi, bias, alpha, sinkhorn_iters);
     case Kind::mhc_lite: return mhc_lite_coefficients(x, phi, bias, alpha);
+    case Kind::kromhc: return kromhc_coefficients(x, phi, bias, alpha);
+    case Kind::ihc: return ihc_coefficients(x, phi, bias, alpha);
     case Kind::residual: break;
   }
   return residual_coefficients(x);

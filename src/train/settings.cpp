@@ -37,7 +37,7 @@ int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardwa
 const std::vector<SettingSpec>& setting_specs() {
   static const std::vector<SettingSpec> specs = {
       // what is trained
-      {"residual", "mhc", "residual variant: residual, hc, mhc, mhc-lite", 's', false},
+      {"residual", "mhc", "residual variant: residual, hc, mhc, mhc-lite, kromhc, ihc", 's', false},
       {"streams", "4", "n, the number of residual streams (residual: always 1)", 'i', false},
       {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc)", 'i', false},
       {"bias-init", "paper", "initial connection logits: paper, zero", 's', false},

@@ -165,7 +165,10 @@ __global__ void post_backward_kernel(T* dx, T* dy, float* dH_post, float* dH_res
 // Calls f(integral_constant<n>, integral_constant<W>) with W the 16-byte pack width if C allows.
 template <typename T, typename F>
 void dispatch(int n, int64_t C, F&& f) {
-  kernels::with_streams(n, [&](auto N) {
+  if (n < 1 || n > kMaxStreamsCuda)
+    throw std::invalid_argument("the CUDA kernels take 1 to " + std::to_string(kMaxStreamsCuda) + " streams, got n = " +
+                                std::to_string(n));
+  kernels::with_streams<kMaxStreamsCuda>(n, [&](auto N) {
     if (pack_width<T>(C) > 1) f(N, std::integral_constant<int, 16 / sizeof(T)>{});
     else f(N, std::integral_constant<int, 1>{});
   });
@@ -290,7 +293,8 @@ __global__ void pre_backward_kernel(kernels::CoeffVariant<float> v, const T* x, 
   }
   warp_sum<N>(dpre);
   if (lane == 0) {
-    constexpr int kMaxProjections = 2 * kMaxStreamsLite + 120;  // P·m is largest for mHC-lite at n = 5
+    // P·m: HC's n projections of n + 2 and mHC's 2n + n² at n = 8, or mHC-lite's 2n + n! at n = 5.
+    constexpr int kMaxProjections = std::max(kMaxStreamsCuda * (kMaxStreamsCuda + 2), 2 * kMaxStreamsLite + 120);
     float zeros[N * N] = {}, dg_token[kMaxProjections], dr[N];
     for (int i = 0; i < N; ++i) dpre[i] += dH_pre ? dH_pre[tok * N + i] : 0.f;
     float* row = param_rows + tok * param_count;
@@ -334,7 +338,7 @@ int token_warps(int scratch_floats) {
   int device = 0, max_shared = 48 * 1024;
   check(cudaGetDevice(&device), "get device");
   check(cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "device attribute");
-  const size_t per_warp = size_t(scratch_floats) * sizeof(float) + 2 * kMaxStreams * sizeof(float);
+  const size_t per_warp = size_t(scratch_floats) * sizeof(float) + 2 * kMaxStreamsCuda * sizeof(float);
   const int fit = int(size_t(max_shared) / per_warp);
   if (fit < 1) throw std::runtime_error("CUDA pre: the Sinkhorn scratch does not fit in shared memory");
   return fit < kTokenWarps ? fit : kTokenWarps;

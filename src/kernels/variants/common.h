@@ -1,10 +1,10 @@
 // What every variant's per-token coefficient math shares (DESIGN.md §2–3): the per-call view of
 // the parameters, one token's coefficients, the compile-time stream count, and the σ family —
-// mHC, mHC-lite (and any variant whose H_pre and H_post are σ and 2σ of α·g/r + b, differing only
-// in H_res), written once with the H_res map as a parameter. A few dozen numbers per token, so plain
+// mHC, mHC-lite, KromHC, identity-HC (every variant whose H_pre and H_post are σ and 2σ of
+// α·g/r + b, differing only in H_res), written once with the H_res map as a parameter. A few dozen numbers per token, so plain
 // scalar code, compiled for the CPU kernels and, under nvcc, for the CUDA kernels (MHC_HD): both
-// backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_lite.h)
-// specialises VariantMath; ../coefficients.h turns the runtime kind into it.
+// backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_lite.h,
+// kromhc.h, ihc.h) specialises VariantMath; ../coefficients.h turns the runtime kind into it.
 #pragma once
 
 #include <algorithm>
@@ -24,20 +24,25 @@
 
 namespace mhc::kernels {
 
-// Calls f(std::integral_constant<int, n>{}) for the runtime stream count n ≤ kMaxStreams: per-token
-// loops over streams unroll fully, and their accumulators stay in registers, when n is a constant.
-template <typename F>
+// Calls f(std::integral_constant<int, n>{}) for the runtime stream count n ≤ Most: per-token loops
+// over streams unroll fully, and their accumulators stay in registers, when n is a constant.
+template <int Most = kMaxStreams, int N = 1, typename F>
 MHC_HD void with_streams(int n, F&& f) {
-  switch (n) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 6: return f(std::integral_constant<int, 6>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    default: return f(std::integral_constant<int, 8>{});
+  if constexpr (N < Most) {
+    if (n != N) return with_streams<Most, N + 1>(n, f);
   }
+  return f(std::integral_constant<int, N>{});
+}
+
+// The streams up to which per-token coefficient loops are unrolled (with_unrolled_streams).
+constexpr int kUnrolledStreams = 8;
+
+// f(std::integral_constant<int, n>{}) for n ≤ kUnrolledStreams, else f(n): code written over
+// `auto N` unrolls where n is small and stays one loop where it is not.
+template <typename F>
+MHC_HD void with_unrolled_streams(int n, F&& f) {
+  if (n <= kUnrolledStreams) return with_streams<kUnrolledStreams>(n, f);
+  return f(n);
 }
 
 // What the coefficient math of one call needs (a view: the permutation table lives elsewhere).
@@ -46,7 +51,7 @@ struct CoeffVariant {
   Kind kind;
   int n;
   int64_t m, P;        // columns of phi; projections per token
-  int64_t res_count;   // entries behind H_res: n² logits (mHC, HC) or n! mixture weights (mHC-lite)
+  int64_t res_count;   // logits behind H_res: n² (mHC, HC), n! (mHC-lite), Σ f_k! (KromHC), 0 (identity-HC)
   int t;
   const T* bias;
   const T* alpha;
@@ -82,6 +87,7 @@ MHC_HD inline void softmax(const T* z, int64_t count, T* out) {
 //                                                    T* scratch, Coeffs<T>& out);
 //   template <typename T> static MHC_HD void backward(const CoeffVariant<T>&, const T* g, const T* r,
 //       const T* dpre, const T* dpost, const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre);
+//   template <typename T> static MHC_HD int64_t scratch_size(const CoeffVariant<T>&);   entries of T
 // and, host only, the facts include/mhc/variant.h reports:
 //   static void check_streams(int64_t n);            throws std::invalid_argument naming what is accepted
 //   static Layout layout(int64_t n, int64_t C);
@@ -102,8 +108,11 @@ inline void check_stream_range(const char* variant, int64_t n, int64_t most, con
 // ---------------------------------------------------------------------------------------------
 // The σ family: H̃ = α_group·g/r + b over one projection per token (P = 1), H_pre = σ(H̃_pre),
 // H_post = 2σ(H̃_post), and H_res = Mixing::res_forward(H̃_res). Mixing supplies
+//   res_size(n)                                              its logits (phi's res columns)
+//   initial_res_logits(n, res_off_logit, logits)             their initial biases (H_res ≈ I)
 //   res_forward(v, res_logits, res)                          H_res [n·n] from its logits
-//   res_backward(v, res_logits, dres, work, dres_logits)     their gradient; work: scratch beyond 2m
+//   res_backward(v, res_logits, dres, work, dres_logits)     their gradient
+//   work_size(v)                                             the scratch res_backward works in
 
 // mHC / mHC-lite logits H̃ = α_group·g/r + b.
 template <typename T>
@@ -117,9 +126,10 @@ MHC_HD inline void mhc_logits(const CoeffVariant<T>& v, const T* g, T r, T* logi
 template <typename Mixing>
 struct SigmaFamily {
   // One projection of the flattened state per token: vec(x)·[w_pre | w_post | w_res].
+  // alpha = [α_pre, α_post, α_res], without α_res when H_res has no logits.
   static Layout layout(int64_t n, int64_t C) {
     const int64_t res = Mixing::res_size(n);
-    return {n * C, 2 * n + res, 2 * n + res, 3, 1, res};
+    return {n * C, 2 * n + res, 2 * n + res, res > 0 ? 3 : 2, 1, res};
   }
 
   // σ(±stream_logit) favours the sublayer's leading stream in H_pre and H_post, H_res starts near
@@ -129,10 +139,16 @@ struct SigmaFamily {
     for (int64_t group = 0; group < 2; ++group)
       for (int64_t i = 0; i < n; ++i) bias[group * n + i] = float(i == lead ? stream_logit : -stream_logit);
     Mixing::initial_res_logits(n, res_off_logit, bias + 2 * n);
-    for (int a = 0; a < 3; ++a) alpha[a] = 0.01f;
+    for (int64_t a = 0; a < layout(n, 1).alpha_size; ++a) alpha[a] = 0.01f;
   }
 
-  // scratch: at least m entries (the logits; mHC's SK then runs in place in out.res).
+  // The logits and their gradient (2m), then what Mixing::res_backward works in.
+  template <typename T>
+  static MHC_HD int64_t scratch_size(const CoeffVariant<T>& v) {
+    return 2 * v.m + Mixing::work_size(v);
+  }
+
+  // scratch: the logits (m entries; mHC's SK then runs in place in out.res).
   template <typename T>
   static MHC_HD void forward(const CoeffVariant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {
     const int n = v.n;
@@ -145,7 +161,7 @@ struct SigmaFamily {
     Mixing::res_forward(v, logits + 2 * n, out.res);
   }
 
-  // scratch: at least 2m entries (logits, their gradient) plus what Mixing::res_backward works in.
+  // scratch: scratch_size(v) entries.
   template <typename T>
   static MHC_HD void backward(const CoeffVariant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
                               const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre) {

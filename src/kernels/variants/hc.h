@@ -24,6 +24,11 @@ struct VariantMath<Kind::hc> {
   }
 
   template <typename T>
+  static MHC_HD int64_t scratch_size(const CoeffVariant<T>&) {
+    return 0;
+  }
+
+  template <typename T>
   static MHC_HD void forward(const CoeffVariant<T>& v, const T* g, const T* r, T*, Coeffs<T>& out) {
     const int n = v.n;
     const T s_alpha = v.alpha[0], s_beta = v.alpha[1];

@@ -19,14 +19,16 @@ namespace mhc::kernels {
 constexpr double kLinearSpread = 32.0;
 
 // ---------------------------------------------------------------------------------------------
-// Sinkhorn–Knopp on an N×N matrix, N a compile-time stream count so the 2t normalisations of a
-// few dozen numbers unroll fully (they are the bulk of the per-token coefficient work).
+// Sinkhorn–Knopp on an N×N matrix. N is a compile-time stream count (std::integral_constant) up to
+// kUnrolledStreams, so the 2t normalisations of a few dozen numbers unroll fully (they are the bulk
+// of the per-token coefficient work), and a plain int beyond: unrolling n² = 256 entries for every
+// n up to 16 would multiply the CUDA build's time (ptxas) for little gain.
 // SK_t(exp(H̃)) = t × (columns, rows) starting from exp(H̃); t = 0 is exp(H̃) itself.
 
 // M0 = exp(H̃ − colmax); the first column normalisation cancels the shift exactly. Returns whether
 // the linear domain is exact for these logits (every shifted logit ≥ −kLinearSpread, see above).
-template <typename T, int N>
-MHC_HD inline bool sinkhorn_linear_start(const T* logits, T* M) {
+template <typename T, typename Dim>
+MHC_HD inline bool sinkhorn_linear_start(Dim N, const T* logits, T* M) {
   bool exact = true;
   for (int j = 0; j < N; ++j) {
     T colmax = logits[j];
@@ -41,8 +43,8 @@ MHC_HD inline bool sinkhorn_linear_start(const T* logits, T* M) {
 }
 
 // Y = X / (sums along columns or rows); X and Y may alias.
-template <typename T, int N, bool kByCols>
-MHC_HD inline void normalize(const T* X, T* Y) {
+template <bool kByCols, typename T, typename Dim>
+MHC_HD inline void normalize(Dim N, const T* X, T* Y) {
   for (int a = 0; a < N; ++a) {
     T s = 0;
     for (int b = 0; b < N; ++b) s += X[kByCols ? b * N + a : a * N + b];
@@ -55,8 +57,8 @@ MHC_HD inline void normalize(const T* X, T* Y) {
 }
 
 // Backward of Y = X / s, in place on d (dY → dX): dX = (dY − Σ_axis dY⊙Y) / s.
-template <typename T, int N, bool kByCols>
-MHC_HD inline void normalize_backward(const T* X, const T* Y, T* d) {
+template <bool kByCols, typename T, typename Dim>
+MHC_HD inline void normalize_backward(Dim N, const T* X, const T* Y, T* d) {
   for (int a = 0; a < N; ++a) {
     T s = 0, dot = 0;
     for (int b = 0; b < N; ++b) {
@@ -73,8 +75,8 @@ MHC_HD inline void normalize_backward(const T* X, const T* Y, T* d) {
 }
 
 // The same normalisation on logarithms: Y = X − logsumexp along columns or rows; X and Y may alias.
-template <typename T, int N, bool kByCols>
-MHC_HD inline void log_normalize(const T* X, T* Y) {
+template <bool kByCols, typename T, typename Dim>
+MHC_HD inline void log_normalize(Dim N, const T* X, T* Y) {
   for (int a = 0; a < N; ++a) {
     T mx = X[kByCols ? a : a * N];
     for (int b = 1; b < N; ++b) mx = std::max(mx, X[kByCols ? b * N + a : a * N + b]);
@@ -89,8 +91,8 @@ MHC_HD inline void log_normalize(const T* X, T* Y) {
 }
 
 // Backward of Y = X − logsumexp(X), in place on d: dX = dY − exp(Y)·Σ_axis dY (exp(Y) is the softmax).
-template <typename T, int N, bool kByCols>
-MHC_HD inline void log_normalize_backward(const T* Y, T* d) {
+template <bool kByCols, typename T, typename Dim>
+MHC_HD inline void log_normalize_backward(Dim N, const T* Y, T* d) {
   for (int a = 0; a < N; ++a) {
     T sum = 0;
     for (int b = 0; b < N; ++b) sum += d[kByCols ? b * N + a : a * N + b];
@@ -104,52 +106,52 @@ MHC_HD inline void log_normalize_backward(const T* Y, T* d) {
 // Writes the iterates into work [(2t+1)·N²] when `keep` (for the backward), else in place in M;
 // returns whether they are linear (M_s) or logarithms (ℓ_s). The last one is at work + 2t·N²,
 // or in M.
-template <typename T, int N>
-MHC_HD inline bool sinkhorn_iterates(const T* logits, int t, T* M, bool keep) {
-  constexpr int nn = N * N;
+template <typename T, typename Dim>
+MHC_HD inline bool sinkhorn_iterates(Dim N, const T* logits, int t, T* M, bool keep) {
+  const int nn = N * N;
   const int stride = keep ? nn : 0;
-  if (sinkhorn_linear_start<T, N>(logits, M)) {
+  if (sinkhorn_linear_start(N, logits, M)) {
     for (int it = 0; it < t; ++it) {
       T* X = M + 2 * it * stride;
-      normalize<T, N, true>(X, X + stride);
-      normalize<T, N, false>(X + stride, X + 2 * stride);
+      normalize<true>(N, X, X + stride);
+      normalize<false>(N, X + stride, X + 2 * stride);
     }
     return true;
   }
   for (int e = 0; e < nn; ++e) M[e] = logits[e];
   for (int it = 0; it < t; ++it) {
     T* X = M + 2 * it * stride;
-    log_normalize<T, N, true>(X, X + stride);
-    log_normalize<T, N, false>(X + stride, X + 2 * stride);
+    log_normalize<true>(N, X, X + stride);
+    log_normalize<false>(N, X + stride, X + 2 * stride);
   }
   return false;
 }
 
-template <typename T, int N>
-MHC_HD inline void sinkhorn_forward(const T* logits, int t, T* M) {
+template <typename T, typename Dim>
+MHC_HD inline void sinkhorn_forward(Dim N, const T* logits, int t, T* M) {
   if (t == 0) {  // no projection at all: H_res = exp(H̃)
     for (int e = 0; e < N * N; ++e) M[e] = std::exp(logits[e]);
     return;
   }
-  if (!sinkhorn_iterates<T, N>(logits, t, M, /*keep=*/false))
+  if (!sinkhorn_iterates(N, logits, t, M, /*keep=*/false))
     for (int e = 0; e < N * N; ++e) M[e] = std::exp(M[e]);
 }
 
 // dlogits = ∂⟨dres, SK_t(exp(logits))⟩/∂logits. Recomputes the iterates into work [(2t+1)·N²]
 // (never stored across the forward) and walks back through them.
-template <typename T, int N>
-MHC_HD inline void sinkhorn_backward(const T* logits, int t, const T* dres, T* work, T* dlogits) {
-  constexpr int nn = N * N;
+template <typename T, typename Dim>
+MHC_HD inline void sinkhorn_backward(Dim N, const T* logits, int t, const T* dres, T* work, T* dlogits) {
+  const int nn = N * N;
   if (t == 0) {
     for (int e = 0; e < nn; ++e) dlogits[e] = dres[e] * std::exp(logits[e]);
     return;
   }
   for (int e = 0; e < nn; ++e) dlogits[e] = dres[e];
   const T* it = work;  // iterate s lives at work + s·nn
-  if (sinkhorn_iterates<T, N>(logits, t, work, /*keep=*/true)) {
+  if (sinkhorn_iterates(N, logits, t, work, /*keep=*/true)) {
     for (int s = 2 * t; s >= 2; s -= 2) {
-      normalize_backward<T, N, false>(it + (s - 1) * nn, it + s * nn, dlogits);
-      normalize_backward<T, N, true>(it + (s - 2) * nn, it + (s - 1) * nn, dlogits);
+      normalize_backward<false>(N, it + (s - 1) * nn, it + s * nn, dlogits);
+      normalize_backward<true>(N, it + (s - 2) * nn, it + (s - 1) * nn, dlogits);
     }
     // Through exp; the column-max shift is a constant (the first column normalisation cancels it).
     for (int e = 0; e < nn; ++e) dlogits[e] *= it[e];
@@ -157,14 +159,19 @@ MHC_HD inline void sinkhorn_backward(const T* logits, int t, const T* dres, T* w
   }
   for (int e = 0; e < nn; ++e) dlogits[e] *= std::exp(it[2 * t * nn + e]);  // through H_res = exp(ℓ_2t)
   for (int s = 2 * t; s >= 2; s -= 2) {
-    log_normalize_backward<T, N, false>(it + s * nn, dlogits);
-    log_normalize_backward<T, N, true>(it + (s - 1) * nn, dlogits);
+    log_normalize_backward<false>(N, it + s * nn, dlogits);
+    log_normalize_backward<true>(N, it + (s - 1) * nn, dlogits);
   }
 }
 
-// H_res = SK_t(exp(H̃_res)) over the σ family; its backward works in (2t+1)·n² entries.
+// H_res = SK_t(exp(H̃_res)) over the σ family.
 struct SinkhornMixing {
   static int64_t res_size(int64_t n) { return n * n; }
+  // The 2t + 1 iterates the backward walks through.
+  template <typename T>
+  static MHC_HD int64_t work_size(const CoeffVariant<T>& v) {
+    return (2 * int64_t(v.t) + 1) * v.n * v.n;
+  }
   // Off-diagonal logits res_off_logit, diagonal 0: H_res ≈ I.
   static void initial_res_logits(int64_t n, double res_off_logit, float* logits) {
     for (int64_t k = 0; k < n; ++k)
@@ -173,12 +180,12 @@ struct SinkhornMixing {
 
   template <typename T>
   static MHC_HD void res_forward(const CoeffVariant<T>& v, const T* res_logits, T* res) {
-    with_streams(v.n, [&](auto N) { sinkhorn_forward<T, N()>(res_logits, v.t, res); });
+    with_unrolled_streams(v.n, [&](auto N) { sinkhorn_forward(N, res_logits, v.t, res); });
   }
   template <typename T>
   static MHC_HD void res_backward(const CoeffVariant<T>& v, const T* res_logits, const T* dres, T* work,
                                   T* dres_logits) {
-    with_streams(v.n, [&](auto N) { sinkhorn_backward<T, N()>(res_logits, v.t, dres, work, dres_logits); });
+    with_unrolled_streams(v.n, [&](auto N) { sinkhorn_backward(N, res_logits, v.t, dres, work, dres_logits); });
   }
 };
 

@@ -38,9 +38,13 @@ MHC_HD inline void permutation_mixture(const CoeffVariant<T>& v, const T* z, T* 
   for (int e = 0; e < n * n; ++e) res[e] = T(acc[e] / total);
 }
 
-// H_res = Σ_k softmax(z)_k·P_k over the σ family; its backward works in res_count entries.
+// H_res = Σ_k softmax(z)_k·P_k over the σ family.
 struct PermutationMixing {
   static int64_t res_size(int64_t n) { return factorial(static_cast<int>(n)); }
+  template <typename T>
+  static MHC_HD int64_t work_size(const CoeffVariant<T>& v) {
+    return v.res_count;  // the mixture weights
+  }
   // The identity (the first permutation) at 0, every other at res_off_logit: H_res ≈ I.
   static void initial_res_logits(int64_t n, double res_off_logit, float* logits) {
     for (int64_t k = 0; k < res_size(n); ++k) logits[k] = k == 0 ? 0.f : float(res_off_logit);

@@ -16,6 +16,11 @@ struct VariantMath<Kind::residual> {
   static void initial_bias_and_alpha(int64_t, int64_t, double, double, float*, float*) {}
 
   template <typename T>
+  static MHC_HD int64_t scratch_size(const CoeffVariant<T>&) {
+    return 0;
+  }
+
+  template <typename T>
   static MHC_HD void forward(const CoeffVariant<T>&, const T*, const T*, T*, Coeffs<T>& out) {
     out.pre[0] = out.post[0] = out.res[0] = T(1);
   }
