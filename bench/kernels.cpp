@@ -16,17 +16,17 @@
 
 namespace {
 
-using mhc::Kind;
+using mhc::Variant;
 
 struct Sublayer {
   int64_t N, n, C;
-  Kind kind;
+  Variant variant;
   mhc::Layout l;
   std::vector<float> x, y, phi, bias, alpha, h, H_pre, H_post, H_res, proj, rms, out, dout, dx, dy, dphi, dbias,
       dalpha, dH_post, dH_res;
 
-  Sublayer(Kind kind_, int64_t N_, int64_t n_, int64_t C_)
-      : N(N_), n(n_), C(C_), kind(kind_), l(mhc::layout(kind_, n_, C_)) {
+  Sublayer(Variant variant_, int64_t N_, int64_t n_, int64_t C_)
+      : N(N_), n(n_), C(C_), variant(variant_), l(mhc::layout(variant_, n_, C_)) {
     std::mt19937 rng(0);
     std::normal_distribution<float> normal;
     auto fill = [&](std::vector<float>& v, size_t size, float scale) {
@@ -44,7 +44,7 @@ struct Sublayer {
   }
 
   mhc::cpu::PreInputs<float> inputs(int threads) const {
-    return {x.data(), phi.data(), bias.data(), alpha.data(), N, int(n), C, kind, 20, threads};
+    return {x.data(), phi.data(), bias.data(), alpha.data(), N, int(n), C, variant, 20, threads};
   }
   void pre_forward(int threads) {
     mhc::cpu::pre_forward<float>({inputs(threads), h.data(), H_pre.data(), H_post.data(), H_res.data(), proj.data(),
@@ -67,10 +67,10 @@ struct Sublayer {
 
 enum Op { kPreForward, kPreBackward, kPostForward, kPostBackward };
 
-void run(benchmark::State& state, Kind kind, Op op) {
-  const int64_t N = 4096, n = kind == Kind::residual ? 1 : 4, C = state.range(0);
+void run(benchmark::State& state, Variant variant, Op op) {
+  const int64_t N = 4096, n = variant == Variant::residual ? 1 : 4, C = state.range(0);
   const int threads = omp_get_num_procs();
-  Sublayer s(kind, N, n, C);
+  Sublayer s(variant, N, n, C);
   s.pre_forward(threads);  // the backward reads the forward's saved projections
   double values = 0, flops = 0;  // fp32 values moved from/to memory, per call
   for (auto _ : state) {
@@ -100,15 +100,15 @@ void fma_peak(benchmark::State& state) {
 }
 BENCHMARK(fma_peak)->Unit(benchmark::kMillisecond);
 
-#define MHC_BENCH(name, kind, op) BENCHMARK_CAPTURE(run, name, kind, op)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)
-MHC_BENCH(mhc_pre_forward, Kind::mhc, kPreForward);
-MHC_BENCH(mhc_pre_backward, Kind::mhc, kPreBackward);
-MHC_BENCH(mhc_lite_pre_forward, Kind::mhc_lite, kPreForward);
-MHC_BENCH(mhc_lite_pre_backward, Kind::mhc_lite, kPreBackward);
-MHC_BENCH(hc_pre_forward, Kind::hc, kPreForward);
-MHC_BENCH(hc_pre_backward, Kind::hc, kPreBackward);
-MHC_BENCH(post_forward_n4, Kind::mhc, kPostForward);
-MHC_BENCH(post_backward_n4, Kind::mhc, kPostBackward);
+#define MHC_BENCH(name, variant, op) BENCHMARK_CAPTURE(run, name, variant, op)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)
+MHC_BENCH(mhc_pre_forward, Variant::mhc, kPreForward);
+MHC_BENCH(mhc_pre_backward, Variant::mhc, kPreBackward);
+MHC_BENCH(mhc_lite_pre_forward, Variant::mhc_lite, kPreForward);
+MHC_BENCH(mhc_lite_pre_backward, Variant::mhc_lite, kPreBackward);
+MHC_BENCH(hc_pre_forward, Variant::hc, kPreForward);
+MHC_BENCH(hc_pre_backward, Variant::hc, kPreBackward);
+MHC_BENCH(post_forward_n4, Variant::mhc, kPostForward);
+MHC_BENCH(post_backward_n4, Variant::mhc, kPostBackward);
 
 }  // namespace
 

@@ -4,7 +4,7 @@ alternating repetition by repetition, median after warm-up; on a GPU every timin
 synchronisation. GB/s counts the bytes the fused path must move, (8n + 5)·C storage values per token
 (see src/cli/bench_layer.cpp), against the device's copy bandwidth (one large copy, read + write).
 
-    PYTHONPATH=python /usr/bin/python3 python/bench.py --kind residual,hc,mhc,mhc-lite --dim 512,1024 --markdown
+    PYTHONPATH=python /usr/bin/python3 python/bench.py --variant residual,hc,mhc,mhc-lite --dim 512,1024 --markdown
     PYTHONPATH=python python python/bench.py --device cuda --dtype bfloat16 --tokens 16384 --dim 1280,4096
 """
 import argparse
@@ -41,15 +41,15 @@ def copy_bandwidth_gbs(device):
 
 # pure_torch on bf16 storage: fp32 math on the bf16 values, phi read as bf16 (python/mhc/modules.py).
 pure_on_bf16 = types.SimpleNamespace(
-    pre=lambda x, phi, bias, alpha, kind, t: (
-        lambda h, *H: (h.to(x.dtype), *H))(*pure_torch.pre(x.float(), phi.bfloat16().float(), bias, alpha, kind, t)),
+    pre=lambda x, phi, bias, alpha, variant, t: (
+        lambda h, *H: (h.to(x.dtype), *H))(*pure_torch.pre(x.float(), phi.bfloat16().float(), bias, alpha, variant, t)),
     post=lambda x, y, H_post, H_res: pure_torch.post(x.float(), y.float(), H_post, H_res).to(x.dtype))
 
 
-def step_time(ops, kind, x, phi, bias, alpha, dout, t):
+def step_time(ops, variant, x, phi, bias, alpha, dout, t):
     finish(x.device)
     start = time.perf_counter()
-    h, _, H_post, H_res = ops.pre(x, phi, bias, alpha, kind, t)
+    h, _, H_post, H_res = ops.pre(x, phi, bias, alpha, variant, t)
     out = ops.post(x, h, H_post, H_res)
     params = [p for p in (x, phi, bias, alpha) if p.numel()]
     torch.autograd.grad(out, params, dout)
@@ -57,9 +57,9 @@ def step_time(ops, kind, x, phi, bias, alpha, dout, t):
     return time.perf_counter() - start
 
 
-def run_case(kind, N, n, C, t, warmup, reps, device, dtype):
+def run_case(variant, N, n, C, t, warmup, reps, device, dtype):
     torch.manual_seed(0)
-    phi, bias, alpha = (p.to(device) for p in torch.ops.mhc.initial_parameters(kind, n, C))
+    phi, bias, alpha = (p.to(device) for p in torch.ops.mhc.initial_parameters(variant, n, C))
     phi = (phi + 0.02 * torch.randn_like(phi)).requires_grad_()
     bias.requires_grad_(), alpha.requires_grad_()
     x = torch.randn(N, n, C, device=device, dtype=dtype, requires_grad=True)
@@ -67,8 +67,8 @@ def run_case(kind, N, n, C, t, warmup, reps, device, dtype):
     reference = pure_on_bf16 if dtype == torch.bfloat16 else pure_torch
     fused, pure = [], []
     for rep in range(warmup + reps):
-        f = step_time(torch.ops.mhc, kind, x, phi, bias, alpha, dout, t)
-        p = step_time(reference, kind, x, phi, bias, alpha, dout, t)
+        f = step_time(torch.ops.mhc, variant, x, phi, bias, alpha, dout, t)
+        p = step_time(reference, variant, x, phi, bias, alpha, dout, t)
         if rep >= warmup:
             fused.append(f), pure.append(p)
     return statistics.median(fused), statistics.median(pure), N * (8 * n + 5) * C * x.element_size()
@@ -86,7 +86,7 @@ def widths(text):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kind", default="mhc", help="comma-separated: " + ", ".join(mhc.KINDS))
+    ap.add_argument("--variant", "--kind", default="mhc", help="comma-separated: " + ", ".join(mhc.VARIANTS))
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--dim", type=widths, default="512", help="comma-separated widths")
@@ -99,10 +99,10 @@ def main():
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    kinds = args.kind.split(",")
-    for kind in kinds:
-        if kind not in mhc.KINDS:
-            ap.error(f"unknown kind '{kind}' (accepted: {', '.join(mhc.KINDS)})")
+    variants = args.variant.split(",")
+    for variant in variants:
+        if variant not in mhc.VARIANTS:
+            ap.error(f"unknown variant '{variant}' (accepted: {', '.join(mhc.VARIANTS)})")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -117,22 +117,22 @@ def main():
     if args.markdown:
         print(f"Machine: {machine}, torch {torch.__version__}, copy bandwidth {copy:.0f} GB/s (read + write); "
               f"N = {args.tokens} tokens, {args.dtype} storage, fwd+bwd with F = identity, median of {args.reps}.\n")
-        print("| kind | n | C | fused ms | pure PyTorch ms | speedup | fused GB/s | % of copy |\n|---|---|---|---|---|---|---|---|")
+        print("| variant | n | C | fused ms | pure PyTorch ms | speedup | fused GB/s | % of copy |\n|---|---|---|---|---|---|---|---|")
     else:
         print(f"machine: {machine} | copy bandwidth {copy:.1f} GB/s")
-        print("kind        n      C   fused ms   pure ms  speedup  fused GB/s  % of copy")
-    for kind in kinds:
-        n = 1 if kind == "residual" else args.streams
+        print("variant        n      C   fused ms   pure ms  speedup  fused GB/s  % of copy")
+    for variant in variants:
+        n = 1 if variant == "residual" else args.streams
         for C in args.dim:
             try:
-                f, p, moved = run_case(kind, args.tokens, n, C, args.sinkhorn_iters, args.warmup, args.reps, device, dtype)
+                f, p, moved = run_case(variant, args.tokens, n, C, args.sinkhorn_iters, args.warmup, args.reps, device, dtype)
             except (RuntimeError, ValueError) as e:  # the ops' own one-line errors (bad n, t, ...)
                 sys.exit(f"error: {str(e).splitlines()[0]}")
             gbs = moved / f / 1e9
             if args.markdown:
-                print(f"| {kind} | {n} | {C} | {f * 1e3:.2f} | {p * 1e3:.2f} | {p / f:.1f}x | {gbs:.0f} | {100 * gbs / copy:.0f}% |")
+                print(f"| {variant} | {n} | {C} | {f * 1e3:.2f} | {p * 1e3:.2f} | {p / f:.1f}x | {gbs:.0f} | {100 * gbs / copy:.0f}% |")
             else:
-                print(f"{kind:<9}{n:4d}{C:7d}{f * 1e3:11.2f}{p * 1e3:10.2f}{p / f:8.1f}x{gbs:12.1f}{100 * gbs / copy:10.0f}%")
+                print(f"{variant:<9}{n:4d}{C:7d}{f * 1e3:11.2f}{p * 1e3:10.2f}{p / f:8.1f}x{gbs:12.1f}{100 * gbs / copy:10.0f}%")
             sys.stdout.flush()
 
 

@@ -52,7 +52,7 @@ cat <<HEADER
 
 ## One sublayer's connection, fused CPU kernels vs the plain-LibTorch reference
 
-\`$(basename "$mhc") bench layer --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --markdown\`
+\`$(basename "$mhc") bench layer --variant residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --markdown\`
 
 Forward + backward of pre → F = identity → post, both paths in the same run, alternating
 repetition by repetition; median after warm-up. "fused GB/s" divides the bytes the fused kernels
@@ -66,13 +66,26 @@ reference runs Sinkhorn–Knopp on logarithms (exact at every logit scale), so i
 the cost of that exactness in eager LibTorch, not of a linear-domain iteration.
 
 HEADER
-"$mhc" bench layer --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
+"$mhc" bench layer --variant residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
+
+cat <<SECTION
+
+## Beyond four streams: mHC and KromHC at n = 4, 8, 16
+
+\`$(basename "$mhc") bench layer --variant mhc,kromhc --tokens 4096 --streams 4,8,16 --dim 512 --threads $threads --markdown\`,
+then mHC-lite at n = 4 (its limit is 5) for comparison, same columns as above. KromHC's H_res is
+exactly doubly stochastic from 2·log₂n logits (mHC's: n², approximately); the projection's
+columns, and so its FMA bound, grow as 2n + 2·log₂n against mHC's 2n + n².
+
+SECTION
+"$mhc" bench layer --variant mhc,kromhc --tokens 4096 --streams 4,8,16 --dim 512 --threads "$threads" --markdown
+"$mhc" bench layer --variant mhc-lite --tokens 4096 --streams 4 --dim 512 --threads "$threads" --markdown | grep '^| mhc-lite'
 
 cat <<SECTION
 
 ## The same ops from Python, vs an independent pure-PyTorch implementation
 
-\`python/bench.py --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --markdown\`
+\`python/bench.py --variant residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --markdown\`
 (with Debian's \`/usr/bin/python3\` and \`PYTHONPATH=python\`). The pure-PyTorch side is
 \`python/tests/pure_torch.py\`, written from DESIGN.md alone; F = identity as above. Run with
 glibc told to keep freed memory (\`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736\`), the policy
@@ -80,7 +93,7 @@ glibc told to keep freed memory (\`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=687
 
 SECTION
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 PYTHONPATH="$(dirname "$0")/../python" /usr/bin/python3 "$(dirname "$0")/../python/bench.py" \
-  --kind residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
+  --variant residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
 
 cat <<SECTION
 

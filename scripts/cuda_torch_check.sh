@@ -19,5 +19,5 @@ export MHC_LIBRARY=$out/libmhc.so PYTHONPATH=$root/python
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 "$sanitizer" --tool memcheck --error-exitcode 1 "$out/tests/cuda_kernels" | tail -3
 "$python" "$root/python/bench.py" --device cuda --dtype bfloat16 --tokens 16384 --dim 1280,4096 \
-  --kind residual,hc,mhc,mhc-lite --markdown
+  --variant residual,hc,mhc,mhc-lite --markdown
 "$out/tests/cuda_kernels" --bench

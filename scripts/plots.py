@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter  # noq
 
 # Per variant: colour, marker, line style (mHC and mHC-lite often coincide: the styles keep both visible).
 STYLES = {"residual": ("tab:gray", "", "-"), "hc": ("tab:red", "o", "-"), "mhc": ("tab:blue", "s", "-"),
-          "mhc-lite": ("tab:green", "^", "--")}
+          "mhc-lite": ("tab:green", "^", "--"), "kromhc": ("tab:purple", "D", ":"), "ihc": ("tab:orange", "v", "-.")}
 SUBLAYER_AXIS = "sublayer l (attention and MLP counted separately)"
 
 
@@ -44,6 +44,11 @@ def save(fig, path):
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def variant_in(record):
+    """The variant an analysis.json or config.json names (files written before the rename say "residual")."""
+    return record["variant"] if "variant" in record else record["residual"]
 
 
 def variant_of(name):
@@ -112,7 +117,8 @@ def analyze(analysis_path, out):
     d = a["diag"]
     L = len(d["sublayer"])
     depth = list(range(L))
-    what = "%s, n = %d, step %d, %d probe tokens" % (a["residual"], a["streams"], a["step"], a["probe_tokens"])
+    variant = variant_in(a)
+    what = "%s, n = %d, step %d, %d probe tokens" % (variant, a["streams"], a["step"], a["probe_tokens"])
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
     for ax, key, title in ((axes[0], "fwd", "forward gain (max |row sum|)"), (axes[1], "bwd", "backward gain (max |column sum|)")):
@@ -146,7 +152,7 @@ def analyze(analysis_path, out):
     s = a["sinkhorn"]
     t = s["iterations"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if a["residual"] == "mhc":
+    if variant == "mhc":
         cmap = plt.get_cmap("viridis")
         for l, errors in enumerate(s["error"]):
             ax.plot(t, [max(e, 1e-12) for e in errors], color=cmap(l / max(L - 1, 1)), linewidth=0.8, alpha=0.8)
@@ -160,8 +166,8 @@ def analyze(analysis_path, out):
         exact = max(finite(e[0] for e in s["error"]), default=math.nan)
         if math.isfinite(exact):
             ax.axhline(max(exact, 1e-12), color="tab:green", linewidth=2,
-                       label="%s: its own H_res, no iterations (worst sublayer %.1e)" % (a["residual"], exact))
-        ax.set_title("doubly-stochastic error of H_res (no Sinkhorn–Knopp in %s)\n%s" % (a["residual"], what))
+                       label="%s: its own H_res, no iterations (worst sublayer %.1e)" % (variant, exact))
+        ax.set_title("doubly-stochastic error of H_res (no Sinkhorn–Knopp in %s)\n%s" % (variant, what))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(t[0], t[-1])
@@ -170,7 +176,7 @@ def analyze(analysis_path, out):
     save(fig, os.path.join(out, "sinkhorn_error.png"))
 
     if "effective_rank" in d:  # analysis.json written before the stream diagnostics has none
-        streams_vs_depth([(a["residual"], [d])], a["streams"], "stream use, means over probe tokens\n" + what,
+        streams_vs_depth([(variant, [d])], a["streams"], "stream use, means over probe tokens\n" + what,
                          os.path.join(out, "streams.png"))
 
 
@@ -364,7 +370,7 @@ def depth(path, runs):
         diags = [j for j in read_metrics(run_dir) if "diag" in j]
         gain = max(max(diags[-1]["diag"]["composite_fwd_max"]), max(diags[-1]["diag"]["composite_bwd_max"])) \
             if diags else 1.0  # the plain residual: the identity
-        points.setdefault(config["residual"], {}).setdefault(config["layers"], []).append(gain)
+        points.setdefault(variant_in(config), {}).setdefault(config["layers"], []).append(gain)
     fig, ax = plt.subplots(figsize=(7, 4.8))
     for variant, by_blocks in points.items():
         blocks = sorted(by_blocks)

@@ -58,10 +58,10 @@ inline bool usable(torch::Device device) { return device.is_cpu() || torch::cuda
   if (!usable(device)) GTEST_SKIP() << "no CUDA GPU usable here (a CPU-only LibTorch, or no GPU visible)"
 
 // Inputs in float64 (cast down for fp32 runs, so both precisions see the same numbers).
-inline Inputs make_inputs(Kind kind, int64_t N, int64_t n, int64_t C, Scenario scenario, uint64_t seed) {
+inline Inputs make_inputs(Variant variant, int64_t N, int64_t n, int64_t C, Scenario scenario, uint64_t seed) {
   torch::manual_seed(seed);
   const auto f64 = torch::TensorOptions().dtype(torch::kDouble);
-  const Layout l = layout(kind, n, C);
+  const Layout l = layout(variant, n, C);
   Tensor x = torch::randn({N, n, C}, f64);
   Tensor phi = torch::randn({l.proj_rows, l.proj_cols}, f64) / std::sqrt(double(std::max<int64_t>(l.proj_rows, 1)));
   Tensor bias = torch::randn({l.bias_size}, f64);
@@ -83,11 +83,11 @@ struct Outputs {
 
 // One sublayer, pre → F → post, forward and backward, by the fused ops or the reference.
 // Also exercises a gradient flowing into H_pre directly (as a diagnostic loss would).
-inline Outputs run_sublayer(const Inputs& in, Kind kind, int64_t t, bool fused) {
+inline Outputs run_sublayer(const Inputs& in, Variant variant, int64_t t, bool fused) {
   for (const Tensor* p : {&in.x, &in.phi, &in.bias, &in.alpha, &in.w_branch})
     if (p->grad().defined()) p->mutable_grad() = Tensor();
-  const PreOutput mix = fused ? mhc::pre(in.x, in.phi, in.bias, in.alpha, kind, t)
-                              : reference::pre(in.x, in.phi, in.bias, in.alpha, kind, t);
+  const PreOutput mix = fused ? mhc::pre(in.x, in.phi, in.bias, in.alpha, variant, t)
+                              : reference::pre(in.x, in.phi, in.bias, in.alpha, variant, t);
   const Tensor y = torch::tanh(mix.h * in.w_branch);
   const Tensor out = fused ? mhc::post(in.x, y, mix.H_post, mix.H_res) : reference::post(in.x, y, mix.H_post, mix.H_res);
   const Tensor loss = (out * in.dout).sum() + (mix.H_pre * in.dH_pre).sum();
@@ -99,7 +99,7 @@ inline Outputs run_sublayer(const Inputs& in, Kind kind, int64_t t, bool fused) 
   };
   add("h", mix.h), add("H_pre", mix.H_pre), add("H_post", mix.H_post), add("H_res", mix.H_res), add("x_next", out);
   add("dx", in.x.grad()), add("dw_branch", in.w_branch.grad());
-  if (kind != Kind::residual) add("dphi", in.phi.grad()), add("dbias", in.bias.grad()), add("dalpha", in.alpha.grad());
+  if (variant != Variant::residual) add("dphi", in.phi.grad()), add("dbias", in.bias.grad()), add("dalpha", in.alpha.grad());
   return o;
 }
 

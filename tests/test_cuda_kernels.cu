@@ -28,7 +28,7 @@
 
 namespace {
 
-using mhc::Kind;
+using mhc::Variant;
 int failures = 0;
 
 #define CUDA_OK(call)                                                                              \
@@ -88,24 +88,24 @@ struct Result {
 };
 
 struct Inputs {
-  Kind kind;
+  Variant variant;
   int n;
   int64_t N, C;
   int t;
   std::vector<double> x, phi, bias, alpha, y, dh, dout, dH_pre, dH_post, dH_res;
 };
 
-Inputs make_inputs(Kind kind, int n, int64_t N, int64_t C, int t, unsigned seed) {
+Inputs make_inputs(Variant variant, int n, int64_t N, int64_t C, int t, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
-  const mhc::Layout l = mhc::layout(kind, n, C);
+  const mhc::Layout l = mhc::layout(variant, n, C);
   auto randn = [&](size_t count, double scale) {
     std::vector<double> v(count);
     for (auto& e : v) e = scale * normal(rng);
     return v;
   };
   Inputs in;
-  in.kind = kind, in.n = n, in.N = N, in.C = C, in.t = t;
+  in.variant = variant, in.n = n, in.N = N, in.C = C, in.t = t;
   in.x = randn(N * n * C, 1.0);
   in.phi = randn(l.proj_rows * l.proj_cols, 0.5);
   in.bias = randn(l.bias_size, 1.0);
@@ -122,7 +122,7 @@ Inputs make_inputs(Kind kind, int n, int64_t N, int64_t C, int t, unsigned seed)
 // The CPU kernels in T (double or float), results widened to double. dx adds both ops' terms.
 template <typename T>
 Result run_cpu(const Inputs& in) {
-  const mhc::Layout l = mhc::layout(in.kind, in.n, in.C);
+  const mhc::Layout l = mhc::layout(in.variant, in.n, in.C);
   auto cast = [](const std::vector<double>& v) { return std::vector<T>(v.begin(), v.end()); };
   const auto x = cast(in.x), phi = cast(in.phi), bias = cast(in.bias), alpha = cast(in.alpha), y = cast(in.y),
              dh = cast(in.dh), dout = cast(in.dout), dH_pre = cast(in.dH_pre), dH_post = cast(in.dH_post),
@@ -131,7 +131,7 @@ Result run_cpu(const Inputs& in) {
   std::vector<T> h(N * C), H_pre(N * n), H_post(N * n), H_res(N * n * n), proj(N * l.proj_per_token * l.proj_cols),
       rms(N * l.proj_per_token), out(N * n * C), dx_post(N * n * C), dy(N * C), dHp(N * n), dHr(N * n * n),
       dx_pre(N * n * C), dphi(phi.size()), dbias(bias.size()), dalpha(alpha.size());
-  const mhc::cpu::PreInputs<T> pin{x.data(), phi.data(), bias.data(), alpha.data(), N, in.n, C, in.kind, in.t, 1};
+  const mhc::cpu::PreInputs<T> pin{x.data(), phi.data(), bias.data(), alpha.data(), N, in.n, C, in.variant, in.t, 1};
   mhc::cpu::pre_forward<T>({pin, h.data(), H_pre.data(), H_post.data(), H_res.data(), proj.data(), rms.data()});
   mhc::cpu::post_forward<T>(out.data(), x.data(), y.data(), H_post.data(), H_res.data(), N, in.n, C, 1);
   // Backward of post with dout (the given dH_post / dH_res stand in for the whole graph's).
@@ -152,21 +152,21 @@ Result run_cpu(const Inputs& in) {
 
 template <typename T>
 Result run_gpu(const Inputs& in, const mhc::cuda::Context& ctx) {
-  const mhc::Layout l = mhc::layout(in.kind, in.n, in.C);
+  const mhc::Layout l = mhc::layout(in.variant, in.n, in.C);
   const int64_t N = in.N, n = in.n, C = in.C, P = l.proj_per_token, m = l.proj_cols;
   Device<T> x(in.x.size()), phi(in.phi.size()), y(in.y.size()), dh(in.dh.size()), dout(in.dout.size()), h(N * C),
       out(N * n * C), dx_post(N * n * C), dy(N * C), dx_pre(N * n * C);
   Device<float> bias(in.bias.size()), alpha(in.alpha.size()), H_pre(N * n), H_post(N * n), H_res(N * n * n),
       proj(N * P * m), rms(N * P), dHp(N * n), dHr(N * n * n), dH_pre(N * n), dH_post(N * n), dH_res(N * n * n),
       dphi(in.phi.size()), dbias(in.bias.size()), dalpha(in.alpha.size());
-  const std::vector<int> table = mhc::kernels::permutation_table(in.kind, in.n);
+  const std::vector<int> table = mhc::kernels::permutation_table(in.variant, in.n);
   Device<int> perms(table.size());
   CUDA_OK(cudaMemcpy(perms.p, table.data(), table.size() * sizeof(int), cudaMemcpyHostToDevice));
   upload(x, in.x), upload(phi, in.phi), upload(y, in.y), upload(dh, in.dh), upload(dout, in.dout);
   upload(bias, in.bias), upload(alpha, in.alpha), upload(dH_pre, in.dH_pre), upload(dH_post, in.dH_post),
       upload(dH_res, in.dH_res);
-  Device<char> ws(mhc::cuda::pre_backward_workspace_bytes(in.kind, in.n, C, N, sizeof(T)));
-  const mhc::cuda::PreInputs<T> pin{x.p, phi.p, bias.p, alpha.p, table.empty() ? nullptr : perms.p, N, in.n, C, in.kind, in.t};
+  Device<char> ws(mhc::cuda::pre_backward_workspace_bytes(in.variant, in.n, C, N, sizeof(T)));
+  const mhc::cuda::PreInputs<T> pin{x.p, phi.p, bias.p, alpha.p, table.empty() ? nullptr : perms.p, N, in.n, C, in.variant, in.t};
   mhc::cuda::pre_forward<T>({pin, h.p, H_pre.p, H_post.p, H_res.p, proj.p, rms.p}, ctx);
   mhc::cuda::post_forward<T>(out.p, x.p, y.p, H_post.p, H_res.p, N, in.n, C, ctx);
   mhc::cuda::post_backward<T>(dx_post.p, dy.p, dHp.p, dHr.p, dout.p, x.p, y.p, H_post.p, H_res.p, N, in.n, C, ctx);
@@ -202,9 +202,9 @@ void compare(const std::string& label, const char* name, const std::vector<doubl
   }
 }
 
-void check_case(Kind kind, int n, int64_t N, int64_t C, int t, const mhc::cuda::Context& ctx) {
-  const Inputs in = make_inputs(kind, n, N, C, t, 1234u + n * 7 + unsigned(C));
-  const std::string label = std::string(mhc::kind_name(kind)) + " n=" + std::to_string(n) + " C=" + std::to_string(C);
+void check_case(Variant variant, int n, int64_t N, int64_t C, int t, const mhc::cuda::Context& ctx) {
+  const Inputs in = make_inputs(variant, n, N, C, t, 1234u + n * 7 + unsigned(C));
+  const std::string label = std::string(mhc::variant_name(variant)) + " n=" + std::to_string(n) + " C=" + std::to_string(C);
   {  // fp32: against double, with the CPU fp32 kernels' own error setting the scale
     const Result ref = run_cpu<double>(in), cpu32 = run_cpu<float>(in), gpu = run_gpu<float>(in, ctx);
     auto tol = [&](const std::vector<double>& r, const std::vector<double>& c) {
@@ -228,8 +228,8 @@ void check_case(Kind kind, int n, int64_t N, int64_t C, int t, const mhc::cuda::
 // Doubly stochastic on the GPU as on the CPU: mHC-lite and KromHC exactly (to fp32 rounding), mHC
 // rows exactly.
 void check_doubly_stochastic(const mhc::cuda::Context& ctx) {
-  for (auto [kind, n] : {std::pair{Kind::mhc, 4}, {Kind::mhc_lite, 4}, {Kind::kromhc, 8}, {Kind::kromhc, 6}}) {
-    Inputs in = make_inputs(kind, n, 2048, 64, 20, 99);
+  for (auto [variant, n] : {std::pair{Variant::mhc, 4}, {Variant::mhc_lite, 4}, {Variant::kromhc, 8}, {Variant::kromhc, 6}}) {
+    Inputs in = make_inputs(variant, n, 2048, 64, 20, 99);
     for (auto& b : in.bias) b *= 10;  // far from the identity init
     const Result r = run_gpu<float>(in, ctx);
     double row = 0, col = 0, min_entry = 1;
@@ -243,9 +243,9 @@ void check_doubly_stochastic(const mhc::cuda::Context& ctx) {
         }
         row = std::max(row, std::abs(rs - 1)), col = std::max(col, std::abs(cs - 1));
       }
-    const bool ok = row <= 1e-6 && min_entry >= 0 && (kind == Kind::mhc || col <= 1e-6);
+    const bool ok = row <= 1e-6 && min_entry >= 0 && (variant == Variant::mhc || col <= 1e-6);
     std::printf("%s %s: max |row sum - 1| %.2g, max |col sum - 1| %.2g, min entry %.2g\n", ok ? "ok  " : "FAIL",
-                mhc::kind_name(kind), row, col, min_entry);
+                mhc::variant_name(variant), row, col, min_entry);
     failures += !ok;
   }
 }
@@ -281,19 +281,19 @@ int bench(const mhc::cuda::Context& ctx) {
   const int64_t N = 16384;
   const int n = 4;
   for (int64_t C : {1280, 4096}) {
-    const mhc::Layout l = mhc::layout(Kind::mhc, n, C);
+    const mhc::Layout l = mhc::layout(Variant::mhc, n, C);
     const int64_t m = l.proj_cols;
     Device<T> x(N * n * C), phi(l.proj_rows * m), y(N * C), h(N * C), out(N * n * C), dx(N * n * C), dy(N * C), dh(N * C);
     Device<float> bias(l.bias_size), alpha(l.alpha_size), Hp(N * n), Hq(N * n), Hr(N * n * n), proj(N * m), rms(N),
         dHp(N * n), dHr(N * n * n), dphi(l.proj_rows * m), dbias(l.bias_size), dalpha(l.alpha_size);
-    Device<char> ws(mhc::cuda::pre_backward_workspace_bytes(Kind::mhc, n, C, N, sizeof(T)));
+    Device<char> ws(mhc::cuda::pre_backward_workspace_bytes(Variant::mhc, n, C, N, sizeof(T)));
     CUDA_OK(cudaMemset(x.p, 0, x.n * sizeof(T)));
     CUDA_OK(cudaMemset(phi.p, 0, phi.n * sizeof(T)));
     CUDA_OK(cudaMemset(y.p, 0, y.n * sizeof(T)));
     CUDA_OK(cudaMemset(dh.p, 0, dh.n * sizeof(T)));
     CUDA_OK(cudaMemset(bias.p, 0, bias.n * sizeof(float)));
     CUDA_OK(cudaMemset(alpha.p, 0, alpha.n * sizeof(float)));
-    const mhc::cuda::PreInputs<T> pin{x.p, phi.p, bias.p, alpha.p, nullptr, N, n, C, Kind::mhc, 20};
+    const mhc::cuda::PreInputs<T> pin{x.p, phi.p, bias.p, alpha.p, nullptr, N, n, C, Variant::mhc, 20};
     const double e = sizeof(T) * double(N) * C;  // bytes of one [N, C] activation
     struct Row {
       const char* name;
@@ -335,14 +335,14 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench(ctx);
 
   for (int64_t C : {13, 64, 100})
-    for (auto [kind, n] : {std::pair{Kind::residual, 1}, {Kind::hc, 1}, {Kind::hc, 4}, {Kind::mhc, 1}, {Kind::mhc, 2},
-                           {Kind::mhc, 4}, {Kind::mhc, 8}, {Kind::mhc_lite, 2}, {Kind::mhc_lite, 4}, {Kind::mhc_lite, 5},
-                           {Kind::kromhc, 2}, {Kind::kromhc, 6}, {Kind::kromhc, 8}, {Kind::ihc, 4}})
-      check_case(kind, n, 37, C, 20, ctx);
-  check_case(Kind::mhc, 4, 37, 64, 0, ctx);  // t = 0: H_res = exp(H̃)
-  check_case(Kind::mhc, 4, 37, 64, 1, ctx);
-  check_case(Kind::mhc, 8, 37, 64, 100, ctx);  // the largest Sinkhorn scratch: fewer tokens per block
-  check_case(Kind::mhc, 4, 0, 64, 20, ctx);  // no tokens
+    for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 1}, {Variant::hc, 4}, {Variant::mhc, 1}, {Variant::mhc, 2},
+                           {Variant::mhc, 4}, {Variant::mhc, 8}, {Variant::mhc_lite, 2}, {Variant::mhc_lite, 4}, {Variant::mhc_lite, 5},
+                           {Variant::kromhc, 2}, {Variant::kromhc, 6}, {Variant::kromhc, 8}, {Variant::ihc, 4}})
+      check_case(variant, n, 37, C, 20, ctx);
+  check_case(Variant::mhc, 4, 37, 64, 0, ctx);  // t = 0: H_res = exp(H̃)
+  check_case(Variant::mhc, 4, 37, 64, 1, ctx);
+  check_case(Variant::mhc, 8, 37, 64, 100, ctx);  // the largest Sinkhorn scratch: fewer tokens per block
+  check_case(Variant::mhc, 4, 0, 64, 20, ctx);  // no tokens
   check_doubly_stochastic(ctx);
   std::printf("cuda_kernels: %d failed\n", failures);
   return failures ? 1 : 0;

@@ -73,19 +73,19 @@ TEST(Diagnostics, StochasticErrorAndStatistics) {
 // each H_res is a convex combination of permutations (KromHC's: a product of such), so every
 // composite map is doubly stochastic and both its gains are 1 to float32 rounding (48 products of
 // ~1e-7 errors).
-void expect_exact_composite(Kind kind, int64_t n) {
+void expect_exact_composite(Variant variant, int64_t n) {
   torch::manual_seed(3);
   const int64_t C = 16, tokens = 64, depth = 48;
-  const Layout shape = layout(kind, n, C);
+  const Layout shape = layout(variant, n, C);
   std::vector<Tensor> H;
   for (int64_t l = 0; l < depth; ++l) {
     const Tensor x = torch::randn({tokens, n, C});
     const Tensor phi = torch::randn({shape.proj_rows, shape.proj_cols}), bias = 3 * torch::randn({shape.bias_size});
     const Tensor alpha = torch::full({shape.alpha_size}, 0.5);
-    H.push_back(mhc::pre(x, phi, bias, alpha, kind).H_res);
+    H.push_back(mhc::pre(x, phi, bias, alpha, variant).H_res);
   }
   const auto P = diag::composite_maps(H);
-  const std::string what = std::string(kind_name(kind)) + " n=" + std::to_string(n) + " sublayer ";
+  const std::string what = std::string(variant_name(variant)) + " n=" + std::to_string(n) + " sublayer ";
   for (int64_t l = 0; l < depth; ++l) {
     EXPECT_NEAR(diag::forward_gain(P[l]).max().item<double>(), 1.0, 1e-5) << what << l;
     EXPECT_NEAR(diag::forward_gain(P[l]).min().item<double>(), 1.0, 1e-5) << what << l;
@@ -98,10 +98,10 @@ void expect_exact_composite(Kind kind, int64_t n) {
   EXPECT_GT(diag::forward_gain(diag::composite_maps(loose)[0]).min().item<double>(), 5.0);  // 1.05^48 ≈ 10.4
 }
 
-TEST(Diagnostics, CompositeOfMhcLiteStackIsExactlyNormPreserving) { expect_exact_composite(Kind::mhc_lite, 4); }
+TEST(Diagnostics, CompositeOfMhcLiteStackIsExactlyNormPreserving) { expect_exact_composite(Variant::mhc_lite, 4); }
 
 TEST(Diagnostics, CompositeOfKromHCStackIsExactlyNormPreserving) {
-  for (int64_t n : {4, 12, 16}) expect_exact_composite(Kind::kromhc, n);
+  for (int64_t n : {4, 12, 16}) expect_exact_composite(Variant::kromhc, n);
 }
 
 // ---- Stream diagnostics ----
@@ -323,7 +323,7 @@ TEST(Diagnostics, ProbeOfAGptNamesEverySublayer) {
   EXPECT_NEAR(d[0].share_max, 0.25, 1e-12);
   EXPECT_NEAR(d[0].share_min, 0.25, 1e-12);
   EXPECT_FALSE(diag::to_json(d).empty());
-  config.residual = Kind::residual, config.streams = 1;
+  config.variant = Variant::residual, config.streams = 1;
   GPT plain(config);
   EXPECT_TRUE(diag::probe(plain, tokens).empty());
 }

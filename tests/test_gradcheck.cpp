@@ -8,18 +8,18 @@ namespace mhc::test {
 namespace {
 
 // A scalar of every output of one sublayer, so that each output's gradient path is exercised.
-double scalar_loss(const Inputs& in, Kind kind, int64_t t) {
+double scalar_loss(const Inputs& in, Variant variant, int64_t t) {
   torch::NoGradGuard no_grad;
-  const PreOutput mix = mhc::pre(in.x, in.phi, in.bias, in.alpha, kind, t);
+  const PreOutput mix = mhc::pre(in.x, in.phi, in.bias, in.alpha, variant, t);
   const Tensor y = torch::tanh(mix.h * in.w_branch);
   const Tensor out = mhc::post(in.x, y, mix.H_post, mix.H_res);
   return ((out * in.dout).sum() + (mix.H_pre * in.dH_pre).sum()).item<double>();
 }
 
-void gradcheck(Kind kind, int64_t n, int64_t t, Scenario scenario = Scenario::random) {
+void gradcheck(Variant variant, int64_t n, int64_t t, Scenario scenario = Scenario::random) {
   const int64_t N = 3, C = 5;
-  const Inputs in = make_inputs(kind, N, n, C, scenario, 99);
-  const Outputs analytic = run_sublayer(in, kind, t, /*fused=*/true);
+  const Inputs in = make_inputs(variant, N, n, C, scenario, 99);
+  const Outputs analytic = run_sublayer(in, variant, t, /*fused=*/true);
   const std::vector<std::pair<std::string, const Tensor*>> params = {
       {"dx", &in.x}, {"dphi", &in.phi}, {"dbias", &in.bias}, {"dalpha", &in.alpha}};
   const double eps = 1e-6, atol = 1e-5, rtol = 1e-3;
@@ -32,46 +32,46 @@ void gradcheck(Kind kind, int64_t n, int64_t t, Scenario scenario = Scenario::ra
     for (int64_t e = 0; e < flat.numel(); ++e) {
       const double saved = flat[e].item<double>();
       flat[e] = saved + eps;
-      const double up = scalar_loss(in, kind, t);
+      const double up = scalar_loss(in, variant, t);
       flat[e] = saved - eps;
-      const double down = scalar_loss(in, kind, t);
+      const double down = scalar_loss(in, variant, t);
       flat[e] = saved;
       const double numeric = (up - down) / (2 * eps), a = grad[e].item<double>();
       ASSERT_LE(std::abs(a - numeric), atol + rtol * std::abs(numeric))
-          << kind_name(kind) << " n=" << n << " t=" << t << ": " << name << "[" << e << "] analytic " << a
+          << variant_name(variant) << " n=" << n << " t=" << t << ": " << name << "[" << e << "] analytic " << a
           << " vs numeric " << numeric;
     }
   }
 }
 
-TEST(Gradcheck, Residual) { gradcheck(Kind::residual, 1, 0); }
+TEST(Gradcheck, Residual) { gradcheck(Variant::residual, 1, 0); }
 
 TEST(Gradcheck, HC) {
-  for (int64_t n : {1, 2, 4}) gradcheck(Kind::hc, n, 0);
+  for (int64_t n : {1, 2, 4}) gradcheck(Variant::hc, n, 0);
 }
 
 TEST(Gradcheck, MHC) {
-  for (int64_t n : {1, 2, 4}) gradcheck(Kind::mhc, n, 20);
-  gradcheck(Kind::mhc, 8, 5);
-  gradcheck(Kind::mhc, 3, 0);
+  for (int64_t n : {1, 2, 4}) gradcheck(Variant::mhc, n, 20);
+  gradcheck(Variant::mhc, 8, 5);
+  gradcheck(Variant::mhc, 3, 0);
   // ±80 logits: Sinkhorn–Knopp on logarithms (the spread is past the linear domain's exact range).
-  for (int64_t n : {2, 4}) gradcheck(Kind::mhc, n, 20, Scenario::large_logits);
+  for (int64_t n : {2, 4}) gradcheck(Variant::mhc, n, 20, Scenario::large_logits);
 }
 
 TEST(Gradcheck, MHCLite) {
-  for (int64_t n : {1, 2, 4, 5}) gradcheck(Kind::mhc_lite, n, 0);
+  for (int64_t n : {1, 2, 4, 5}) gradcheck(Variant::mhc_lite, n, 0);
 }
 
-TEST(Gradcheck, MHCSixteenStreams) { gradcheck(Kind::mhc, 16, 3); }
+TEST(Gradcheck, MHCSixteenStreams) { gradcheck(Variant::mhc, 16, 3); }
 
 // Every factorisation shape: one 2, one 3, 2⊗2, 2⊗3, 2⊗2⊗2, 3⊗3, 2⊗2⊗3, 2⊗2⊗2⊗2; and ±80 logits.
 TEST(Gradcheck, KromHC) {
-  for (int64_t n : {2, 3, 4, 6, 8, 9, 12, 16}) gradcheck(Kind::kromhc, n, 0);
-  for (int64_t n : {4, 6}) gradcheck(Kind::kromhc, n, 0, Scenario::large_logits);
+  for (int64_t n : {2, 3, 4, 6, 8, 9, 12, 16}) gradcheck(Variant::kromhc, n, 0);
+  for (int64_t n : {4, 6}) gradcheck(Variant::kromhc, n, 0, Scenario::large_logits);
 }
 
 TEST(Gradcheck, IdentityHC) {
-  for (int64_t n : {1, 2, 4}) gradcheck(Kind::ihc, n, 0);
+  for (int64_t n : {1, 2, 4}) gradcheck(Variant::ihc, n, 0);
 }
 
 }  // namespace

@@ -8,14 +8,14 @@ namespace mhc::test {
 namespace {
 
 struct Case {
-  Kind kind;
+  Variant variant;
   int64_t n, C, t;
   Scenario scenario;
 };
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
-  std::string k = kind_name(c.kind);
+  std::string k = variant_name(c.variant);
   for (char& ch : k)
     if (ch == '-') ch = '_';
   return k + "_n" + std::to_string(c.n) + "_C" + std::to_string(c.C) + "_t" + std::to_string(c.t) + "_" +
@@ -24,20 +24,20 @@ std::string case_name(const testing::TestParamInfo<Case>& info) {
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
-  const std::vector<std::pair<Kind, std::vector<int64_t>>> streams = {
-      {Kind::residual, {1}},
-      {Kind::hc, {1, 2, 4, 16}},
-      {Kind::mhc, {1, 2, 4, 8, 16}},
-      {Kind::mhc_lite, {1, 2, 4, 5}},
-      {Kind::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}},
-      {Kind::ihc, {1, 2, 4, 16}}};
-  for (const auto& [kind, ns] : streams)
+  const std::vector<std::pair<Variant, std::vector<int64_t>>> streams = {
+      {Variant::residual, {1}},
+      {Variant::hc, {1, 2, 4, 16}},
+      {Variant::mhc, {1, 2, 4, 8, 16}},
+      {Variant::mhc_lite, {1, 2, 4, 5}},
+      {Variant::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}},
+      {Variant::ihc, {1, 2, 4, 16}}};
+  for (const auto& [variant, ns] : streams)
     for (int64_t n : ns)
       for (int64_t C : {13, 64})  // 13: not a multiple of any vector width
         for (Scenario s : {Scenario::random, Scenario::large_logits, Scenario::zero_rows})
-          cases.push_back({kind, n, C, 20, s});
+          cases.push_back({variant, n, C, 20, s});
   for (int64_t t : {0, 1, 5})  // Sinkhorn iteration counts other than the default
-    cases.push_back({Kind::mhc, 4, 13, t, Scenario::random});
+    cases.push_back({Variant::mhc, 4, 13, t, Scenario::random});
   return cases;
 }
 
@@ -49,10 +49,10 @@ void PrintTo(const Case& c, std::ostream* os) { *os << case_name({c, 0}); }
 void check_case(const Case& c, torch::Device device) {
   const int64_t N = 37;  // not a multiple of the kernels' token tile
   const std::string what = case_name({c, 0}) + " on " + device.str();
-  const Inputs in64 = make_inputs(c.kind, N, c.n, c.C, c.scenario, 1234);
-  const Outputs ref64 = run_sublayer(in64, c.kind, c.t, /*fused=*/false);
-  const Outputs ref32 = run_sublayer(in64.to(torch::kFloat), c.kind, c.t, /*fused=*/false);
-  const Outputs fused32 = run_sublayer(in64.to(torch::kFloat, device), c.kind, c.t, /*fused=*/true);
+  const Inputs in64 = make_inputs(c.variant, N, c.n, c.C, c.scenario, 1234);
+  const Outputs ref64 = run_sublayer(in64, c.variant, c.t, /*fused=*/false);
+  const Outputs ref32 = run_sublayer(in64.to(torch::kFloat), c.variant, c.t, /*fused=*/false);
+  const Outputs fused32 = run_sublayer(in64.to(torch::kFloat, device), c.variant, c.t, /*fused=*/true);
   // At ±80 logits a gradient may be ill-conditioned: with ties among a softmax's +80 logits, one
   // fp32 rounding of the logits (ulp(80) = 7.6e-6) moves KromHC's dalpha at n = 12 by ~1e-4, which
   // fp32's own reference may happen to dodge. The tolerance then counts that sensitivity, measured:
@@ -64,19 +64,19 @@ void check_case(const Case& c, torch::Device device) {
     const Tensor ulp = in64.bias.detach().abs() * std::ldexp(1.0, -23);
     moved.bias = (in64.bias.detach() + ulp * (torch::randint(0, 2, in64.bias.sizes(), torch::kDouble) * 2 - 1))
                      .requires_grad_(true);
-    jittered64 = run_sublayer(moved, c.kind, c.t, /*fused=*/false);
+    jittered64 = run_sublayer(moved, c.variant, c.t, /*fused=*/false);
   }
   expect_close(fused32, ref32, ref64, what + " fp32", 0, c.scenario == Scenario::large_logits ? &jittered64 : nullptr);
   if (device.is_cpu()) {  // the fp64 kernels exist on the CPU only
-    expect_close_fp64(run_sublayer(in64, c.kind, c.t, /*fused=*/true), ref64, what);
+    expect_close_fp64(run_sublayer(in64, c.variant, c.t, /*fused=*/true), ref64, what);
   } else {
-    const Outputs cpu32 = run_sublayer(in64.to(torch::kFloat), c.kind, c.t, /*fused=*/true);
+    const Outputs cpu32 = run_sublayer(in64.to(torch::kFloat), c.variant, c.t, /*fused=*/true);
     expect_close(fused32, cpu32, ref64, what + " fp32 vs the CPU kernels");
   }
   const Inputs bf64 = in64.rounded_to_bf16();
-  const Outputs bf_ref64 = run_sublayer(bf64, c.kind, c.t, /*fused=*/false);
-  const Outputs bf_ref = run_sublayer(bf64.to(torch::kBFloat16), c.kind, c.t, /*fused=*/false);
-  const Outputs bf_fused = run_sublayer(bf64.to(torch::kBFloat16, device), c.kind, c.t, /*fused=*/true);
+  const Outputs bf_ref64 = run_sublayer(bf64, c.variant, c.t, /*fused=*/false);
+  const Outputs bf_ref = run_sublayer(bf64.to(torch::kBFloat16), c.variant, c.t, /*fused=*/false);
+  const Outputs bf_fused = run_sublayer(bf64.to(torch::kBFloat16, device), c.variant, c.t, /*fused=*/true);
   expect_close(bf_fused, bf_ref, bf_ref64, what + " bf16", kBF16Ulp);
 }
 
@@ -94,12 +94,12 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, FusedVsReference, testing::ValuesIn(all_ca
 
 // The kernels split tokens across threads: the result must not depend on how many.
 TEST(FusedOps, SameResultForAnyThreadCount) {
-  const Inputs in = make_inputs(Kind::mhc, 100, 4, 32, Scenario::random, 7).to(torch::kFloat);
+  const Inputs in = make_inputs(Variant::mhc, 100, 4, 32, Scenario::random, 7).to(torch::kFloat);
   const int before = at::get_num_threads();
   at::set_num_threads(1);
-  const Outputs one = run_sublayer(in, Kind::mhc, 20, true);
+  const Outputs one = run_sublayer(in, Variant::mhc, 20, true);
   at::set_num_threads(2);
-  const Outputs two = run_sublayer(in, Kind::mhc, 20, true);
+  const Outputs two = run_sublayer(in, Variant::mhc, 20, true);
   at::set_num_threads(before);
   for (size_t i = 0; i < one.names.size(); ++i) {
     // Per-token outputs are bitwise equal; phi/bias/alpha gradients are sums over tokens whose
@@ -112,26 +112,26 @@ TEST(FusedOps, SameResultForAnyThreadCount) {
 
 // Gradients that never flow (here only h is used, so H_post and H_res get none) are read as zeros.
 TEST(FusedOps, GradientOfHAlone) {
-  for (Kind kind : {Kind::hc, Kind::mhc, Kind::mhc_lite, Kind::kromhc, Kind::ihc}) {
-    const Inputs in = make_inputs(kind, 9, 3, 16, Scenario::random, 5);
+  for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
+    const Inputs in = make_inputs(variant, 9, 3, 16, Scenario::random, 5);
     std::vector<Tensor> grads[2];
     for (bool fused : {true, false}) {
-      const PreOutput mix = fused ? mhc::pre(in.x, in.phi, in.bias, in.alpha, kind, 20)
-                                  : reference::pre(in.x, in.phi, in.bias, in.alpha, kind, 20);
+      const PreOutput mix = fused ? mhc::pre(in.x, in.phi, in.bias, in.alpha, variant, 20)
+                                  : reference::pre(in.x, in.phi, in.bias, in.alpha, variant, 20);
       grads[fused] = torch::autograd::grad({(mix.h * in.dout.select(1, 0)).sum()}, {in.x, in.phi, in.bias, in.alpha});
     }
     for (size_t i = 0; i < grads[0].size(); ++i)
-      EXPECT_LE(max_abs_diff(grads[0][i], grads[1][i]), 1e-10) << kind_name(kind) << " input " << i;
+      EXPECT_LE(max_abs_diff(grads[0][i], grads[1][i]), 1e-10) << variant_name(variant) << " input " << i;
   }
 }
 
 // Strided inputs are made contiguous by the binding, not misread.
 TEST(FusedOps, NonContiguousInputsAreHandled) {
-  const Inputs in = make_inputs(Kind::mhc, 20, 4, 16, Scenario::random, 3).to(torch::kFloat);
+  const Inputs in = make_inputs(Variant::mhc, 20, 4, 16, Scenario::random, 3).to(torch::kFloat);
   const Tensor x_t = in.x.detach().transpose(0, 2).contiguous().transpose(0, 2);  // same values, other strides
   ASSERT_FALSE(x_t.is_contiguous());
-  const PreOutput a = mhc::pre(in.x.detach(), in.phi.detach(), in.bias.detach(), in.alpha.detach(), Kind::mhc, 20);
-  const PreOutput b = mhc::pre(x_t, in.phi.detach(), in.bias.detach(), in.alpha.detach(), Kind::mhc, 20);
+  const PreOutput a = mhc::pre(in.x.detach(), in.phi.detach(), in.bias.detach(), in.alpha.detach(), Variant::mhc, 20);
+  const PreOutput b = mhc::pre(x_t, in.phi.detach(), in.bias.detach(), in.alpha.detach(), Variant::mhc, 20);
   EXPECT_TRUE(torch::equal(a.h, b.h));
   EXPECT_TRUE(torch::equal(a.H_res, b.H_res));
   const Tensor y = torch::randn({16, 20}).t();  // [20, 16], non-contiguous
@@ -140,14 +140,14 @@ TEST(FusedOps, NonContiguousInputsAreHandled) {
 
 // An empty batch is valid: forward and backward return empty tensors and zero parameter gradients.
 TEST(FusedOps, EmptyBatch) {
-  for (Kind kind : {Kind::residual, Kind::hc, Kind::mhc, Kind::mhc_lite, Kind::kromhc, Kind::ihc}) {
-    const int64_t n = kind == Kind::residual ? 1 : 4;
-    const Inputs in = make_inputs(kind, 0, n, 8, Scenario::random, 1).to(torch::kFloat);
-    const Outputs o = run_sublayer(in, kind, 20, true);
-    EXPECT_EQ(o.values[0].sizes(), (std::vector<int64_t>{0, 8})) << kind_name(kind);
-    EXPECT_EQ(o.values[4].sizes(), (std::vector<int64_t>{0, n, 8})) << kind_name(kind);
-    if (kind != Kind::residual) {
-      EXPECT_EQ(in.phi.grad().abs().sum().item<double>(), 0.0) << kind_name(kind);
+  for (Variant variant : {Variant::residual, Variant::hc, Variant::mhc, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
+    const int64_t n = variant == Variant::residual ? 1 : 4;
+    const Inputs in = make_inputs(variant, 0, n, 8, Scenario::random, 1).to(torch::kFloat);
+    const Outputs o = run_sublayer(in, variant, 20, true);
+    EXPECT_EQ(o.values[0].sizes(), (std::vector<int64_t>{0, 8})) << variant_name(variant);
+    EXPECT_EQ(o.values[4].sizes(), (std::vector<int64_t>{0, n, 8})) << variant_name(variant);
+    if (variant != Variant::residual) {
+      EXPECT_EQ(in.phi.grad().abs().sum().item<double>(), 0.0) << variant_name(variant);
     }
   }
 }

@@ -43,9 +43,9 @@ struct TrainedRun {
   std::vector<Tensor> parameters;
 };
 
-GPTConfig tiny_config(Kind kind, int64_t n, torch::ScalarType dtype) {
+GPTConfig tiny_config(Variant variant, int64_t n, torch::ScalarType dtype) {
   GPTConfig c;
-  c.vocab = 50, c.dim = 16, c.layers = 3, c.heads = 2, c.seq_len = 12, c.residual = kind, c.streams = n;
+  c.vocab = 50, c.dim = 16, c.layers = 3, c.heads = 2, c.seq_len = 12, c.variant = variant, c.streams = n;
   c.dtype = dtype;
   return c;
 }
@@ -81,20 +81,20 @@ void expect_identical(const TrainedRun& a, const TrainedRun& b) {
 
 TEST(Recompute, EveryPolicyTrainsBitIdenticallyForTwentySteps) {
   const RecomputeOptions none{};
-  for (auto [kind, n] : {std::pair{Kind::residual, 1}, {Kind::hc, 4}, {Kind::mhc, 4}, {Kind::mhc_lite, 3}}) {
+  for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_lite, 3}}) {
     for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
-      const TrainedRun reference = train(tiny_config(kind, n, dtype), none, none, 20);
+      const TrainedRun reference = train(tiny_config(variant, n, dtype), none, none, 20);
       // Groups of 1 (nothing to free), 2, auto (the whole stack of 6 here, 2 for blocks), a
       // group that spans a block boundary (4), and a switch from none halfway (a resumed run).
       for (RecomputeOptions policy : {RecomputeOptions{Recompute::streams, 1}, {Recompute::streams, 2},
                                       {Recompute::streams, 0}, {Recompute::streams, 4}, {Recompute::streams, 6},
                                       {Recompute::blocks, 0}, {Recompute::blocks, 1}, {Recompute::blocks, 6}}) {
-        SCOPED_TRACE(std::string(kind_name(kind)) + " " + c10::toString(dtype) + " " + recompute_name(policy.mode) +
+        SCOPED_TRACE(std::string(variant_name(variant)) + " " + c10::toString(dtype) + " " + recompute_name(policy.mode) +
                      " every " + std::to_string(policy.every));
-        expect_identical(reference, train(tiny_config(kind, n, dtype), policy, policy, 20));
+        expect_identical(reference, train(tiny_config(variant, n, dtype), policy, policy, 20));
       }
-      SCOPED_TRACE(std::string(kind_name(kind)) + " none, then streams");
-      expect_identical(reference, train(tiny_config(kind, n, dtype), none, {Recompute::streams, 0}, 20));
+      SCOPED_TRACE(std::string(variant_name(variant)) + " none, then streams");
+      expect_identical(reference, train(tiny_config(variant, n, dtype), none, {Recompute::streams, 0}, 20));
     }
   }
 }
@@ -107,9 +107,9 @@ struct Stack {
   std::vector<Tensor> weights;
   Tensor x;
 
-  Stack(Kind kind, int64_t T, int64_t n, int64_t C, int64_t L) : T(T), n(n), C(C), L(L) {
+  Stack(Variant variant, int64_t T, int64_t n, int64_t C, int64_t L) : T(T), n(n), C(C), L(L) {
     torch::manual_seed(0);
-    connections = HyperConnectionStack(HyperConnectionOptions(kind, n, C), L);
+    connections = HyperConnectionStack(HyperConnectionOptions(variant, n, C), L);
     // Coefficients away from their initial values, so that every stream and every entry matters.
     for (auto& p : connections->parameters()) p.data().add_(0.3 * torch::randn_like(p));
     for (int64_t l = 0; l < L; ++l) weights.push_back(torch::randn({C}).requires_grad_());
@@ -151,9 +151,9 @@ void expect_equal(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
 }
 
 TEST(Recompute, StackGradientsAreBitIdenticalForEveryVariant) {
-  for (Kind kind : {Kind::hc, Kind::mhc, Kind::mhc_lite, Kind::kromhc, Kind::ihc}) {
-    SCOPED_TRACE(kind_name(kind));
-    const Stack stack(kind, 40, 4, 24, 7);
+  for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
+    SCOPED_TRACE(variant_name(variant));
+    const Stack stack(variant, 40, 4, 24, 7);
     const auto reference = stack.gradients({});
     for (int64_t every : {1, 2, 3, 7})
       for (Recompute mode : {Recompute::streams, Recompute::blocks}) {
@@ -164,7 +164,7 @@ TEST(Recompute, StackGradientsAreBitIdenticalForEveryVariant) {
 }
 
 TEST(Recompute, RetainedGraphsRunTheBackwardPassTwice) {
-  const Stack stack(Kind::mhc, 40, 4, 24, 6);
+  const Stack stack(Variant::mhc, 40, 4, 24, 6);
   const auto reference = stack.gradients({}, 2);
   for (Recompute mode : {Recompute::streams, Recompute::blocks}) {
     SCOPED_TRACE(recompute_name(mode));
@@ -173,14 +173,14 @@ TEST(Recompute, RetainedGraphsRunTheBackwardPassTwice) {
 }
 
 TEST(Recompute, BlocksRefuseASecondBackwardPassOfAReleasedGraph) {
-  const Stack stack(Kind::mhc, 8, 4, 8, 2);
+  const Stack stack(Variant::mhc, 8, 4, 8, 2);
   const Tensor loss = stack.forward({Recompute::blocks, 2});
   loss.backward();
   EXPECT_NE(error_of([&] { loss.backward(); }).find("retain_graph"), std::string::npos);
 }
 
 TEST(Recompute, BlocksRefuseWhatAReentrantCheckpointCannotDo) {
-  Stack stack(Kind::mhc, 8, 4, 8, 2);
+  Stack stack(Variant::mhc, 8, 4, 8, 2);
   Tensor loss = stack.forward({Recompute::blocks, 2});
   EXPECT_NE(error_of([&] { torch::autograd::grad({loss}, {stack.x}); }).find("works with backward() only"),
             std::string::npos);
@@ -199,7 +199,7 @@ TEST(Recompute, BlocksRefuseWhatAReentrantCheckpointCannotDo) {
 }
 
 TEST(Recompute, BlocksWithNothingToTrainIsNoError) {
-  Stack stack(Kind::mhc, 8, 4, 8, 2);
+  Stack stack(Variant::mhc, 8, 4, 8, 2);
   for (Tensor t : stack.leaves()) t.requires_grad_(false);
   const Tensor head = torch::ones({8}, torch::requires_grad());  // trained after the stack only
   (stack.connections->forward(stack.x, stack.sublayers(), {Recompute::blocks, 1}).sum(-2) * head).sum().backward();
@@ -207,7 +207,7 @@ TEST(Recompute, BlocksWithNothingToTrainIsNoError) {
 }
 
 TEST(Recompute, WithoutGradModeNothingIsFreedOrRecorded) {
-  const Stack stack(Kind::mhc, 16, 4, 8, 4);
+  const Stack stack(Variant::mhc, 16, 4, 8, 4);
   Tensor none, streams, blocks;
   {
     torch::NoGradGuard no_grad;
@@ -249,7 +249,7 @@ TEST(LiveBytes, AKnownAllocationPatternGivesTheKnownPeak) {
 // states until the backward pass: L_r − 1 states fewer than no recomputation, to the byte.
 TEST(LiveBytes, StreamsFreesTheInnerStatesOfEveryGroupUntilTheBackwardPass) {
   live_bytes::install();
-  const Stack stack(Kind::mhc, 64, 4, 32, 6);
+  const Stack stack(Variant::mhc, 64, 4, 32, 6);
   auto live_after_forward = [&](const RecomputeOptions& policy) {
     const int64_t before = live_bytes::live();
     const Tensor loss = stack.forward(policy);

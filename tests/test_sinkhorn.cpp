@@ -71,8 +71,8 @@ struct Result {
 };
 Result run(const Inputs& in, const Tensor& D, int n, int t, bool fused, torch::ScalarType dtype) {
   const Inputs d = in.to(dtype);
-  const PreOutput mix = fused ? mhc::pre(d.x, d.phi, d.bias, d.alpha, Kind::mhc, t)
-                              : reference::pre(d.x, d.phi, d.bias, d.alpha, Kind::mhc, t);
+  const PreOutput mix = fused ? mhc::pre(d.x, d.phi, d.bias, d.alpha, Variant::mhc, t)
+                              : reference::pre(d.x, d.phi, d.bias, d.alpha, Variant::mhc, t);
   (mix.H_res * D.to(dtype)).sum().backward();
   return {as_reals(mix.H_res), as_reals(d.bias.grad().slice(0, 2 * n))};
 }
@@ -123,7 +123,7 @@ TEST_P(SinkhornOracle, EveryLogitScale) {
   double worst_ratio = 0;
   for (double scale : {1.0, 10.0, 30.0, 100.0})
     for (uint64_t seed = 1; seed <= 6; ++seed) {
-      Inputs in = make_inputs(Kind::mhc, 1, n, 8, Scenario::random, 1000 * n + seed);
+      Inputs in = make_inputs(Variant::mhc, 1, n, 8, Scenario::random, 1000 * n + seed);
       const Tensor D = torch::randn({1, n, n}, torch::kDouble);
       for (bool with_phi : {false, true}) {
         Inputs case_in = in;
@@ -171,7 +171,7 @@ INSTANTIATE_TEST_SUITE_P(Settings, SinkhornOracle,
 // entries; a floor (or an underflowed linear iteration) flattens it to uniform.
 TEST(SinkhornOracle, RowFarBelowItsColumnsKeepsItsShape) {
   const int n = 4, t = 20;
-  Inputs in = make_inputs(Kind::mhc, 1, n, 8, Scenario::random, 3);
+  Inputs in = make_inputs(Variant::mhc, 1, n, 8, Scenario::random, 3);
   in.phi = torch::zeros_like(in.phi).requires_grad_(true);
   Tensor b = torch::zeros({2 * n + n * n}, torch::kDouble);
   for (int j = 0; j < n; ++j) b[2 * n + 3 * n + j] = -200.0 + 2.0 * j;  // row 3: -200, -198, -196, -194

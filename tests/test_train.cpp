@@ -104,19 +104,19 @@ TEST(Windows, EachEpochIsAPermutationAndDependsOnlyOnThePosition) {
             "--seq-len 101 is longer than the validation split (101 tokens)");
 }
 
-GPTConfig small_config(Kind kind, int64_t n) {
+GPTConfig small_config(Variant variant, int64_t n) {
   GPTConfig c;
-  c.vocab = 50, c.dim = 16, c.layers = 2, c.heads = 2, c.seq_len = 12, c.residual = kind, c.streams = n;
+  c.vocab = 50, c.dim = 16, c.layers = 2, c.heads = 2, c.seq_len = 12, c.variant = variant, c.streams = n;
   return c;
 }
 
 TEST(Model, EveryVariantIsCausalAndStartsNearUniform) {
-  for (auto [kind, n] : {std::pair{Kind::residual, 1}, {Kind::hc, 4}, {Kind::mhc, 4}, {Kind::mhc_lite, 3}, {Kind::kromhc, 8},
-                         {Kind::ihc, 2}}) {
-    SCOPED_TRACE(kind_name(kind));
+  for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_lite, 3}, {Variant::kromhc, 8},
+                         {Variant::ihc, 2}}) {
+    SCOPED_TRACE(variant_name(variant));
     torch::manual_seed(0);
-    GPT model(small_config(kind, n));
-    EXPECT_EQ(model->connections().size(), kind == Kind::residual ? 0u : 4u);
+    GPT model(small_config(variant, n));
+    EXPECT_EQ(model->connections().size(), variant == Variant::residual ? 0u : 4u);
     const torch::Tensor tokens = torch::randint(50, {3, 12}, torch::kLong);
     const torch::Tensor logits = model->forward(tokens);
     ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{3, 12, 50}));
@@ -132,13 +132,13 @@ TEST(Model, EveryVariantIsCausalAndStartsNearUniform) {
 }
 
 TEST(Model, BadShapesAreRefused) {
-  GPTConfig c = small_config(Kind::mhc, 4);
+  GPTConfig c = small_config(Variant::mhc, 4);
   c.heads = 5;
   EXPECT_EQ(error_of([&] { c.check(); }), "--heads 5 does not divide --dim 16 (accepted: a divisor of the width)");
-  c = small_config(Kind::mhc_lite, 6);
+  c = small_config(Variant::mhc_lite, 6);
   EXPECT_NE(error_of([&] { c.check(); }).find("mhc-lite takes 1 to 5 streams"), std::string::npos);
-  c = small_config(Kind::residual, 4);
-  EXPECT_EQ(error_of([&] { c.check(); }), "--streams 4 with --residual residual: the plain residual has one stream");
+  c = small_config(Variant::residual, 4);
+  EXPECT_EQ(error_of([&] { c.check(); }), "--streams 4 with --variant residual: the plain residual has one stream");
 }
 
 TEST(Optimizer, AdamWStepMatchesTheClosedFormAndDecaysOnlyMatrices) {
@@ -219,9 +219,12 @@ TEST(Checkpoint, FileNamesAreTheStepPaddedAndNothingElseIsOne) {
 
 TEST(Settings, TomlKeysAreTheFlagNames) {
   const std::string dir = scratch("toml");
-  write(dir + "/ok.toml", "residual = \"hc\"\nlr = 0.002\nsteps = 7\n");
+  write(dir + "/ok.toml", "variant = \"hc\"\nlr = 0.002\nsteps = 7\n");
   const auto v = train::read_toml(dir + "/ok.toml");
-  EXPECT_EQ(v.at("residual"), "hc");
+  EXPECT_EQ(v.at("variant"), "hc");
+  // The name before the rename still reads, as the new one.
+  write(dir + "/old.toml", "residual = \"mhc-lite\"\n");
+  EXPECT_EQ(train::read_toml(dir + "/old.toml").at("variant"), "mhc-lite");
   EXPECT_EQ(std::stod(v.at("lr")), 0.002);
   EXPECT_EQ(v.at("steps"), "7");
   write(dir + "/bad.toml", "learning_rate = 1\n");
@@ -239,6 +242,9 @@ TEST(Settings, RunsWrittenBeforeASettingExistedStillRead) {
   const train::Settings s = train::Settings::from_json(j.dump());
   EXPECT_EQ(s.str("dtype"), "float32");
   EXPECT_EQ(s.str("device"), "cpu");
+  // A run written when --variant was --residual.
+  j.erase("variant"), j["residual"] = "kromhc";
+  EXPECT_EQ(train::Settings::from_json(j.dump()).str("variant"), "kromhc");
   j.erase("dim");
   EXPECT_EQ(error_of([&] { train::Settings::from_json(j.dump()); }), "the run's settings lack 'dim'");
 }

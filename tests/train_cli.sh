@@ -19,7 +19,7 @@ if want variants; then
            "ihc --streams 4"; do
     out="$work/variant-${v%% *}"
     # shellcheck disable=SC2086
-    if ! "$mhc" train "${small[@]}" --steps 12 --residual $v --out "$out" > "$out.log" 2>&1; then
+    if ! "$mhc" train "${small[@]}" --steps 12 --variant $v --out "$out" > "$out.log" 2>&1; then
       fail "variant $v: $(tail -1 "$out.log")"; continue
     fi
     grep -q "^done: step 12, validation loss" "$out.log" || fail "variant $v: no final validation line"
@@ -47,7 +47,8 @@ if want resume; then
   "$mhc" train "${small[@]}" --steps 40 --recompute blocks --out "$work/blocks" > /dev/null 2>&1 || fail "--recompute blocks run failed"
   [ "$(losses "$work/split-streams/metrics.jsonl")" = "$a" ] || fail "none resumed with streams differs from the straight run"
   [ "$(losses "$work/blocks/metrics.jsonl")" = "$a" ] || fail "--recompute blocks differs from the straight run"
-  # The exact variants beyond mHC-lite resume bit for bit too (KromHC at n = 8 = 2⊗2⊗2).
+  # The exact variants beyond mHC-lite resume bit for bit too (KromHC at n = 8 = 2⊗2⊗2); --residual
+  # is --variant's earlier spelling.
   for v in "kromhc --streams 8" "ihc --streams 4"; do
     # shellcheck disable=SC2086
     "$mhc" train "${small[@]}" --steps 16 --residual $v --out "$work/straight-${v%% *}" > /dev/null 2>&1 &&
@@ -57,8 +58,8 @@ if want resume; then
       fail "$v: resume is not exact"
   done
   # A resumed run may not change what was trained.
-  err=$("$mhc" train --resume "$work/split" --residual hc --dim 64 2>&1 >/dev/null)
-  echo "$err" | grep -q "^error: mhc train: --resume $work/split contradicts the checkpoint: residual (checkpoint mhc, given hc), dim (checkpoint 32, given 64)$" ||
+  err=$("$mhc" train --resume "$work/split" --variant hc --dim 64 2>&1 >/dev/null)
+  echo "$err" | grep -q "^error: mhc train: --resume $work/split contradicts the checkpoint: variant (checkpoint mhc, given hc), dim (checkpoint 32, given 64)$" ||
     fail "contradicting resume: $err"
   # The checkpoint is standard safetensors: Python's standard library and NumPy read it.
   /usr/bin/python3 "$src/scripts/read_safetensors.py" "$work/split/latest" > "$work/py.txt" 2>&1 &&
@@ -174,7 +175,7 @@ assert abs(a["diag"]["effective_rank"][0] - 1) < 1e-9 and abs(a["diag"]["share_m
 assert all(1 <= r <= 4 for r in a["diag"]["effective_rank"]) and a["stream_summary"]["collapsed"] is False, a["stream_summary"]
 ' "$work/diag/analysis/analysis.json" || fail "analyze: analysis.json"
 
-  "$mhc" train "${small[@]}" --steps 3 --residual residual --out "$work/plain" > /dev/null 2>&1 || fail "diag: residual run"
+  "$mhc" train "${small[@]}" --steps 3 --variant residual --out "$work/plain" > /dev/null 2>&1 || fail "diag: residual run"
   if "$mhc" analyze --ckpt "$work/plain" > "$work/analyze-plain.txt" 2>&1; then
     grep -q "the plain residual has no H_res to analyse" "$work/analyze-plain.txt" && grep -q "probe loss" "$work/analyze-plain.txt" ||
       fail "analyze (residual): $(cat "$work/analyze-plain.txt")"
@@ -209,7 +210,7 @@ for key in ("composite_fwd_max", "composite_bwd_max"):
     fail "compare: $(tail -1 "$work/compare.log")"
   fi
   # KromHC and identity-HC side by side; KromHC's composite maps are exact like mHC-lite's.
-  if "$mhc" compare "${cmp_args[@]}" --residual kromhc,ihc --out "$work/cmp-exact" > "$work/compare-exact.log" 2>&1; then
+  if "$mhc" compare "${cmp_args[@]}" --variant kromhc,ihc --out "$work/cmp-exact" > "$work/compare-exact.log" 2>&1; then
     [ "$(grep -cE '^\| (kromhc|ihc) \|' "$work/cmp-exact/report.md")" -eq 4 ] || fail "compare kromhc,ihc: $(cat "$work/cmp-exact/report.md")"
     /usr/bin/python3 -c '
 import json, sys
@@ -220,7 +221,7 @@ assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max
     fail "compare kromhc,ihc: $(tail -1 "$work/compare-exact.log")"
   fi
   # Seeds: 2 give the mean and (min–max), 3 (two of them reused) the mean ± std; every run listed.
-  seeds_args=("${cmp_args[@]}" --residual residual,mhc --out "$work/cmp-seeds")
+  seeds_args=("${cmp_args[@]}" --variant residual,mhc --out "$work/cmp-seeds")
   if "$mhc" compare "${seeds_args[@]}" --seeds 2 > "$work/seeds2.log" 2>&1; then
     grep -qE '^\| mhc \| [0-9.]+ \([0-9.]+–[0-9.]+\) \|' "$work/cmp-seeds/report.md" || fail "compare --seeds 2: $(cat "$work/cmp-seeds/report.md")"
   else
@@ -240,9 +241,9 @@ assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max
   else
     fail "compare --seeds 3: $(tail -1 "$work/seeds3.log")"
   fi
-  expect_error "mhc compare: --residual: unknown residual kind 'foo' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)" compare --residual mhc,foo
-  expect_error "mhc compare: --residual lists 'hc' twice" compare --residual hc,mhc,hc
-  expect_error "mhc compare: $work/cmp/mhc holds a run with other settings: lr \(checkpoint 0.003, given 0.001\)" compare "${cmp_args[@]}" --residual mhc --lr 0.001
+  expect_error "mhc compare: --variant: unknown variant 'foo' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)" compare --variant mhc,foo
+  expect_error "mhc compare: --variant lists 'hc' twice" compare --residual hc,mhc,hc
+  expect_error "mhc compare: $work/cmp/mhc holds a run with other settings: lr \(checkpoint 0.003, given 0.001\)" compare "${cmp_args[@]}" --variant mhc --lr 0.001
 fi
 
 # within_bf16 A B: every step's loss in run B is within bf16's unit roundoff (2^-8, relative) of
@@ -300,7 +301,7 @@ if want errors; then
   expect_error "--seq-len 100000 is longer than the validation split \([0-9]+ tokens\)" train "${small[@]}" --seq-len 100000
   expect_error "--heads 3 does not divide --dim 32" train "${small[@]}" --heads 3
   expect_error "--vocab 100 is out of range for a BPE tokenizer \(accepted: 256 to [0-9]+\)" train "${small[@]}" --tokenizer bpe --vocab 100
-  expect_error "unknown residual kind 'sinkhorn'" train "${small[@]}" --residual sinkhorn
+  expect_error "unknown variant 'sinkhorn'" train "${small[@]}" --variant sinkhorn
   expect_error "mhc train: unknown --preset 'huge' \(accepted: deep, small, tiny\)" train --preset huge
   expect_error "--lr must be a number in \[0, 1e\+30\], got 'fast'" train "${small[@]}" --lr fast
   expect_error "--recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)" train "${small[@]}" --recompute fast

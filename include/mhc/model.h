@@ -21,7 +21,7 @@ struct GPTConfig {
   int64_t layers = 4;  // blocks; each has an attention and an MLP sublayer
   int64_t heads = 4;
   int64_t seq_len = 128;
-  Kind residual = Kind::mhc;
+  Variant variant = Variant::mhc;
   int64_t streams = 4;
   int64_t sinkhorn_iters = 20;
   BiasInit bias_init = {};

@@ -1,7 +1,7 @@
 // torch::nn::Module front end of the residual family: owns one sublayer's connection parameters
 // with the initialisation of DESIGN.md §2 and exposes pre/post, so a model can wrap any sublayer F:
 //
-//     auto hc = mhc::HyperConnection(mhc::HyperConnectionOptions(mhc::Kind::mhc, 4, 512).sublayer_index(l));
+//     auto hc = mhc::HyperConnection(mhc::HyperConnectionOptions(mhc::Variant::mhc, 4, 512).sublayer_index(l));
 //     auto mix = hc->pre(x);                     // x [..., n, C]  ->  mix.h [..., C]
 //     auto x_next = hc->post(x, F(mix.h), mix);  // [..., n, C]
 //
@@ -33,8 +33,8 @@ struct BiasInit {
 };
 
 struct HyperConnectionOptions {
-  HyperConnectionOptions(Kind kind, int64_t streams, int64_t dim) : kind_(kind), streams_(streams), dim_(dim) {}
-  TORCH_ARG(Kind, kind);
+  HyperConnectionOptions(Variant variant, int64_t streams, int64_t dim) : variant_(variant), streams_(streams), dim_(dim) {}
+  TORCH_ARG(Variant, variant);
   TORCH_ARG(int64_t, streams);
   TORCH_ARG(int64_t, dim);
   TORCH_ARG(int64_t, sublayer_index) = 0;  // l: attention and MLP sublayers are counted separately
@@ -95,7 +95,7 @@ torch::Tensor forward_stack(const std::vector<HyperConnection>& connections, con
 // L sublayers' connections as one module (children "0" … "L−1", connection l built with
 // sublayer_index l), for models that keep their sublayers elsewhere:
 //
-//     auto stack = mhc::HyperConnectionStack(mhc::HyperConnectionOptions(mhc::Kind::mhc, 4, 512), 2 * blocks);
+//     auto stack = mhc::HyperConnectionStack(mhc::HyperConnectionOptions(mhc::Variant::mhc, 4, 512), 2 * blocks);
 //     x = stack->forward(x, {attention_0, mlp_0, attention_1, …}, {mhc::Recompute::streams});
 class HyperConnectionStackImpl : public torch::nn::Module {
  public:

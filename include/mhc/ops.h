@@ -1,6 +1,6 @@
 // The library's seam: the two differentiable ops of one sublayer (DESIGN.md §4).
 //
-//   pre(x, phi, bias, alpha, kind, t) -> (h, H_pre, H_post, H_res)   coefficients + pre-mix
+//   pre(x, phi, bias, alpha, variant, t) -> (h, H_pre, H_post, H_res)   coefficients + pre-mix
 //   post(x, y, H_post, H_res)         -> x_next                      res-mix + post-mix
 //
 // Shapes: x [N, n, C], y and h [N, C], H_pre and H_post [N, n], H_res [N, n, n] (row k is the
@@ -32,13 +32,13 @@ struct PreOutput {
 };
 
 PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-              const torch::Tensor& alpha, Kind kind, int64_t sinkhorn_iters = 20);
+              const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
 
 namespace reference {
 PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-              const torch::Tensor& alpha, Kind kind, int64_t sinkhorn_iters = 20);
+              const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
 // The n! permutation matrices in lexicographic order of (σ(0), …, σ(n−1)); P[k][i][σ_k(i)] = 1.
@@ -55,7 +55,7 @@ torch::Tensor projection_weights(const torch::Tensor& phi, torch::ScalarType x);
 // Validation shared by every backend and by the reference: throws c10::Error with a one-line
 // message naming the bad value and what is accepted. Returns the variant's layout.
 Layout check_pre_args(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-                      const torch::Tensor& alpha, Kind kind, int64_t sinkhorn_iters);
+                      const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters);
 void check_post_args(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                      const torch::Tensor& H_res);
 

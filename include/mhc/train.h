@@ -27,6 +27,8 @@ struct SettingSpec {
   // The value a run written before this setting existed had, if it defines the run (for run settings
   // such a run takes the default).
   std::string before_it_existed = {};
+  // The name runs, config files and command lines used before it was renamed; still read as this one.
+  std::string old_name = {};
 };
 const std::vector<SettingSpec>& setting_specs();
 // --device: "cpu", "cuda", "cuda:N" (checked to exist here); throws std::invalid_argument naming the

@@ -15,7 +15,7 @@
 
 namespace mhc {
 
-enum class Kind : int {
+enum class Variant : int {
   residual = 0,  // n = 1, H_pre = H_post = H_res = 1; no parameters
   hc = 1,        // Hyper-Connections: static + tanh-gated dynamic, unconstrained
   mhc = 2,       // DeepSeek mHC: sigmoid pre/post, Sinkhorn–Knopp H_res
@@ -35,9 +35,9 @@ constexpr double kRmsEps = 1e-6;
 
 // Parses "residual", "hc", "mhc", "mhc-lite" (also "mhc_lite"), "kromhc", "ihc"; throws
 // std::invalid_argument naming the value and the accepted list.
-Kind parse_kind(const std::string& name);
-const char* kind_name(Kind kind);
-const char* kind_names();  // "residual, hc, mhc, mhc-lite, kromhc, ihc"
+Variant parse_variant(const std::string& name);
+const char* variant_name(Variant variant);
+const char* variant_names();  // "residual, hc, mhc, mhc-lite, kromhc, ihc"
 
 // n! for n ≤ kMaxStreamsLite.
 int factorial(int n);
@@ -52,11 +52,11 @@ struct Layout {
   int64_t res_size;      // logits behind H_res: n*n, n! (mHC-lite), Σ f_k! (KromHC), 0 (identity-HC)
 };
 
-// Throws std::invalid_argument when n is outside the range the kind supports.
-Layout layout(Kind kind, int64_t n, int64_t C);
+// Throws std::invalid_argument when n is outside the range the variant supports.
+Layout layout(Variant variant, int64_t n, int64_t C);
 
 // Checks n (and names what is accepted); throws std::invalid_argument.
-void check_streams(Kind kind, int64_t n);
+void check_streams(Variant variant, int64_t n);
 
 // The expected shapes of phi, bias and alpha in words, for error messages ("[n*C, 2n + n*n] for mhc").
 struct ShapeNames {
@@ -64,12 +64,12 @@ struct ShapeNames {
   const char* bias;
   const char* alpha;
 };
-ShapeNames shape_names(Kind kind);
+ShapeNames shape_names(Variant variant);
 
 // DESIGN.md §2's initial bias [B] and alpha [A] (as layout() sizes them) for a sublayer whose
 // leading stream is `lead` (its index mod n): stream_logit and res_off_logit are the magnitudes of
 // the σ variants' initial logits; HC's are fixed. phi starts at zero for every variant.
-void initial_bias_and_alpha(Kind kind, int64_t n, int64_t lead, double stream_logit, double res_off_logit, float* bias,
+void initial_bias_and_alpha(Variant variant, int64_t n, int64_t lead, double stream_logit, double res_off_logit, float* bias,
                             float* alpha);
 
 }  // namespace mhc

@@ -20,7 +20,7 @@ from .modules import RECOMPUTE, HyperConnection, HyperConnectionStack, Mix, expa
 
 register_fake_implementations()
 
-KINDS = ("residual", "hc", "mhc", "mhc-lite", "kromhc", "ihc")
+VARIANTS = ("residual", "hc", "mhc", "mhc-lite", "kromhc", "ihc")
 
-__all__ = ["HyperConnection", "HyperConnectionStack", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams", "KINDS",
+__all__ = ["HyperConnection", "HyperConnectionStack", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams", "VARIANTS",
            "library_path"]

@@ -17,7 +17,7 @@ def register_fake_implementations():
         return x.new_empty(*shape, dtype=coefficient_dtype(x.dtype))
 
     @torch.library.register_fake("mhc::pre")
-    def _pre(x, phi, bias, alpha, kind, sinkhorn_iters=20):
+    def _pre(x, phi, bias, alpha, variant, sinkhorn_iters=20):
         N, n, C = x.shape
         return x.new_empty(N, C), coefficients(x, N, n), coefficients(x, N, n), coefficients(x, N, n, n)
 
@@ -26,14 +26,14 @@ def register_fake_implementations():
         return torch.empty_like(x)
 
     @torch.library.register_fake("mhc::pre_fwd")
-    def _pre_fwd(x, phi, bias, alpha, kind, sinkhorn_iters):
+    def _pre_fwd(x, phi, bias, alpha, variant, sinkhorn_iters):
         N, n, C = x.shape
-        per_token = n if kind == "hc" else (0 if kind == "residual" else 1)
+        per_token = n if variant == "hc" else (0 if variant == "residual" else 1)
         return (x.new_empty(N, C), coefficients(x, N, n), coefficients(x, N, n), coefficients(x, N, n, n),
                 coefficients(x, N, per_token, phi.shape[1] if phi.dim() == 2 else 0), coefficients(x, N, per_token))
 
     @torch.library.register_fake("mhc::pre_bwd")
-    def _pre_bwd(dh, dH_pre, dH_post, dH_res, x, phi, bias, alpha, proj, rms, kind, sinkhorn_iters):
+    def _pre_bwd(dh, dH_pre, dH_post, dH_res, x, phi, bias, alpha, proj, rms, variant, sinkhorn_iters):
         return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(bias), torch.empty_like(alpha)
 
     @torch.library.register_fake("mhc::post_bwd")

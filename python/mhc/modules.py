@@ -36,27 +36,27 @@ class Mix(NamedTuple):
 class HyperConnection(nn.Module):
     """Wraps one sublayer F: h = H_pre·x, y = F(h), x_next = H_res·x + H_post^T·y.
 
-    kind: "residual" (streams must be 1), "hc", "mhc" (Sinkhorn–Knopp, sinkhorn_iters in
+    variant: "residual" (streams must be 1), "hc", "mhc" (Sinkhorn–Knopp, sinkhorn_iters in
     [0, 100]), "mhc-lite" (streams ≤ 5), "kromhc" (streams 2, 3, 4, 6, 8, 9, 12 or 16) or "ihc"
     (H_res = I); streams ≤ 16. sublayer_index l picks the stream l mod n that the
     initial biases favour; stream_logit / res_off_logit are the initial bias magnitudes
     (1 and -8 in the papers; 0 and 0 make mHC a plain residual mean at step 0).
     """
 
-    def __init__(self, kind: str, streams: int, dim: int, sublayer_index: int = 0, sinkhorn_iters: int = 20,
+    def __init__(self, variant: str, streams: int, dim: int, sublayer_index: int = 0, sinkhorn_iters: int = 20,
                  stream_logit: float = 1.0, res_off_logit: float = -8.0):
         super().__init__()
-        self.kind, self.streams, self.dim, self.sinkhorn_iters = kind, streams, dim, sinkhorn_iters
-        phi, bias, alpha = torch.ops.mhc.initial_parameters(kind, streams, dim, sublayer_index, stream_logit,
+        self.variant, self.streams, self.dim, self.sinkhorn_iters = variant, streams, dim, sinkhorn_iters
+        phi, bias, alpha = torch.ops.mhc.initial_parameters(variant, streams, dim, sublayer_index, stream_logit,
                                                             res_off_logit)
-        if kind == "residual":  # no parameters; empty buffers still follow .to(device)
+        if variant == "residual":  # no parameters; empty buffers still follow .to(device)
             for name, t in (("phi", phi), ("bias", bias), ("alpha", alpha)):
                 self.register_buffer(name, t, persistent=False)
         else:
             self.phi, self.bias, self.alpha = nn.Parameter(phi), nn.Parameter(bias), nn.Parameter(alpha)
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, streams={self.streams}, dim={self.dim}, sinkhorn_iters={self.sinkhorn_iters}"
+        return f"variant={self.variant!r}, streams={self.streams}, dim={self.dim}, sinkhorn_iters={self.sinkhorn_iters}"
 
     def _check(self, x: Tensor, where: str) -> None:
         if x.dim() < 2 or x.shape[-2:] != (self.streams, self.dim):
@@ -71,7 +71,7 @@ class HyperConnection(nn.Module):
         # the fp32 masters and the coefficients stay fp32 too.
         like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
         h, H_pre, H_post, H_res = torch.ops.mhc.pre(x.reshape(-1, n, C), self.phi.to(**like), self.bias.to(**like),
-                                                    self.alpha.to(**like), self.kind, self.sinkhorn_iters)
+                                                    self.alpha.to(**like), self.variant, self.sinkhorn_iters)
         return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n))
 
     def post(self, x: Tensor, y: Tensor, mix: Mix) -> Tensor:
@@ -100,7 +100,7 @@ class HyperConnectionStack(nn.Module):
         recompute="streams"  of each group of `recompute_every` sublayers only the group's input
                              state stays (with each y and the coefficients); the inner states are
                              freed and rebuilt by the fused post op when the backward pass needs
-                             them. F is not re-run. A no-op for kind "residual";
+                             them. F is not re-run. A no-op for variant "residual";
         recompute="blocks"   whole groups, F included, are re-run in the backward pass
                              (torch.utils.checkpoint).
 
@@ -110,14 +110,14 @@ class HyperConnectionStack(nn.Module):
     with sublayer_index=l.
     """
 
-    def __init__(self, kind: str, streams: int, dim: int, sublayers: int, sinkhorn_iters: int = 20,
+    def __init__(self, variant: str, streams: int, dim: int, sublayers: int, sinkhorn_iters: int = 20,
                  stream_logit: float = 1.0, res_off_logit: float = -8.0):
         super().__init__()
         if sublayers < 1:
             raise ValueError(f"HyperConnectionStack: need at least 1 sublayer, got {sublayers}")
-        self.kind, self.streams = kind, streams
+        self.variant, self.streams = variant, streams
         self.connections = nn.ModuleList(
-            HyperConnection(kind, streams, dim, l, sinkhorn_iters, stream_logit, res_off_logit) for l in range(sublayers))
+            HyperConnection(variant, streams, dim, l, sinkhorn_iters, stream_logit, res_off_logit) for l in range(sublayers))
 
     def forward(self, x: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]], recompute: str = "none",
                 recompute_every: Optional[int] = None) -> Tensor:
@@ -135,7 +135,7 @@ class HyperConnectionStack(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(self._run, x, sublayers, start, min(L, start + every),
                                                       use_reentrant=False)
             return x
-        if recompute == "none" or self.kind == "residual" or not torch.is_grad_enabled():
+        if recompute == "none" or self.variant == "residual" or not torch.is_grad_enabled():
             return self._run(x, sublayers, 0, L)
         for l, (connection, F) in enumerate(zip(self.connections, sublayers)):
             if l % every == 0:

@@ -68,13 +68,13 @@ def sinkhorn(logits, t):
     return M
 
 
-def coefficients(x, phi, bias, alpha, kind, t=20):
+def coefficients(x, phi, bias, alpha, variant, t=20):
     """x [N, n, C] -> (H_pre [N, n], H_post [N, n], H_res [N, n, n])."""
     N, n, C = x.shape
-    if kind == "residual":
+    if variant == "residual":
         one = x.new_ones(N, 1)
         return one, one, one.view(N, 1, 1)
-    if kind == "hc":
+    if variant == "hc":
         u = torch.tanh((x @ phi) / rms(x))  # [N, n, n+2]: per-stream x̄_i · [w_pre | w_post | W_res]
         a_pre, b_post, A_res = bias[:n], bias[n:2 * n], bias[2 * n:].view(n, n)
         s_alpha, s_beta = alpha[0], alpha[1]
@@ -86,28 +86,28 @@ def coefficients(x, phi, bias, alpha, kind, t=20):
     g = (v @ phi) / rms(v)
     pre = alpha[0] * g[:, :n] + bias[:n]
     post = alpha[1] * g[:, n:2 * n] + bias[n:2 * n]
-    res = alpha[2] * g[:, 2 * n:] + bias[2 * n:] if kind != "ihc" else None
-    if kind == "mhc":
+    res = alpha[2] * g[:, 2 * n:] + bias[2 * n:] if variant != "ihc" else None
+    if variant == "mhc":
         H_res = sinkhorn(res.view(N, n, n), t)
-    elif kind == "mhc-lite":
+    elif variant == "mhc-lite":
         weights = torch.softmax(res, dim=-1)
         H_res = torch.einsum("nk,kij->nij", weights, permutation_matrices(n, x.dtype).to(x.device))
-    elif kind == "kromhc":
+    elif variant == "kromhc":
         factors, start = [], 0
         for f in kronecker_factors(n):
             count = math.factorial(f)
             factors.append(permutation_mixture(res[:, start:start + count], f))
             start += count
         H_res = kronecker(factors)
-    elif kind == "ihc":
+    elif variant == "ihc":
         H_res = torch.eye(n, dtype=x.dtype, device=x.device).expand(N, n, n)
     else:
-        raise ValueError(kind)
+        raise ValueError(variant)
     return torch.sigmoid(pre), 2 * torch.sigmoid(post), H_res
 
 
-def pre(x, phi, bias, alpha, kind, t=20):
-    H_pre, H_post, H_res = coefficients(x, phi, bias, alpha, kind, t)
+def pre(x, phi, bias, alpha, variant, t=20):
+    H_pre, H_post, H_res = coefficients(x, phi, bias, alpha, variant, t)
     h = torch.einsum("ni,nic->nc", H_pre, x)
     return h, H_pre, H_post, H_res
 
@@ -116,13 +116,13 @@ def post(x, y, H_post, H_res):
     return torch.einsum("nkj,njc->nkc", H_res, x) + H_post.unsqueeze(-1) * y.unsqueeze(1)
 
 
-def layout(kind, n, C):
+def layout(variant, n, C):
     """(phi shape, bias size, alpha size)."""
-    if kind == "residual":
+    if variant == "residual":
         return (0, 0), 0, 0
-    if kind == "hc":
+    if variant == "hc":
         return (C, n + 2), 2 * n + n * n, 2
-    res = {"mhc": n * n, "mhc-lite": math.factorial(n), "ihc": 0}.get(kind)
-    if kind == "kromhc":
+    res = {"mhc": n * n, "mhc-lite": math.factorial(n), "ihc": 0}.get(variant)
+    if variant == "kromhc":
         res = sum(math.factorial(f) for f in kronecker_factors(n))
     return (n * C, 2 * n + res), 2 * n + res, 3 if res else 2

@@ -28,11 +28,11 @@ U32 = 2.0 ** -24        # fp32 unit roundoff
 BF16_ULP = 2.0 ** -7    # one unit in the last place of bf16 (8 significant bits)
 
 
-def make_inputs(kind, n, C, N=37, seed=0):
+def make_inputs(variant, n, C, N=37, seed=0):
     """(x, phi, bias, alpha, w) in fp64 on the CPU; x, phi and w hold bf16-representable values, so
     that every storage starts from exactly the same numbers."""
     g = torch.Generator().manual_seed(seed)
-    phi_shape, B, A = pure_torch.layout(kind, n, C)
+    phi_shape, B, A = pure_torch.layout(variant, n, C)
     bf = lambda t: t.to(torch.bfloat16).double()  # noqa: E731
     x = bf(torch.randn(N, n, C, generator=g, dtype=torch.float64))
     phi = bf(torch.randn(*phi_shape, generator=g, dtype=torch.float64) / math.sqrt(max(phi_shape[0], 1)))
@@ -42,14 +42,14 @@ def make_inputs(kind, n, C, N=37, seed=0):
     return x, phi, bias, alpha, w
 
 
-def values_and_grads(ops, kind, inputs, storage, device):
+def values_and_grads(ops, variant, inputs, storage, device):
     """pre -> F(h) = tanh(h·w) -> post, forward values and the gradients of every input, as fp64 on
     the CPU. storage: the dtype of x, w and the upstream gradients; the parameters are float32 under
     bf16 storage (mhc/ops.h), the storage dtype otherwise."""
     coefficients = torch.float32 if storage == torch.bfloat16 else storage
     dtypes = (storage, coefficients, coefficients, coefficients, storage)
     x, phi, bias, alpha, w = (t.to(device, d).requires_grad_() for t, d in zip(inputs, dtypes))
-    h, H_pre, H_post, H_res = ops.pre(x, phi, bias, alpha, kind, 20)
+    h, H_pre, H_post, H_res = ops.pre(x, phi, bias, alpha, variant, 20)
     out = ops.post(x, torch.tanh(h * w), H_post, H_res)
     outs = (h, H_pre, H_post, H_res, out)
     g = torch.Generator().manual_seed(1)
@@ -73,33 +73,33 @@ def expect_close(got, ref_low, exact, what, storage_ulp):
 
 
 def test_cuda_matches_pure_torch_and_the_cpu_kernels():
-    for kind, n, C in CASES:
-        inputs = make_inputs(kind, n, C)
-        exact = values_and_grads(pure_torch, kind, inputs, torch.float64, "cpu")
-        pure32 = values_and_grads(pure_torch, kind, inputs, torch.float32, "cpu")
-        cuda32 = values_and_grads(torch.ops.mhc, kind, inputs, torch.float32, "cuda")
-        cpu32 = values_and_grads(torch.ops.mhc, kind, inputs, torch.float32, "cpu")
-        expect_close(cuda32, pure32, exact, f"{kind} n={n} C={C} fp32", 0)
-        expect_close(cuda32, cpu32, exact, f"{kind} n={n} C={C} fp32 vs the CPU kernels", 0)
+    for variant, n, C in CASES:
+        inputs = make_inputs(variant, n, C)
+        exact = values_and_grads(pure_torch, variant, inputs, torch.float64, "cpu")
+        pure32 = values_and_grads(pure_torch, variant, inputs, torch.float32, "cpu")
+        cuda32 = values_and_grads(torch.ops.mhc, variant, inputs, torch.float32, "cuda")
+        cpu32 = values_and_grads(torch.ops.mhc, variant, inputs, torch.float32, "cpu")
+        expect_close(cuda32, pure32, exact, f"{variant} n={n} C={C} fp32", 0)
+        expect_close(cuda32, cpu32, exact, f"{variant} n={n} C={C} fp32 vs the CPU kernels", 0)
         # bf16 storage: the CPU's bf16 path is the fp32 kernels on the same bf16 numbers.
-        cpu_bf16 = values_and_grads(torch.ops.mhc, kind, inputs, torch.bfloat16, "cpu")
-        cuda_bf16 = values_and_grads(torch.ops.mhc, kind, inputs, torch.bfloat16, "cuda")
-        expect_close(cuda_bf16, cpu_bf16, exact, f"{kind} n={n} C={C} bf16", BF16_ULP)
+        cpu_bf16 = values_and_grads(torch.ops.mhc, variant, inputs, torch.bfloat16, "cpu")
+        cuda_bf16 = values_and_grads(torch.ops.mhc, variant, inputs, torch.bfloat16, "cuda")
+        expect_close(cuda_bf16, cpu_bf16, exact, f"{variant} n={n} C={C} bf16", BF16_ULP)
 
 
 def test_doubly_stochastic_on_the_gpu():
     torch.manual_seed(0)
-    for kind, n, t, scale in [("mhc-lite", 4, 0, 1.0), ("mhc-lite", 5, 0, 80.0), ("mhc", 4, 20, 1.0), ("mhc", 8, 20, 80.0),
+    for variant, n, t, scale in [("mhc-lite", 4, 0, 1.0), ("mhc-lite", 5, 0, 80.0), ("mhc", 4, 20, 1.0), ("mhc", 8, 20, 80.0),
                               ("kromhc", 8, 0, 80.0), ("kromhc", 6, 0, 80.0)]:
-        phi, bias, alpha = torch.ops.mhc.initial_parameters(kind, n, 8)
+        phi, bias, alpha = torch.ops.mhc.initial_parameters(variant, n, 8)
         x = torch.randn(10000, n, 8, device="cuda")
         phi, bias = torch.randn_like(phi) * scale, torch.randn_like(bias) * scale
-        _, _, _, H = torch.ops.mhc.pre(x, phi.cuda(), bias.cuda(), torch.ones_like(alpha).cuda(), kind, t)
+        _, _, _, H = torch.ops.mhc.pre(x, phi.cuda(), bias.cuda(), torch.ones_like(alpha).cuda(), variant, t)
         H = H.double()
         rows, cols = (H.sum(-1) - 1).abs().max().item(), (H.sum(-2) - 1).abs().max().item()
-        assert rows <= 1e-6 and H.min().item() >= 0, f"{kind} n={n}: rows {rows:.2e}, min {H.min().item():.2e}"
-        if kind != "mhc":
-            assert cols <= 1e-6, f"{kind} n={n}: columns {cols:.2e}"
+        assert rows <= 1e-6 and H.min().item() >= 0, f"{variant} n={n}: rows {rows:.2e}, min {H.min().item():.2e}"
+        if variant != "mhc":
+            assert cols <= 1e-6, f"{variant} n={n}: columns {cols:.2e}"
 
 
 def test_module_trains_in_bf16_on_the_gpu():

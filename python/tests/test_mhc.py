@@ -21,9 +21,9 @@ CASES = [("residual", 1)] + [("hc", n) for n in (1, 2, 4)] + [("mhc", n) for n i
         [("kromhc", n) for n in (2, 3, 4, 6, 8, 12, 16)] + [("ihc", n) for n in (1, 4, 16)]
 
 
-def make_inputs(kind, n, C=7, N=11, dtype=torch.float64, seed=0):
+def make_inputs(variant, n, C=7, N=11, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    phi_shape, B, A = pure_torch.layout(kind, n, C)
+    phi_shape, B, A = pure_torch.layout(variant, n, C)
     x = torch.randn(N, n, C, generator=g, dtype=dtype)
     phi = torch.randn(*phi_shape, generator=g, dtype=dtype) / math.sqrt(max(phi_shape[0], 1))
     bias = torch.randn(B, generator=g, dtype=dtype)
@@ -32,15 +32,15 @@ def make_inputs(kind, n, C=7, N=11, dtype=torch.float64, seed=0):
     return [t.requires_grad_() for t in (x, phi, bias, alpha, w)]
 
 
-def sublayer(ops, kind, x, phi, bias, alpha, w, t=20):
+def sublayer(ops, variant, x, phi, bias, alpha, w, t=20):
     """pre -> F(h) = tanh(h·w) -> post; every output folded into one scalar per piece."""
-    h, H_pre, H_post, H_res = ops.pre(x, phi, bias, alpha, kind, t)
+    h, H_pre, H_post, H_res = ops.pre(x, phi, bias, alpha, variant, t)
     y = torch.tanh(h * w)
     return h, H_pre, H_post, H_res, ops.post(x, y, H_post, H_res)
 
 
-def values_and_grads(ops, kind, inputs, t=20):
-    outs = sublayer(ops, kind, *inputs, t=t)
+def values_and_grads(ops, variant, inputs, t=20):
+    outs = sublayer(ops, variant, *inputs, t=t)
     g = torch.Generator().manual_seed(1)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
     wanted = [t for t in inputs if t.numel()]
@@ -48,23 +48,23 @@ def values_and_grads(ops, kind, inputs, t=20):
     return [o.detach() for o in outs] + list(grads)
 
 
-@pytest.mark.parametrize("kind,n", CASES)
-def test_fused_matches_pure_torch_in_double(kind, n):
-    inputs = make_inputs(kind, n)
-    fused = values_and_grads(torch.ops.mhc, kind, inputs)
-    pure = values_and_grads(pure_torch, kind, inputs)
+@pytest.mark.parametrize("variant,n", CASES)
+def test_fused_matches_pure_torch_in_double(variant, n):
+    inputs = make_inputs(variant, n)
+    fused = values_and_grads(torch.ops.mhc, variant, inputs)
+    pure = values_and_grads(pure_torch, variant, inputs)
     for a, b in zip(fused, pure):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("kind,n", CASES)
-def test_fused_fp32_within_fp32_rounding(kind, n):
+@pytest.mark.parametrize("variant,n", CASES)
+def test_fused_fp32_within_fp32_rounding(variant, n):
     """fp32 fused vs fp64 pure, bounded by a multiple of fp32 pure's own error (derived tolerance)."""
-    inputs64 = make_inputs(kind, n, seed=3)
+    inputs64 = make_inputs(variant, n, seed=3)
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
-    exact = values_and_grads(pure_torch, kind, inputs64)
-    fused = values_and_grads(torch.ops.mhc, kind, inputs32)
-    pure32 = values_and_grads(pure_torch, kind, inputs32)
+    exact = values_and_grads(pure_torch, variant, inputs64)
+    fused = values_and_grads(torch.ops.mhc, variant, inputs32)
+    pure32 = values_and_grads(pure_torch, variant, inputs32)
     u = 2.0 ** -24
     for f, p, e in zip(fused, pure32, exact):
         if e.numel() == 0:
@@ -73,41 +73,41 @@ def test_fused_fp32_within_fp32_rounding(kind, n):
         assert (f.double() - e).abs().max().item() <= tol
 
 
-@pytest.mark.parametrize("kind,n,t", [("residual", 1, 0), ("hc", 3, 0), ("mhc", 3, 20), ("mhc", 2, 0), ("mhc-lite", 3, 0),
+@pytest.mark.parametrize("variant,n,t", [("residual", 1, 0), ("hc", 3, 0), ("mhc", 3, 20), ("mhc", 2, 0), ("mhc-lite", 3, 0),
                                      ("kromhc", 4, 0), ("kromhc", 6, 0), ("ihc", 3, 0)])
-def test_gradcheck_double(kind, n, t):
-    x, phi, bias, alpha, w = make_inputs(kind, n, C=4, N=3)
+def test_gradcheck_double(variant, n, t):
+    x, phi, bias, alpha, w = make_inputs(variant, n, C=4, N=3)
     params = [p for p in (x, phi, bias, alpha) if p.numel()]
 
     def f(*ps):
         it = iter(ps)
         args = [next(it) if p.numel() else p for p in (x, phi, bias, alpha)]
-        return sublayer(torch.ops.mhc, kind, *args, w.detach(), t=t)
+        return sublayer(torch.ops.mhc, variant, *args, w.detach(), t=t)
 
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("kind,n,t", [("hc", 2, 0), ("mhc", 3, 20), ("mhc-lite", 3, 0), ("kromhc", 4, 0)])
-def test_gradgradcheck_double(kind, n, t):
+@pytest.mark.parametrize("variant,n,t", [("hc", 2, 0), ("mhc", 3, 20), ("mhc-lite", 3, 0), ("kromhc", 4, 0)])
+def test_gradgradcheck_double(variant, n, t):
     """create_graph=True gives differentiable gradients (second derivatives checked numerically)."""
-    x, phi, bias, alpha, w = make_inputs(kind, n, C=3, N=2)
+    x, phi, bias, alpha, w = make_inputs(variant, n, C=3, N=2)
 
     def f(*ps):
-        return sublayer(torch.ops.mhc, kind, *ps, w.detach(), t=t)
+        return sublayer(torch.ops.mhc, variant, *ps, w.detach(), t=t)
 
     assert torch.autograd.gradgradcheck(f, (x, phi, bias, alpha), eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("kind,n", [("hc", 2), ("mhc", 4), ("mhc-lite", 3)])
-def test_gradient_penalty_matches_pure_torch(kind, n):
+@pytest.mark.parametrize("variant,n", [("hc", 2), ("mhc", 4), ("mhc-lite", 3)])
+def test_gradient_penalty_matches_pure_torch(variant, n):
     """A gradient penalty ||d loss / dx||² differentiated to the parameters: fused ops and pure
     PyTorch agree, and so do the create_graph gradients themselves (x reaches post both directly and
     through pre: neither path may be counted twice)."""
-    inputs = make_inputs(kind, n, seed=5)
+    inputs = make_inputs(variant, n, seed=5)
 
     def penalty_grads(ops):
         x, phi, bias, alpha, w = inputs
-        out = sublayer(ops, kind, x, phi, bias, alpha, w)[-1]
+        out = sublayer(ops, variant, x, phi, bias, alpha, w)[-1]
         (dx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
         return (dx,) + torch.autograd.grad(dx.square().sum(), (phi, bias, alpha))
 
@@ -149,13 +149,13 @@ def test_module_initialisation_and_shapes():
     assert list(mhc.HyperConnection("residual", 1, 8).parameters()) == []
 
 
-@pytest.mark.parametrize("kind,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3), ("kromhc", 8), ("ihc", 4)])
-def test_bfloat16_storage(kind, n):
+@pytest.mark.parametrize("variant,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3), ("kromhc", 8), ("ihc", 4)])
+def test_bfloat16_storage(variant, n):
     """bf16 x and y with the fp32 master parameters: h and x_next in bf16, the coefficients and the
     parameter gradients in fp32, and the values those of the fp32 ops on the same bf16 numbers
     (phi read as bf16), up to one rounding of each storage output to bf16 (2^-8 relative)."""
     torch.manual_seed(0)
-    hc = mhc.HyperConnection(kind, streams=n, dim=32, sublayer_index=1)
+    hc = mhc.HyperConnection(variant, streams=n, dim=32, sublayer_index=1)
     with torch.no_grad():
         hc.phi.normal_(0, 0.05)
     x = torch.randn(2, 9, n, 32).to(torch.bfloat16).requires_grad_()
@@ -167,7 +167,7 @@ def test_bfloat16_storage(kind, n):
     phi = hc.phi.detach().to(torch.bfloat16).float()
     x32 = x.detach().float()
     h32, H_pre, H_post, H_res = torch.ops.mhc.pre(x32.reshape(-1, n, 32), phi, hc.bias.detach(), hc.alpha.detach(),
-                                                  kind, 20)
+                                                  variant, 20)
     torch.testing.assert_close(mix.H_res.reshape(-1, n, n), H_res, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(h.float().reshape(-1, 32), h32, rtol=2 ** -8, atol=1e-6)
     y = torch.tanh(h).float().reshape(-1, 32)  # the bf16 run's own sublayer output
@@ -176,7 +176,7 @@ def test_bfloat16_storage(kind, n):
 
 
 def test_bad_input_is_a_one_line_error():
-    with pytest.raises(Exception, match=r"unknown residual kind 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)"):
+    with pytest.raises(Exception, match=r"unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)"):
         mhc.HyperConnection("sinkhorn", 4, 8)
     with pytest.raises(Exception, match=r"mhc-lite takes 1 to 5 streams.*n = 6.*KromHC"):
         mhc.HyperConnection("mhc-lite", 6, 8)
@@ -221,9 +221,9 @@ def test_toy_model_trains():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def make_stack(kind, n, C=16, L=5):
+def make_stack(variant, n, C=16, L=5):
     torch.manual_seed(0)
-    stack = mhc.HyperConnectionStack(kind, n, C, L)
+    stack = mhc.HyperConnectionStack(variant, n, C, L)
     with torch.no_grad():  # coefficients away from their initial values: every entry matters
         for p in stack.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -235,9 +235,9 @@ def storage_of(t):
     return t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()
 
 
-@pytest.mark.parametrize("kind,n", [("residual", 1), ("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
-def test_stack_recompute_is_bit_identical(kind, n):
-    stack, mlps, x0 = make_stack(kind, n)
+@pytest.mark.parametrize("variant,n", [("residual", 1), ("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
+def test_stack_recompute_is_bit_identical(variant, n):
+    stack, mlps, x0 = make_stack(variant, n)
     params = list(stack.parameters()) + [p for m in mlps for p in m.parameters()]
 
     def run(recompute, every):
@@ -327,7 +327,7 @@ def test_library_for_another_torch_is_refused(tmp_path):
 
 def test_bench_runs():
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
-    run = subprocess.run([sys.executable, str(REPO / "python" / "bench.py"), "--kind", "hc,mhc", "--tokens", "64",
+    run = subprocess.run([sys.executable, str(REPO / "python" / "bench.py"), "--variant", "hc,mhc", "--tokens", "64",
                           "--dim", "16", "--reps", "3", "--warmup", "1", "--markdown"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -337,7 +337,7 @@ def test_bench_runs():
 @pytest.mark.parametrize("args,message", [
     (["--dim", "abc"], "--dim takes comma-separated positive widths, got 'abc'"),
     (["--kind", "mhc-lite", "--streams", "6"], "mhc-lite takes 1 to 5 streams"),
-    (["--kind", "mhc", "--sinkhorn-iters", "-2"], "sinkhorn_iters must be in [0, 100], got -2"),
+    (["--variant", "mhc", "--sinkhorn-iters", "-2"], "sinkhorn_iters must be in [0, 100], got -2"),
     (["--device", "gpu"], "--device 'gpu' is not a device (accepted: cpu, cuda, cuda:N)"),
     (["--dtype", "half"], "argument --dtype: invalid choice: 'half'"),
 ])

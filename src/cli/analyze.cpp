@@ -79,13 +79,13 @@ int analyze(const std::vector<std::string>& argv) {
   const double probe_loss =
       torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1})).item<double>();
   const GPTConfig& config = run.model->config();
-  std::cout << "analyze: " << path << " (step " << run.step << "): " << kind_name(config.residual) << " n=" << config.streams
+  std::cout << "analyze: " << path << " (step " << run.step << "): " << variant_name(config.variant) << " n=" << config.streams
             << ", " << 2 * config.layers << " sublayers, probe batch " << tokens.size(0) << " x " << tokens.size(1)
             << " tokens, probe loss " << probe_loss << " nats\n";
 
   nlohmann::ordered_json report = {{"checkpoint", path},
                                    {"step", run.step},
-                                   {"residual", kind_name(config.residual)},
+                                   {"variant", variant_name(config.variant)},
                                    {"streams", config.streams},
                                    {"sinkhorn_iters", config.sinkhorn_iters},
                                    {"probe_tokens", tokens.numel()},

@@ -22,6 +22,12 @@ Args& Args::toggle(const std::string& name, const std::string& help) {
   return *this;
 }
 
+Args& Args::alias(const std::string& old_name, const std::string& name) {
+  get(name);
+  aliases_[old_name] = name;
+  return *this;
+}
+
 bool Args::parse(const std::vector<std::string>& argv) {
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& a = argv[i];
@@ -34,6 +40,7 @@ bool Args::parse(const std::vector<std::string>& argv) {
     const auto eq = name.find('=');
     const bool inline_value = eq != std::string::npos;
     if (inline_value) value = name.substr(eq + 1), name = name.substr(0, eq);
+    if (const auto alias = aliases_.find(name); alias != aliases_.end()) name = alias->second;
     auto it = flags_.find(name);
     if (it == flags_.end()) throw std::invalid_argument(command_ + ": " + unknown_flag_message(name));
     given_.insert(name);

@@ -19,6 +19,8 @@ class Args {
   // Declare before parse(). A switch takes no value and defaults to false.
   Args& flag(const std::string& name, const std::string& default_value, const std::string& help);
   Args& toggle(const std::string& name, const std::string& help);
+  // --old_name is read as --name (an earlier spelling kept working); declare name first.
+  Args& alias(const std::string& old_name, const std::string& name);
 
   // Throws std::invalid_argument on an unknown flag or a missing value. Returns false after
   // printing the help when --help was given.
@@ -52,6 +54,7 @@ class Args {
   std::string command_, summary_;
   std::vector<std::string> order_;
   std::map<std::string, Flag> flags_;
+  std::map<std::string, std::string> aliases_;  // old name -> name
   std::set<std::string> given_;
 };
 

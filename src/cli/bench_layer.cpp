@@ -86,21 +86,21 @@ std::string gpu_model(torch::Device device) {
 }
 
 struct Result {
-  Kind kind;
+  Variant variant;
   int64_t n, C, tokens;
   double fused_s, reference_s, bytes, flops;
 };
 
 // The projection GEMMs' floating-point operations for N tokens, forward and backward.
-double projection_flops(Kind kind, int64_t N, int64_t n, int64_t C) {
-  const Layout l = layout(kind, n, C);
+double projection_flops(Variant variant, int64_t N, int64_t n, int64_t C) {
+  const Layout l = layout(variant, n, C);
   return 3.0 * 2.0 * double(N) * double(l.proj_per_token) * double(l.proj_rows) * double(l.proj_cols);
 }
 
-Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps, torch::Device device,
+Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps, torch::Device device,
                 torch::ScalarType storage) {
   torch::manual_seed(0);
-  auto options = HyperConnectionOptions(kind, n, C).sinkhorn_iters(t);
+  auto options = HyperConnectionOptions(variant, n, C).sinkhorn_iters(t);
   HyperConnection fused(options), reference(HyperConnectionOptions(options).use_reference(true));
   fused->to(device), reference->to(device);  // the parameters stay float32 (mhc/ops.h)
   {  // a non-trivial, shared φ so both paths do real work on the same numbers
@@ -129,7 +129,7 @@ Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmu
     if (rep >= warmup) fused_s.push_back(f), reference_s.push_back(r);
   }
   const double bytes = double(N) * (8 * n + 5) * C * x.element_size();
-  return {kind, n, C, N, median(fused_s), median(reference_s), bytes, projection_flops(kind, N, n, C)};
+  return {variant, n, C, N, median(fused_s), median(reference_s), bytes, projection_flops(variant, N, n, C)};
 }
 
 }  // namespace
@@ -137,7 +137,8 @@ Result run_case(Kind kind, int64_t N, int64_t n, int64_t C, int64_t t, int warmu
 int bench_layer(const std::vector<std::string>& argv) {
   Args args("mhc bench layer",
             "Times forward+backward of one sublayer's connection (F = identity), fused vs reference.");
-  args.flag("kind", "mhc", std::string("variants, comma-separated (") + kind_names() + ")")
+  args.flag("variant", "mhc", std::string("variants, comma-separated (") + variant_names() + ")")
+      .alias("kind", "variant")
       .flag("tokens", "4096", "tokens N = batch x sequence")
       .flag("streams", "4", "stream counts n, comma-separated (residual always uses 1)")
       .flag("dim", "512", "widths C, comma-separated")
@@ -151,8 +152,8 @@ int bench_layer(const std::vector<std::string>& argv) {
       .toggle("markdown", "a Markdown table (for docs/benchmarks.md)");
   if (!args.parse(argv)) return 0;
 
-  std::vector<Kind> kinds;
-  for (const auto& k : args.list("kind")) kinds.push_back(parse_kind(k));
+  std::vector<Variant> variants;
+  for (const auto& k : args.list("variant")) variants.push_back(parse_variant(k));
   std::vector<int64_t> dims;
   for (const auto& d : args.list("dim")) dims.push_back(parse_integer("--dim", d, 1, 1 << 20));
   std::vector<int64_t> stream_counts;
@@ -164,8 +165,8 @@ int bench_layer(const std::vector<std::string>& argv) {
   const int reps = static_cast<int>(args.integer("reps", 5, 10000));
   if (args.on("json") && args.on("markdown")) throw std::invalid_argument("mhc bench layer: choose one of --json, --markdown");
   // The stream counts each variant runs at: every one asked for (each must be accepted), 1 for residual.
-  auto streams_of = [&](Kind k) { return k == Kind::residual ? std::vector<int64_t>{1} : stream_counts; };
-  for (Kind k : kinds)
+  auto streams_of = [&](Variant k) { return k == Variant::residual ? std::vector<int64_t>{1} : stream_counts; };
+  for (Variant k : variants)
     for (int64_t n : streams_of(k)) check_streams(k, n);
 
   const torch::Device device = train::parse_device(args.str("device"));
@@ -185,24 +186,24 @@ int bench_layer(const std::vector<std::string>& argv) {
     if (fma_gflops > 0) out << ", FMA peak " << fma_gflops << " GFLOP/s";
     out << ".\n"
         << "N = " << N << " tokens, " << dtype_name << " storage, fwd+bwd of one sublayer with F = identity, median of " << reps << ".\n\n"
-        << "| kind | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |"
+        << "| variant | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |"
            " copy-bound ms | FMA-bound ms | fused / bound |\n"
         << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   } else if (!args.on("json")) {
     out << "machine: " << machine << " | copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s";
     if (fma_gflops > 0) out << " | FMA peak " << fma_gflops << " GFLOP/s";
-    out << "\nkind        n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s  copy-bound  FMA-bound  fused/bound\n";
+    out << "\nvariant     n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s  copy-bound  FMA-bound  fused/bound\n";
   }
-  for (Kind kind : kinds)
-    for (int64_t n : streams_of(kind))
+  for (Variant variant : variants)
+    for (int64_t n : streams_of(variant))
       for (int64_t C : dims) {
-        const Result r = run_case(kind, N, n, C, t, warmup, reps, device, storage);
+        const Result r = run_case(variant, N, n, C, t, warmup, reps, device, storage);
         const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
         const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
         const double fma_s = fma_gflops > 0 ? r.flops / (fma_gflops * 1e9) : 0.0;  // its projection at FMA peak
         const double bound_ratio = r.fused_s / std::max(floor_s, fma_s);
         if (args.on("json")) {
-          out << std::setprecision(6) << "{\"kind\": \"" << kind_name(kind) << "\", \"streams\": " << r.n
+          out << std::setprecision(6) << "{\"variant\": \"" << variant_name(variant) << "\", \"streams\": " << r.n
               << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
               << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
               << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
@@ -211,13 +212,13 @@ int bench_layer(const std::vector<std::string>& argv) {
               << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3
               << ", \"bound_ratio\": " << bound_ratio << "}\n";
         } else if (args.on("markdown")) {
-          out << "| " << kind_name(kind) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
+          out << "| " << variant_name(variant) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
               << " | " << r.reference_s * 1e3 << " | " << std::setprecision(1) << speedup << "x | "
               << std::setprecision(0) << tps << " | " << std::setprecision(1) << gbs << " | " << std::setprecision(0)
               << 100 * gbs / copy_gbs << "% | " << std::setprecision(2) << floor_s * 1e3 << " | " << fma_s * 1e3 << " | "
               << bound_ratio << " |\n";
         } else {
-          out << std::left << std::setw(9) << kind_name(kind) << std::right << std::setw(4) << r.n << std::setw(7) << C
+          out << std::left << std::setw(9) << variant_name(variant) << std::right << std::setw(4) << r.n << std::setw(7) << C
               << std::setw(9) << N << std::setprecision(2) << std::setw(11) << r.fused_s * 1e3 << std::setw(10)
               << r.reference_s * 1e3 << std::setprecision(1) << std::setw(8) << speedup << "x" << std::setprecision(0)
               << std::setw(14) << tps << std::setprecision(1) << std::setw(13) << gbs << std::setprecision(2)

@@ -46,7 +46,7 @@ Prediction predicted_stream_elements(Recompute mode, int64_t n, int64_t C, int64
 }
 
 struct Row {
-  std::string residual;
+  std::string variant;
   int64_t streams;
   Recompute mode;
   int64_t group = 0;               // L_r (0 for none)
@@ -75,7 +75,7 @@ int bench_memory(const std::vector<std::string>& argv) {
   live_bytes::install();  // before any model: every tensor of the steps is counted
 
   std::vector<BenchModel> models;
-  for (const auto& name : a.list("residual")) models.emplace_back(s, name, a.str("streams"));
+  for (const auto& name : a.list("variant")) models.emplace_back(s, name, a.str("streams"));
   const GPTConfig base = models.front().model->config();
   const int64_t L = 2 * base.layers, tokens_per_step = s.integer("batch", 1, 1 << 20) * base.seq_len;
   const torch::Tensor tokens = random_tokens(s);
@@ -85,7 +85,7 @@ int bench_memory(const std::vector<std::string>& argv) {
       RecomputeOptions r = m.model->config().recompute;
       r.mode = mode;
       const int64_t n = m.model->config().streams;
-      rows.push_back({m.residual, n, mode, mode == Recompute::none ? 0 : group_size(r, n, L), 0, 0, {}});
+      rows.push_back({m.variant, n, mode, mode == Recompute::none ? 0 : group_size(r, n, L), 0, 0, {}});
     }
   for (int rep = 0; rep < warmup + reps; ++rep)
     for (size_t i = 0; i < rows.size(); ++i) {
@@ -104,9 +104,9 @@ int bench_memory(const std::vector<std::string>& argv) {
       row.peak_bytes = std::max(row.peak_bytes, static_cast<double>(live_bytes::peak()));
     }
 
-  auto find = [&](const std::string& residual, Recompute mode) -> const Row* {
+  auto find = [&](const std::string& variant, Recompute mode) -> const Row* {
     for (const auto& r : rows)
-      if (r.residual == residual && r.mode == mode) return &r;
+      if (r.variant == variant && r.mode == mode) return &r;
     return nullptr;
   };
   const Row& baseline = rows.front();  // the first variant, first policy: the plain residual, none
@@ -125,12 +125,12 @@ int bench_memory(const std::vector<std::string>& argv) {
                      : "variant      n  recompute  L_r  activation MiB  KiB/token  vs residual  stream MiB  Eq.20 resident"
                        "  Eq.20 total  step ms  time vs none\n");
   for (const auto& row : rows) {
-    const Row* plain = find(baseline.residual, row.mode == Recompute::streams ? Recompute::none : row.mode);
-    const Row* none = find(row.residual, Recompute::none);
+    const Row* plain = find(baseline.variant, row.mode == Recompute::streams ? Recompute::none : row.mode);
+    const Row* none = find(row.variant, Recompute::none);
     const int64_t n = row.streams;
     const double stream_bytes = plain ? row.activation_bytes - plain->activation_bytes : NAN;
     Prediction predicted;
-    if (row.residual != baseline.residual) {
+    if (row.variant != baseline.variant) {
       predicted = predicted_stream_elements(row.mode, n, base.dim, L, row.group);
       const double bytes = element * static_cast<double>(tokens_per_step);
       predicted.resident *= bytes, predicted.transient *= bytes;
@@ -142,7 +142,7 @@ int bench_memory(const std::vector<std::string>& argv) {
     std::ostringstream line;
     line << std::fixed;
     if (json)
-      line << std::setprecision(6) << "{\"variant\": \"" << row.residual << "\", \"streams\": " << n
+      line << std::setprecision(6) << "{\"variant\": \"" << row.variant << "\", \"streams\": " << n
            << ", \"recompute\": \"" << recompute_name(row.mode) << "\", \"recompute_every\": "
            << (row.group ? std::to_string(row.group) : "null")
            << ", \"preset\": \"" << a.str("preset") << "\", \"threads\": " << threads << ", \"reps\": " << reps
@@ -154,12 +154,12 @@ int bench_memory(const std::vector<std::string>& argv) {
            << ", \"time_ratio_to_none\": " << vs_none << ", \"time_ratio_to_residual\": "
            << median(row.seconds) / median(baseline.seconds) << "}";
     else if (md)
-      line << "| " << row.residual << " | " << n << " | " << recompute_name(row.mode) << " | " << group << " | "
+      line << "| " << row.variant << " | " << n << " | " << recompute_name(row.mode) << " | " << group << " | "
            << std::setprecision(1) << row.activation_bytes / MiB << " | " << row.activation_bytes / 1024.0 / tokens_per_step
            << " | " << std::setprecision(3) << vs_residual << "x | " << std::setprecision(1) << stream_bytes / MiB
            << " | " << predicted.resident / MiB << " | " << predicted_total / MiB << " | " << ms << " | " << std::setprecision(3) << vs_none << "x |";
     else
-      line << std::left << std::setw(10) << row.residual << std::right << std::setw(4) << n << std::setw(11)
+      line << std::left << std::setw(10) << row.variant << std::right << std::setw(4) << n << std::setw(11)
            << recompute_name(row.mode) << std::setw(5) << group << std::setprecision(1) << std::setw(16)
            << row.activation_bytes / MiB << std::setw(11) << row.activation_bytes / 1024.0 / tokens_per_step
            << std::setprecision(3) << std::setw(12) << vs_residual << "x" << std::setprecision(1) << std::setw(12)

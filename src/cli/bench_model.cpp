@@ -18,10 +18,9 @@ train::Settings preset_settings(const std::string& command, const std::string& p
   return s;
 }
 
-BenchModel::BenchModel(train::Settings s, const std::string& residual_name, const std::string& streams)
-    : residual(residual_name) {
-  s.values["residual"] = residual_name;
-  s.values["streams"] = parse_kind(residual_name) == Kind::residual ? "1" : streams;
+BenchModel::BenchModel(train::Settings s, const std::string& name, const std::string& streams) : variant(name) {
+  s.values["variant"] = name;
+  s.values["streams"] = parse_variant(name) == Variant::residual ? "1" : streams;
   torch::manual_seed(0);
   model = GPT(s.model_config(s.integer("vocab", 2, 1 << 20)));
   std::vector<std::pair<std::string, torch::Tensor>> named;
@@ -38,7 +37,8 @@ void BenchModel::step(const torch::Tensor& tokens) {
 
 void declare_model_bench_flags(Args& a, const std::string& reps, const std::string& reps_help) {
   a.flag("preset", "small", "model and batch settings (see mhc train --help)")
-      .flag("residual", "residual,hc,mhc,mhc-lite", "variants, comma-separated (the first is the baseline)")
+      .flag("variant", "residual,hc,mhc,mhc-lite", "variants, comma-separated (the first is the baseline)")
+      .alias("residual", "variant")
       .flag("streams", "4", "n for the hyper-connection variants")
       .flag("threads", std::to_string(train::default_threads()), "CPU threads")
       .flag("warmup", "1", "untimed steps per configuration first")

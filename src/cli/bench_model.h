@@ -16,13 +16,13 @@ namespace mhc::cli {
 train::Settings preset_settings(const std::string& command, const std::string& preset);
 
 struct BenchModel {
-  std::string residual;
+  std::string variant;
   GPT model{nullptr};
   std::unique_ptr<train::AdamW> optimizer;
   std::vector<torch::Tensor> parameters;
 
-  // `residual` with n = streams (1 for the plain residual), initialised from seed 0.
-  BenchModel(train::Settings settings, const std::string& residual, const std::string& streams);
+  // `variant` with n = streams (1 for the plain residual), initialised from seed 0.
+  BenchModel(train::Settings settings, const std::string& variant, const std::string& streams);
   // One full training step (forward, backward, clipping, AdamW) on tokens [B, T + 1].
   void step(const torch::Tensor& tokens);
 };

@@ -24,12 +24,12 @@ int bench_train(const std::vector<std::string>& argv) {
   const int64_t batch = s.integer("batch", 1, 1 << 20);
   torch::set_num_threads(threads);
 
-  struct Variant {
+  struct Timed {
     BenchModel bench;
     std::vector<double> seconds, op_seconds;  // whole steps; inside the connection's ops
   };
-  std::vector<Variant> variants;
-  for (const auto& name : a.list("residual")) variants.push_back({BenchModel(s, name, a.str("streams")), {}, {}});
+  std::vector<Timed> variants;
+  for (const auto& name : a.list("variant")) variants.push_back({BenchModel(s, name, a.str("streams")), {}, {}});
   const GPTConfig& c = variants.front().bench.model->config();
   const torch::Tensor tokens = random_tokens(s);
   op_clock::enable(true);
@@ -62,18 +62,18 @@ int bench_train(const std::vector<std::string>& argv) {
     std::ostringstream line;
     line << std::fixed;
     if (json)
-      line << std::setprecision(6) << "{\"variant\": \"" << v.bench.residual << "\", \"streams\": " << v.bench.model->config().streams
+      line << std::setprecision(6) << "{\"variant\": \"" << v.bench.variant << "\", \"streams\": " << v.bench.model->config().streams
            << ", \"preset\": \"" << a.str("preset") << "\", \"threads\": " << threads << ", \"reps\": " << reps
            << ", \"median_step_ms\": " << m * 1e3 << ", \"fastest_step_ms\": " << f * 1e3
            << ", \"tokens_per_s\": " << batch * c.seq_len / m << ", \"median_ratio\": " << m / base
            << ", \"fastest_ratio\": " << f / base_fastest << ", \"connection_ops_ms\": " << median(v.op_seconds) * 1e3
            << ", \"connection_share\": " << share << "}";
     else if (md)
-      line << "| " << v.bench.residual << " | " << v.bench.model->config().streams << " | " << std::setprecision(1) << m * 1e3 << " | "
+      line << "| " << v.bench.variant << " | " << v.bench.model->config().streams << " | " << std::setprecision(1) << m * 1e3 << " | "
            << f * 1e3 << " | " << std::setprecision(0) << batch * c.seq_len / m << " | " << std::setprecision(3) << m / base
            << "x | " << f / base_fastest << "x | " << std::setprecision(1) << 100 * share << "% |";
     else
-      line << std::left << std::setw(10) << v.bench.residual << std::right << std::setw(4) << v.bench.model->config().streams
+      line << std::left << std::setw(10) << v.bench.variant << std::right << std::setw(4) << v.bench.model->config().streams
            << std::setprecision(1) << std::setw(11) << m * 1e3 << std::setw(12) << f * 1e3 << std::setprecision(0)
            << std::setw(11) << batch * c.seq_len / m << std::setprecision(3) << std::setw(13) << m / base << "x"
            << std::setw(14) << f / base_fastest << "x" << std::setprecision(1) << std::setw(15) << 100 * share << "%";

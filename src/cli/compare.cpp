@@ -384,26 +384,26 @@ int compare(const std::vector<std::string>& argv) {
          "Train each residual variant with identical settings, seed and data order, then write <out>/report.md\n"
          "and plots (val_loss.png, grad_norm.png, gain_vs_depth.png, gain_over_steps.png, streams_vs_depth.png,\n"
          "streams_over_steps.png). Each run lives in <out>/<variant>[-seed<S>]; finished runs are reused,\n"
-         "interrupted ones resumed. Every mhc train setting applies to all runs; --residual takes a\n"
-         "comma-separated list.");
+         "interrupted ones resumed. Every mhc train setting applies to all runs; --variant (also\n"
+         "--residual) takes a comma-separated list.");
   a.flag("seeds", "1", "runs per variant, with seeds --seed, --seed + 1, …; the report gives every number's mean and "
          "spread over them (min–max below 3 seeds, ± std from 3)");
   declare_training_flags(a);
-  a.set("residual", "residual,hc,mhc,mhc-lite");
+  a.set("variant", "residual,hc,mhc,mhc-lite");
   a.set("out", "runs/compare");
   if (!a.parse(argv)) return 0;
   if (dist::Environment::read().world_size > 1)
     throw std::invalid_argument("mhc compare runs in one process (WORLD_SIZE is set); distribute mhc train instead");
 
-  const std::vector<std::string> variants = a.list("residual");
+  const std::vector<std::string> variants = a.list("variant");
   for (size_t i = 0; i < variants.size(); ++i) {
     try {
-      parse_kind(variants[i]);
+      parse_variant(variants[i]);
     } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument("mhc compare: --residual: " + std::string(e.what()));
+      throw std::invalid_argument("mhc compare: --variant: " + std::string(e.what()));
     }
     if (std::find(variants.begin(), variants.begin() + i, variants[i]) != variants.begin() + i)
-      throw std::invalid_argument("mhc compare: --residual lists '" + variants[i] + "' twice");
+      throw std::invalid_argument("mhc compare: --variant lists '" + variants[i] + "' twice");
   }
   const int64_t seeds = a.integer("seeds", 1, 1000), first_seed = a.integer("seed", 0, INT64_MAX - 1000);
   const std::string out = a.str("out");
@@ -420,7 +420,7 @@ int compare(const std::vector<std::string>& argv) {
       run.name = seeds == 1 ? variant : variant + "-seed" + std::to_string(first_seed + k);
       run.dir = (fs::path(out) / run.name).string();
       std::map<std::string, std::string> overrides = {
-          {"residual", variant}, {"seed", std::to_string(first_seed + k)}, {"out", run.dir}};
+          {"variant", variant}, {"seed", std::to_string(first_seed + k)}, {"out", run.dir}};
       if (variant == "residual") overrides["streams"] = "1";
       const train::Settings s = fresh_settings(a, overrides);
       s.model_config(2);

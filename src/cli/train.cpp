@@ -40,7 +40,10 @@ std::string preset_names() {
 void declare_training_flags(Args& a) {
   a.flag("preset", "tiny", "starting settings: " + preset_names() + " (the defaults below are tiny's)");
   a.flag("config", "", "a TOML file of settings, applied over the preset");
-  for (const auto& spec : train::setting_specs()) a.flag(spec.name, spec.default_value, spec.help);
+  for (const auto& spec : train::setting_specs()) {
+    a.flag(spec.name, spec.default_value, spec.help);
+    if (!spec.old_name.empty()) a.alias(spec.old_name, spec.name);
+  }
 }
 
 Settings fresh_settings(const Args& a, const std::map<std::string, std::string>& overrides) {
@@ -56,7 +59,7 @@ Settings fresh_settings(const Args& a, const std::map<std::string, std::string>&
     if (!a.given(k)) s.values[k] = v;
   for (const auto& [k, v] : overrides) s.values[k] = v;
   // The plain residual has one stream by definition; only an explicit --streams can contradict it.
-  if (s.str("residual") == "residual" && !a.given("streams")) s.values["streams"] = "1";
+  if (s.str("variant") == "residual" && !a.given("streams")) s.values["streams"] = "1";
   return s;
 }
 

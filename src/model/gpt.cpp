@@ -45,9 +45,9 @@ void GPTConfig::check() const {
   if ((dim / heads) % 2 != 0)
     bad("head size --dim/--heads = " + std::to_string(dim / heads) + " must be even (rotary embeddings rotate pairs)");
   if (seq_len < 1) bad("--seq-len must be at least 1, got " + std::to_string(seq_len));
-  if (residual == Kind::residual && streams != 1)
-    bad("--streams " + std::to_string(streams) + " with --residual residual: the plain residual has one stream");
-  check_streams(residual, streams);
+  if (variant == Variant::residual && streams != 1)
+    bad("--streams " + std::to_string(streams) + " with --variant residual: the plain residual has one stream");
+  check_streams(variant, streams);
   if (dtype != torch::kFloat && dtype != torch::kBFloat16)
     bad(std::string("activation dtype ") + c10::toString(dtype) + " is not supported (accepted: float32, bfloat16)");
   if (recompute.every < 0)
@@ -115,9 +115,9 @@ Tensor MLPImpl::forward(const Tensor& h) {
 BlockImpl::BlockImpl(const GPTConfig& c, int64_t index) {
   attention = register_module("attn", Attention(c));
   mlp = register_module("mlp", MLP(c));
-  if (c.residual == Kind::residual) return;
+  if (c.variant == Variant::residual) return;
   auto options = [&](int64_t sublayer) {
-    return HyperConnectionOptions(c.residual, c.streams, c.dim)
+    return HyperConnectionOptions(c.variant, c.streams, c.dim)
         .sublayer_index(sublayer)
         .sinkhorn_iters(c.sinkhorn_iters)
         .bias_init(c.bias_init);

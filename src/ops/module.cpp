@@ -16,10 +16,10 @@ BiasInit BiasInit::named(const std::string& name) {
 
 Parameters initial_parameters(const HyperConnectionOptions& o) {
   const int64_t n = o.streams(), C = o.dim();
-  const Layout l = layout(o.kind(), n, C);
+  const Layout l = layout(o.variant(), n, C);
   const int64_t lead = o.sublayer_index() % n;  // the stream this sublayer reads and writes first
   Parameters p{torch::zeros({l.proj_rows, l.proj_cols}), torch::zeros({l.bias_size}), torch::zeros({l.alpha_size})};
-  initial_bias_and_alpha(o.kind(), n, lead, o.bias_init().stream_logit, o.bias_init().res_off_logit,
+  initial_bias_and_alpha(o.variant(), n, lead, o.bias_init().stream_logit, o.bias_init().res_off_logit,
                          p.bias.data_ptr<float>(), p.alpha.data_ptr<float>());
   return p;
 }
@@ -33,7 +33,7 @@ HyperConnectionImpl::HyperConnectionImpl(const HyperConnectionOptions& options) 
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, e.what());
   }
-  if (options.kind() == Kind::residual) {
+  if (options.variant() == Variant::residual) {
     phi = p.phi, bias = p.bias, alpha = p.alpha;
   } else {
     phi = register_parameter("phi", p.phi);
@@ -52,8 +52,8 @@ PreOutput HyperConnectionImpl::pre(const Tensor& x) {
   // masters), so a double-precision check needs no second module.
   auto like = [&](const Tensor& t) { return t.to(x.device(), coefficient_dtype(x.scalar_type())); };
   PreOutput out = options_.use_reference()
-                      ? reference::pre(flat, like(phi), like(bias), like(alpha), options_.kind(), options_.sinkhorn_iters())
-                      : mhc::pre(flat, like(phi), like(bias), like(alpha), options_.kind(), options_.sinkhorn_iters());
+                      ? reference::pre(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters())
+                      : mhc::pre(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters());
   auto lead = x.sizes().slice(0, x.dim() - 2).vec();
   auto with = [&](std::vector<int64_t> tail) {
     auto s = lead;
@@ -168,12 +168,12 @@ Tensor reduce_streams(const Tensor& x) { return x.sum(-2); }
 // The initialisation as an op too, so the Python front end builds its parameters from this one
 // definition rather than a second copy of DESIGN.md §2.
 TORCH_LIBRARY_FRAGMENT(mhc, m) {
-  m.def("initial_parameters(str kind, int streams, int dim, int sublayer_index=0, float stream_logit=1.0,"
+  m.def("initial_parameters(str variant, int streams, int dim, int sublayer_index=0, float stream_logit=1.0,"
         " float res_off_logit=-8.0) -> (Tensor phi, Tensor bias, Tensor alpha)",
-        [](c10::string_view kind, int64_t streams, int64_t dim, int64_t sublayer_index, double stream_logit,
+        [](c10::string_view variant, int64_t streams, int64_t dim, int64_t sublayer_index, double stream_logit,
            double res_off_logit) {
           try {
-            const auto o = mhc::HyperConnectionOptions(mhc::parse_kind(std::string(kind)), streams, dim)
+            const auto o = mhc::HyperConnectionOptions(mhc::parse_variant(std::string(variant)), streams, dim)
                                .sublayer_index(sublayer_index)
                                .bias_init({stream_logit, res_off_logit});
             const mhc::Parameters p = mhc::initial_parameters(o);

@@ -1,5 +1,5 @@
 // What the per-backend op implementations (op_cpu.cpp, op_cuda.cpp) and their checks (op_checks.cpp)
-// share: reading the kind argument and `pre`'s inputs, the optional upstream gradients of its
+// share: reading the variant argument and `pre`'s inputs, the optional upstream gradients of its
 // coefficients, and `pre` as `pre_fwd` without the saved tensors.
 #pragma once
 
@@ -12,21 +12,21 @@
 
 namespace mhc::ops {
 
-// The op's `kind` string -> Kind; a bad name is a c10::ValueError naming it and the accepted list.
-Kind kind_or_throw(c10::string_view name);
+// The op's `variant` string -> Variant; a bad name is a c10::ValueError naming it and the accepted list.
+Variant variant_or_throw(c10::string_view name);
 
 // The inputs of `pre`, validated and made contiguous, as both directions' kernels read them; each
 // backend adds the kernel_inputs() of its own kernel interface.
 struct PreArgs {
   torch::Tensor x, phi, bias, alpha;
-  Kind kind;
+  Variant variant;
   int64_t sinkhorn_iters;
   Layout layout;
 
   PreArgs(const torch::Tensor& x_, const torch::Tensor& phi_, const torch::Tensor& bias_, const torch::Tensor& alpha_,
           c10::string_view name, int64_t t)
       : x(x_.contiguous()), phi(phi_.contiguous()), bias(bias_.contiguous()), alpha(alpha_.contiguous()),
-        kind(kind_or_throw(name)), sinkhorn_iters(t), layout(check_pre_args(x_, phi_, bias_, alpha_, kind, t)) {}
+        variant(variant_or_throw(name)), sinkhorn_iters(t), layout(check_pre_args(x_, phi_, bias_, alpha_, variant, t)) {}
 };
 
 // pre_bwd and post_bwd are reachable from Python (torch.ops.mhc.*), so their gradient and saved
@@ -35,7 +35,7 @@ struct PreArgs {
 void check_pre_bwd_args(const torch::Tensor& dh, const c10::optional<torch::Tensor>& dH_pre,
                         const c10::optional<torch::Tensor>& dH_post, const c10::optional<torch::Tensor>& dH_res,
                         const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-                        const torch::Tensor& alpha, const torch::Tensor& proj, const torch::Tensor& rms, Kind kind,
+                        const torch::Tensor& alpha, const torch::Tensor& proj, const torch::Tensor& rms, Variant variant,
                         int64_t sinkhorn_iters);
 void check_post_bwd_args(const torch::Tensor& dout, const torch::Tensor& x, const torch::Tensor& y,
                          const torch::Tensor& H_post, const torch::Tensor& H_res);
@@ -79,8 +79,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> pre_from(
                                                                                 const torch::Tensor& phi,
                                                                                 const torch::Tensor& bias,
                                                                                 const torch::Tensor& alpha,
-                                                                                c10::string_view kind, int64_t t) {
-  auto out = pre_fwd(x, phi, bias, alpha, kind, t);
+                                                                                c10::string_view variant, int64_t t) {
+  auto out = pre_fwd(x, phi, bias, alpha, variant, t);
   return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
 }
 

@@ -13,9 +13,9 @@ namespace mhc {
 
 using torch::Tensor;
 
-Kind ops::kind_or_throw(c10::string_view name) {
+Variant ops::variant_or_throw(c10::string_view name) {
   try {
-    return parse_kind(std::string(name));
+    return parse_variant(std::string(name));
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, "mhc.pre: ", e.what());
   }
@@ -57,7 +57,7 @@ Tensor projection_weights(const Tensor& phi, torch::ScalarType x) {
   return x == torch::kBFloat16 ? phi.to(torch::kBFloat16).to(torch::kFloat) : phi;
 }
 
-Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
                       int64_t sinkhorn_iters) {
   const char* op = "mhc.pre";
   TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be 3-D [N, n, C] (tokens, streams, width), got shape ",
@@ -71,16 +71,16 @@ Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, co
   TORCH_CHECK_VALUE(C >= 1, op, ": x's width C must be at least 1, got shape ", shape_of(x));
   Layout l;
   try {
-    l = layout(kind, n, C);
+    l = layout(variant, n, C);
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, op, ": ", e.what(), " (x has shape ", shape_of(x), ")");
   }
-  if (kind == Kind::residual) {
+  if (variant == Variant::residual) {
     TORCH_CHECK_VALUE(phi.numel() == 0 && bias.numel() == 0 && alpha.numel() == 0, op,
                       ": residual has no parameters; phi, bias and alpha must be empty");
     return l;
   }
-  const ShapeNames expected = shape_names(kind);
+  const ShapeNames expected = shape_names(variant);
   check_shape(op, "phi", phi, {l.proj_rows, l.proj_cols}, expected.phi);
   check_shape(op, "bias", bias, {l.bias_size}, expected.bias);
   check_shape(op, "alpha", alpha, {l.alpha_size}, expected.alpha);
@@ -104,10 +104,10 @@ void check_post_args(const Tensor& x, const Tensor& y, const Tensor& H_post, con
 
 void ops::check_pre_bwd_args(const Tensor& dh, const c10::optional<Tensor>& dH_pre, const c10::optional<Tensor>& dH_post,
                              const c10::optional<Tensor>& dH_res, const Tensor& x, const Tensor& phi, const Tensor& bias,
-                             const Tensor& alpha, const Tensor& proj, const Tensor& rms, Kind kind,
+                             const Tensor& alpha, const Tensor& proj, const Tensor& rms, Variant variant,
                              int64_t sinkhorn_iters) {
   const char* op = "mhc.pre_bwd";
-  const Layout l = check_pre_args(x, phi, bias, alpha, kind, sinkhorn_iters);
+  const Layout l = check_pre_args(x, phi, bias, alpha, variant, sinkhorn_iters);
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
   const auto coefficients = coefficient_dtype(x.scalar_type());
   check_like(op, "dh", dh, x, x.scalar_type());

@@ -14,7 +14,7 @@
 namespace mhc {
 
 using torch::Tensor;
-using ops::kind_or_throw;
+using ops::variant_or_throw;
 using ops::ptr_or_null;
 
 namespace {
@@ -38,21 +38,21 @@ struct PreArgs : ops::PreArgs {
   cpu::PreInputs<scalar_t> kernel_inputs() const {
     return {x.data_ptr<scalar_t>(), phi.data_ptr<scalar_t>(),   bias.data_ptr<scalar_t>(),
             alpha.data_ptr<scalar_t>(), x.size(0),                static_cast<int>(x.size(1)),
-            x.size(2),                kind,                      static_cast<int>(sinkhorn_iters),
+            x.size(2),                variant,                      static_cast<int>(sinkhorn_iters),
             kernel_threads()};
   }
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Tensor& x, const Tensor& phi,
                                                                        const Tensor& bias, const Tensor& alpha,
-                                                                       c10::string_view kind, int64_t t) {
+                                                                       c10::string_view variant, int64_t t) {
   if (is_bf16(x)) {
-    check_pre_args(x, phi, bias, alpha, kind_or_throw(kind), t);
-    auto out = pre_fwd_cpu(upcast(x), projection_weights(phi, torch::kBFloat16), bias, alpha, kind, t);
+    check_pre_args(x, phi, bias, alpha, variant_or_throw(variant), t);
+    auto out = pre_fwd_cpu(upcast(x), projection_weights(phi, torch::kBFloat16), bias, alpha, variant, t);
     std::get<0>(out) = downcast(std::get<0>(out));
     return out;
   }
-  const PreArgs a(x, phi, bias, alpha, kind, t);
+  const PreArgs a(x, phi, bias, alpha, variant, t);
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2), P = a.layout.proj_per_token;
   auto opts = x.options();
   Tensor h = torch::empty({N, C}, opts), H_pre = torch::empty({N, n}, opts), H_post = torch::empty({N, n}, opts),
@@ -70,16 +70,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const 
                                                        const c10::optional<Tensor>& dH_post_,
                                                        const c10::optional<Tensor>& dH_res_, const Tensor& x,
                                                        const Tensor& phi, const Tensor& bias, const Tensor& alpha,
-                                                       const Tensor& proj_, const Tensor& rms_, c10::string_view kind,
+                                                       const Tensor& proj_, const Tensor& rms_, c10::string_view variant,
                                                        int64_t t) {
-  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, kind_or_throw(kind), t);
+  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, variant_or_throw(variant), t);
   if (is_bf16(x)) {
     auto out = pre_bwd_cpu(upcast(dh_), dH_pre_, dH_post_, dH_res_, upcast(x), projection_weights(phi, torch::kBFloat16),
-                           bias, alpha, proj_, rms_, kind, t);
+                           bias, alpha, proj_, rms_, variant, t);
     std::get<0>(out) = downcast(std::get<0>(out));
     return out;
   }
-  const PreArgs a(x, phi, bias, alpha, kind, t);
+  const PreArgs a(x, phi, bias, alpha, variant, t);
   const Tensor dh = dh_.contiguous();
   const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre_backward", [&] {

@@ -22,7 +22,7 @@ namespace mhc {
 namespace {
 
 using torch::Tensor;
-using ops::kind_or_throw;
+using ops::variant_or_throw;
 using ops::ptr_or_null;
 
 // A storage dtype as the kernels (K) and as ATen (A) spell it.
@@ -55,14 +55,14 @@ cuda::Context context() { return {at::cuda::getCurrentCUDAStream().stream(), at:
 
 // mHC-lite's permutation table on x's device, made once per (device, n). Never freed: a static
 // destructor would run after the CUDA runtime has gone.
-const int* permutations_on(const Tensor& x, Kind kind, int n) {
-  if (kind != Kind::mhc_lite) return nullptr;
+const int* permutations_on(const Tensor& x, Variant variant, int n) {
+  if (variant != Variant::mhc_lite) return nullptr;
   static std::mutex mutex;
   static auto* tables = new std::map<std::pair<int, int>, Tensor>();
   std::lock_guard<std::mutex> lock(mutex);
   Tensor& table = (*tables)[{x.get_device(), n}];
   if (!table.defined())
-    table = torch::tensor(kernels::permutation_table(kind, n), torch::kInt).to(x.device());
+    table = torch::tensor(kernels::permutation_table(variant, n), torch::kInt).to(x.device());
   return table.data_ptr<int>();
 }
 
@@ -76,16 +76,16 @@ struct PreArgs : ops::PreArgs {
   template <typename S>
   cuda::PreInputs<typename S::kernel> kernel_inputs() const {
     return {storage_ptr<S>(x), storage_ptr<S>(phi_stored), bias.data_ptr<float>(), alpha.data_ptr<float>(),
-            permutations_on(x, kind, static_cast<int>(x.size(1))), x.size(0), static_cast<int>(x.size(1)), x.size(2),
-            kind, static_cast<int>(sinkhorn_iters)};
+            permutations_on(x, variant, static_cast<int>(x.size(1))), x.size(0), static_cast<int>(x.size(1)), x.size(2),
+            variant, static_cast<int>(sinkhorn_iters)};
   }
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cuda(const Tensor& x, const Tensor& phi,
                                                                         const Tensor& bias, const Tensor& alpha,
-                                                                        c10::string_view kind, int64_t t) {
+                                                                        c10::string_view variant, int64_t t) {
   const c10::cuda::CUDAGuard device(x.device());
-  const PreArgs a(x, phi, bias, alpha, kind, t);
+  const PreArgs a(x, phi, bias, alpha, variant, t);
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2), P = a.layout.proj_per_token;
   const auto coefficients = x.options().dtype(torch::kFloat);
   Tensor h = torch::empty({N, C}, x.options()), H_pre = torch::empty({N, n}, coefficients),
@@ -106,18 +106,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
                                                         const c10::optional<Tensor>& dH_post_,
                                                         const c10::optional<Tensor>& dH_res_, const Tensor& x,
                                                         const Tensor& phi, const Tensor& bias, const Tensor& alpha,
-                                                        const Tensor& proj_, const Tensor& rms_, c10::string_view kind,
+                                                        const Tensor& proj_, const Tensor& rms_, c10::string_view variant,
                                                         int64_t t) {
-  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, ops::kind_or_throw(kind), t);
+  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, ops::variant_or_throw(variant), t);
   const c10::cuda::CUDAGuard device(x.device());
-  const PreArgs a(x, phi, bias, alpha, kind, t);
+  const PreArgs a(x, phi, bias, alpha, variant, t);
   const Tensor dh = dh_.contiguous();
   // dphi, dbias, dalpha are gradients of the fp32 masters (a.phi, not a.phi_stored).
   const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_);
   const int64_t N = x.size(0), C = x.size(2);
   const int n = static_cast<int>(x.size(1));
   const Tensor workspace = torch::empty(
-      {static_cast<int64_t>(cuda::pre_backward_workspace_bytes(a.kind, n, C, N, x.element_size()))},
+      {static_cast<int64_t>(cuda::pre_backward_workspace_bytes(a.variant, n, C, N, x.element_size()))},
       x.options().dtype(torch::kByte));
   with_storage("mhc.pre_backward", x, [&](auto s) {
     using S = decltype(s);

@@ -15,7 +15,7 @@
 namespace mhc {
 
 using torch::Tensor;
-using ops::kind_or_throw;
+using ops::variant_or_throw;
 
 namespace {
 
@@ -75,12 +75,12 @@ variable_list differentiable_backward(Recompute recompute, variable_list inputs,
 class PreFunction : public torch::autograd::Function<PreFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& phi, const Tensor& bias,
-                               const Tensor& alpha, c10::string_view kind, int64_t t) {
+                               const Tensor& alpha, c10::string_view variant, int64_t t) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto fwd = op<PreFwdFn>("mhc::pre_fwd");
-    auto [h, H_pre, H_post, H_res, proj, rms] = fwd.call(x, phi, bias, alpha, kind, t);
+    auto [h, H_pre, H_post, H_res, proj, rms] = fwd.call(x, phi, bias, alpha, variant, t);
     ctx->save_for_backward({x, phi, bias, alpha, proj, rms});
-    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["variant"] = std::string(variant);
     ctx->saved_data["t"] = t;
     return {h, H_pre, H_post, H_res};
   }
@@ -88,10 +88,10 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
     if (torch::GradMode::is_enabled()) {  // create_graph: a gradient that is itself differentiable
-      const Kind kind = kind_or_throw(ctx->saved_data["kind"].toStringRef());
+      const Variant variant = variant_or_throw(ctx->saved_data["variant"].toStringRef());
       return differentiable_backward(
           [&](const variable_list& in) {
-            const PreOutput o = reference::pre(in[0], in[1], in[2], in[3], kind, ctx->saved_data["t"].toInt());
+            const PreOutput o = reference::pre(in[0], in[1], in[2], in[3], variant, ctx->saved_data["t"].toInt());
             return variable_list{o.h, o.H_pre, o.H_post, o.H_res};
           },
           {s[0], s[1], s[2], s[3]}, grads, /*non_tensor_args=*/2);
@@ -100,7 +100,7 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
     static auto bwd = op<PreBwdFn>("mhc::pre_bwd");
     const Tensor dh = grads[0].defined() ? grads[0] : torch::zeros({s[0].size(0), s[0].size(2)}, s[0].options());
     auto [dx, dphi, dbias, dalpha] = bwd.call(dh, grads[1], grads[2], grads[3], s[0], s[1], s[2], s[3], s[4], s[5],
-                                              ctx->saved_data["kind"].toStringRef(), ctx->saved_data["t"].toInt());
+                                              ctx->saved_data["variant"].toStringRef(), ctx->saved_data["t"].toInt());
     return {dx, dphi, dbias, dalpha, Tensor(), Tensor()};
   }
 };
@@ -129,8 +129,8 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> pre_autograd(const Tensor& x, const Tensor& phi, const Tensor& bias,
-                                                        const Tensor& alpha, c10::string_view kind, int64_t t) {
-  auto out = PreFunction::apply(x, phi, bias, alpha, kind, t);
+                                                        const Tensor& alpha, c10::string_view variant, int64_t t) {
+  auto out = PreFunction::apply(x, phi, bias, alpha, variant, t);
   return {out[0], out[1], out[2], out[3]};
 }
 
@@ -140,10 +140,10 @@ Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, con
 
 }  // namespace
 
-PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
               int64_t sinkhorn_iters) {
   static auto handle = op<PreFn>("mhc::pre");
-  auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, kind_name(kind), sinkhorn_iters);
+  auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
   return {h, H_pre, H_post, H_res};
 }
 
@@ -155,14 +155,14 @@ Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor
 }  // namespace mhc
 
 TORCH_LIBRARY(mhc, m) {
-  m.def("pre(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str kind, int sinkhorn_iters=20)"
+  m.def("pre(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str variant, int sinkhorn_iters=20)"
         " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res)");
   m.def("post(Tensor x, Tensor y, Tensor H_post, Tensor H_res) -> Tensor");
   // Internal halves of the fused autograd: the forward also returns the projections g and norms r.
-  m.def("pre_fwd(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str kind, int sinkhorn_iters)"
+  m.def("pre_fwd(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str variant, int sinkhorn_iters)"
         " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res, Tensor proj, Tensor rms)");
   m.def("pre_bwd(Tensor dh, Tensor? dH_pre, Tensor? dH_post, Tensor? dH_res, Tensor x, Tensor phi,"
-        " Tensor bias, Tensor alpha, Tensor proj, Tensor rms, str kind, int sinkhorn_iters)"
+        " Tensor bias, Tensor alpha, Tensor proj, Tensor rms, str variant, int sinkhorn_iters)"
         " -> (Tensor dx, Tensor dphi, Tensor dbias, Tensor dalpha)");
   m.def("post_bwd(Tensor dout, Tensor x, Tensor y, Tensor H_post, Tensor H_res)"
         " -> (Tensor dx, Tensor dy, Tensor dH_post, Tensor dH_res)");

@@ -128,26 +128,26 @@ Coefficients ihc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& 
   });
 }
 
-Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Kind kind,
+Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
                           int64_t sinkhorn_iters) {
-  switch (kind) {
-    case Kind::hc: return hc_coefficients(x, phi, bias, alpha);
-    case Kind::mhc: return mhc_coefficients(x, phi, bias, alpha, sinkhorn_iters);
-    case Kind::mhc_lite: return mhc_lite_coefficients(x, phi, bias, alpha);
-    case Kind::kromhc: return kromhc_coefficients(x, phi, bias, alpha);
-    case Kind::ihc: return ihc_coefficients(x, phi, bias, alpha);
-    case Kind::residual: break;
+  switch (variant) {
+    case Variant::hc: return hc_coefficients(x, phi, bias, alpha);
+    case Variant::mhc: return mhc_coefficients(x, phi, bias, alpha, sinkhorn_iters);
+    case Variant::mhc_lite: return mhc_lite_coefficients(x, phi, bias, alpha);
+    case Variant::kromhc: return kromhc_coefficients(x, phi, bias, alpha);
+    case Variant::ihc: return ihc_coefficients(x, phi, bias, alpha);
+    case Variant::residual: break;
   }
   return residual_coefficients(x);
 }
 
 }  // namespace
 
-PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bias, const Tensor& alpha, Kind kind,
+PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bias, const Tensor& alpha, Variant variant,
               int64_t sinkhorn_iters) {
-  check_pre_args(x_stored, phi_master, bias, alpha, kind, sinkhorn_iters);
+  check_pre_args(x_stored, phi_master, bias, alpha, variant, sinkhorn_iters);
   const Tensor x = math(x_stored);
-  const Coefficients c = coefficients(x, projection_weights(phi_master, x_stored.scalar_type()), bias, alpha, kind,
+  const Coefficients c = coefficients(x, projection_weights(phi_master, x_stored.scalar_type()), bias, alpha, variant,
                                       sinkhorn_iters);
   const Tensor h = (c.H_pre.unsqueeze(-1) * x).sum(1).to(x_stored.scalar_type());
   return {h, c.H_pre, c.H_post, c.H_res};

@@ -37,7 +37,8 @@ int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardwa
 const std::vector<SettingSpec>& setting_specs() {
   static const std::vector<SettingSpec> specs = {
       // what is trained
-      {"residual", "mhc", "residual variant: residual, hc, mhc, mhc-lite, kromhc, ihc", 's', false},
+      {"variant", "mhc", "residual variant: residual, hc, mhc, mhc-lite, kromhc, ihc (also --residual)", 's', false, {},
+       "residual"},
       {"streams", "4", "n, the number of residual streams (residual: always 1)", 'i', false},
       {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc)", 'i', false},
       {"bias-init", "paper", "initial connection logits: paper, zero", 's', false},
@@ -137,7 +138,9 @@ Settings Settings::from_json(const std::string& json) {
   Settings s;
   const auto j = nlohmann::json::parse(json);
   for (const auto& spec : setting_specs()) {
-    if (!j.contains(spec.name)) {
+    const std::string& key = !j.contains(spec.name) && !spec.old_name.empty() && j.contains(spec.old_name)
+                                 ? spec.old_name : spec.name;
+    if (!j.contains(key)) {
       // A setting added after the run was written: run settings take their default, the others
       // the value every earlier run had, if there is one.
       if (!spec.run && spec.before_it_existed.empty())
@@ -145,7 +148,7 @@ Settings Settings::from_json(const std::string& json) {
       s.values[spec.name] = spec.run ? spec.default_value : spec.before_it_existed;
       continue;
     }
-    const auto& v = j.at(spec.name);
+    const auto& v = j.at(key);
     s.values[spec.name] = v.is_string() ? v.get<std::string>() : v.dump();  // numbers: shortest exact form
   }
   return s;
@@ -154,7 +157,7 @@ Settings Settings::from_json(const std::string& json) {
 GPTConfig Settings::model_config(int64_t vocab) const {
   GPTConfig c;
   c.vocab = vocab;
-  c.residual = parse_kind(str("residual"));
+  c.variant = parse_variant(str("variant"));
   c.streams = integer("streams", 1, kMaxStreams);
   c.sinkhorn_iters = integer("sinkhorn-iters", 0, kMaxSinkhornIters);
   c.bias_init = BiasInit::named(str("bias-init"));
@@ -189,9 +192,12 @@ std::map<std::string, std::string> read_toml(const std::string& path) {
   }
   std::map<std::string, std::string> out;
   for (const auto& [key, node] : table) {
-    const std::string name(key.str());
+    std::string name(key.str());
     bool known = false;
-    for (const auto& s : setting_specs()) known |= s.name == name;
+    for (const auto& s : setting_specs()) {
+      if (!s.old_name.empty() && s.old_name == name) name = s.name;
+      known |= s.name == name;
+    }
     if (!known) throw std::invalid_argument("config " + path + ": unknown key '" + name + "' (keys are the flags of `mhc train --help`)");
     std::ostringstream text;
     text.precision(17);

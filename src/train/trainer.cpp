@@ -365,7 +365,7 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
 
   const StopOnSignals stop_on_signals;
   if (leader)
-    std::cout << "train: " << s.str("residual") << " n=" << s.str("streams") << ", " << s.str("layers")
+    std::cout << "train: " << s.str("variant") << " n=" << s.str("streams") << ", " << s.str("layers")
               << " blocks x C=" << s.str("dim") << ", " << model->parameters().size() << " tensors / "
               << [&] { int64_t c = 0; for (auto& p : model->parameters()) c += p.numel(); return short_count(c); }()
               << " parameters, vocab " << corpus.tokenizer->vocab_size() << ", "

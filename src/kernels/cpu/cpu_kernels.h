@@ -23,7 +23,7 @@ struct PreInputs {
   int64_t N;
   int n;
   int64_t C;
-  Kind kind;
+  Variant variant;
   int sinkhorn_iters;
   int threads;
 };

@@ -33,13 +33,13 @@ constexpr int64_t kTileTokens = 16;
 // What every token of one call shares: the shared coefficient view plus the CPU's own sizes and
 // the storage behind the permutation table.
 template <typename T>
-struct Variant : kernels::CoeffVariant<T> {
+struct CallVariant : kernels::CoeffVariant<T> {
   int64_t C, K;
   std::vector<int> perm_storage;
 
-  explicit Variant(const PreInputs<T>& in) {
-    const Layout l = layout(in.kind, in.n, in.C);
-    this->kind = in.kind;
+  explicit CallVariant(const PreInputs<T>& in) {
+    const Layout l = layout(in.variant, in.n, in.C);
+    this->variant = in.variant;
     this->n = in.n;
     this->t = in.sinkhorn_iters;
     this->bias = in.bias;
@@ -49,7 +49,7 @@ struct Variant : kernels::CoeffVariant<T> {
     this->res_count = l.res_size;
     C = in.C;
     K = l.proj_rows;
-    perm_storage = kernels::permutation_table(in.kind, in.n);
+    perm_storage = kernels::permutation_table(in.variant, in.n);
     this->perms = perm_storage.data();
   }
 };
@@ -257,7 +257,7 @@ void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void pre_forward(const PreForwardParams<T>& p) {
-  const Variant<T> v(p.in);
+  const CallVariant<T> v(p.in);
   const int n = p.in.n;
   const int64_t C = p.in.C, m = v.m, tiles = (p.in.N + kTileTokens - 1) / kTileTokens;
   const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, m, staged_stride<T>(v.K));
@@ -295,11 +295,11 @@ void pre_forward(const PreForwardParams<T>& p) {
 
 template <typename T>
 void pre_backward(const PreBackwardParams<T>& p) {
-  const Variant<T> v(p.in);
+  const CallVariant<T> v(p.in);
   const int n = p.in.n;
   const int64_t C = p.in.C, K = v.K, m = v.m, mp = padded(m, Simd<T>::W);
   const int64_t tiles = (p.in.N + kTileTokens - 1) / kTileTokens;
-  const Layout l = layout(p.in.kind, n, C);
+  const Layout l = layout(p.in.variant, n, C);
   const int threads = thread_count(p.in.threads);
 
   const std::vector<T> phiT_p = transpose_phi(p.in.phi, K, m, mp, staged_stride<T>(K));

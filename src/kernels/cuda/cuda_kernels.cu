@@ -180,8 +180,8 @@ void dispatch(int n, int64_t C, F&& f) {
 // The coefficient view for device code (bias, alpha, perms are device pointers).
 template <typename T>
 kernels::CoeffVariant<float> coeff_view(const PreInputs<T>& in) {
-  const Layout l = layout(in.kind, in.n, in.C);
-  return {in.kind, in.n, l.proj_cols, l.proj_per_token, l.res_size, in.sinkhorn_iters, in.bias, in.alpha, in.perms};
+  const Layout l = layout(in.variant, in.n, in.C);
+  return {in.variant, in.n, l.proj_cols, l.proj_per_token, l.res_size, in.sinkhorn_iters, in.bias, in.alpha, in.perms};
 }
 
 // The coefficient math once per program, not inlined into every (T, n, W) kernel: its Sinkhorn
@@ -364,8 +364,8 @@ void gemm(const Context& ctx, bool transpose_a, bool transpose_b, int64_t M, int
 
 }  // namespace
 
-size_t pre_backward_workspace_bytes(Kind kind, int n, int64_t C, int64_t N, size_t storage_bytes) {
-  const Layout l = layout(kind, n, C);
+size_t pre_backward_workspace_bytes(Variant variant, int n, int64_t C, int64_t N, size_t storage_bytes) {
+  const Layout l = layout(variant, n, C);
   const size_t rows = size_t(N) * size_t(l.bias_size + l.alpha_size) * sizeof(float);  // per-token dbias|dalpha
   const size_t dg = size_t(N) * size_t(l.proj_per_token * l.proj_cols) * storage_bytes;
   const size_t ones = size_t(N) * sizeof(float), sums = size_t(l.bias_size + l.alpha_size) * sizeof(float);
@@ -376,7 +376,7 @@ size_t pre_backward_workspace_bytes(Kind kind, int n, int64_t C, int64_t N, size
 template <typename T>
 void pre_forward(const PreForwardParams<T>& p, const Context& ctx) {
   const auto v = coeff_view(p.in);
-  const Layout l = layout(p.in.kind, p.in.n, p.in.C);
+  const Layout l = layout(p.in.variant, p.in.n, p.in.C);
   if (p.in.N == 0) return;
   if (v.P > 0)  // g [N·P, m] = X [N·P, K] · phi [K, m], fp32 out
     gemm(ctx, false, false, p.in.N * v.P, v.m, l.proj_rows, p.in.x, blas_type<T>(), l.proj_rows, p.in.phi, blas_type<T>(),
@@ -395,7 +395,7 @@ void pre_forward(const PreForwardParams<T>& p, const Context& ctx) {
 template <typename T>
 void pre_backward(const PreBackwardParams<T>& p, const Context& ctx) {
   const auto v = coeff_view(p.in);
-  const Layout l = layout(p.in.kind, p.in.n, p.in.C);
+  const Layout l = layout(p.in.variant, p.in.n, p.in.C);
   const int64_t N = p.in.N, params = l.bias_size + l.alpha_size, K = l.proj_rows;
   auto up = [](size_t b) { return (b + 255) / 256 * 256; };
   char* ws = static_cast<char*>(p.workspace);

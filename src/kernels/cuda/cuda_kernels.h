@@ -35,11 +35,11 @@ struct PreInputs {
   const T* phi;        // [K, m]   in the storage type (the caller keeps the fp32 master copy)
   const float* bias;   // [B]
   const float* alpha;  // [A]
-  const int* perms;    // mHC-lite: device copy of kernels::permutation_table(kind, n); else null
+  const int* perms;    // mHC-lite: device copy of kernels::permutation_table(variant, n); else null
   int64_t N;
   int n;
   int64_t C;
-  Kind kind;
+  Variant variant;
   int sinkhorn_iters;
 };
 
@@ -70,7 +70,7 @@ struct PreBackwardParams {
   void* workspace;         // pre_backward_workspace_bytes(...) bytes
 };
 
-size_t pre_backward_workspace_bytes(Kind kind, int n, int64_t C, int64_t N, size_t storage_bytes);
+size_t pre_backward_workspace_bytes(Variant variant, int n, int64_t C, int64_t N, size_t storage_bytes);
 
 template <typename T>
 void pre_forward(const PreForwardParams<T>& p, const Context& ctx);

@@ -4,7 +4,7 @@
 // α·g/r + b, differing only in H_res), written once with the H_res map as a parameter. A few dozen numbers per token, so plain
 // scalar code, compiled for the CPU kernels and, under nvcc, for the CUDA kernels (MHC_HD): both
 // backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_lite.h,
-// kromhc.h, ihc.h) specialises VariantMath; ../coefficients.h turns the runtime kind into it.
+// kromhc.h, ihc.h) specialises VariantMath; ../coefficients.h turns the runtime variant into it.
 #pragma once
 
 #include <algorithm>
@@ -48,7 +48,7 @@ MHC_HD void with_unrolled_streams(int n, F&& f) {
 // What the coefficient math of one call needs (a view: the permutation table lives elsewhere).
 template <typename T>
 struct CoeffVariant {
-  Kind kind;
+  Variant variant;
   int n;
   int64_t m, P;        // columns of phi; projections per token
   int64_t res_count;   // logits behind H_res: n² (mHC, HC), n! (mHC-lite), Σ f_k! (KromHC), 0 (identity-HC)
@@ -94,7 +94,7 @@ MHC_HD inline void softmax(const T* z, int64_t count, T* out) {
 //   static constexpr ShapeNames shape_names;
 //   static void initial_bias_and_alpha(int64_t n, int64_t lead, double stream_logit, double res_off_logit,
 //                                      float* bias, float* alpha);
-template <Kind K>
+template <Variant K>
 struct VariantMath;
 
 // n in [1, most] streams, or a one-line error naming the variant, the range (and why), n, and advice.

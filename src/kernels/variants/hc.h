@@ -9,7 +9,7 @@
 namespace mhc::kernels {
 
 template <>
-struct VariantMath<Kind::hc> {
+struct VariantMath<Variant::hc> {
   static void check_streams(int64_t n) { check_stream_range("hc", n, kMaxStreams); }
   // One projection per stream: x̄_i·[w_pre | w_post | W_res]; alpha = [s_alpha, s_beta].
   static Layout layout(int64_t n, int64_t C) { return {C, n + 2, 2 * n + n * n, 2, n, n * n}; }

@@ -24,7 +24,7 @@ struct IdentityMixing {
 };
 
 template <>
-struct VariantMath<Kind::ihc> : SigmaFamily<IdentityMixing> {
+struct VariantMath<Variant::ihc> : SigmaFamily<IdentityMixing> {
   static void check_streams(int64_t n) { check_stream_range("ihc", n, kMaxStreams); }
   static constexpr ShapeNames shape_names = {"[n*C, 2n] for ihc", "[2n]", "[2] (pre, post)"};
 };

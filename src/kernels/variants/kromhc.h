@@ -155,7 +155,7 @@ struct KroneckerMixing {
 };
 
 template <>
-struct VariantMath<Kind::kromhc> : SigmaFamily<KroneckerMixing> {
+struct VariantMath<Variant::kromhc> : SigmaFamily<KroneckerMixing> {
   static void check_streams(int64_t n) {
     int f[kMaxKroneckerFactors];
     if (n < 2 || n > kMaxStreams || kronecker_factors(static_cast<int>(n), f) == 0)

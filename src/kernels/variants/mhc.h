@@ -190,7 +190,7 @@ struct SinkhornMixing {
 };
 
 template <>
-struct VariantMath<Kind::mhc> : SigmaFamily<SinkhornMixing> {
+struct VariantMath<Variant::mhc> : SigmaFamily<SinkhornMixing> {
   static void check_streams(int64_t n) { check_stream_range("mhc", n, kMaxStreams); }
   static constexpr ShapeNames shape_names = {"[n*C, 2n + n*n] for mhc", "[2n + n*n]", "[3] (pre, post, res)"};
 };

@@ -73,7 +73,7 @@ struct PermutationMixing {
 };
 
 template <>
-struct VariantMath<Kind::mhc_lite> : SigmaFamily<PermutationMixing> {
+struct VariantMath<Variant::mhc_lite> : SigmaFamily<PermutationMixing> {
   static void check_streams(int64_t n) {
     check_stream_range("mhc-lite", n, kMaxStreamsLite, " (n! permutations)", "; for more streams use KromHC");
   }

@@ -7,7 +7,7 @@
 namespace mhc::kernels {
 
 template <>
-struct VariantMath<Kind::residual> {
+struct VariantMath<Variant::residual> {
   static void check_streams(int64_t n) {
     if (n != 1) throw std::invalid_argument("residual takes exactly 1 stream, got n = " + std::to_string(n));
   }
