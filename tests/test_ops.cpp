@@ -29,8 +29,8 @@ std::vector<Case> all_cases() {
       {Variant::hc, {1, 2, 4, 16}},
       {Variant::mhc, {1, 2, 4, 8, 16}},
       {Variant::mhc_lite, {1, 2, 4, 5}},
-      {Variant::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}},
-      {Variant::ihc, {1, 2, 4, 16}}};
+      {Variant::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}},  // every accepted n
+      {Variant::ihc, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}};  // every accepted n
   for (const auto& [variant, ns] : streams)
     for (int64_t n : ns)
       for (int64_t C : {13, 64})  // 13: not a multiple of any vector width
