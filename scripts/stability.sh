@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/stability/, the data of docs/stability.md (the stability experiment of DESIGN.md
 # §5, issue 21), into runs/stability:
-#   seeds/      `mhc compare --preset deep --seeds 3`: every variant, 24 blocks = 48 sublayers, C = 64,
+#   seeds/      `mhc compare --preset deep --seeds 3`: every variant (KromHC at n = 4 = 2⊗2, identity-HC
+#               as the no-mixing ablation), 24 blocks = 48 sublayers, C = 64,
 #               300 steps, seeds 1337-1339; the report gives each number's mean and spread
 #   depth-12/, depth-48/   the hyper-connection variants at 12 and 48 blocks of the same width, one seed
 #               (1337); the 24-block point is the seeds study's
@@ -9,7 +10,8 @@
 #   analysis-*/ `mhc analyze` of each hyper-connection variant's seed-1337 run at 24 blocks
 # Finished runs are reused and interrupted ones resumed, so re-running only redraws. Estimated from
 # the single-seed study (13.5 minutes for 4 variants at 24 blocks on 2 cores): ~40 minutes for the
-# seeds, ~6 and ~25 minutes for 12 and 48 blocks (step time grows with depth), ~70 minutes in all.
+# seeds, ~6 and ~25 minutes for 12 and 48 blocks (step time grows with depth), ~70 minutes in all;
+# KromHC and identity-HC add ~30.
 # Usage: scripts/stability.sh [path/to/mhc]
 # Environment, for a quick rehearsal on a small setting: STABILITY_FLAGS (flags added to every
 # compare, e.g. "--steps 4 --dim 16"), STABILITY_OUT (default runs/stability), STABILITY_DOCS
@@ -21,17 +23,19 @@ out=${STABILITY_OUT:-runs/stability}
 docs=${STABILITY_DOCS:-docs/stability}
 read -r -a flags <<< "${STABILITY_FLAGS:-}"
 read -r -a depths <<< "${STABILITY_DEPTHS:-12 48}"
-hyper=(hc mhc mhc-lite)  # the variants with an H_res; the plain residual's gain is 1 at every depth
+variants=residual,hc,mhc,mhc-lite,kromhc,ihc
+# The variants with a learned H_res; the gain of the plain residual and of identity-HC is 1 at every depth.
+hyper=(hc mhc mhc-lite kromhc)
 seeds=3
 first_seed=1337
 
-"$mhc" compare --preset deep --seeds "$seeds" --seed "$first_seed" "${flags[@]}" --out "$out/seeds"
+"$mhc" compare --preset deep --variant "$variants" --seeds "$seeds" --seed "$first_seed" "${flags[@]}" --out "$out/seeds"
 depth_runs=()
 for variant in "${hyper[@]}"; do
   for k in $(seq 0 $((seeds - 1))); do depth_runs+=("$variant-seed$((first_seed + k))=$out/seeds/$variant-seed$((first_seed + k))"); done
 done
 for blocks in "${depths[@]}"; do
-  "$mhc" compare --preset deep --layers "$blocks" --residual "$(IFS=,; echo "${hyper[*]}")" --seed "$first_seed" \
+  "$mhc" compare --preset deep --layers "$blocks" --variant "$(IFS=,; echo "${hyper[*]}")" --seed "$first_seed" \
     "${flags[@]}" --out "$out/depth-$blocks"
   for variant in "${hyper[@]}"; do depth_runs+=("$variant=$out/depth-$blocks/$variant"); done
 done
