@@ -1,6 +1,6 @@
 // Fused CPU kernels for `pre`: coefficients + pre-mix, forward and backward (DESIGN.md §2–3).
 //
-// Work is split across OpenMP threads by tiles of kTileTokens tokens. For one tile:
+// Work is split across OpenMP threads by tiles of tile_tokens(m) tokens. For one tile:
 //   1. projection: g = v·phi and Σv² in the same pass over x (the rows v are whole tokens for
 //      mHC/mHC-lite, single streams for HC, so one routine serves both: x viewed as [N·P, K]);
 //   2. per token, the coefficients from (g, r): sigmoid / Sinkhorn–Knopp / permutation mixture /
@@ -30,6 +30,14 @@ using kernels::coefficients_backward;
 using kernels::scratch_size;
 
 constexpr int64_t kTileTokens = 16;
+// A wide projection (m > 64 columns: mHC at n ≥ 8, mHC-lite at n = 5; phi is 1.3 MiB at n = 8 and
+// 9.4 MiB at n = 16 for C = 512) no longer stays in L2 between tiles, so every tile streams phi^T
+// and its dphi partial from L3 or memory: there a tile of 64 tokens, 4x the reuse per byte, and K
+// blocks of 128 keep a [m, 128] panel of phi^T in L2 for all its row blocks. Narrow projections
+// keep 16 and 512 (their results bit-identical to before).
+constexpr int64_t kWideProjection = 64;
+int64_t tile_tokens(int64_t m) { return m > kWideProjection ? 64 : kTileTokens; }
+
 // What every token of one call shares: the shared coefficient view plus the CPU's own sizes and
 // the storage behind the permutation table.
 template <typename T>
@@ -55,7 +63,8 @@ struct CallVariant : kernels::CoeffVariant<T> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The three products of the projection are small GEMMs with one short dimension (m ≤ 130):
+// The three products of the projection are small GEMMs with one short dimension (m ≤ 288, mHC at
+// n = 16; a few dozen for most variants; the forward's dot-product form is tuned for the latter):
 //   forward   g[rows, m]    = A[rows, K] · phi[K, m]
 //   backward  dA[rows, K]  += dg[rows, m] · phi^T[m, K]
 //             dphi[K, m]   += A^T[K, rows] · dg[rows, m]
@@ -186,8 +195,9 @@ constexpr int64_t kBlockK = 512;
 template <typename T>
 void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg,
               T* ss) {
-  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
-    const int64_t kc = std::min(kBlockK, K - k0);
+  const int64_t block_k = m > kWideProjection ? 128 : kBlockK;
+  for (int64_t k0 = 0; k0 < K; k0 += block_k) {
+    const int64_t kc = std::min(block_k, K - k0);
     for (int64_t i0 = 0; i0 < M; i0 += kDotRows) {
       const int R = static_cast<int>(std::min<int64_t>(kDotRows, M - i0));
       const T* ai = a + i0 * lda + k0;
@@ -259,16 +269,16 @@ template <typename T>
 void pre_forward(const PreForwardParams<T>& p) {
   const CallVariant<T> v(p.in);
   const int n = p.in.n;
-  const int64_t C = p.in.C, m = v.m, tiles = (p.in.N + kTileTokens - 1) / kTileTokens;
+  const int64_t C = p.in.C, m = v.m, per_tile = tile_tokens(m), tiles = (p.in.N + per_tile - 1) / per_tile;
   const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, m, staged_stride<T>(v.K));
 
 #pragma omp parallel num_threads(thread_count(p.in.threads))
   {
-    std::vector<T> ss(kTileTokens * v.P), scratch(scratch_size(v));
+    std::vector<T> ss(per_tile * v.P), scratch(scratch_size(v));
     Coeffs<T> cf;
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.in.N, t0 + kTileTokens);
+      const int64_t t0 = tile * per_tile, t1 = std::min(p.in.N, t0 + per_tile);
       project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data());
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* proj = p.proj + tok * v.P * m;
@@ -298,7 +308,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
   const CallVariant<T> v(p.in);
   const int n = p.in.n;
   const int64_t C = p.in.C, K = v.K, m = v.m, mp = padded(m, Simd<T>::W);
-  const int64_t tiles = (p.in.N + kTileTokens - 1) / kTileTokens;
+  const int64_t per_tile = tile_tokens(v.m), tiles = (p.in.N + per_tile - 1) / per_tile;
   const Layout l = layout(p.in.variant, n, C);
   const int threads = thread_count(p.in.threads);
 
@@ -315,10 +325,10 @@ void pre_backward(const PreBackwardParams<T>& p) {
     T* dphi_p = partials.data() + stride * omp_get_thread_num();
     T* dbias = dphi_p + K * mp;
     T* dalpha = dbias + l.bias_size;
-    std::vector<T> scratch(scratch_size(v)), dg_token(v.P * m), dg(kTileTokens * v.P * mp, T(0));
+    std::vector<T> scratch(scratch_size(v)), dg_token(v.P * m), dg(per_tile * v.P * mp, T(0));
     std::vector<T> dpre(n), dr(std::max<int64_t>(v.P, 1)), H_pre(n), zeros(n * n, T(0));
     const int64_t Ks = staged_stride<T>(K);
-    std::vector<T> staged(kTileTokens * v.P * Ks);
+    std::vector<T> staged(per_tile * v.P * Ks);
     // Where stream i of token tok sits in the staged tile: its own row for HC, a slice of the
     // token's row for mHC / mHC-lite. The plain residual stages nothing and reads x in place.
     auto staged_stream = [&](int64_t tok_in_tile, int i) -> T* {
@@ -326,7 +336,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
     };
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t t0 = tile * kTileTokens, t1 = std::min(p.in.N, t0 + kTileTokens);
+      const int64_t t0 = tile * per_tile, t1 = std::min(p.in.N, t0 + per_tile);
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* dh = p.dh + tok * C;
         T* x_at[kMaxStreams];
