@@ -1,9 +1,9 @@
 // What every variant's per-token coefficient math shares (DESIGN.md §2–3): the per-call view of
 // the parameters, one token's coefficients, the compile-time stream count, and the σ family —
 // mHC, mHC-lite, KromHC, identity-HC (every variant whose H_pre and H_post are σ and 2σ of
-// α·g/r + b, differing only in H_res), written once with the H_res map as a parameter. A few dozen numbers per token, so plain
-// scalar code, compiled for the CPU kernels and, under nvcc, for the CUDA kernels (MHC_HD): both
-// backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_lite.h,
+// α·g/r + b, differing only in H_res), written once with the H_res map as a parameter. A few dozen
+// numbers per token, so plain scalar code, compiled for the CPU kernels and, under nvcc, for the
+// CUDA kernels (MHC_HD): both backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_lite.h,
 // kromhc.h, ihc.h) specialises VariantMath; ../coefficients.h turns the runtime variant into it.
 #pragma once
 
