@@ -7,6 +7,7 @@
 #pragma once
 
 #include "common.h"
+#include "mhc_lite.h"
 
 namespace mhc::kernels {
 
@@ -41,40 +42,31 @@ MHC_HD inline void nth_permutation(int f, int k, int* sigma) {
 
 MHC_HD inline int small_factorial(int f) { return f == 3 ? 6 : f == 2 ? 2 : 1; }
 
-// The factors of one token: sizes, the stride of each digit, and U_k row-major.
-template <typename T>
+// The factors of one token: sizes, the stride of each digit, U_k row-major and each factor's
+// mixture weights, in double (rounded once, where H_res is formed).
 struct KroneckerFactors {
   int K, f[kMaxKroneckerFactors], stride[kMaxKroneckerFactors];
-  T U[kMaxKroneckerFactors][kMaxFactorSize * kMaxFactorSize];
-  T w[kMaxKroneckerFactors][kMaxFactorPerms];  // each factor's mixture weights
+  double U[kMaxKroneckerFactors][kMaxFactorSize * kMaxFactorSize];
+  double w[kMaxKroneckerFactors][kMaxFactorPerms];
 
-  // U_k = Σ_m softmax(z_k)_m·P_m, each factor's logits z_k consecutive in res_logits. Accumulated in
-  // double and rounded once, as mHC-lite does.
+  // U_k = Σ_m softmax(z_k)_m·P_m (mHC-lite's mixture), each factor's logits z_k consecutive in
+  // res_logits.
+  template <typename T>
   MHC_HD void build(int n, const T* res_logits) {
     K = kronecker_factors(n, f);
     int s = 1;
     for (int k = K - 1; k >= 0; --k) stride[k] = s, s *= f[k];
     const T* z = res_logits;
     for (int k = 0; k < K; ++k) {
-      const int perms = small_factorial(f[k]);
-      softmax(z, perms, w[k]);
-      double acc[kMaxFactorSize * kMaxFactorSize] = {};
-      double zmax = z[0], total = 0;
-      for (int m = 1; m < perms; ++m) zmax = std::max<double>(zmax, z[m]);
-      for (int m = 0; m < perms; ++m) {
-        const double e = std::exp(double(z[m]) - zmax);
-        total += e;
-        int sigma[kMaxFactorSize];
-        nth_permutation(f[k], m, sigma);
-        for (int a = 0; a < f[k]; ++a) acc[a * f[k] + sigma[a]] += e;
-      }
-      for (int e = 0; e < f[k] * f[k]; ++e) U[k][e] = T(acc[e] / total);
+      const int perms = small_factorial(f[k]), fk = f[k];
+      mix_permutations(z, perms, fk, [&](int64_t m, int* sigma) { nth_permutation(fk, static_cast<int>(m), sigma); },
+                       U[k], w[k]);
       z += perms;
     }
   }
   MHC_HD int digit(int k, int i) const { return i / stride[k] % f[k]; }
   // U_k's entry at the k-th digits of row i and column j.
-  MHC_HD T entry(int k, int i, int j) const { return U[k][digit(k, i) * f[k] + digit(k, j)]; }
+  MHC_HD double entry(int k, int i, int j) const { return U[k][digit(k, i) * f[k] + digit(k, j)]; }
 };
 
 // H_res = U_1 ⊗ … ⊗ U_K over the σ family; no scratch beyond the logits (the factors fit in registers).
@@ -100,10 +92,8 @@ struct KroneckerMixing {
   // one rounding of each entry.
   template <typename T>
   static MHC_HD void res_forward(const CoeffVariant<T>& v, const T* res_logits, T* res) {
-    KroneckerFactors<double> u;
-    double z[2 * kMaxKroneckerFactors * kMaxFactorPerms];
-    for (int64_t e = 0; e < v.res_count; ++e) z[e] = res_logits[e];
-    u.build(v.n, z);
+    KroneckerFactors u;
+    u.build(v.n, res_logits);
     for (int i = 0; i < v.n; ++i)
       for (int j = 0; j < v.n; ++j) {
         double h = 1;
@@ -119,10 +109,8 @@ struct KroneckerMixing {
   // would leave it with ~50x the reference's rounding error (measured at n = 12, ±80 logits).
   template <typename T>
   static MHC_HD void res_backward(const CoeffVariant<T>& v, const T* res_logits, const T* dres, T*, T* dres_logits) {
-    KroneckerFactors<double> u;
-    double z[2 * kMaxKroneckerFactors * kMaxFactorPerms];
-    for (int64_t e = 0; e < v.res_count; ++e) z[e] = res_logits[e];
-    u.build(v.n, z);
+    KroneckerFactors u;
+    u.build(v.n, res_logits);
     double dU[kMaxKroneckerFactors][kMaxFactorSize * kMaxFactorSize] = {};
     for (int i = 0; i < v.n; ++i)
       for (int j = 0; j < v.n; ++j) {

@@ -21,21 +21,37 @@ inline std::vector<int> permutation_table(int n) {
   return table;
 }
 
-// H_res = Σ_k softmax(z)_k·P_k. Accumulated in double and rounded once: an entry sums (n−1)!
-// weights, and at n = 5 fp32 accumulation alone would put row and column sums ~1e-6 from 1.
+// Σ_k softmax(z)_k·P_k over `count` permutation matrices of f items, accumulated in double and not
+// yet rounded: H [f·f] and, where asked, the weights [count]; sigma_of(k, sigma) writes σ_k. An
+// entry sums (f−1)! weights, and at f = 5 fp32 accumulation alone would put row and column sums
+// ~1e-6 from 1. Shared with KromHC's factors (kromhc.h).
+template <typename T, typename SigmaOf>
+MHC_HD inline void mix_permutations(const T* z, int64_t count, int f, SigmaOf sigma_of, double* H, double* weights) {
+  for (int e = 0; e < f * f; ++e) H[e] = 0;
+  double zmax = z[0], total = 0;
+  for (int64_t k = 1; k < count; ++k) zmax = std::max<double>(zmax, z[k]);
+  for (int64_t k = 0; k < count; ++k) {
+    const double e = std::exp(double(z[k]) - zmax);
+    total += e;
+    if (weights) weights[k] = e;
+    int sigma[kMaxStreamsLite];
+    sigma_of(k, sigma);
+    for (int i = 0; i < f; ++i) H[i * f + sigma[i]] += e;
+  }
+  for (int e = 0; e < f * f; ++e) H[e] /= total;
+  if (weights)
+    for (int64_t k = 0; k < count; ++k) weights[k] /= total;
+}
+
+// H_res = Σ_k softmax(z)_k·P_k from the permutation table, rounded once.
 template <typename T>
 MHC_HD inline void permutation_mixture(const CoeffVariant<T>& v, const T* z, T* res) {
   const int n = v.n;
-  double acc[kMaxStreamsLite * kMaxStreamsLite] = {};
-  double zmax = z[0], total = 0;
-  for (int64_t k = 1; k < v.res_count; ++k) zmax = std::max<double>(zmax, z[k]);
-  for (int64_t k = 0; k < v.res_count; ++k) {
-    const double e = std::exp(double(z[k]) - zmax);
-    total += e;
-    const int* sigma = v.perms + k * n;
-    for (int i = 0; i < n; ++i) acc[i * n + sigma[i]] += e;
-  }
-  for (int e = 0; e < n * n; ++e) res[e] = T(acc[e] / total);
+  double H[kMaxStreamsLite * kMaxStreamsLite];
+  mix_permutations(
+      z, v.res_count, n, [&](int64_t k, int* sigma) { for (int i = 0; i < n; ++i) sigma[i] = v.perms[k * n + i]; }, H,
+      static_cast<double*>(nullptr));
+  for (int e = 0; e < n * n; ++e) res[e] = T(H[e]);
 }
 
 // H_res = Σ_k softmax(z)_k·P_k over the σ family.
