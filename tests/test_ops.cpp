@@ -38,6 +38,10 @@ std::vector<Case> all_cases() {
           cases.push_back({variant, n, C, 20, s});
   for (int64_t t : {0, 1, 5})  // Sinkhorn iteration counts other than the default
     cases.push_back({Variant::mhc, 4, 13, t, Scenario::random});
+  // Projections longer than one of the CPU kernels' K blocks (512), with a ragged last block.
+  cases.push_back({Variant::mhc, 4, 301, 20, Scenario::random});
+  cases.push_back({Variant::mhc_lite, 4, 301, 20, Scenario::random});
+  cases.push_back({Variant::hc, 2, 1031, 20, Scenario::random});
   return cases;
 }
 

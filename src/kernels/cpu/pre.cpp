@@ -74,11 +74,13 @@ struct CallVariant : kernels::CoeffVariant<T> {
 // mp = m rounded up to W rows. The forward product reads both operands along K and runs in
 // dot-product form (gemm_dot), which also gives Σv² from the same loads. Both use simd.h's
 // 32-byte vectors.
-// Register tiles (AVX2 has 16 vector registers): 6 rows × 2 vectors/columns, i.e. 12 accumulators,
-// 2 operands and 1 broadcast or row. A 4 × 3 tile also has 12 accumulators but leaves no register
-// for its 3 operands, so GCC reloads them from memory for every row.
-constexpr int kGemmRows = 6, kGemmVecs = 2;
-constexpr int kDotRows = 6, kDotCols = 2;
+// Register tiles. gemm_micro (sized for AVX2's 16 vector registers): 6 rows × 2 vectors, i.e. 12
+// accumulators, 2 operands and 1 broadcast. A 4 × 3 tile also has 12 accumulators but leaves no
+// register for its 3 operands, so GCC reloads them from memory for every row. dot_micro: 3 rows ×
+// 8 columns, 24 accumulators + 3 sums of squares + 3 rows + 1 phi^T vector = 31 of AVX-512VL's 32
+// registers (with 16 GCC spills some; the result is the same).
+constexpr int kGemmRows = 8, kGemmVecs = 3;
+constexpr int kDotRows = 3, kDotCols = 8;
 
 // c[i·cs + j0 + …] (+)= Σ_k a[i·as_i + k·as_k] · b[k·bs + j0 + …], i < R, NV·W columns.
 template <typename T, int R, int NV>
@@ -91,7 +93,10 @@ void gemm_micro(int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b
     for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? S::load(c + i * cs + v * S::W) : V{};
   for (int64_t k = 0; k < kdim; ++k) {
     V bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = S::load(b + k * bs + v * S::W);
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = S::load(b + k * bs + v * S::W);
+      keep_in_register(bv[v]);
+    }
     for (int i = 0; i < R; ++i) {
       const V av = S::splat(a[i * as_i + k * as_k]);
       for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
@@ -106,7 +111,8 @@ void gemm_rows(int nv, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, con
                bool accumulate) {
   switch (nv) {
     case 1: return gemm_micro<T, R, 1>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
-    default: return gemm_micro<T, R, 2>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+    case 2: return gemm_micro<T, R, 2>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+    default: return gemm_micro<T, R, 3>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
   }
 }
 
@@ -131,7 +137,9 @@ int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, in
         case 3: gemm_rows<T, 3>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
         case 4: gemm_rows<T, 4>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
         case 5: gemm_rows<T, 5>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
-        default: gemm_rows<T, 6>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
+        case 6: gemm_rows<T, 6>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
+        case 7: gemm_rows<T, 7>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
+        default: gemm_rows<T, 8>(nv, kdim, ai, as_i, as_k, b + j0, bs, ci, cs, accumulate); break;
       }
     }
   }
@@ -139,15 +147,20 @@ int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, in
 }
 
 // The forward projection in dot-product form: g[i][j] = Σ_k a[i·lda + k]·bt[j·ldb + k], both
-// operands read along contiguous k (x rows and phi^T rows), R×J vector accumulators reduced
-// horizontally at the end. A J-column panel of phi^T (J·K values) stays in L1 for all the tile's
-// row blocks. Sums of length K in fp32 with W interleaved partial sums. With kSumSquares the same
-// loads also give Σ a² per row (DeepSeek's fusion: the RMS norm costs no extra pass over x).
-template <typename T, int R, int J, bool kSumSquares>
-void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg, T* ss,
+// operands read along contiguous k (x rows and phi^T rows). A register tile of R rows × J columns
+// keeps R·J vector accumulators, the R row vectors and one phi^T vector live: per W-wide step R + J
+// loads feed R·J FMAs (R + J ≤ R·J/2 at 3 × 8, so the FMA units, not the loads, set the pace).
+// With kSumSquares the tile also sums a² per row from the same loads (DeepSeek's fusion: the RMS
+// norm costs no extra pass over x). Sums of length K in fp32 with W interleaved partial sums; the
+// J accumulators of a row are reduced together (sum_lanes), so the horizontal sums cost a few
+// shuffles per row, not W adds per column. bt holds J rows past `cols` (zero padding): only `cols`
+// results are written.
+template <typename T, int R, bool kSumSquares>
+void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int cols, T* g, int64_t ldg, T* ss,
                bool accumulate) {
   using S = Simd<T>;
   using V = typename S::V;
+  constexpr int J = kDotCols;
   V acc[R][J], sq[R];
   for (int i = 0; i < R; ++i) {
     sq[i] = V{};
@@ -155,64 +168,74 @@ void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* 
   }
   int64_t k = 0;
   for (; k + S::W <= K; k += S::W) {
-    V bv[J];
-    for (int j = 0; j < J; ++j) bv[j] = S::load(bt + j * ldb + k);
+    V av[R];
     for (int i = 0; i < R; ++i) {
-      const V av = S::load(a + i * lda + k);
-      if constexpr (kSumSquares) sq[i] += av * av;
-      for (int j = 0; j < J; ++j) acc[i][j] += av * bv[j];
+      av[i] = S::load(a + i * lda + k);
+      if constexpr (kSumSquares) sq[i] += av[i] * av[i];
+    }
+    for (int j = 0; j < J; ++j) {
+      V bv = S::load(bt + j * ldb + k);
+      keep_in_register(bv);  // one load for R FMAs (GCC would fold it into each)
+      for (int i = 0; i < R; ++i) acc[i][j] += av[i] * bv;
     }
   }
-  if constexpr (kSumSquares)
-    for (int i = 0; i < R; ++i) {
-      T s = accumulate ? ss[i] : T(0);
+  for (int i = 0; i < R; ++i) {
+    T sums[J];
+    sum_lanes<T, J>(acc[i], sums);
+    for (int64_t kk = k; kk < K; ++kk)  // K not a multiple of the vector width
+      for (int j = 0; j < J; ++j) sums[j] += a[i * lda + kk] * bt[j * ldb + kk];
+    for (int j = 0; j < cols; ++j) g[i * ldg + j] = (accumulate ? g[i * ldg + j] : T(0)) + sums[j];
+    if constexpr (kSumSquares) {
+      T s = 0;
       for (int l = 0; l < S::W; ++l) s += sq[i][l];
       for (int64_t kk = k; kk < K; ++kk) s += a[i * lda + kk] * a[i * lda + kk];
-      ss[i] = s;
+      ss[i] = (accumulate ? ss[i] : T(0)) + s;
     }
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < J; ++j) {
-      T s = accumulate ? g[i * ldg + j] : T(0);
-      for (int l = 0; l < S::W; ++l) s += acc[i][j][l];
-      for (int64_t kk = k; kk < K; ++kk) s += a[i * lda + kk] * bt[j * ldb + kk];
-      g[i * ldg + j] = s;
-    }
+  }
 }
 
 template <typename T, int R>
-void dot_rows(int J, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg, T* ss,
+void dot_rows(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int cols, T* g, int64_t ldg, T* ss,
               bool accumulate) {
-  if (ss) return dot_micro<T, R, kDotCols, true>(K, a, lda, bt, ldb, g, ldg, ss, accumulate);  // first panel
-  if (J == 1) return dot_micro<T, R, 1, false>(K, a, lda, bt, ldb, g, ldg, ss, accumulate);
-  return dot_micro<T, R, kDotCols, false>(K, a, lda, bt, ldb, g, ldg, ss, accumulate);
+  if (ss) return dot_micro<T, R, true>(K, a, lda, bt, ldb, cols, g, ldg, ss, accumulate);  // first panel
+  return dot_micro<T, R, false>(K, a, lda, bt, ldb, cols, g, ldg, ss, accumulate);
+}
+
+// Asks for the block of rows [i0, i0 + R) × columns [k0, k0 + kc) of the next tile (of `rows` rows
+// at `a`) to be brought into L2 while this tile's same block is computed, so the memory reads of
+// the stream overlap the FMAs instead of stalling them.
+template <typename T>
+void prefetch_block(const T* a, int64_t rows, int64_t lda, int64_t i0, int R, int64_t k0, int64_t kc) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t i = i0; i < std::min<int64_t>(rows, i0 + R); ++i)
+    for (int64_t k = k0; k < k0 + kc; k += line) __builtin_prefetch(a + i * lda + k, 0, 2);
 }
 
 // g[M, m] = a[M, K] · bt[m, K]^T and ss[M] = Σ_k a², blocked along K so that a row block of a
-// ([6, kBlockK], 12 KiB) stays in L1 while all the column panels of bt stream past it from L2.
-// bt's rows are ldb apart. The first column panel also sums the squares (every variant has m ≥ 2).
+// ([R, kBlockK], 6 KiB) stays in L1 while all the column panels of bt stream past it from L2.
+// bt's rows are ldb apart and padded with zero rows to a multiple of kDotCols. The first column
+// panel also sums the squares (every variant has m ≥ 2).
 constexpr int64_t kBlockK = 512;
 
 template <typename T>
 void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg,
-              T* ss) {
+              T* ss, const T* next_a, int64_t next_rows) {
   const int64_t block_k = m > kWideProjection ? 128 : kBlockK;
   for (int64_t k0 = 0; k0 < K; k0 += block_k) {
     const int64_t kc = std::min(block_k, K - k0);
     for (int64_t i0 = 0; i0 < M; i0 += kDotRows) {
       const int R = static_cast<int>(std::min<int64_t>(kDotRows, M - i0));
       const T* ai = a + i0 * lda + k0;
+      prefetch_block(next_a, next_rows, lda, i0, R, k0, kc);
       for (int64_t j0 = 0; j0 < m; j0 += kDotCols) {
-        const int J = static_cast<int>(std::min<int64_t>(kDotCols, m - j0));
+        const int cols = static_cast<int>(std::min<int64_t>(kDotCols, m - j0));
         const T* bj = bt + j0 * ldb + k0;
         T* gi = g + i0 * ldg + j0;
         T* si = j0 == 0 ? ss + i0 : nullptr;
         switch (R) {
-          case 1: dot_rows<T, 1>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
-          case 2: dot_rows<T, 2>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
-          case 3: dot_rows<T, 3>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
-          case 4: dot_rows<T, 4>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
-          case 5: dot_rows<T, 5>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
-          default: dot_rows<T, 6>(J, kc, ai, lda, bj, ldb, gi, ldg, si, k0 > 0); break;
+          case 1: dot_rows<T, 1>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0); break;
+          case 2: dot_rows<T, 2>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0); break;
+          default: dot_rows<T, kDotRows>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0); break;
         }
       }
     }
@@ -240,24 +263,26 @@ int64_t staged_stride(int64_t K) {
 }
 
 // Forward projection of `rows` contiguous rows of x: g[r][0..m) = A[r]·phi and ss[r] = Σ A[r]²,
-// in one pass over x. phiT = phi^T, [m, staged_stride(K)].
+// in one pass over x. phiT = phi^T with zero rows up to a multiple of kDotCols, [·, staged_stride(K)].
 template <typename T>
-void project_rows(const T* A, int64_t rows, int64_t K, int64_t m, const T* phiT, T* g, T* ss) {
-  gemm_dot(rows, m, K, A, K, phiT, staged_stride<T>(K), g, m, ss);
+void project_rows(const T* A, int64_t rows, int64_t K, int64_t m, const T* phiT, T* g, T* ss, const T* next_A,
+                  int64_t next_rows) {
+  gemm_dot(rows, m, K, A, K, phiT, staged_stride<T>(K), g, m, ss, next_A, next_rows);
 }
 
-// Backward of the projection for a tile: dA[r] += dg[r]·phi^T (dA already holds the other
-// terms), dphi_p += A^T·dg (A staged). phiT_p is phi transposed and padded, [mp, staged_stride(K)].
+// Backward of the projection for a tile: dA[r] = dg[r]·phi^T into a staged-layout buffer (rows
+// Ks apart: writing dx's own rows, nC floats apart, would map a row block's lines to one L1 set),
+// and dphi_p += A^T·dg (A staged). phiT_p is phi transposed and padded, [mp, staged_stride(K)].
 template <typename T>
 void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K, int64_t mp, const T* phiT_p, T* dA,
                            T* dphi_p) {
   const int64_t Ks = staged_stride<T>(K);
-  const int64_t done = gemm(rows, K, mp, dg, mp, int64_t(1), phiT_p, Ks, dA, K, /*accumulate=*/true);
+  const int64_t done = gemm(rows, K, mp, dg, mp, int64_t(1), phiT_p, Ks, dA, Ks, /*accumulate=*/false);
   for (int64_t r = 0; r < rows; ++r)  // columns past the last whole vector (C not a multiple of W)
     for (int64_t c = done; c < K; ++c) {
-      T s = dA[r * K + c];
+      T s = 0;
       for (int64_t j = 0; j < mp; ++j) s += dg[r * mp + j] * phiT_p[j * Ks + c];
-      dA[r * K + c] = s;
+      dA[r * Ks + c] = s;
     }
   gemm(K, mp, rows, staged, int64_t(1), Ks, dg, mp, dphi_p, mp, /*accumulate=*/true);
 }
@@ -270,7 +295,7 @@ void pre_forward(const PreForwardParams<T>& p) {
   const CallVariant<T> v(p.in);
   const int n = p.in.n;
   const int64_t C = p.in.C, m = v.m, per_tile = tile_tokens(m), tiles = (p.in.N + per_tile - 1) / per_tile;
-  const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, m, staged_stride<T>(v.K));
+  const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, padded(m, kDotCols), staged_stride<T>(v.K));
 
 #pragma omp parallel num_threads(thread_count(p.in.threads))
   {
@@ -279,7 +304,9 @@ void pre_forward(const PreForwardParams<T>& p) {
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * per_tile, t1 = std::min(p.in.N, t0 + per_tile);
-      project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data());
+      const int64_t next_tokens = std::max<int64_t>(0, std::min(p.in.N, t1 + per_tile) - t1);
+      project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data(),
+                   p.in.x + t1 * n * C, next_tokens * v.P);
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* proj = p.proj + tok * v.P * m;
         T* r = p.rms + tok * v.P;
@@ -326,23 +353,24 @@ void pre_backward(const PreBackwardParams<T>& p) {
     T* dbias = dphi_p + K * mp;
     T* dalpha = dbias + l.bias_size;
     std::vector<T> scratch(scratch_size(v)), dg_token(v.P * m), dg(per_tile * v.P * mp, T(0));
-    std::vector<T> dpre(n), dr(std::max<int64_t>(v.P, 1)), H_pre(n), zeros(n * n, T(0));
+    std::vector<T> dpre(n), dr(std::max<int64_t>(v.P, 1)), zeros(n * n, T(0));
+    std::vector<T> H_pre(per_tile * n), rms_coef(per_tile * std::max<int64_t>(v.P, 1));
     const int64_t Ks = staged_stride<T>(K);
-    std::vector<T> staged(per_tile * v.P * Ks);
-    // Where stream i of token tok sits in the staged tile: its own row for HC, a slice of the
-    // token's row for mHC / mHC-lite. The plain residual stages nothing and reads x in place.
-    auto staged_stream = [&](int64_t tok_in_tile, int i) -> T* {
-      return v.P == n ? staged.data() + (tok_in_tile * n + i) * Ks : staged.data() + tok_in_tile * Ks + i * C;
+    // x's rows of the tile, and the projection's part of dx, both in the staged layout.
+    std::vector<T> staged(per_tile * v.P * Ks), dA(per_tile * v.P * Ks);
+    // Where stream i of token tok sits in a staged-layout buffer: its own row for HC, a slice of
+    // the token's row for mHC / mHC-lite.
+    auto stream_in = [&](std::vector<T>& buffer, int64_t tok_in_tile, int i) -> T* {
+      return v.P == n ? buffer.data() + (tok_in_tile * n + i) * Ks : buffer.data() + tok_in_tile * Ks + i * C;
     };
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * per_tile, t1 = std::min(p.in.N, t0 + per_tile);
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* dh = p.dh + tok * C;
-        T* x_at[kMaxStreams];
         for (int i = 0; i < n; ++i) {  // one pass: stage x_i, and dH_pre[i] = ⟨dh, x_i⟩ (+ any given)
           const T* xi = p.in.x + (tok * n + i) * C;
-          T* out = v.P ? staged_stream(tok - t0, i) : const_cast<T*>(xi);
+          T* out = v.P ? stream_in(staged, tok - t0, i) : nullptr;
           T acc = p.dH_pre ? p.dH_pre[tok * n + i] : T(0);
 #pragma omp simd reduction(+ : acc)
           for (int64_t c = 0; c < C; ++c) {
@@ -350,29 +378,38 @@ void pre_backward(const PreBackwardParams<T>& p) {
             acc += dh[c] * xi[c];
           }
           dpre[i] = acc;
-          x_at[i] = out;
         }
         const T* dpost = p.dH_post ? p.dH_post + tok * n : zeros.data();
         const T* dres = p.dH_res ? p.dH_res + tok * n * n : zeros.data();
         const T* r = p.rms + tok * v.P;
         coefficients_backward(v, p.proj + tok * v.P * m, r, dpre.data(), dpost, dres, scratch.data(), dg_token.data(),
-                              dr.data(), dbias, dalpha, H_pre.data());
-        for (int64_t q = 0; q < v.P; ++q)  // into the tile's padded rows (padding stays zero)
+                              dr.data(), dbias, dalpha, H_pre.data() + (tok - t0) * n);
+        for (int64_t q = 0; q < v.P; ++q) {  // into the tile's padded rows (padding stays zero)
           std::copy(dg_token.data() + q * m, dg_token.data() + (q + 1) * m, dg.data() + ((tok - t0) * v.P + q) * mp);
-        // dx_i = H_pre[i]·dh + dr·x_i/(K·r), the rms term per projection row; dg·phi^T follows.
-        T* dx = p.dx + tok * n * C;
-        for (int i = 0; i < n; ++i) {
-          const int64_t q = v.P == n ? i : 0;  // HC: one projection per stream
-          const T coef = v.P ? dr[q] / (T(K) * r[q]) : T(0);
-          const T w = H_pre[i];
-          const T* xi = x_at[i];
-          T* dxi = dx + i * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c];
+          rms_coef[(tok - t0) * v.P + q] = dr[q] / (T(K) * r[q]);  // the rms term's weight on the row
         }
       }
-      project_rows_backward(staged.data(), dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), p.dx + t0 * n * C,
-                            dphi_p);
+      if (v.P) project_rows_backward(staged.data(), dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), dA.data(), dphi_p);
+      // dx_i = H_pre[i]·dh + dr·x_i/(K·r) (the rms term, per projection row) + (dg·phi^T)_i: each
+      // element of dx written once.
+      for (int64_t tok = t0; tok < t1; ++tok) {
+        const T* dh = p.dh + tok * C;
+        T* dx = p.dx + tok * n * C;
+        for (int i = 0; i < n; ++i) {
+          const T w = H_pre[(tok - t0) * n + i];
+          T* dxi = dx + i * C;
+          if (!v.P) {  // the plain residual: no projection
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c];
+            continue;
+          }
+          const T coef = rms_coef[(tok - t0) * v.P + (v.P == n ? i : 0)];
+          const T* xi = stream_in(staged, tok - t0, i);
+          const T* dAi = stream_in(dA, tok - t0, i);
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c] + dAi[c];
+        }
+      }
     }
   }
 

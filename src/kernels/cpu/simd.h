@@ -6,6 +6,9 @@
 #pragma once
 
 #include <omp.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #include <cstring>
 #include <type_traits>
@@ -19,18 +22,51 @@ template <typename T>
 struct Simd {
   static constexpr int W = 32 / sizeof(T);
   typedef T V __attribute__((vector_size(32)));
-  static V load(const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  // V at T's alignment and allowed to alias T: a plain unaligned load or store (a memcpy into a
+  // local V makes GCC bounce a tile's accumulators through the stack).
+  typedef T Unaligned __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
+  static V load(const T* p) { return *reinterpret_cast<const Unaligned*>(p); }
+  static void store(T* p, V v) { *reinterpret_cast<Unaligned*>(p) = v; }
   // All lanes = a. Spelled out so GCC emits one broadcast (a lane loop becomes 4 inserts + 1 permute).
   static V splat(T a) {
     if constexpr (W == 8) return V{a, a, a, a, a, a, a, a};
     else return V{a, a, a, a};
   }
 };
+
+// Makes v opaque to the optimiser, so a loaded vector that feeds several FMAs stays one register
+// load instead of being folded into each FMA as a memory operand (which doubles the loads).
+template <typename V>
+inline void keep_in_register(V& v) {
+#if defined(__GNUC__) && defined(__AVX512VL__)
+  asm("" : "+v"(v));  // any of the 32 vector registers
+#elif defined(__GNUC__) && defined(__SSE2__)
+  asm("" : "+x"(v));
+#endif
+}
+
+// sums[j] = Σ_l v[j][l] for J vectors: the horizontal sums of a row of dot-product accumulators.
+// For 8 float vectors on AVX, a transposing tree of 6 horizontal adds and 2 lane swaps;
+// elsewhere a lane loop.
+template <typename T, int J>
+void sum_lanes(const typename Simd<T>::V (&v)[J], T (&sums)[J]) {
+#ifdef __AVX__
+  if constexpr (std::is_same_v<T, float> && J == 8) {
+    const __m256 a = _mm256_hadd_ps(v[0], v[1]), b = _mm256_hadd_ps(v[2], v[3]);
+    const __m256 c = _mm256_hadd_ps(v[4], v[5]), d = _mm256_hadd_ps(v[6], v[7]);
+    // ab = [Σ v0, Σ v1, Σ v2, Σ v3] over lanes 0-3 | the same over lanes 4-7; cd likewise for v4-v7
+    const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    const __m256 s = _mm256_permute2f128_ps(ab, cd, 0x20) + _mm256_permute2f128_ps(ab, cd, 0x31);
+    _mm256_storeu_ps(sums, s);
+    return;
+  }
+#endif
+  for (int j = 0; j < J; ++j) {
+    T s = 0;
+    for (int l = 0; l < Simd<T>::W; ++l) s += v[j][l];
+    sums[j] = s;
+  }
+}
 
 using kernels::with_streams;
 
