@@ -52,7 +52,7 @@ struct Sublayer {
   }
   void pre_backward(int threads) {
     mhc::cpu::pre_backward<float>({inputs(threads), proj.data(), rms.data(), y.data(), nullptr, dH_post.data(),
-                                   dH_res.data(), dx.data(), dphi.data(), dbias.data(), dalpha.data()});
+                                   dH_res.data(), dx.data(), dphi.data(), dbias.data(), dalpha.data(), nullptr});
   }
   void post_forward(int threads) {
     mhc::cpu::post_forward(out.data(), x.data(), y.data(), H_post.data(), H_res.data(), N, int(n), C, threads);

@@ -86,10 +86,14 @@ struct Outputs {
 inline Outputs run_sublayer(const Inputs& in, Variant variant, int64_t t, bool fused) {
   for (const Tensor* p : {&in.x, &in.phi, &in.bias, &in.alpha, &in.w_branch})
     if (p->grad().defined()) p->mutable_grad() = Tensor();
-  const PreOutput mix = fused ? mhc::pre(in.x, in.phi, in.bias, in.alpha, variant, t)
+  // The fused sublayer as the module runs it: pre_joint, and post reading its x_post (x's two
+  // gradients summed inside pre's backward kernel). FusedOps.PreJointIsPreThenPost checks it
+  // against the public pair pre + post(x).
+  const PreOutput mix = fused ? mhc::pre_joint(in.x, in.phi, in.bias, in.alpha, variant, t)
                               : reference::pre(in.x, in.phi, in.bias, in.alpha, variant, t);
   const Tensor y = torch::tanh(mix.h * in.w_branch);
-  const Tensor out = fused ? mhc::post(in.x, y, mix.H_post, mix.H_res) : reference::post(in.x, y, mix.H_post, mix.H_res);
+  const Tensor out =
+      fused ? mhc::post(mix.x_post, y, mix.H_post, mix.H_res) : reference::post(in.x, y, mix.H_post, mix.H_res);
   const Tensor loss = (out * in.dout).sum() + (mix.H_pre * in.dH_pre).sum();
   loss.backward();
   Outputs o;

@@ -114,6 +114,26 @@ TEST(FusedOps, SameResultForAnyThreadCount) {
   EXPECT_TRUE(torch::equal(one.values[4], two.values[4])) << "x_next differs between 1 and 2 threads";
 }
 
+// pre_joint + post(x_post) is pre + post(x) with x's two gradients summed inside pre's backward
+// kernel instead of by autograd: the same values, dx differing at most by where that one sum is
+// rounded (one fp32 rounding of |dx|).
+TEST(FusedOps, PreJointIsPreThenPost) {
+  for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_lite, 4},
+                            {Variant::kromhc, 4}, {Variant::ihc, 4}}) {
+    const Inputs in = make_inputs(variant, 37, n, 13, Scenario::random, 11).to(torch::kFloat);
+    const Outputs joint = run_sublayer(in, variant, 20, /*fused=*/true);
+    in.x.mutable_grad() = Tensor();
+    const PreOutput mix = mhc::pre(in.x, in.phi, in.bias, in.alpha, variant, 20);
+    const Tensor out = mhc::post(in.x, torch::tanh(mix.h * in.w_branch), mix.H_post, mix.H_res);
+    const Tensor dx = torch::autograd::grad({(out * in.dout).sum() + (mix.H_pre * in.dH_pre).sum()}, {in.x})[0];
+    const Tensor joint_dx = joint.values[5];
+    ASSERT_EQ(joint.names[5], "dx");
+    EXPECT_TRUE(torch::equal(joint.values[4], out.detach())) << variant_name(variant);
+    EXPECT_LE(max_abs_diff(joint_dx, dx), std::ldexp(dx.abs().max().item<double>(), -23)) << variant_name(variant);
+    EXPECT_GT(dx.abs().max().item<double>(), 0.0) << variant_name(variant);
+  }
+}
+
 // Gradients that never flow (here only h is used, so H_post and H_res get none) are read as zeros.
 TEST(FusedOps, GradientOfHAlone) {
   for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {

@@ -54,9 +54,11 @@ class HyperConnectionImpl : public torch::nn::Module {
  public:
   explicit HyperConnectionImpl(const HyperConnectionOptions& options);
 
-  // x [..., n, C] -> h [..., C] and the coefficients ([..., n], [..., n], [..., n, n]).
+  // x [..., n, C] -> h [..., C], the coefficients ([..., n], [..., n], [..., n, n]) and x_post, x
+  // as post should read it: passed to post instead of x, its gradient joins the one through pre
+  // inside pre's backward kernel (one pass over dx fewer; the values are the same).
   PreOutput pre(const torch::Tensor& x);
-  // x [..., n, C], y [..., C], the coefficients from pre(x) -> x_next [..., n, C].
+  // x [..., n, C] (best: mix.x_post), y [..., C], the coefficients from pre(x) -> x_next [..., n, C].
   torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const PreOutput& mix);
   // post(x, sublayer(pre(x).h), …): one whole sublayer update; stores the coefficients it used in
   // *mix when given (the diagnostics read them).

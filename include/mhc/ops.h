@@ -29,10 +29,16 @@ struct PreOutput {
   torch::Tensor H_pre;   // [N, n]
   torch::Tensor H_post;  // [N, n]
   torch::Tensor H_res;   // [N, n, n]
+  // From pre_joint: x again, for the post of the same sublayer (an alias of x). Its gradient is
+  // added inside pre's backward kernel instead of autograd summing x's two gradients. (Undefined
+  // from pre; HyperConnection::pre gives x itself on the reference path.)
+  torch::Tensor x_post;  // [N, n, C]
 };
 
 PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
               const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
+PreOutput pre_joint(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
+                    const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
 

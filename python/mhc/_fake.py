@@ -21,6 +21,10 @@ def register_fake_implementations():
         N, n, C = x.shape
         return x.new_empty(N, C), coefficients(x, N, n), coefficients(x, N, n), coefficients(x, N, n, n)
 
+    @torch.library.register_fake("mhc::pre_joint")
+    def _pre_joint(x, phi, bias, alpha, variant, sinkhorn_iters=20):
+        return _pre(x, phi, bias, alpha, variant, sinkhorn_iters) + (x.view(x.shape),)
+
     @torch.library.register_fake("mhc::post")
     def _post(x, y, H_post, H_res):
         return torch.empty_like(x)
@@ -33,7 +37,7 @@ def register_fake_implementations():
                 coefficients(x, N, per_token, phi.shape[1] if phi.dim() == 2 else 0), coefficients(x, N, per_token))
 
     @torch.library.register_fake("mhc::pre_bwd")
-    def _pre_bwd(dh, dH_pre, dH_post, dH_res, x, phi, bias, alpha, proj, rms, variant, sinkhorn_iters):
+    def _pre_bwd(dh, dH_pre, dH_post, dH_res, x, phi, bias, alpha, proj, rms, variant, sinkhorn_iters, dx_add=None):
         return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(bias), torch.empty_like(alpha)
 
     @torch.library.register_fake("mhc::post_bwd")

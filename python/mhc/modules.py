@@ -31,6 +31,9 @@ class Mix(NamedTuple):
     H_pre: Tensor   # [..., n]
     H_post: Tensor  # [..., n]
     H_res: Tensor   # [..., n, n], row k is the destination stream
+    # x as post should read it (torch.ops.mhc.pre_joint's alias of x): passed to post instead of x,
+    # its gradient joins the one through pre inside pre's backward kernel.
+    x_post: Optional[Tensor] = None  # [..., n, C]
 
 
 class HyperConnection(nn.Module):
@@ -70,12 +73,14 @@ class HyperConnection(nn.Module):
         # Parameters follow x's device and dtype — float32 under bfloat16 storage, where they are
         # the fp32 masters and the coefficients stay fp32 too.
         like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
-        h, H_pre, H_post, H_res = torch.ops.mhc.pre(x.reshape(-1, n, C), self.phi.to(**like), self.bias.to(**like),
-                                                    self.alpha.to(**like), self.variant, self.sinkhorn_iters)
-        return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n))
+        h, H_pre, H_post, H_res, x_post = torch.ops.mhc.pre_joint(x.reshape(-1, n, C), self.phi.to(**like),
+                                                                  self.bias.to(**like), self.alpha.to(**like),
+                                                                  self.variant, self.sinkhorn_iters)
+        return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
+                                     x_post.view(x.shape))
 
     def post(self, x: Tensor, y: Tensor, mix: Mix) -> Tensor:
-        """x [..., n, C], y [..., C] -> x_next [..., n, C]."""
+        """x [..., n, C] (best: mix.x_post), y [..., C] -> x_next [..., n, C]."""
         self._check(x, "post")
         if y.shape != x.shape[:-2] + x.shape[-1:]:
             raise ValueError(f"HyperConnection.post: y must be {list(x.shape[:-2] + x.shape[-1:])}, got {list(y.shape)}")
@@ -86,7 +91,7 @@ class HyperConnection(nn.Module):
 
     def forward(self, x: Tensor, branch: Callable[[Tensor], Tensor]) -> Tensor:
         h, mix = self.pre(x)
-        return self.post(x, branch(h), mix)
+        return self.post(mix.x_post, branch(h), mix)
 
 
 RECOMPUTE = ("none", "streams", "blocks")
@@ -142,7 +147,7 @@ class HyperConnectionStack(nn.Module):
                 group = torch.classes.mhc.StreamGroup(x)
             h, mix = connection.pre(x)
             y = F(h)
-            x = connection.post(x, y, mix)
+            x = connection.post(mix.x_post, y, mix)
             group.add(x, y, mix.H_post, mix.H_res)  # frees the previous state, unless it is the group's input
         return x
 

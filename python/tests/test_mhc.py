@@ -126,16 +126,17 @@ def test_backward_ops_refuse_wrong_sizes():
         torch.ops.mhc.post_bwd(torch.zeros(1), x, torch.zeros(N, C), H_post, H_res)
     with pytest.raises(ValueError, match=r"mhc.post: H_res must be \[N, n, n\]"):
         torch.ops.mhc.post_bwd(torch.zeros(N, n, C), x, torch.zeros(N, C), H_post, torch.zeros(1))
-    good = dict(dh=torch.zeros(N, C), dH_pre=None, dH_post=None, dH_res=None, proj=proj, rms=rms)
+    good = dict(dh=torch.zeros(N, C), dH_pre=None, dH_post=None, dH_res=None, proj=proj, rms=rms, dx_add=None)
     for name, bad, message in [("dh", torch.zeros(3), r"dh must be \[N, C\]"),
                                ("proj", torch.zeros(N, 1, 2), r"proj must be pre_fwd's proj"),
                                ("rms", torch.zeros(5), r"rms must be pre_fwd's rms"),
                                ("dH_res", torch.zeros(N, n), r"dH_res must be \[N, n, n\]"),
-                               ("dH_pre", torch.zeros(N, n, dtype=torch.float64), r"dH_pre must be Float")]:
+                               ("dH_pre", torch.zeros(N, n, dtype=torch.float64), r"dH_pre must be Float"),
+                               ("dx_add", torch.zeros(N, C), r"dx_add must be x's shape \[N, n, C\]")]:
         a = dict(good, **{name: bad})
         with pytest.raises((ValueError, TypeError), match="mhc.pre_bwd: " + message):
             torch.ops.mhc.pre_bwd(a["dh"], a["dH_pre"], a["dH_post"], a["dH_res"], x, phi, bias, alpha,
-                                  a["proj"], a["rms"], "mhc", 20)
+                                  a["proj"], a["rms"], "mhc", 20, a["dx_add"])
 
 
 def test_module_initialisation_and_shapes():

@@ -53,14 +53,16 @@ PreOutput HyperConnectionImpl::pre(const Tensor& x) {
   auto like = [&](const Tensor& t) { return t.to(x.device(), coefficient_dtype(x.scalar_type())); };
   PreOutput out = options_.use_reference()
                       ? reference::pre(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters())
-                      : mhc::pre(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters());
+                      : mhc::pre_joint(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters());
   auto lead = x.sizes().slice(0, x.dim() - 2).vec();
   auto with = [&](std::vector<int64_t> tail) {
     auto s = lead;
     s.insert(s.end(), tail.begin(), tail.end());
     return s;
   };
-  return {out.h.view(with({C})), out.H_pre.view(with({n})), out.H_post.view(with({n})), out.H_res.view(with({n, n}))};
+  // x_post: x for this sublayer's post; from the fused op its gradient joins pre's in the kernel.
+  return {out.h.view(with({C})), out.H_pre.view(with({n})), out.H_post.view(with({n})), out.H_res.view(with({n, n})),
+          out.x_post.defined() ? out.x_post.view(x.sizes()) : x};
 }
 
 Tensor HyperConnectionImpl::post(const Tensor& x, const Tensor& y, const PreOutput& mix) {
@@ -81,7 +83,7 @@ Tensor HyperConnectionImpl::forward(const Tensor& x, const std::function<Tensor(
                                    PreOutput* mix_out) {
   const PreOutput mix = pre(x);
   if (mix_out) *mix_out = mix;
-  return post(x, sublayer(mix.h), mix);
+  return post(mix.x_post, sublayer(mix.h), mix);
 }
 
 namespace {
@@ -94,7 +96,7 @@ Tensor sublayer_step(HyperConnection connection, const Sublayer& F, const Tensor
   const Tensor y = F(mix.h);
   if (mix_out) *mix_out = mix;
   if (y_out) *y_out = y;
-  return connection->post(x, y, mix);
+  return connection->post(mix.x_post, y, mix);
 }
 
 }  // namespace

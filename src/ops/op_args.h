@@ -36,7 +36,7 @@ void check_pre_bwd_args(const torch::Tensor& dh, const c10::optional<torch::Tens
                         const c10::optional<torch::Tensor>& dH_post, const c10::optional<torch::Tensor>& dH_res,
                         const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
                         const torch::Tensor& alpha, const torch::Tensor& proj, const torch::Tensor& rms, Variant variant,
-                        int64_t sinkhorn_iters);
+                        int64_t sinkhorn_iters, const c10::optional<torch::Tensor>& dx_add);
 void check_post_bwd_args(const torch::Tensor& dout, const torch::Tensor& x, const torch::Tensor& y,
                          const torch::Tensor& H_post, const torch::Tensor& H_res);
 
@@ -49,14 +49,15 @@ inline torch::Tensor contiguous_or_undefined(const c10::optional<torch::Tensor>&
 // coefficient gradients, contiguous (undefined where none flowed), and the gradients it returns,
 // shaped like the (fp32 master) inputs.
 struct PreBackwardTensors {
-  torch::Tensor proj, rms, dH_pre, dH_post, dH_res;
+  torch::Tensor proj, rms, dH_pre, dH_post, dH_res, dx_add;
   torch::Tensor dx, dphi, dbias, dalpha;
 
   PreBackwardTensors(const PreArgs& a, const torch::Tensor& proj_, const torch::Tensor& rms_,
                      const c10::optional<torch::Tensor>& dH_pre_, const c10::optional<torch::Tensor>& dH_post_,
-                     const c10::optional<torch::Tensor>& dH_res_)
+                     const c10::optional<torch::Tensor>& dH_res_, const c10::optional<torch::Tensor>& dx_add_)
       : proj(proj_.contiguous()), rms(rms_.contiguous()), dH_pre(contiguous_or_undefined(dH_pre_)),
         dH_post(contiguous_or_undefined(dH_post_)), dH_res(contiguous_or_undefined(dH_res_)),
+        dx_add(contiguous_or_undefined(dx_add_)),
         dx(torch::empty_like(a.x)), dphi(torch::empty_like(a.phi)), dbias(torch::empty_like(a.bias)),
         dalpha(torch::empty_like(a.alpha)) {}
 
@@ -82,6 +83,15 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> pre_from(
                                                                                 c10::string_view variant, int64_t t) {
   auto out = pre_fwd(x, phi, bias, alpha, variant, t);
   return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
+}
+
+// `pre_joint` without autograd (inference mode): pre's outputs and x_post, an alias of x.
+template <PreFwdKernel* pre_fwd>
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> pre_joint_from(
+    const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias, const torch::Tensor& alpha,
+    c10::string_view variant, int64_t t) {
+  auto out = pre_fwd(x, phi, bias, alpha, variant, t);
+  return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), x.alias()};
 }
 
 }  // namespace mhc::ops

@@ -105,7 +105,7 @@ void check_post_args(const Tensor& x, const Tensor& y, const Tensor& H_post, con
 void ops::check_pre_bwd_args(const Tensor& dh, const c10::optional<Tensor>& dH_pre, const c10::optional<Tensor>& dH_post,
                              const c10::optional<Tensor>& dH_res, const Tensor& x, const Tensor& phi, const Tensor& bias,
                              const Tensor& alpha, const Tensor& proj, const Tensor& rms, Variant variant,
-                             int64_t sinkhorn_iters) {
+                             int64_t sinkhorn_iters, const c10::optional<Tensor>& dx_add) {
   const char* op = "mhc.pre_bwd";
   const Layout l = check_pre_args(x, phi, bias, alpha, variant, sinkhorn_iters);
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
@@ -123,6 +123,10 @@ void ops::check_pre_bwd_args(const Tensor& dh, const c10::optional<Tensor>& dH_p
     if (!g->has_value() || !(*g)->defined()) continue;
     check_like(op, name, **g, x, coefficients);
     check_shape(op, name, **g, shape, what);
+  }
+  if (dx_add.has_value() && dx_add->defined()) {
+    check_like(op, "dx_add", *dx_add, x, x.scalar_type());
+    check_shape(op, "dx_add", *dx_add, x.sizes(), "x's shape [N, n, C]");
   }
 }
 

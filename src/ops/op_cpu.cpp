@@ -71,23 +71,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const 
                                                        const c10::optional<Tensor>& dH_res_, const Tensor& x,
                                                        const Tensor& phi, const Tensor& bias, const Tensor& alpha,
                                                        const Tensor& proj_, const Tensor& rms_, c10::string_view variant,
-                                                       int64_t t) {
-  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, variant_or_throw(variant), t);
+                                                       int64_t t, const c10::optional<Tensor>& dx_add) {
+  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, variant_or_throw(variant), t,
+                          dx_add);
   if (is_bf16(x)) {
+    const c10::optional<Tensor> dx_add32 =
+        dx_add.has_value() && dx_add->defined() ? c10::optional<Tensor>(upcast(*dx_add)) : c10::nullopt;
     auto out = pre_bwd_cpu(upcast(dh_), dH_pre_, dH_post_, dH_res_, upcast(x), projection_weights(phi, torch::kBFloat16),
-                           bias, alpha, proj_, rms_, variant, t);
+                           bias, alpha, proj_, rms_, variant, t, dx_add32);
     std::get<0>(out) = downcast(std::get<0>(out));
     return out;
   }
   const PreArgs a(x, phi, bias, alpha, variant, t);
   const Tensor dh = dh_.contiguous();
-  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_);
+  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_, dx_add);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre_backward", [&] {
     cpu::pre_backward(cpu::PreBackwardParams<scalar_t>{
         a.kernel_inputs<scalar_t>(), b.proj.data_ptr<scalar_t>(), b.rms.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
         ptr_or_null<scalar_t>(b.dH_pre), ptr_or_null<scalar_t>(b.dH_post), ptr_or_null<scalar_t>(b.dH_res),
         b.dx.data_ptr<scalar_t>(), b.dphi.data_ptr<scalar_t>(), b.dbias.data_ptr<scalar_t>(),
-        b.dalpha.data_ptr<scalar_t>()});
+        b.dalpha.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b.dx_add)});
   });
   return b.gradients();
 }
@@ -168,6 +171,7 @@ double op_clock::seconds() { return static_cast<double>(clock_nanoseconds.load()
 
 TORCH_LIBRARY_IMPL(mhc, CPU, m) {
   m.impl("pre", mhc::Timed<mhc::ops::pre_from<mhc::pre_fwd_cpu>>::call);
+  m.impl("pre_joint", mhc::Timed<mhc::ops::pre_joint_from<mhc::pre_fwd_cpu>>::call);
   m.impl("post", mhc::Timed<mhc::post_cpu>::call);
   m.impl("pre_fwd", mhc::Timed<mhc::pre_fwd_cpu>::call);
   m.impl("pre_bwd", mhc::Timed<mhc::pre_bwd_cpu>::call);

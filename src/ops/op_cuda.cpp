@@ -107,13 +107,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
                                                         const c10::optional<Tensor>& dH_res_, const Tensor& x,
                                                         const Tensor& phi, const Tensor& bias, const Tensor& alpha,
                                                         const Tensor& proj_, const Tensor& rms_, c10::string_view variant,
-                                                        int64_t t) {
-  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, ops::variant_or_throw(variant), t);
+                                                        int64_t t, const c10::optional<Tensor>& dx_add) {
+  ops::check_pre_bwd_args(dh_, dH_pre_, dH_post_, dH_res_, x, phi, bias, alpha, proj_, rms_, ops::variant_or_throw(variant), t,
+                          dx_add);
   const c10::cuda::CUDAGuard device(x.device());
   const PreArgs a(x, phi, bias, alpha, variant, t);
   const Tensor dh = dh_.contiguous();
   // dphi, dbias, dalpha are gradients of the fp32 masters (a.phi, not a.phi_stored).
-  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_);
+  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre_, dH_post_, dH_res_, dx_add);
   const int64_t N = x.size(0), C = x.size(2);
   const int n = static_cast<int>(x.size(1));
   const Tensor workspace = torch::empty(
@@ -129,6 +130,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
             workspace.data_ptr()},
         context());
   });
+  // Not yet inside the CUDA kernel: one more pass over dx (the CPU kernel adds it as it writes dx).
+  if (b.dx_add.defined()) b.dx.add_(b.dx_add);
   return b.gradients();
 }
 
@@ -167,6 +170,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> post_bwd_cuda(const Tensor& dout_, co
 
 TORCH_LIBRARY_IMPL(mhc, CUDA, m) {
   m.impl("pre", mhc::ops::pre_from<mhc::pre_fwd_cuda>);
+  m.impl("pre_joint", mhc::ops::pre_joint_from<mhc::pre_fwd_cuda>);
   m.impl("post", mhc::post_cuda);
   m.impl("pre_fwd", mhc::pre_fwd_cuda);
   m.impl("pre_bwd", mhc::pre_bwd_cuda);

@@ -25,10 +25,12 @@ using PreFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Te
 using PreFwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
                                                                             const Tensor&, const Tensor&,
                                                                             c10::string_view, int64_t);
+using PreJointFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                   const Tensor&, c10::string_view, int64_t);
 using PreBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
-    int64_t);
+    int64_t, const c10::optional<Tensor>&);
 using PostFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
 using PostBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                              const Tensor&, const Tensor&);
@@ -72,36 +74,46 @@ variable_list differentiable_backward(Recompute recompute, variable_list inputs,
   return result;
 }
 
+// `pre`, and with `joint` also `pre_joint`: x returned once more as x_post, for post to read. The
+// gradient that flows into x_post (post's dx) then arrives here as one more upstream gradient and
+// the backward kernel adds it as it writes dx, where two separate uses of x would have autograd
+// add two [N, n, C] gradients in a pass of its own.
 class PreFunction : public torch::autograd::Function<PreFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& phi, const Tensor& bias,
-                               const Tensor& alpha, c10::string_view variant, int64_t t) {
+                               const Tensor& alpha, c10::string_view variant, int64_t t, bool joint) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto fwd = op<PreFwdFn>("mhc::pre_fwd");
     auto [h, H_pre, H_post, H_res, proj, rms] = fwd.call(x, phi, bias, alpha, variant, t);
     ctx->save_for_backward({x, phi, bias, alpha, proj, rms});
     ctx->saved_data["variant"] = std::string(variant);
     ctx->saved_data["t"] = t;
+    ctx->saved_data["joint"] = joint;
+    if (joint) return {h, H_pre, H_post, H_res, x};  // autograd returns an input as a view of it
     return {h, H_pre, H_post, H_res};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
+    const bool joint = ctx->saved_data["joint"].toBool();
     if (torch::GradMode::is_enabled()) {  // create_graph: a gradient that is itself differentiable
       const Variant variant = variant_or_throw(ctx->saved_data["variant"].toStringRef());
       return differentiable_backward(
           [&](const variable_list& in) {
             const PreOutput o = reference::pre(in[0], in[1], in[2], in[3], variant, ctx->saved_data["t"].toInt());
+            if (joint) return variable_list{o.h, o.H_pre, o.H_post, o.H_res, in[0]};
             return variable_list{o.h, o.H_pre, o.H_post, o.H_res};
           },
-          {s[0], s[1], s[2], s[3]}, grads, /*non_tensor_args=*/2);
+          {s[0], s[1], s[2], s[3]}, grads, /*non_tensor_args=*/3);
     }
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto bwd = op<PreBwdFn>("mhc::pre_bwd");
     const Tensor dh = grads[0].defined() ? grads[0] : torch::zeros({s[0].size(0), s[0].size(2)}, s[0].options());
+    const c10::optional<Tensor> dx_post = joint && grads[4].defined() ? c10::optional<Tensor>(grads[4]) : c10::nullopt;
     auto [dx, dphi, dbias, dalpha] = bwd.call(dh, grads[1], grads[2], grads[3], s[0], s[1], s[2], s[3], s[4], s[5],
-                                              ctx->saved_data["variant"].toStringRef(), ctx->saved_data["t"].toInt());
-    return {dx, dphi, dbias, dalpha, Tensor(), Tensor()};
+                                              ctx->saved_data["variant"].toStringRef(), ctx->saved_data["t"].toInt(),
+                                              dx_post);
+    return {dx, dphi, dbias, dalpha, Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -130,8 +142,15 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> pre_autograd(const Tensor& x, const Tensor& phi, const Tensor& bias,
                                                         const Tensor& alpha, c10::string_view variant, int64_t t) {
-  auto out = PreFunction::apply(x, phi, bias, alpha, variant, t);
+  auto out = PreFunction::apply(x, phi, bias, alpha, variant, t, /*joint=*/false);
   return {out[0], out[1], out[2], out[3]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pre_joint_autograd(const Tensor& x, const Tensor& phi,
+                                                                      const Tensor& bias, const Tensor& alpha,
+                                                                      c10::string_view variant, int64_t t) {
+  auto out = PreFunction::apply(x, phi, bias, alpha, variant, t, /*joint=*/true);
+  return {out[0], out[1], out[2], out[3], out[4]};
 }
 
 Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
@@ -144,7 +163,14 @@ PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tens
               int64_t sinkhorn_iters) {
   static auto handle = op<PreFn>("mhc::pre");
   auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
-  return {h, H_pre, H_post, H_res};
+  return {h, H_pre, H_post, H_res, Tensor()};
+}
+
+PreOutput pre_joint(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
+                    int64_t sinkhorn_iters) {
+  static auto handle = op<PreJointFn>("mhc::pre_joint");
+  auto [h, H_pre, H_post, H_res, x_post] = handle.call(x, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
+  return {h, H_pre, H_post, H_res, x_post};
 }
 
 Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
@@ -158,11 +184,15 @@ TORCH_LIBRARY(mhc, m) {
   m.def("pre(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str variant, int sinkhorn_iters=20)"
         " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res)");
   m.def("post(Tensor x, Tensor y, Tensor H_post, Tensor H_res) -> Tensor");
+  // pre, and x again (x_post, an alias) for the post of the same sublayer: x's two gradients are
+  // then summed inside pre's backward kernel rather than by autograd in a pass of their own.
+  m.def("pre_joint(Tensor(a) x, Tensor phi, Tensor bias, Tensor alpha, str variant, int sinkhorn_iters=20)"
+        " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res, Tensor(a) x_post)");
   // Internal halves of the fused autograd: the forward also returns the projections g and norms r.
   m.def("pre_fwd(Tensor x, Tensor phi, Tensor bias, Tensor alpha, str variant, int sinkhorn_iters)"
         " -> (Tensor h, Tensor H_pre, Tensor H_post, Tensor H_res, Tensor proj, Tensor rms)");
   m.def("pre_bwd(Tensor dh, Tensor? dH_pre, Tensor? dH_post, Tensor? dH_res, Tensor x, Tensor phi,"
-        " Tensor bias, Tensor alpha, Tensor proj, Tensor rms, str variant, int sinkhorn_iters)"
+        " Tensor bias, Tensor alpha, Tensor proj, Tensor rms, str variant, int sinkhorn_iters, Tensor? dx_add=None)"
         " -> (Tensor dx, Tensor dphi, Tensor dbias, Tensor dalpha)");
   m.def("post_bwd(Tensor dout, Tensor x, Tensor y, Tensor H_post, Tensor H_res)"
         " -> (Tensor dx, Tensor dy, Tensor dH_post, Tensor dH_res)");
@@ -170,5 +200,6 @@ TORCH_LIBRARY(mhc, m) {
 
 TORCH_LIBRARY_IMPL(mhc, Autograd, m) {
   m.impl("pre", mhc::pre_autograd);
+  m.impl("pre_joint", mhc::pre_joint_autograd);
   m.impl("post", mhc::post_autograd);
 }

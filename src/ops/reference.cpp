@@ -150,7 +150,7 @@ PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bi
   const Coefficients c = coefficients(x, projection_weights(phi_master, x_stored.scalar_type()), bias, alpha, variant,
                                       sinkhorn_iters);
   const Tensor h = (c.H_pre.unsqueeze(-1) * x).sum(1).to(x_stored.scalar_type());
-  return {h, c.H_pre, c.H_post, c.H_res};
+  return {h, c.H_pre, c.H_post, c.H_res, Tensor()};
 }
 
 Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {

@@ -52,6 +52,7 @@ struct PreBackwardParams {
   T* dphi;           // [K, m]     out (overwritten)
   T* dbias;          // [B]        out (overwritten)
   T* dalpha;         // [A]        out (overwritten)
+  const T* dx_add;   // [N, n, C]  may be null: x's gradient from its other uses, added into dx
 };
 
 template <typename T>

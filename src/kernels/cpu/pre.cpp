@@ -390,24 +390,30 @@ void pre_backward(const PreBackwardParams<T>& p) {
         }
       }
       if (v.P) project_rows_backward(staged.data(), dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), dA.data(), dphi_p);
-      // dx_i = H_pre[i]·dh + dr·x_i/(K·r) (the rms term, per projection row) + (dg·phi^T)_i: each
-      // element of dx written once.
+      // dx_i = H_pre[i]·dh + dr·x_i/(K·r) (the rms term, per projection row) + (dg·phi^T)_i
+      // (+ dx_add_i, the gradient from x's other uses): each element of dx written once.
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* dh = p.dh + tok * C;
         T* dx = p.dx + tok * n * C;
         for (int i = 0; i < n; ++i) {
           const T w = H_pre[(tok - t0) * n + i];
           T* dxi = dx + i * C;
+          const T* addi = p.dx_add ? p.dx_add + (tok * n + i) * C : nullptr;
           if (!v.P) {  // the plain residual: no projection
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c];
+            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + (addi ? addi[c] : T(0));
             continue;
           }
           const T coef = rms_coef[(tok - t0) * v.P + (v.P == n ? i : 0)];
           const T* xi = stream_in(staged, tok - t0, i);
           const T* dAi = stream_in(dA, tok - t0, i);
+          if (addi) {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c] + dAi[c];
+            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c] + dAi[c] + addi[c];
+          } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c] + dAi[c];
+          }
         }
       }
     }
