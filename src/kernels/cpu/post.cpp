@@ -14,13 +14,6 @@
 namespace mhc::cpu {
 namespace {
 
-template <typename T>
-T horizontal_sum(typename Simd<T>::V v) {
-  T s = 0;
-  for (int l = 0; l < Simd<T>::W; ++l) s += v[l];
-  return s;
-}
-
 template <typename T, int N>
 void post_forward_token(T* out, const T* x, const T* y, const T* hp, const T* hr, int64_t C) {
   using S = Simd<T>;

@@ -186,8 +186,7 @@ void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int
       for (int j = 0; j < J; ++j) sums[j] += a[i * lda + kk] * bt[j * ldb + kk];
     for (int j = 0; j < cols; ++j) g[i * ldg + j] = (accumulate ? g[i * ldg + j] : T(0)) + sums[j];
     if constexpr (kSumSquares) {
-      T s = 0;
-      for (int l = 0; l < S::W; ++l) s += sq[i][l];
+      T s = horizontal_sum<T>(sq[i]);
       for (int64_t kk = k; kk < K; ++kk) s += a[i * lda + kk] * a[i * lda + kk];
       ss[i] = (accumulate ? ss[i] : T(0)) + s;
     }
@@ -407,7 +406,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
           const T coef = rms_coef[(tok - t0) * v.P + (v.P == n ? i : 0)];
           const T* xi = stream_in(staged, tok - t0, i);
           const T* dAi = stream_in(dA, tok - t0, i);
-          if (addi) {
+          if (addi) {  // two loops: a test inside the one loop costs 30% of the whole backward
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c] + dAi[c] + addi[c];
           } else {

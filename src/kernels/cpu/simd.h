@@ -10,7 +10,6 @@
 #include <immintrin.h>
 #endif
 
-#include <cstring>
 #include <type_traits>
 
 #include "../coefficients.h"
@@ -45,6 +44,14 @@ inline void keep_in_register(V& v) {
 #endif
 }
 
+// The sum of v's lanes, in lane order.
+template <typename T>
+T horizontal_sum(typename Simd<T>::V v) {
+  T s = 0;
+  for (int l = 0; l < Simd<T>::W; ++l) s += v[l];
+  return s;
+}
+
 // sums[j] = Σ_l v[j][l] for J vectors: the horizontal sums of a row of dot-product accumulators.
 // For 8 float vectors on AVX, a transposing tree of 6 horizontal adds and 2 lane swaps;
 // elsewhere a lane loop.
@@ -61,11 +68,7 @@ void sum_lanes(const typename Simd<T>::V (&v)[J], T (&sums)[J]) {
     return;
   }
 #endif
-  for (int j = 0; j < J; ++j) {
-    T s = 0;
-    for (int l = 0; l < Simd<T>::W; ++l) s += v[j][l];
-    sums[j] = s;
-  }
+  for (int j = 0; j < J; ++j) sums[j] = horizontal_sum<T>(v[j]);
 }
 
 using kernels::with_streams;
