@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "../common/safetensors.h"
 #include "mhc/files.h"
 #include "mhc/train.h"
 
@@ -27,21 +28,8 @@ constexpr const char* kUncheckedFormat = "mhc-checkpoint-1";
 constexpr std::string_view kDigestKey = "\"sha256\":\"";
 const std::string kDigestPlaceholder(64, '0');
 
-const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
-  static const std::vector<std::pair<torch::ScalarType, std::string>> names = {
-      {torch::kFloat, "F32"}, {torch::kDouble, "F64"}, {torch::kBFloat16, "BF16"}, {torch::kHalf, "F16"},
-      {torch::kLong, "I64"},  {torch::kInt, "I32"},    {torch::kByte, "U8"}};
-  return names;
-}
-
-std::string dtype_name(torch::ScalarType t) {
-  for (const auto& [type, name] : dtype_names())
-    if (type == t) return name;
-  throw std::invalid_argument(std::string("cannot checkpoint a tensor of dtype ") + c10::toString(t));
-}
-
 [[noreturn]] void corrupt(const std::string& path, const std::string& why) {
-  throw std::invalid_argument("checkpoint " + path + " is unreadable: " + why);
+  safetensors::unreadable("checkpoint", path, why);
 }
 
 std::string file_type_name(fs::file_type type) {
@@ -62,23 +50,6 @@ void expect_regular_file(const std::string& path) {
   if (!fs::exists(status)) throw std::invalid_argument("checkpoint " + path + " does not exist");
   if (!fs::is_regular_file(status))
     throw std::invalid_argument("checkpoint " + path + " is " + file_type_name(status.type()) + ", not a checkpoint file");
-}
-
-// The JSON header of the safetensors file `path` (`file_size` bytes), given at least its first
-// 8 + header-length bytes in `head`; stores the header length.
-nlohmann::json parse_header(const std::string& path, const std::string& head, uint64_t file_size, uint64_t* header_size) {
-  if (head.size() < 8) corrupt(path, "shorter than a safetensors header");
-  std::memcpy(header_size, head.data(), 8);
-  if (*header_size > file_size - 8 || *header_size > head.size() - 8)
-    corrupt(path, "header length beyond the end of the file (truncated?)");
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(head.substr(8, *header_size));
-  } catch (const std::exception&) {
-    corrupt(path, "its header is not valid JSON");
-  }
-  if (!header.is_object()) corrupt(path, "its header is not a JSON object");
-  return header;
 }
 
 // The metadata, after checking the format: the digest scheme depends on it, so it comes first.
@@ -111,43 +82,6 @@ std::string file_digest(const std::string& file, size_t digest_at) {
   return digest.hex();
 }
 
-// One header entry: dtype, shape and byte range, each checked, with errors naming the tensor and key.
-struct TensorEntry {
-  std::string name;
-  torch::ScalarType type;
-  std::vector<int64_t> shape;
-  uint64_t begin, end;
-};
-
-[[noreturn]] void bad_entry(const std::string& path, const std::string& name, const std::string& key, const std::string& what) {
-  corrupt(path, "tensor '" + name + "': '" + key + "' " + what);
-}
-
-TensorEntry tensor_entry(const std::string& path, const std::string& name, const nlohmann::json& entry) {
-  const auto bad = [&](const std::string& key, const std::string& what) { bad_entry(path, name, key, what); };
-  if (!entry.is_object()) corrupt(path, "tensor '" + name + "' is not a JSON object");
-  TensorEntry out{name, torch::kFloat, {}, 0, 0};
-  const auto dtype = entry.find("dtype");
-  if (dtype == entry.end() || !dtype->is_string()) bad("dtype", "is missing or not a string");
-  const auto known = std::find_if(dtype_names().begin(), dtype_names().end(),
-                                  [&](const auto& d) { return d.second == dtype->get<std::string>(); });
-  if (known == dtype_names().end()) bad("dtype", "is unsupported: " + dtype->dump());
-  out.type = known->first;
-  const auto shape = entry.find("shape");
-  if (shape == entry.end() || !shape->is_array()) bad("shape", "is missing or not a list");
-  for (const auto& d : *shape) {
-    if (!d.is_number_unsigned()) bad("shape", "holds " + d.dump() + ", not a size");
-    out.shape.push_back(d.get<int64_t>());
-  }
-  const auto offsets = entry.find("data_offsets");
-  if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !offsets->at(0).is_number_unsigned() ||
-      !offsets->at(1).is_number_unsigned())
-    bad("data_offsets", "is not two byte offsets");
-  out.begin = offsets->at(0).get<uint64_t>();
-  out.end = offsets->at(1).get<uint64_t>();
-  return out;
-}
-
 }  // namespace
 
 void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
@@ -161,7 +95,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
                                "' holds non-finite values (an update overflowed? try a lower --lr); the earlier "
                                "checkpoints are kept");
     const uint64_t bytes = t.numel() * t.element_size();
-    header[name] = {{"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {{"dtype", safetensors::dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     blobs.push_back(t);
     offset += bytes;
   }
@@ -192,27 +126,13 @@ Checkpoint load_checkpoint(const std::string& path) {
   expect_regular_file(path);
   const std::string file = read_file(path);
   uint64_t header_size = 0;
-  const nlohmann::json header = parse_header(path, file, file.size(), &header_size);
+  const nlohmann::json header = safetensors::parse_header("checkpoint", path, file, file.size(), &header_size);
   Checkpoint out;
   out.metadata = metadata_of(path, header);
-  const uint64_t data_size = file.size() - 8 - header_size;
   const char* data = file.data() + 8 + header_size;
   // The layout first (a truncated file says so), then the checksum, then the tensors.
-  std::vector<TensorEntry> entries;
-  for (const auto& [name, entry] : header.items())
-    if (name != "__metadata__") entries.push_back(tensor_entry(path, name, entry));
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
-  uint64_t expected_offset = 0;
-  for (const auto& e : entries) {
-    if (e.begin != expected_offset || e.end < e.begin || e.end > data_size)
-      corrupt(path, "tensor '" + e.name + "' lies outside the file (truncated?)");
-    uint64_t bytes = c10::elementSize(e.type);
-    for (const int64_t d : e.shape)
-      if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes)) bytes = UINT64_MAX;
-    if (bytes != e.end - e.begin) corrupt(path, "tensor '" + e.name + "' has the wrong byte count for its dtype and shape");
-    expected_offset = e.end;
-  }
-  if (expected_offset != data_size) corrupt(path, "trailing bytes after the last tensor");
+  const std::vector<safetensors::Entry> entries =
+      safetensors::entries("checkpoint", path, header, file.size() - 8 - header_size);
 
   const auto sum = out.metadata.find("sha256");
   if (sum == out.metadata.end()) corrupt(path, "no sha256 checksum in its metadata");
@@ -231,20 +151,8 @@ Checkpoint load_checkpoint(const std::string& path) {
 
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
   expect_regular_file(path);
-  const uint64_t file_size = fs::file_size(path);
-  std::ifstream in(path, std::ios::binary);
-  std::string head(8, '\0');
-  in.read(head.data(), 8);
-  head.resize(static_cast<size_t>(in.gcount()));
   uint64_t header_size = 0;
-  if (head.size() == 8) {
-    std::memcpy(&header_size, head.data(), 8);
-    if (header_size <= file_size - 8) {
-      head.resize(8 + header_size);
-      in.read(head.data() + 8, static_cast<std::streamsize>(header_size));
-    }
-  }
-  return metadata_of(path, parse_header(path, head, file_size, &header_size));
+  return metadata_of(path, safetensors::read_header("checkpoint", path, &header_size));
 }
 
 std::string resolve_checkpoint(const std::string& path) {

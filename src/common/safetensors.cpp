@@ -1,0 +1,134 @@
+// The safetensors reader shared by the checkpoints and the DeepSeek-V4 import (safetensors.h).
+#include "safetensors.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace mhc::safetensors {
+
+const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
+  static const std::vector<std::pair<torch::ScalarType, std::string>> names = {
+      {torch::kFloat, "F32"}, {torch::kDouble, "F64"}, {torch::kBFloat16, "BF16"}, {torch::kHalf, "F16"},
+      {torch::kLong, "I64"},  {torch::kInt, "I32"},    {torch::kByte, "U8"}};
+  return names;
+}
+
+std::string dtype_name(torch::ScalarType type) {
+  for (const auto& [t, name] : dtype_names())
+    if (t == type) return name;
+  throw std::invalid_argument(std::string("cannot store a tensor of dtype ") + c10::toString(type) + " as safetensors");
+}
+
+void unreadable(const std::string& label, const std::string& path, const std::string& why) {
+  throw std::invalid_argument(label + " " + path + " is unreadable: " + why);
+}
+
+nlohmann::json parse_header(const std::string& label, const std::string& path, const std::string& head,
+                            uint64_t file_size, uint64_t* header_size) {
+  if (head.size() < 8) unreadable(label, path, "shorter than a safetensors header");
+  std::memcpy(header_size, head.data(), 8);
+  if (*header_size > file_size - 8 || *header_size > head.size() - 8)
+    unreadable(label, path, "header length beyond the end of the file (truncated?)");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(head.substr(8, *header_size));
+  } catch (const nlohmann::json::exception&) {
+    unreadable(label, path, "its header is not valid JSON");
+  }
+  if (!header.is_object()) unreadable(label, path, "its header is not a JSON object");
+  return header;
+}
+
+nlohmann::json read_header(const std::string& label, const std::string& path, uint64_t* header_size) {
+  const uint64_t file_size = std::filesystem::file_size(path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::invalid_argument(label + " " + path + " cannot be opened");
+  std::string head(8, '\0');
+  in.read(head.data(), 8);
+  head.resize(static_cast<size_t>(in.gcount()));
+  if (head.size() == 8) {
+    uint64_t size = 0;
+    std::memcpy(&size, head.data(), 8);
+    if (size <= file_size - 8) {  // else parse_header says so
+      head.resize(8 + size);
+      in.read(head.data() + 8, static_cast<std::streamsize>(size));
+    }
+  }
+  return parse_header(label, path, head, file_size, header_size);
+}
+
+namespace {
+
+Entry entry_of(const std::string& label, const std::string& path, const std::string& name, const nlohmann::json& entry) {
+  const auto bad = [&](const std::string& key, const std::string& what) {
+    unreadable(label, path, "tensor '" + name + "': '" + key + "' " + what);
+  };
+  if (!entry.is_object()) unreadable(label, path, "tensor '" + name + "' is not a JSON object");
+  Entry out{name, torch::kFloat, {}, 0, 0};
+  const auto dtype = entry.find("dtype");
+  if (dtype == entry.end() || !dtype->is_string()) bad("dtype", "is missing or not a string");
+  const auto known = std::find_if(dtype_names().begin(), dtype_names().end(),
+                                  [&](const auto& d) { return d.second == dtype->get<std::string>(); });
+  if (known == dtype_names().end()) bad("dtype", "is unsupported: " + dtype->dump());
+  out.type = known->first;
+  const auto shape = entry.find("shape");
+  if (shape == entry.end() || !shape->is_array()) bad("shape", "is missing or not a list");
+  for (const auto& d : *shape) {
+    if (!d.is_number_unsigned()) bad("shape", "holds " + d.dump() + ", not a size");
+    out.shape.push_back(d.get<int64_t>());
+  }
+  const auto offsets = entry.find("data_offsets");
+  if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !offsets->at(0).is_number_unsigned() ||
+      !offsets->at(1).is_number_unsigned())
+    bad("data_offsets", "is not two byte offsets");
+  out.begin = offsets->at(0).get<uint64_t>();
+  out.end = offsets->at(1).get<uint64_t>();
+  return out;
+}
+
+}  // namespace
+
+std::vector<Entry> entries(const std::string& label, const std::string& path, const nlohmann::json& header,
+                           uint64_t data_size) {
+  std::vector<Entry> out;
+  for (const auto& [name, entry] : header.items())
+    if (name != "__metadata__") out.push_back(entry_of(label, path, name, entry));
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
+  uint64_t expected_offset = 0;
+  for (const auto& e : out) {
+    if (e.begin != expected_offset || e.end < e.begin || e.end > data_size)
+      unreadable(label, path, "tensor '" + e.name + "' lies outside the file (truncated?)");
+    uint64_t bytes = c10::elementSize(e.type);
+    for (const int64_t d : e.shape)
+      if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes)) bytes = UINT64_MAX;
+    if (bytes != e.end - e.begin)
+      unreadable(label, path, "tensor '" + e.name + "' has the wrong byte count for its dtype and shape");
+    expected_offset = e.end;
+  }
+  if (expected_offset != data_size) unreadable(label, path, "trailing bytes after the last tensor");
+  return out;
+}
+
+Index read_index(const std::string& label, const std::string& path) {
+  uint64_t header_size = 0;
+  Index index;
+  index.header = read_header(label, path, &header_size);
+  index.data_begin = 8 + header_size;
+  index.entries = entries(label, path, index.header, std::filesystem::file_size(path) - index.data_begin);
+  return index;
+}
+
+torch::Tensor read_tensor(const std::string& label, const std::string& path, const Index& index, const Entry& entry) {
+  torch::Tensor t = torch::empty(entry.shape, torch::TensorOptions().dtype(entry.type));
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(index.data_begin + entry.begin));
+  in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(entry.end - entry.begin));
+  if (!in || static_cast<uint64_t>(in.gcount()) != entry.end - entry.begin)
+    unreadable(label, path, "tensor '" + entry.name + "' could not be read (the file changed while being read?)");
+  return t;
+}
+
+}  // namespace mhc::safetensors
