@@ -26,7 +26,7 @@ expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train, me
 expect_error "--recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)" bench memory --recompute none,fast
 expect_error "mhc bench memory: unknown --preset 'huge' \(accepted: deep, small, tiny\)" bench memory --preset huge
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --variant, .*--json" bench layer --widht 8
-expect_error "unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)" bench layer --variant mhc,sinkhorn
+expect_error "unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)" bench layer --variant mhc,sinkhorn
 expect_error "--tokens must be a whole number in \[1, [0-9]+\], got 'many'" bench layer --tokens many
 expect_error "--dim must be a whole number in \[1, [0-9]+\], got '-5'" bench layer --dim 512,-5
 expect_error "--reps must be a whole number in \[5, [0-9]+\], got '2'" bench layer --reps 2

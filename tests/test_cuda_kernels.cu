@@ -337,7 +337,8 @@ int main(int argc, char** argv) {
   for (int64_t C : {13, 64, 100})
     for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 1}, {Variant::hc, 4}, {Variant::mhc, 1}, {Variant::mhc, 2},
                            {Variant::mhc, 4}, {Variant::mhc, 8}, {Variant::mhc_lite, 2}, {Variant::mhc_lite, 4}, {Variant::mhc_lite, 5},
-                           {Variant::kromhc, 2}, {Variant::kromhc, 6}, {Variant::kromhc, 8}, {Variant::ihc, 4}})
+                           {Variant::kromhc, 2}, {Variant::kromhc, 6}, {Variant::kromhc, 8}, {Variant::ihc, 4},
+                           {Variant::mhc_v4, 4}, {Variant::mhc_v4, 8}})
       check_case(variant, n, 37, C, 20, ctx);
   check_case(Variant::mhc, 4, 37, 64, 0, ctx);  // t = 0: H_res = exp(H̃)
   check_case(Variant::mhc, 4, 37, 64, 1, ctx);

@@ -58,6 +58,13 @@ TEST(Gradcheck, MHC) {
   for (int64_t n : {2, 4}) gradcheck(Variant::mhc, n, 20, Scenario::large_logits);
 }
 
+// V4's eps terms at ordinary and ±80 logits (the floor keeps the linear iteration exact at both).
+TEST(Gradcheck, MHCV4) {
+  for (int64_t n : {1, 2, 4}) gradcheck(Variant::mhc_v4, n, 20);
+  gradcheck(Variant::mhc_v4, 4, 1);
+  for (int64_t n : {2, 4}) gradcheck(Variant::mhc_v4, n, 20, Scenario::large_logits);
+}
+
 TEST(Gradcheck, MHCLite) {
   for (int64_t n : {1, 2, 4, 5}) gradcheck(Variant::mhc_lite, n, 0);
 }

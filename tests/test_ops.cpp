@@ -28,6 +28,7 @@ std::vector<Case> all_cases() {
       {Variant::residual, {1}},
       {Variant::hc, {1, 2, 4, 16}},
       {Variant::mhc, {1, 2, 4, 8, 16}},
+      {Variant::mhc_v4, {1, 4, 16}},
       {Variant::mhc_lite, {1, 2, 4, 5}},
       {Variant::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}},  // every accepted n
       {Variant::ihc, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}};  // every accepted n
@@ -38,6 +39,7 @@ std::vector<Case> all_cases() {
           cases.push_back({variant, n, C, 20, s});
   for (int64_t t : {0, 1, 5})  // Sinkhorn iteration counts other than the default
     cases.push_back({Variant::mhc, 4, 13, t, Scenario::random});
+  for (int64_t t : {1, 5}) cases.push_back({Variant::mhc_v4, 4, 13, t, Scenario::random});
   // Projections longer than one of the CPU kernels' K blocks (512), with a ragged last block.
   cases.push_back({Variant::mhc, 4, 301, 20, Scenario::random});
   cases.push_back({Variant::mhc_lite, 4, 301, 20, Scenario::random});
@@ -118,8 +120,8 @@ TEST(FusedOps, SameResultForAnyThreadCount) {
 // kernel instead of by autograd: the same values, dx differing at most by where that one sum is
 // rounded (one fp32 rounding of |dx|).
 TEST(FusedOps, PreJointIsPreThenPost) {
-  for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_lite, 4},
-                            {Variant::kromhc, 4}, {Variant::ihc, 4}}) {
+  for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_v4, 4},
+                            {Variant::mhc_lite, 4}, {Variant::kromhc, 4}, {Variant::ihc, 4}}) {
     const Inputs in = make_inputs(variant, 37, n, 13, Scenario::random, 11).to(torch::kFloat);
     const Outputs joint = run_sublayer(in, variant, 20, /*fused=*/true);
     in.x.mutable_grad() = Tensor();
@@ -136,7 +138,7 @@ TEST(FusedOps, PreJointIsPreThenPost) {
 
 // Gradients that never flow (here only h is used, so H_post and H_res get none) are read as zeros.
 TEST(FusedOps, GradientOfHAlone) {
-  for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
+  for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_v4, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
     const Inputs in = make_inputs(variant, 9, 3, 16, Scenario::random, 5);
     std::vector<Tensor> grads[2];
     for (bool fused : {true, false}) {
@@ -164,7 +166,8 @@ TEST(FusedOps, NonContiguousInputsAreHandled) {
 
 // An empty batch is valid: forward and backward return empty tensors and zero parameter gradients.
 TEST(FusedOps, EmptyBatch) {
-  for (Variant variant : {Variant::residual, Variant::hc, Variant::mhc, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
+  for (Variant variant :
+       {Variant::residual, Variant::hc, Variant::mhc, Variant::mhc_v4, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
     const int64_t n = variant == Variant::residual ? 1 : 4;
     const Inputs in = make_inputs(variant, 0, n, 8, Scenario::random, 1).to(torch::kFloat);
     const Outputs o = run_sublayer(in, variant, 20, true);

@@ -151,7 +151,7 @@ void expect_equal(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
 }
 
 TEST(Recompute, StackGradientsAreBitIdenticalForEveryVariant) {
-  for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
+  for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_v4, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {
     SCOPED_TRACE(variant_name(variant));
     const Stack stack(variant, 40, 4, 24, 7);
     const auto reference = stack.gradients({});

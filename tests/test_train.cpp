@@ -111,11 +111,19 @@ GPTConfig small_config(Variant variant, int64_t n) {
 }
 
 TEST(Model, EveryVariantIsCausalAndStartsNearUniform) {
-  for (auto [variant, n] : {std::pair{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_lite, 3}, {Variant::kromhc, 8},
-                         {Variant::ihc, 2}}) {
-    SCOPED_TRACE(variant_name(variant));
+  struct Case {
+    Variant variant;
+    int64_t n;
+    StreamHead head = StreamHead::sum;
+  };
+  for (auto [variant, n, head] : std::vector<Case>{{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_v4, 4},
+                                 {Variant::mhc_v4, 4, StreamHead::hyper}, {Variant::mhc_lite, 3}, {Variant::kromhc, 8},
+                                 {Variant::ihc, 2}}) {
+    SCOPED_TRACE(std::string(variant_name(variant)) + " head " + stream_head_name(head));
     torch::manual_seed(0);
-    GPT model(small_config(variant, n));
+    GPTConfig config = small_config(variant, n);
+    config.head = head;
+    GPT model(config);
     EXPECT_EQ(model->connections().size(), variant == Variant::residual ? 0u : 4u);
     const torch::Tensor tokens = torch::randint(50, {3, 12}, torch::kLong);
     const torch::Tensor logits = model->forward(tokens);
@@ -139,6 +147,15 @@ TEST(Model, BadShapesAreRefused) {
   EXPECT_NE(error_of([&] { c.check(); }).find("mhc-lite takes 1 to 5 streams"), std::string::npos);
   c = small_config(Variant::residual, 4);
   EXPECT_EQ(error_of([&] { c.check(); }), "--streams 4 with --variant residual: the plain residual has one stream");
+  c = small_config(Variant::residual, 1);
+  c.head = StreamHead::hyper;
+  EXPECT_EQ(error_of([&] { c.check(); }),
+            "--head hyper weighs the n streams, and the plain residual has one: use --head sum with --variant residual");
+  c = small_config(Variant::mhc_v4, 4);
+  c.sinkhorn_iters = 0;
+  EXPECT_EQ(error_of([&] { c.check(); }),
+            "--sinkhorn-iters 0 with --variant mhc-v4: its softmax is the first normalisation (accepted: 1 to 100)");
+  EXPECT_EQ(error_of([] { parse_stream_head("mean"); }), "--head 'mean' is not supported (accepted: sum, hyper)");
 }
 
 TEST(Optimizer, AdamWStepMatchesTheClosedFormAndDecaysOnlyMatrices) {

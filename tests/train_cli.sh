@@ -49,7 +49,8 @@ if want resume; then
   [ "$(losses "$work/blocks/metrics.jsonl")" = "$a" ] || fail "--recompute blocks differs from the straight run"
   # The exact variants beyond mHC-lite resume bit for bit too (KromHC at n = 8 = 2⊗2⊗2); --residual
   # is --variant's earlier spelling.
-  for v in "kromhc --streams 8" "ihc --streams 4"; do
+  # So does DeepSeek-V4's convention with its HyperHead.
+  for v in "kromhc --streams 8" "ihc --streams 4" "mhc-v4 --streams 4 --head hyper"; do
     # shellcheck disable=SC2086
     "$mhc" train "${small[@]}" --steps 16 --residual $v --out "$work/straight-${v%% *}" > /dev/null 2>&1 &&
       "$mhc" train "${small[@]}" --steps 16 --stop-after 8 --residual $v --out "$work/split-${v%% *}" > /dev/null 2>&1 &&
@@ -241,7 +242,7 @@ assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max
   else
     fail "compare --seeds 3: $(tail -1 "$work/seeds3.log")"
   fi
-  expect_error "mhc compare: --variant: unknown variant 'foo' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)" compare --variant mhc,foo
+  expect_error "mhc compare: --variant: unknown variant 'foo' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)" compare --variant mhc,foo
   expect_error "mhc compare: --variant lists 'hc' twice" compare --residual hc,mhc,hc
   expect_error "mhc compare: $work/cmp/mhc holds a run with other settings: lr \(checkpoint 0.003, given 0.001\)" compare "${cmp_args[@]}" --variant mhc --lr 0.001
 fi

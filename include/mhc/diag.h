@@ -159,7 +159,7 @@ class CollapseAlarm {
 // where a resumed run's alarm continues counting.
 int64_t collapse_streak(const std::string& metrics_path);
 
-// For each mHC sublayer of the model, the doubly-stochastic error max(row, column) of H_res
+// For each mHC (or mhc-v4) sublayer of the model, the doubly-stochastic error max(row, column) of H_res
 // recomputed from the recorded inputs with t Sinkhorn–Knopp iterations, for each t in `iterations`:
 // result[l][k] (worst token). Other variants have no iteration count: their rows hold the error of
 // their own H_res, repeated.

@@ -1,7 +1,7 @@
 // A GPT whose residual stream is any member of the residual family (DESIGN.md §1):
 //
 //   tokens -> embedding e -> x_0 = [e, …, e] (n streams) -> L blocks × (attention, MLP) -> sum of
-//   streams -> RMSNorm -> LM head
+//   streams (or DeepSeek-V4's HyperHead) -> RMSNorm -> LM head
 //
 // Each sublayer F is RMSNorm -> attention (rotary positions, causal) or RMSNorm -> SwiGLU MLP, and
 // is wrapped by one HyperConnection: h = H_pre·x, y = F(h), x' = H_res·x + H_post^T·y. With the
@@ -15,6 +15,13 @@
 
 namespace mhc {
 
+// How the stream stack ends before the final norm: the plain sum of the streams, or DeepSeek-V4's
+// learned per-token weighted sum (HyperHead, mhc/module.h).
+enum class StreamHead { sum, hyper };
+// Parses "sum" or "hyper"; throws std::invalid_argument naming the value and the accepted names.
+StreamHead parse_stream_head(const std::string& name);
+const char* stream_head_name(StreamHead head);
+
 struct GPTConfig {
   int64_t vocab = 4096;
   int64_t dim = 128;
@@ -25,6 +32,7 @@ struct GPTConfig {
   int64_t streams = 4;
   int64_t sinkhorn_iters = 20;
   BiasInit bias_init = {};
+  StreamHead head = StreamHead::sum;
   // The activations' dtype: float32, or bfloat16 (mixed precision: the sublayers compute on bf16
   // activations with bf16 copies of their weights; parameters, their gradients, the norms'
   // statistics, the softmax, the connections' coefficients and the loss stay float32).
@@ -104,6 +112,7 @@ class GPTImpl : public torch::nn::Module {
   GPTConfig config_;
   torch::nn::Embedding embed_{nullptr};
   std::vector<Block> blocks_;
+  HyperHead hyper_head_{nullptr};  // StreamHead::hyper only
   RMSNorm final_norm_{nullptr};
   torch::nn::Linear head_{nullptr};
 };

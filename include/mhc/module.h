@@ -112,4 +112,24 @@ TORCH_MODULE(HyperConnectionStack);
 torch::Tensor expand_streams(const torch::Tensor& e, int64_t n);
 torch::Tensor reduce_streams(const torch::Tensor& x);
 
+// DeepSeek-V4's end of the stream stack (DESIGN.md §9), in place of reduce_streams before the final
+// norm: out = Σ_j w_j·x_j with per-token weights w = σ(α·(v·φ)/r + b) + eps, v = vec(x),
+// r = sqrt(mean(v²) + 1e-6), eps = kDeepSeekV4Eps. φ [n·C, n] is V4's hc_head_fn transposed, b [n]
+// hc_head_base, α [1] hc_head_scale. It starts at φ = 0, b = 0, α = 0.01: w = 1/2 + eps for every
+// stream, the plain sum scaled by a constant that the final RMSNorm removes. Plain LibTorch ops
+// (one [n·C] × [n] product per token; autograd gives the backward); math in float32 under bf16.
+class HyperHeadImpl : public torch::nn::Module {
+ public:
+  HyperHeadImpl(int64_t streams, int64_t dim);
+  // x [..., n, C] -> [..., C]
+  torch::Tensor forward(const torch::Tensor& x);
+  // The weights w [..., n] (for diagnostics).
+  torch::Tensor weights(const torch::Tensor& x);
+  torch::Tensor phi, bias, alpha;
+
+ private:
+  int64_t streams_, dim_;
+};
+TORCH_MODULE(HyperHead);
+
 }  // namespace mhc

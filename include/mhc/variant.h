@@ -22,6 +22,7 @@ enum class Variant : int {
   mhc_lite = 3,  // mHC-lite: sigmoid pre/post, H_res a softmax mixture of the n! permutations
   kromhc = 4,    // KromHC: sigmoid pre/post, H_res a Kronecker product of small mHC-lite factors
   ihc = 5,       // identity-HC: sigmoid pre/post, H_res = I (the no-mixing ablation)
+  mhc_v4 = 6,    // DeepSeek-V4's released mHC: mhc with V4's eps terms (DESIGN.md §9)
 };
 
 constexpr int kMaxStreams = 16;       // HC, mHC, KromHC, identity-HC
@@ -32,12 +33,14 @@ constexpr int kMaxStreamsLite = 5;    // mHC-lite: 5! = 120 permutation matrices
 constexpr int kMaxStreamsCuda = 8;
 constexpr int kMaxSinkhornIters = 100;
 constexpr double kRmsEps = 1e-6;
+constexpr double kDeepSeekV4Eps = 1e-6;  // V4's hc_eps (DESIGN.md §9)
 
-// Parses "residual", "hc", "mhc", "mhc-lite" (also "mhc_lite"), "kromhc", "ihc"; throws
+// Parses "residual", "hc", "mhc", "mhc-v4" (also "mhc_v4"), "mhc-lite" (also "mhc_lite"), "kromhc",
+// "ihc"; throws
 // std::invalid_argument naming the value and the accepted list.
 Variant parse_variant(const std::string& name);
 const char* variant_name(Variant variant);
-const char* variant_names();  // "residual, hc, mhc, mhc-lite, kromhc, ihc"
+const char* variant_names();  // "residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc"
 
 // n! for n ≤ kMaxStreamsLite.
 int factorial(int n);

@@ -1,4 +1,5 @@
-"""mhc: hyper-connection residuals (HC, mHC, mHC-lite, KromHC, identity-HC) for PyTorch, on the fused C++ ops.
+"""mhc: hyper-connection residuals (HC, mHC, DeepSeek-V4's mHC, mHC-lite, KromHC, identity-HC) for PyTorch, on
+the fused C++ ops.
 
     import torch, mhc
     hc = mhc.HyperConnection("mhc", streams=4, dim=512, sublayer_index=0)
@@ -9,6 +10,9 @@
 mhc.HyperConnectionStack wraps L consecutive sublayers and can rebuild their n-stream states in the
 backward pass instead of keeping them (recompute="streams"), for the memory.
 
+DeepSeek-V4 checkpoints: mhc.from_deepseek_v4 / mhc.to_deepseek_v4 convert a connection's parameters
+for variant "mhc-v4", and mhc.HyperHead ends the stream stack the V4 way.
+
 The ops themselves are torch.ops.mhc.pre / torch.ops.mhc.post (see include/mhc/ops.h).
 """
 from . import _library
@@ -16,11 +20,13 @@ from . import _library
 library_path = _library.load()
 
 from ._fake import register_fake_implementations  # noqa: E402  (needs the ops loaded)
-from .modules import RECOMPUTE, HyperConnection, HyperConnectionStack, Mix, expand_streams, reduce_streams  # noqa: E402
+from .deepseek_v4 import from_deepseek_v4, to_deepseek_v4  # noqa: E402
+from .modules import (RECOMPUTE, HyperConnection, HyperConnectionStack, HyperHead, Mix, expand_streams,  # noqa: E402
+                      reduce_streams)
 
 register_fake_implementations()
 
-VARIANTS = ("residual", "hc", "mhc", "mhc-lite", "kromhc", "ihc")
+VARIANTS = ("residual", "hc", "mhc", "mhc-v4", "mhc-lite", "kromhc", "ihc")
 
-__all__ = ["HyperConnection", "HyperConnectionStack", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams", "VARIANTS",
-           "library_path"]
+__all__ = ["HyperConnection", "HyperConnectionStack", "HyperHead", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams",
+           "from_deepseek_v4", "to_deepseek_v4", "VARIANTS", "library_path"]

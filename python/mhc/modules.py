@@ -5,6 +5,7 @@ Parameters (the names and layouts a checkpoint holds; see include/mhc/variant.h)
     phi   [K, m]  projection weights, columns [pre | post | res]
                   hc:       K = C,   m = n + 2    (w_pre | w_post | W_res, column 2+k feeds H_res row k)
                   mhc:      K = n*C, m = 2n + n*n (res logits row-major, row k = destination stream)
+                  mhc-v4:   as mhc (DeepSeek-V4's fn/base/scale convert with mhc.from_deepseek_v4)
                   mhc-lite: K = n*C, m = 2n + n!  (permutations in lexicographic order, identity first)
                   kromhc:   K = n*C, m = 2n + Σ f_k! (n = f_1·…·f_K, the 2s then the 3s; per factor its
                             f_k! permutations as mhc-lite orders them; U_1 is the most significant digit)
@@ -40,7 +41,7 @@ class HyperConnection(nn.Module):
     """Wraps one sublayer F: h = H_pre·x, y = F(h), x_next = H_res·x + H_post^T·y.
 
     variant: "residual" (streams must be 1), "hc", "mhc" (Sinkhorn–Knopp, sinkhorn_iters in
-    [0, 100]), "mhc-lite" (streams ≤ 5), "kromhc" (streams 2, 3, 4, 6, 8, 9, 12 or 16) or "ihc"
+    [0, 100]), "mhc-v4" (DeepSeek-V4's mHC, sinkhorn_iters in [1, 100]), "mhc-lite" (streams ≤ 5), "kromhc" (streams 2, 3, 4, 6, 8, 9, 12 or 16) or "ihc"
     (H_res = I); streams ≤ 16. sublayer_index l picks the stream l mod n that the
     initial biases favour; stream_logit / res_off_logit are the initial bias magnitudes
     (1 and -8 in the papers; 0 and 0 make mHC a plain residual mean at step 0).
@@ -165,3 +166,37 @@ def expand_streams(e: Tensor, streams: int) -> Tensor:
 def reduce_streams(x: Tensor) -> Tensor:
     """[..., n, C] -> [..., C]: the sum of the streams."""
     return x.sum(-2)
+
+
+class HyperHead(nn.Module):
+    """DeepSeek-V4's end of the stream stack, in place of reduce_streams before the final norm
+    (DESIGN.md §9): out = Σ_j w_j·x_j with per-token weights w = σ(α·(v·φ)/r + b) + 1e-6, v the
+    token's n×C state flattened, r = sqrt(mean(v²) + 1e-6). φ [n·C, n] is V4's hc_head_fn
+    transposed, b [n] hc_head_base, α [1] hc_head_scale. It starts at φ = 0, b = 0, α = 0.01: every
+    weight 1/2 + 1e-6, the plain sum scaled by a constant that the final RMSNorm removes. Plain
+    tensor ops (autograd gives the backward), as the C++ mhc::HyperHead."""
+
+    EPS = 1e-6  # V4's hc_eps; the RMS eps is the same number
+
+    def __init__(self, streams: int, dim: int):
+        super().__init__()
+        if not 1 <= streams <= 16 or dim < 1:
+            raise ValueError(f"HyperHead takes 1 to 16 streams of width C >= 1, got n = {streams}, C = {dim}")
+        self.streams, self.dim = streams, dim
+        self.phi = nn.Parameter(torch.zeros(streams * dim, streams))
+        self.bias = nn.Parameter(torch.zeros(streams))
+        self.alpha = nn.Parameter(torch.full((1,), 0.01))
+
+    def weights(self, x: Tensor) -> Tensor:
+        """x [..., n, C] -> w [..., n]."""
+        if x.dim() < 2 or x.shape[-2:] != (self.streams, self.dim):
+            raise ValueError(f"HyperHead: x must be [..., {self.streams}, {self.dim}], got {list(x.shape)}")
+        like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
+        v = x.to(like["dtype"]).reshape(-1, self.streams * self.dim)
+        r = torch.sqrt(v.pow(2).mean(-1, keepdim=True) + self.EPS)
+        z = self.alpha.to(**like) * ((v @ self.phi.to(**like)) / r) + self.bias.to(**like)
+        return (torch.sigmoid(z) + self.EPS).view(*x.shape[:-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., n, C] -> [..., C]."""
+        return (self.weights(x).unsqueeze(-1) * x.to(coefficient_dtype(x.dtype))).sum(-2).to(x.dtype)

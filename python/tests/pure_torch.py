@@ -126,3 +126,34 @@ def layout(variant, n, C):
     if variant == "kromhc":
         res = sum(math.factorial(f) for f in kronecker_factors(n))
     return (n * C, 2 * n + res), 2 * n + res, 3 if res else 2
+
+
+def deepseek_v4_mix(x, fn, base, scale, iters=20, eps=1e-6):
+    """DeepSeek-V4's hc_pre coefficients as released (DESIGN.md §9), in V4's own orientation and
+    names: x [N, n, C] -> (pre [N, n], post [N, n], comb [N, n, n] with comb[j, k], j the source)."""
+    N, n, C = x.shape
+    v = x.reshape(N, n * C)
+    mix = (v @ fn.T) * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+    pre = torch.sigmoid(mix[:, :n] * scale[0] + base[:n]) + eps
+    post = 2 * torch.sigmoid(mix[:, n:2 * n] * scale[1] + base[n:2 * n])
+    comb = (mix[:, 2 * n:] * scale[2] + base[2 * n:]).view(N, n, n)
+    comb = torch.softmax(comb, dim=-1) + eps
+    comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(-1, keepdim=True) + eps)
+        comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    return pre, post, comb
+
+
+def deepseek_v4_sublayer(x, y, pre, post, comb):
+    """V4's hc_pre input h = Σ_j pre_j·x_j and hc_post x'_k = post_k·y + Σ_j comb[j, k]·x_j."""
+    h = (pre.unsqueeze(-1) * x).sum(1)
+    return h, post.unsqueeze(-1) * y.unsqueeze(1) + (comb.unsqueeze(-1) * x.unsqueeze(2)).sum(1)
+
+
+def deepseek_v4_head(x, fn, base, scale, eps=1e-6):
+    """V4's hc_head: Σ_j w_j·x_j with w = σ((fn·v)·rsqrt(mean(v²) + 1e-6)·scale + base) + eps."""
+    N, n, C = x.shape
+    v = x.reshape(N, n * C)
+    w = torch.sigmoid((v @ fn.T) * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6) * scale + base) + eps
+    return (w.unsqueeze(-1) * x).sum(1)

@@ -23,7 +23,8 @@ if NO_GPU and __name__ != "__main__":  # under pytest
 
 CASES = [("residual", 1, 64)] + [("hc", n, C) for n in (1, 4) for C in (13, 64)] + \
         [("mhc", n, C) for n in (1, 2, 4, 8) for C in (13, 64)] + [("mhc-lite", n, C) for n in (2, 4, 5) for C in (13, 64)] + \
-        [("kromhc", n, C) for n in (2, 6, 8) for C in (13, 64)] + [("ihc", 4, 13)]
+        [("kromhc", n, C) for n in (2, 6, 8) for C in (13, 64)] + [("ihc", 4, 13)] + \
+        [("mhc-v4", n, C) for n in (4, 8) for C in (13, 64)]
 U32 = 2.0 ** -24        # fp32 unit roundoff
 BF16_ULP = 2.0 ** -7    # one unit in the last place of bf16 (8 significant bits)
 

@@ -177,7 +177,7 @@ def test_bfloat16_storage(variant, n):
 
 
 def test_bad_input_is_a_one_line_error():
-    with pytest.raises(Exception, match=r"unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-lite, kromhc, ihc\)"):
+    with pytest.raises(Exception, match=r"unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)"):
         mhc.HyperConnection("sinkhorn", 4, 8)
     with pytest.raises(Exception, match=r"mhc-lite takes 1 to 5 streams.*n = 6.*KromHC"):
         mhc.HyperConnection("mhc-lite", 6, 8)

@@ -267,13 +267,14 @@ std::vector<std::vector<double>> sinkhorn_errors(GPT& model, const std::vector<S
     const auto& c = connections[l];
     std::vector<double> row;
     for (const int64_t t : iterations) {
-      if (c->options().variant() != Variant::mhc) {
+      const Variant variant = c->options().variant();
+      if (variant != Variant::mhc && variant != Variant::mhc_v4) {
         row.push_back(worst(records[l].mix.H_res));
         continue;
       }
       const Tensor& x = records[l].x;
       const Tensor flat = x.reshape({-1, x.size(-2), x.size(-1)});
-      row.push_back(worst(mhc::pre(flat, c->phi, c->bias, c->alpha, Variant::mhc, t).H_res));
+      row.push_back(worst(mhc::pre(flat, c->phi, c->bias, c->alpha, variant, t).H_res));
     }
     out.push_back(row);
   }

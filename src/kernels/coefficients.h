@@ -11,6 +11,7 @@
 #include "variants/ihc.h"
 #include "variants/kromhc.h"
 #include "variants/mhc.h"
+#include "variants/mhc_v4.h"
 #include "variants/mhc_lite.h"
 #include "variants/residual.h"
 
@@ -24,6 +25,7 @@ MHC_HD decltype(auto) with_variant(Variant variant, F&& f) {
   switch (variant) {
     case Variant::hc: return f(std::integral_constant<Variant, Variant::hc>{});
     case Variant::mhc: return f(std::integral_constant<Variant, Variant::mhc>{});
+    case Variant::mhc_v4: return f(std::integral_constant<Variant, Variant::mhc_v4>{});
     case Variant::mhc_lite: return f(std::integral_constant<Variant, Variant::mhc_lite>{});
     case Variant::kromhc: return f(std::integral_constant<Variant, Variant::kromhc>{});
     case Variant::ihc: return f(std::integral_constant<Variant, Variant::ihc>{});

@@ -12,6 +12,7 @@ Variant parse_variant(const std::string& name) {
   if (name == "residual") return Variant::residual;
   if (name == "hc") return Variant::hc;
   if (name == "mhc") return Variant::mhc;
+  if (name == "mhc-v4" || name == "mhc_v4") return Variant::mhc_v4;
   if (name == "mhc-lite" || name == "mhc_lite") return Variant::mhc_lite;
   if (name == "kromhc") return Variant::kromhc;
   if (name == "ihc") return Variant::ihc;
@@ -23,6 +24,7 @@ const char* variant_name(Variant variant) {
     case Variant::residual: return "residual";
     case Variant::hc: return "hc";
     case Variant::mhc: return "mhc";
+    case Variant::mhc_v4: return "mhc-v4";
     case Variant::mhc_lite: return "mhc-lite";
     case Variant::kromhc: return "kromhc";
     case Variant::ihc: return "ihc";
@@ -30,7 +32,7 @@ const char* variant_name(Variant variant) {
   return "?";
 }
 
-const char* variant_names() { return "residual, hc, mhc, mhc-lite, kromhc, ihc"; }
+const char* variant_names() { return "residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc"; }
 
 int factorial(int n) {
   int f = 1;

@@ -34,6 +34,14 @@ Tensor project(const torch::nn::Linear& layer, const Tensor& x) {
 
 }  // namespace
 
+StreamHead parse_stream_head(const std::string& name) {
+  if (name == "sum") return StreamHead::sum;
+  if (name == "hyper") return StreamHead::hyper;
+  throw std::invalid_argument("--head '" + name + "' is not supported (accepted: sum, hyper)");
+}
+
+const char* stream_head_name(StreamHead head) { return head == StreamHead::hyper ? "hyper" : "sum"; }
+
 void GPTConfig::check() const {
   auto bad = [](const std::string& m) { throw std::invalid_argument(m); };
   if (vocab < 2) bad("vocabulary size must be at least 2, got " + std::to_string(vocab));
@@ -48,6 +56,8 @@ void GPTConfig::check() const {
   if (variant == Variant::residual && streams != 1)
     bad("--streams " + std::to_string(streams) + " with --variant residual: the plain residual has one stream");
   check_streams(variant, streams);
+  if (head == StreamHead::hyper && variant == Variant::residual)
+    bad("--head hyper weighs the n streams, and the plain residual has one: use --head sum with --variant residual");
   if (dtype != torch::kFloat && dtype != torch::kBFloat16)
     bad(std::string("activation dtype ") + c10::toString(dtype) + " is not supported (accepted: float32, bfloat16)");
   if (recompute.every < 0)
@@ -55,6 +65,9 @@ void GPTConfig::check() const {
   if (sinkhorn_iters < 0 || sinkhorn_iters > kMaxSinkhornIters)
     bad("--sinkhorn-iters must be in [0, " + std::to_string(kMaxSinkhornIters) + "], got " +
         std::to_string(sinkhorn_iters));
+  if (variant == Variant::mhc_v4 && sinkhorn_iters == 0)
+    bad("--sinkhorn-iters 0 with --variant mhc-v4: its softmax is the first normalisation (accepted: 1 to " +
+        std::to_string(kMaxSinkhornIters) + ")");
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim) { weight = register_parameter("weight", torch::ones({dim})); }
@@ -138,6 +151,7 @@ GPTImpl::GPTImpl(const GPTConfig& config) : config_(config) {
     blocks_.push_back(Block(config, l));
     list->push_back(blocks_.back());
   }
+  if (config.head == StreamHead::hyper) hyper_head_ = register_module("hc_head", HyperHead(config.streams, config.dim));
   final_norm_ = register_module("final_norm", RMSNorm(config.dim));
   head_ = register_module("head", linear(config.dim, config.vocab, kInitStd));
 }
@@ -166,7 +180,7 @@ Tensor GPTImpl::forward(const Tensor& tokens, std::vector<SublayerRecord>* recor
     sublayers.push_back([mlp = block->mlp](const Tensor& h) mutable { return mlp->forward(h); });
   }
   const Tensor x = forward_stack(connections(), sublayers, expand_streams(e, config_.streams), config_.recompute, record);
-  return project(head_, final_norm_(reduce_streams(x)));
+  return project(head_, final_norm_(hyper_head_ ? hyper_head_(x) : reduce_streams(x)));
 }
 
 Tensor GPTImpl::loss(const Tensor& tokens, const Tensor& targets) {

@@ -165,6 +165,30 @@ Tensor expand_streams(const Tensor& e, int64_t n) {
 
 Tensor reduce_streams(const Tensor& x) { return x.sum(-2); }
 
+HyperHeadImpl::HyperHeadImpl(int64_t streams, int64_t dim) : streams_(streams), dim_(dim) {
+  TORCH_CHECK_VALUE(streams >= 1 && streams <= kMaxStreams && dim >= 1, "HyperHead takes 1 to ", kMaxStreams,
+                    " streams of width C >= 1, got n = ", streams, ", C = ", dim);
+  phi = register_parameter("phi", torch::zeros({streams * dim, streams}));
+  bias = register_parameter("bias", torch::zeros({streams}));
+  alpha = register_parameter("alpha", torch::full({1}, 0.01));
+}
+
+Tensor HyperHeadImpl::weights(const Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() >= 2 && x.size(-2) == streams_ && x.size(-1) == dim_, "HyperHead: x must be [..., ",
+                    streams_, ", ", dim_, "] (n streams of width C), got ", x.sizes());
+  const auto math = coefficient_dtype(x.scalar_type());
+  auto sizes = x.sizes().vec();
+  sizes.pop_back();  // [..., n]
+  const Tensor v = x.to(math).reshape({-1, streams_ * dim_});
+  const Tensor r = (v.square().mean(-1, true) + kRmsEps).sqrt();
+  const Tensor z = alpha.to(v.device(), math) * (v.matmul(phi.to(v.device(), math)) / r) + bias.to(v.device(), math);
+  return (z.sigmoid() + kDeepSeekV4Eps).view(sizes);
+}
+
+Tensor HyperHeadImpl::forward(const Tensor& x) {
+  return (weights(x).unsqueeze(-1) * x.to(coefficient_dtype(x.scalar_type()))).sum(-2).to(x.scalar_type());
+}
+
 }  // namespace mhc
 
 // The initialisation as an op too, so the Python front end builds its parameters from this one

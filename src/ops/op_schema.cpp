@@ -9,6 +9,7 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#include "mhc/deepseek_v4.h"
 #include "mhc/ops.h"
 #include "op_args.h"
 
@@ -196,6 +197,17 @@ TORCH_LIBRARY(mhc, m) {
         " -> (Tensor dx, Tensor dphi, Tensor dbias, Tensor dalpha)");
   m.def("post_bwd(Tensor dout, Tensor x, Tensor y, Tensor H_post, Tensor H_res)"
         " -> (Tensor dx, Tensor dy, Tensor dH_post, Tensor dH_res)");
+  // DeepSeek-V4's parameters and mhc-v4's (mhc/deepseek_v4.h): plain tensor ops, any device, differentiable.
+  m.def("from_deepseek_v4(Tensor fn, Tensor base, Tensor scale) -> (Tensor phi, Tensor bias, Tensor alpha)",
+        [](const torch::Tensor& fn, const torch::Tensor& base, const torch::Tensor& scale) {
+          const mhc::ConnectionParams p = mhc::from_deepseek_v4(fn, base, scale);
+          return std::make_tuple(p.phi, p.bias, p.alpha);
+        });
+  m.def("to_deepseek_v4(Tensor phi, Tensor bias, Tensor alpha) -> (Tensor fn, Tensor base, Tensor scale)",
+        [](const torch::Tensor& phi, const torch::Tensor& bias, const torch::Tensor& alpha) {
+          const mhc::DeepSeekV4Params p = mhc::to_deepseek_v4(phi, bias, alpha);
+          return std::make_tuple(p.fn, p.base, p.scale);
+        });
 }
 
 TORCH_LIBRARY_IMPL(mhc, Autograd, m) {

@@ -68,10 +68,11 @@ Coefficients hc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& b
 }
 
 // The σ family: one projection of the RMS-normalised flattened state, σ and 2σ for pre and post;
-// `mixing` maps the res logits [N, res] to H_res [N, n, n] (identity-HC has none, and no α_res).
+// `mixing` maps the res logits [N, res] to H_res [N, n, n] (identity-HC has none, and no α_res);
+// pre_eps is added to H_pre (DeepSeek-V4).
 template <typename Mixing>
 Coefficients sigma_family_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
-                                       Mixing mixing) {
+                                       Mixing mixing, double pre_eps = 0) {
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
   const Tensor v = x.reshape({N, n * C});
   const Tensor r = (v.square().mean(-1, true) + kRmsEps).sqrt();  // [N, 1]
@@ -80,7 +81,7 @@ Coefficients sigma_family_coefficients(const Tensor& x, const Tensor& phi, const
   const Tensor post_logits = alpha[1] * g.slice(1, n, 2 * n) + bias.slice(0, n, 2 * n);
   const Tensor res_logits =
       g.size(1) > 2 * n ? alpha[2] * g.slice(1, 2 * n) + bias.slice(0, 2 * n) : g.new_zeros({N, 0});
-  return {pre_logits.sigmoid(), 2 * post_logits.sigmoid(), mixing(res_logits)};
+  return {pre_logits.sigmoid() + pre_eps, 2 * post_logits.sigmoid(), mixing(res_logits)};
 }
 
 Coefficients mhc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
@@ -89,6 +90,28 @@ Coefficients mhc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& 
   return sigma_family_coefficients(x, phi, bias, alpha, [&](const Tensor& res_logits) {
     return sinkhorn(res_logits.view({N, n, n}), sinkhorn_iters);
   });
+}
+
+// DeepSeek-V4 (DESIGN.md §9), written in V4's orientation: comb [N, j, k] = H̃_resᵀ, a softmax over
+// the destination k plus eps, then 2t − 1 normalisations by (sum + eps), ending on the source j;
+// H_res = combᵀ. The linear form is exact here at any logit scale: the softmax is shifted by its
+// max, and after the floor every entry is at least eps.
+Coefficients mhc_v4_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
+                                 int64_t sinkhorn_iters) {
+  const int64_t N = x.size(0), n = x.size(1);
+  const double eps = kDeepSeekV4Eps;
+  return sigma_family_coefficients(
+      x, phi, bias, alpha,
+      [&](const Tensor& res_logits) {
+        Tensor comb = res_logits.view({N, n, n}).transpose(1, 2).softmax(2) + eps;
+        comb = comb / (comb.sum(1, true) + eps);
+        for (int64_t it = 1; it < sinkhorn_iters; ++it) {
+          comb = comb / (comb.sum(2, true) + eps);
+          comb = comb / (comb.sum(1, true) + eps);
+        }
+        return comb.transpose(1, 2).contiguous();
+      },
+      eps);
 }
 
 // Σ_k softmax(z)_k·P_k over the f! permutation matrices of f items: [N, f!] -> [N, f, f].
@@ -133,6 +156,7 @@ Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias
   switch (variant) {
     case Variant::hc: return hc_coefficients(x, phi, bias, alpha);
     case Variant::mhc: return mhc_coefficients(x, phi, bias, alpha, sinkhorn_iters);
+    case Variant::mhc_v4: return mhc_v4_coefficients(x, phi, bias, alpha, sinkhorn_iters);
     case Variant::mhc_lite: return mhc_lite_coefficients(x, phi, bias, alpha);
     case Variant::kromhc: return kromhc_coefficients(x, phi, bias, alpha);
     case Variant::ihc: return ihc_coefficients(x, phi, bias, alpha);

@@ -37,11 +37,13 @@ int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardwa
 const std::vector<SettingSpec>& setting_specs() {
   static const std::vector<SettingSpec> specs = {
       // what is trained
-      {"variant", "mhc", "residual variant: residual, hc, mhc, mhc-lite, kromhc, ihc (also --residual)", 's', false, {},
+      {"variant", "mhc", "residual variant: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc (also --residual)", 's', false, {},
        "residual"},
       {"streams", "4", "n, the number of residual streams (residual: always 1)", 'i', false},
-      {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc)", 'i', false},
+      {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc, mhc-v4)", 'i', false},
       {"bias-init", "paper", "initial connection logits: paper, zero", 's', false},
+      {"head", "sum", "end of the stream stack: sum (of the streams) or hyper (DeepSeek-V4's learned per-token "
+       "weighted sum)", 's', false, "sum"},
       {"layers", "4", "transformer blocks (each = attention + MLP sublayer)", 'i', false},
       {"dim", "128", "C, the width of each stream", 'i', false},
       {"heads", "4", "attention heads (must divide --dim)", 'i', false},
@@ -161,6 +163,7 @@ GPTConfig Settings::model_config(int64_t vocab) const {
   c.streams = integer("streams", 1, kMaxStreams);
   c.sinkhorn_iters = integer("sinkhorn-iters", 0, kMaxSinkhornIters);
   c.bias_init = BiasInit::named(str("bias-init"));
+  c.head = parse_stream_head(str("head"));
   c.layers = integer("layers", 1, 1024);
   c.dim = integer("dim", 2, 1 << 16);
   c.heads = integer("heads", 1, 1 << 12);

@@ -3,8 +3,8 @@
 // mHC, mHC-lite, KromHC, identity-HC (every variant whose H_pre and H_post are σ and 2σ of
 // α·g/r + b, differing only in H_res), written once with the H_res map as a parameter. A few dozen
 // numbers per token, so plain scalar code, compiled for the CPU kernels and, under nvcc, for the
-// CUDA kernels (MHC_HD): both backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_lite.h,
-// kromhc.h, ihc.h) specialises VariantMath; ../coefficients.h turns the runtime variant into it.
+// CUDA kernels (MHC_HD): both backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_v4.h,
+// mhc_lite.h, kromhc.h, ihc.h) specialises VariantMath; ../coefficients.h turns the runtime variant into it.
 #pragma once
 
 #include <algorithm>
@@ -106,7 +106,7 @@ inline void check_stream_range(const char* variant, int64_t n, int64_t most, con
 }
 
 // ---------------------------------------------------------------------------------------------
-// The σ family: H̃ = α_group·g/r + b over one projection per token (P = 1), H_pre = σ(H̃_pre),
+// The σ family: H̃ = α_group·g/r + b over one projection per token (P = 1), H_pre = σ(H̃_pre) (+ eps in V4),
 // H_post = 2σ(H̃_post), and H_res = Mixing::res_forward(H̃_res). Mixing supplies
 //   res_size(n)                                              its logits (phi's res columns)
 //   initial_res_logits(n, res_off_logit, logits)             their initial biases (H_res ≈ I)
@@ -123,7 +123,13 @@ MHC_HD inline void mhc_logits(const CoeffVariant<T>& v, const T* g, T r, T* logi
   }
 }
 
-template <typename Mixing>
+// A compile-time eps: DeepSeek-V4's floors (mhc_v4.h) are Eps::value; every other variant has none.
+struct NoEps {
+  static constexpr double value = 0.0;
+};
+
+// PreEps::value is added to H_pre (DeepSeek-V4's σ + eps).
+template <typename Mixing, typename PreEps = NoEps>
 struct SigmaFamily {
   // One projection of the flattened state per token: vec(x)·[w_pre | w_post | w_res].
   // alpha = [α_pre, α_post, α_res], without α_res when H_res has no logits.
@@ -155,7 +161,7 @@ struct SigmaFamily {
     T* logits = scratch;
     mhc_logits(v, g, r[0], logits);
     for (int i = 0; i < n; ++i) {
-      out.pre[i] = sigmoid(logits[i]);
+      out.pre[i] = sigmoid(logits[i]) + T(PreEps::value);
       out.post[i] = T(2) * sigmoid(logits[n + i]);
     }
     Mixing::res_forward(v, logits + 2 * n, out.res);
@@ -172,7 +178,7 @@ struct SigmaFamily {
     mhc_logits(v, g, r[0], logits);
     for (int i = 0; i < n; ++i) {
       const T s_pre = sigmoid(logits[i]), s_post = sigmoid(logits[n + i]);
-      H_pre[i] = s_pre;
+      H_pre[i] = s_pre + T(PreEps::value);
       dlogits[i] = dpre[i] * s_pre * (T(1) - s_pre);
       dlogits[n + i] = dpost[i] * T(2) * s_post * (T(1) - s_post);
     }

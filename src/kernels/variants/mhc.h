@@ -42,31 +42,36 @@ MHC_HD inline bool sinkhorn_linear_start(Dim N, const T* logits, T* M) {
   return exact;
 }
 
-// Y = X / (sums along columns or rows); X and Y may alias.
+// DeepSeek-V4's form of the iteration (mhc_v4.h, DESIGN.md §9) differs only by an `eps`: the first
+// column normalisation adds eps to every entry (V4's `softmax + eps`), and every later one divides
+// by (sum + eps). eps = 0 is plain SK, computed exactly as before (x + 0 and x / (s + 0) round to
+// themselves). Each normalisation below is Y = X / (Σ_axis X + denom_eps) + floor.
+
+// Y = X / (sums along columns or rows + denom_eps) + floor; X and Y may alias.
 template <bool kByCols, typename T, typename Dim>
-MHC_HD inline void normalize(Dim N, const T* X, T* Y) {
+MHC_HD inline void normalize(Dim N, const T* X, T* Y, T denom_eps, T floor) {
   for (int a = 0; a < N; ++a) {
     T s = 0;
     for (int b = 0; b < N; ++b) s += X[kByCols ? b * N + a : a * N + b];
-    const T inv = T(1) / s;
+    const T inv = T(1) / (s + denom_eps);
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
-      Y[e] = X[e] * inv;
+      Y[e] = X[e] * inv + floor;
     }
   }
 }
 
-// Backward of Y = X / s, in place on d (dY → dX): dX = (dY − Σ_axis dY⊙Y) / s.
+// Backward of `normalize`, in place on d (dY → dX): dX = (dY − Σ_axis dY⊙(Y − floor)) / (s + denom_eps).
 template <bool kByCols, typename T, typename Dim>
-MHC_HD inline void normalize_backward(Dim N, const T* X, const T* Y, T* d) {
+MHC_HD inline void normalize_backward(Dim N, const T* X, const T* Y, T* d, T denom_eps, T floor) {
   for (int a = 0; a < N; ++a) {
     T s = 0, dot = 0;
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
       s += X[e];
-      dot += d[e] * Y[e];
+      dot += d[e] * (Y[e] - floor);
     }
-    const T inv = T(1) / s;
+    const T inv = T(1) / (s + denom_eps);
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
       d[e] = (d[e] - dot) * inv;
@@ -74,73 +79,101 @@ MHC_HD inline void normalize_backward(Dim N, const T* X, const T* Y, T* d) {
   }
 }
 
-// The same normalisation on logarithms: Y = X − logsumexp along columns or rows; X and Y may alias.
+// log(e^a + e^b) without overflow; b = −inf gives a.
+template <typename T>
+MHC_HD inline T log_add_exp(T a, T b) {
+  const T hi = std::max(a, b), lo = std::min(a, b);
+  return lo == -INFINITY ? hi : hi + std::log1p(std::exp(lo - hi));
+}
+
+// The same normalisation on logarithms: Y = log(exp(X) / (Σ_axis exp(X) + denom_eps) + floor);
+// X and Y may alias.
 template <bool kByCols, typename T, typename Dim>
-MHC_HD inline void log_normalize(Dim N, const T* X, T* Y) {
+MHC_HD inline void log_normalize(Dim N, const T* X, T* Y, T denom_eps, T floor) {
   for (int a = 0; a < N; ++a) {
     T mx = X[kByCols ? a : a * N];
     for (int b = 1; b < N; ++b) mx = std::max(mx, X[kByCols ? b * N + a : a * N + b]);
     T s = 0;
     for (int b = 0; b < N; ++b) s += std::exp(X[kByCols ? b * N + a : a * N + b] - mx);
-    const T lse = mx + std::log(s);
+    T lse = mx + std::log(s);
+    if (denom_eps > 0) lse = log_add_exp(lse, T(std::log(denom_eps)));
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
       Y[e] = X[e] - lse;
+      if (floor > 0) Y[e] = log_add_exp(Y[e], T(std::log(floor)));
     }
   }
 }
 
-// Backward of Y = X − logsumexp(X), in place on d: dX = dY − exp(Y)·Σ_axis dY (exp(Y) is the softmax).
+// Backward of `log_normalize`, in place on d: through the floor, dP = dY·(1 − floor·e^−Y); then
+// dX = dP − p·Σ_axis dP with p = e^Y − floor, the normalised value (the softmax when denom_eps = 0).
 template <bool kByCols, typename T, typename Dim>
-MHC_HD inline void log_normalize_backward(Dim N, const T* Y, T* d) {
+MHC_HD inline void log_normalize_backward(Dim N, const T* Y, T* d, T floor) {
   for (int a = 0; a < N; ++a) {
     T sum = 0;
-    for (int b = 0; b < N; ++b) sum += d[kByCols ? b * N + a : a * N + b];
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
-      d[e] -= std::exp(Y[e]) * sum;
+      if (floor > 0) d[e] *= T(1) - floor * std::exp(-Y[e]);
+      sum += d[e];
+    }
+    for (int b = 0; b < N; ++b) {
+      const int e = kByCols ? b * N + a : a * N + b;
+      d[e] -= (std::exp(Y[e]) - floor) * sum;
     }
   }
 }
+
+// With eps ≥ e^-kLinearSpread the linear domain is exact at any spread: the first normalisation's
+// exp(H̃ − colmax)/colsum is a softmax (each column's largest entry is 1, so nothing that matters
+// underflows: a lost entry is below 1e-38 and then gets eps added), and after the floor every entry
+// lies in [eps, 1 + eps], within the ratio that the spread argument above needs.
+constexpr double kLinearFloor = 1.2664165549094176e-14;  // e^-32
+
+// The denominators' eps and the floor of normalisation s (0-based) of the 2t: V4 floors the first.
+template <typename T>
+MHC_HD inline T denom_eps_of(int s, T eps) { return s == 0 ? T(0) : eps; }
+template <typename T>
+MHC_HD inline T floor_of(int s, T eps) { return s == 0 ? eps : T(0); }
 
 // Writes the iterates into work [(2t+1)·N²] when `keep` (for the backward), else in place in M;
 // returns whether they are linear (M_s) or logarithms (ℓ_s). The last one is at work + 2t·N²,
 // or in M.
 template <typename T, typename Dim>
-MHC_HD inline bool sinkhorn_iterates(Dim N, const T* logits, int t, T* M, bool keep) {
+MHC_HD inline bool sinkhorn_iterates(Dim N, const T* logits, int t, T eps, T* M, bool keep) {
   const int nn = N * N;
   const int stride = keep ? nn : 0;
-  if (sinkhorn_linear_start(N, logits, M)) {
-    for (int it = 0; it < t; ++it) {
-      T* X = M + 2 * it * stride;
-      normalize<true>(N, X, X + stride);
-      normalize<false>(N, X + stride, X + 2 * stride);
+  const bool exact = sinkhorn_linear_start(N, logits, M);
+  if (exact || eps >= T(kLinearFloor)) {
+    for (int s = 0; s < 2 * t; s += 2) {
+      T* X = M + s * stride;
+      normalize<true>(N, X, X + stride, denom_eps_of(s, eps), floor_of(s, eps));
+      normalize<false>(N, X + stride, X + 2 * stride, eps, T(0));
     }
     return true;
   }
   for (int e = 0; e < nn; ++e) M[e] = logits[e];
-  for (int it = 0; it < t; ++it) {
-    T* X = M + 2 * it * stride;
-    log_normalize<true>(N, X, X + stride);
-    log_normalize<false>(N, X + stride, X + 2 * stride);
+  for (int s = 0; s < 2 * t; s += 2) {
+    T* X = M + s * stride;
+    log_normalize<true>(N, X, X + stride, denom_eps_of(s, eps), floor_of(s, eps));
+    log_normalize<false>(N, X + stride, X + 2 * stride, eps, T(0));
   }
   return false;
 }
 
 template <typename T, typename Dim>
-MHC_HD inline void sinkhorn_forward(Dim N, const T* logits, int t, T* M) {
+MHC_HD inline void sinkhorn_forward(Dim N, const T* logits, int t, T eps, T* M) {
   if (t == 0) {  // no projection at all: H_res = exp(H̃)
     for (int e = 0; e < N * N; ++e) M[e] = std::exp(logits[e]);
     return;
   }
-  if (!sinkhorn_iterates(N, logits, t, M, /*keep=*/false))
+  if (!sinkhorn_iterates(N, logits, t, eps, M, /*keep=*/false))
     for (int e = 0; e < N * N; ++e) M[e] = std::exp(M[e]);
 }
 
 // dlogits = ∂⟨dres, SK_t(exp(logits))⟩/∂logits. Recomputes the iterates into work [(2t+1)·N²]
 // (never stored across the forward) and walks back through them.
 template <typename T, typename Dim>
-MHC_HD inline void sinkhorn_backward(Dim N, const T* logits, int t, const T* dres, T* work, T* dlogits) {
+MHC_HD inline void sinkhorn_backward(Dim N, const T* logits, int t, T eps, const T* dres, T* work, T* dlogits) {
   const int nn = N * N;
   if (t == 0) {
     for (int e = 0; e < nn; ++e) dlogits[e] = dres[e] * std::exp(logits[e]);
@@ -148,10 +181,11 @@ MHC_HD inline void sinkhorn_backward(Dim N, const T* logits, int t, const T* dre
   }
   for (int e = 0; e < nn; ++e) dlogits[e] = dres[e];
   const T* it = work;  // iterate s lives at work + s·nn
-  if (sinkhorn_iterates(N, logits, t, work, /*keep=*/true)) {
+  if (sinkhorn_iterates(N, logits, t, eps, work, /*keep=*/true)) {
     for (int s = 2 * t; s >= 2; s -= 2) {
-      normalize_backward<false>(N, it + (s - 1) * nn, it + s * nn, dlogits);
-      normalize_backward<true>(N, it + (s - 2) * nn, it + (s - 1) * nn, dlogits);
+      normalize_backward<false>(N, it + (s - 1) * nn, it + s * nn, dlogits, eps, T(0));
+      normalize_backward<true>(N, it + (s - 2) * nn, it + (s - 1) * nn, dlogits, denom_eps_of(s - 2, eps),
+                               floor_of(s - 2, eps));
     }
     // Through exp; the column-max shift is a constant (the first column normalisation cancels it).
     for (int e = 0; e < nn; ++e) dlogits[e] *= it[e];
@@ -159,12 +193,13 @@ MHC_HD inline void sinkhorn_backward(Dim N, const T* logits, int t, const T* dre
   }
   for (int e = 0; e < nn; ++e) dlogits[e] *= std::exp(it[2 * t * nn + e]);  // through H_res = exp(ℓ_2t)
   for (int s = 2 * t; s >= 2; s -= 2) {
-    log_normalize_backward<false>(N, it + s * nn, dlogits);
-    log_normalize_backward<true>(N, it + (s - 1) * nn, dlogits);
+    log_normalize_backward<false>(N, it + s * nn, dlogits, T(0));
+    log_normalize_backward<true>(N, it + (s - 1) * nn, dlogits, floor_of(s - 2, eps));
   }
 }
 
-// H_res = SK_t(exp(H̃_res)) over the σ family.
+// H_res = SK_t(exp(H̃_res)) over the σ family; Eps::value is V4's eps (0: plain SK).
+template <typename Eps = NoEps>
 struct SinkhornMixing {
   static int64_t res_size(int64_t n) { return n * n; }
   // The 2t + 1 iterates the backward walks through.
@@ -180,17 +215,17 @@ struct SinkhornMixing {
 
   template <typename T>
   static MHC_HD void res_forward(const CoeffVariant<T>& v, const T* res_logits, T* res) {
-    with_unrolled_streams(v.n, [&](auto N) { sinkhorn_forward(N, res_logits, v.t, res); });
+    with_unrolled_streams(v.n, [&](auto N) { sinkhorn_forward(N, res_logits, v.t, T(Eps::value), res); });
   }
   template <typename T>
   static MHC_HD void res_backward(const CoeffVariant<T>& v, const T* res_logits, const T* dres, T* work,
                                   T* dres_logits) {
-    with_unrolled_streams(v.n, [&](auto N) { sinkhorn_backward(N, res_logits, v.t, dres, work, dres_logits); });
+    with_unrolled_streams(v.n, [&](auto N) { sinkhorn_backward(N, res_logits, v.t, T(Eps::value), dres, work, dres_logits); });
   }
 };
 
 template <>
-struct VariantMath<Variant::mhc> : SigmaFamily<SinkhornMixing> {
+struct VariantMath<Variant::mhc> : SigmaFamily<SinkhornMixing<>> {
   static void check_streams(int64_t n) { check_stream_range("mhc", n, kMaxStreams); }
   static constexpr ShapeNames shape_names = {"[n*C, 2n + n*n] for mhc", "[2n + n*n]", "[3] (pre, post, res)"};
 };

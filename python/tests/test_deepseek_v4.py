@@ -1,0 +1,123 @@
+"""DeepSeek-V4's convention (variant "mhc-v4", the conversions, HyperHead) against V4's math written
+in V4's own orientation and names (pure_torch.deepseek_v4_*), in float64."""
+import math
+
+import pytest
+import torch
+
+import mhc
+import pure_torch
+
+SPREADS = (0.0, 1.0, 20.0, 80.0, 200.0)
+
+
+def v4_inputs(n, C, spread, N=9, seed=0):
+    """x, y and V4 parameters whose comb logits spread over `spread` in every row (base uniform in
+    ±spread/2; the dynamic part is O(1))."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64)
+    x = torch.randn(N, n, C, generator=g, **f64)
+    y = torch.randn(N, C, generator=g, **f64)
+    fn = torch.randn((2 + n) * n, n * C, generator=g, **f64) / math.sqrt(n * C)
+    base = torch.randn((2 + n) * n, generator=g, **f64)
+    base[2 * n:] = spread * (torch.rand(n * n, generator=g, **f64) - 0.5)
+    scale = torch.rand(3, generator=g, **f64) + 0.5
+    return [t.requires_grad_() for t in (x, y, fn, base, scale)]
+
+
+def ours(x, y, fn, base, scale, iters=20, variant="mhc-v4"):
+    phi, bias, alpha = mhc.from_deepseek_v4(fn, base, scale)
+    h, H_pre, H_post, H_res = torch.ops.mhc.pre(x, phi, bias, alpha, variant, iters)
+    return h, H_pre, H_post, H_res, torch.ops.mhc.post(x, y, H_post, H_res)
+
+
+def theirs(x, y, fn, base, scale, iters=20, eps=1e-6):
+    pre, post, comb = pure_torch.deepseek_v4_mix(x, fn, base, scale, iters, eps)
+    h, x_next = pure_torch.deepseek_v4_sublayer(x, y, pre, post, comb)
+    return h, pre, post, comb.transpose(1, 2), x_next
+
+
+def values_and_gradients(run, inputs, seed=1):
+    outputs = run(*inputs)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
+    return [o.detach() for o in outputs] + list(torch.autograd.grad(loss, inputs))
+
+
+NAMES = ["h", "H_pre", "H_post", "H_res", "x_next", "dx", "dy", "dfn", "dbase", "dscale"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+@pytest.mark.parametrize("spread", SPREADS)
+def test_fp64_matches_v4_within_1e_12(n, spread):
+    inputs = v4_inputs(n, 5, spread, seed=n)
+    for name, a, b in zip(NAMES, values_and_gradients(ours, inputs), values_and_gradients(theirs, inputs)):
+        scale = max(1.0, b.abs().max().item())
+        assert (a - b).abs().max().item() <= 1e-12 * scale, f"{name} n={n} spread={spread}"
+
+
+def test_every_eps_zero_is_mhc():
+    """V4's math with eps = 0 is plain Sinkhorn–Knopp in this library's orientation: `mhc` itself."""
+    for spread in (0.0, 20.0):  # moderate: V4's linear iteration underflows without its floor beyond ~700
+        x, y, fn, base, scale = v4_inputs(4, 5, spread, seed=3)
+        got = ours(x, y, fn, base, scale, variant="mhc")
+        want = theirs(x, y, fn, base, scale, eps=0.0)
+        for name, a, b in zip(NAMES, got, want):
+            assert (a - b).abs().max().item() <= 1e-12, f"{name} spread={spread}"
+    # …and with V4's eps, mhc-v4 is not mhc: the eps terms are there.
+    got = ours(x, y, fn, base, scale)[1]
+    assert (got - ours(x, y, fn, base, scale, variant="mhc")[1]).abs().max().item() == pytest.approx(1e-6, rel=1e-9)
+
+
+def test_naive_transpose_gives_another_h_res():
+    """φ = fnᵀ without swapping the comb block applies comb untransposed: the shipped bug."""
+    x, y, fn, base, scale = v4_inputs(4, 5, 20.0, seed=5)
+    right = ours(x, y, fn, base, scale)[3]
+    naive = torch.ops.mhc.pre(x, fn.t().contiguous(), base, scale, "mhc-v4", 20)[3]
+    assert (right - naive).abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize("n,C", [(1, 3), (4, 7), (16, 2)])
+def test_round_trip_is_exact(n, C):
+    _, _, fn, base, scale = v4_inputs(n, C, 20.0)
+    back = mhc.to_deepseek_v4(*mhc.from_deepseek_v4(fn, base, scale))
+    for a, b in zip(back, (fn, base, scale)):
+        assert torch.equal(a, b)
+    phi, bias, alpha = (t.float() for t in mhc.from_deepseek_v4(fn, base, scale))
+    for a, b in zip(mhc.from_deepseek_v4(*mhc.to_deepseek_v4(phi, bias, alpha)), (phi, bias, alpha)):
+        assert torch.equal(a, b)
+
+
+def test_head_matches_v4():
+    x = torch.randn(6, 4, 5, dtype=torch.float64)
+    fn, base, scale = torch.randn(4, 20, dtype=torch.float64), torch.randn(4, dtype=torch.float64), torch.rand(1, dtype=torch.float64)
+    head = mhc.HyperHead(4, 5).double()
+    with torch.no_grad():
+        head.phi.copy_(fn.t()), head.bias.copy_(base), head.alpha.copy_(scale)
+    assert (head(x) - pure_torch.deepseek_v4_head(x, fn, base, scale)).abs().max().item() <= 1e-14
+    with pytest.raises(ValueError, match=r"HyperHead: x must be \[\.\.\., 4, 5\], got \[6, 3, 5\]"):
+        head(x[:, :3])
+
+
+@pytest.mark.parametrize("args,message", [
+    (lambda: (torch.zeros(24, 41), torch.zeros(24), torch.zeros(3)),
+     r"mhc.from_deepseek_v4: fn must be \[24, n·C\] for n = 4 \(from base \[24\]\) and a width C ≥ 1, got \[24, 41\]"),
+    (lambda: (torch.zeros(24, 40), torch.zeros(23), torch.zeros(3)),
+     r"mhc.from_deepseek_v4: base must be \[\(2\+n\)·n\] for n in \[1, 16\] \(24 at n = 4\), got \[23\]"),
+    (lambda: (torch.zeros(24, 40), torch.zeros(24), torch.zeros(2)),
+     r"mhc.from_deepseek_v4: scale must be \[3\] \(pre, post, comb\), got \[2\]"),
+    (lambda: (torch.zeros(24, 40, dtype=torch.bfloat16), torch.zeros(24), torch.zeros(3)),
+     r"mhc.from_deepseek_v4: fn must be float32 \(DeepSeek-V4 keeps its hyper-connection tensors in float32\) or "
+     r"float64, got BFloat16"),
+])
+def test_bad_v4_tensors_are_one_line_errors(args, message):
+    with pytest.raises(Exception, match=message):
+        mhc.from_deepseek_v4(*args())
+
+
+def test_mhc_v4_needs_an_iteration():
+    x, y, fn, base, scale = v4_inputs(2, 3, 1.0)
+    with pytest.raises(Exception, match=r"mhc.pre: mhc-v4 needs sinkhorn_iters in \[1, 100\] \(its softmax is the first "
+                                        r"normalisation\), got 0"):
+        ours(x, y, fn, base, scale, iters=0)
+
