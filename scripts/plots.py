@@ -28,7 +28,8 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter  # noq
 
 # Per variant: colour, marker, line style (mHC and mHC-lite often coincide: the styles keep both visible).
 STYLES = {"residual": ("tab:gray", "", "-"), "hc": ("tab:red", "o", "-"), "mhc": ("tab:blue", "s", "-"),
-          "mhc-lite": ("tab:green", "^", "--"), "kromhc": ("tab:purple", "D", ":"), "ihc": ("tab:orange", "v", "-.")}
+          "mhc-v4": ("tab:cyan", "P", "--"), "mhc-lite": ("tab:green", "^", "--"), "kromhc": ("tab:purple", "D", ":"),
+          "ihc": ("tab:orange", "v", "-.")}
 SUBLAYER_AXIS = "sublayer l (attention and MLP counted separately)"
 
 
@@ -118,7 +119,8 @@ def analyze(analysis_path, out):
     L = len(d["sublayer"])
     depth = list(range(L))
     variant = variant_in(a)
-    what = "%s, n = %d, step %d, %d probe tokens" % (variant, a["streams"], a["step"], a["probe_tokens"])
+    when = "step %d" % a["step"] if "step" in a else "DeepSeek-V4 weights"  # analyze --deepseek-v4 has no step
+    what = "%s, n = %d, %s, %d probe tokens" % (variant, a["streams"], when, a["probe_tokens"])
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
     for ax, key, title in ((axes[0], "fwd", "forward gain (max |row sum|)"), (axes[1], "bwd", "backward gain (max |column sum|)")):
@@ -152,7 +154,7 @@ def analyze(analysis_path, out):
     s = a["sinkhorn"]
     t = s["iterations"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if variant == "mhc":
+    if variant in ("mhc", "mhc-v4"):
         cmap = plt.get_cmap("viridis")
         for l, errors in enumerate(s["error"]):
             ax.plot(t, [max(e, 1e-12) for e in errors], color=cmap(l / max(L - 1, 1)), linewidth=0.8, alpha=0.8)

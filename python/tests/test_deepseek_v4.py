@@ -1,6 +1,12 @@
 """DeepSeek-V4's convention (variant "mhc-v4", the conversions, HyperHead) against V4's math written
 in V4's own orientation and names (pure_torch.deepseek_v4_*), in float64."""
+import json
 import math
+import os
+import re
+import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -121,3 +127,116 @@ def test_mhc_v4_needs_an_iteration():
                                         r"normalisation\), got 0"):
         ours(x, y, fn, base, scale, iters=0)
 
+
+# ---- mhc analyze --deepseek-v4 on files written here --------------------------------------------
+
+CLI = os.environ.get("MHC_CLI")
+needs_cli = pytest.mark.skipif(not CLI, reason="MHC_CLI (the mhc command) is not set; ctest sets it")
+HF_NAMES = [(r"^layers\.(\d+)\.hc_(attn|ffn)_(fn|base|scale)$", r"model.layers.\1.\2_hc.\3"),
+            (r"^hc_head_(fn|base|scale)$", r"model.hc_head.hc_\1")]
+BIG_TENSOR_BYTES = 2 << 30  # an unrelated 2 GiB tensor, written as a hole: the analysis must never read it
+
+
+def v4_checkpoint(n=4, C=8, layers=2, seed=0):
+    """A V4-format state dict: `layers` layers' attention and FFN connections and the head, fp32."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for l in range(layers):
+        for kind in ("attn", "ffn"):
+            state[f"layers.{l}.hc_{kind}_fn"] = torch.randn((2 + n) * n, n * C, generator=g) / math.sqrt(n * C)
+            state[f"layers.{l}.hc_{kind}_base"] = 8 * torch.randn((2 + n) * n, generator=g)
+            state[f"layers.{l}.hc_{kind}_scale"] = torch.rand(3, generator=g) + 0.5
+    state["hc_head_fn"] = torch.randn(n, n * C, generator=g) / math.sqrt(n * C)
+    state["hc_head_base"] = torch.randn(n, generator=g)
+    state["hc_head_scale"] = torch.rand(1, generator=g)
+    return state
+
+
+def write_safetensors(path, tensors, big_bytes=0):
+    """Writes `tensors` (a hole of big_bytes first, as an unrelated U8 tensor, when asked)."""
+    header, offset = {}, 0
+    if big_bytes:
+        header["layers.0.ffn.experts.0.w1.weight"] = {"dtype": "U8", "shape": [big_bytes], "data_offsets": [0, big_bytes]}
+        offset = big_bytes
+    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float64: "F64"}
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.seek(big_bytes, os.SEEK_CUR)
+        for t in tensors.values():
+            f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def analyze(tmp_path, *paths, extra=()):
+    """Runs `mhc analyze --deepseek-v4` in a Python of its own, which reports its children's peak RSS."""
+    out = tmp_path / "analysis"
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+               "sys.stderr.write(r.stdout + r.stderr)")
+    run = subprocess.run([sys.executable, "-c", measure, CLI, "analyze", "--deepseek-v4", ",".join(map(str, paths)),
+                          "--out", str(out), "--probe-tokens", "64", "--threads", "1", *extra],
+                         capture_output=True, text=True)
+    code, peak_kib = map(int, run.stdout.split())
+    return code, peak_kib, run.stderr, out
+
+
+@needs_cli
+@pytest.mark.parametrize("naming", ["native", "Hugging Face"])
+def test_analyze_reads_only_the_connections(tmp_path, naming):
+    state = v4_checkpoint()
+    if naming == "Hugging Face":
+        renamed = {}
+        for name, t in state.items():
+            for pattern, replacement in HF_NAMES:
+                name = re.sub(pattern, replacement, name)
+            renamed[name] = t
+        state = renamed
+    write_safetensors(tmp_path / "model-00001.safetensors", state, big_bytes=BIG_TENSOR_BYTES)
+    code, peak_kib, log, out = analyze(tmp_path, tmp_path)  # the folder
+    assert code == 0, log
+    report = json.loads((out / "analysis.json").read_text())
+    assert report["naming"] == naming and report["streams"] == 4 and report["width"] == 8
+    assert report["diag"]["sublayer"] == ["attn 0", "ffn 0", "attn 1", "ffn 1"]
+    connection_bytes = sum(t.numel() * 4 for t in state.values())
+    assert report["tensor_bytes_read"] == connection_bytes
+    # Memory: the process (LibTorch, the probe, and the plots' Python) stays far below the file.
+    assert peak_kib * 1024 < 400 << 20, f"peak RSS {peak_kib} KiB"  # measured: 176 MiB
+    for png in ("gain_vs_depth", "h_res_mean", "sinkhorn_error", "streams"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+    # V4's comb against plain Sinkhorn–Knopp on the same logits: rows end at s/(s + eps), not 1 (the
+    # eps), while plain SK's rows are exact; and the sharp logits (base ~ ±8·N(0, 1)) set them apart.
+    assert all(1e-8 < e < 1e-5 for e in report["diag"]["row_error"]), report["diag"]["row_error"]
+    assert all(e < 1e-6 for e in report["plain_sinkhorn"]["row_error"])
+    assert max(report["plain_sinkhorn"]["max_h_res_difference"]) > 1e-3
+    assert "i.i.d. standard normal" in report["probe"]
+
+
+@needs_cli
+def test_analyze_bad_files_are_one_line_errors(tmp_path):
+    state = v4_checkpoint()
+    path = tmp_path / "v4.safetensors"
+
+    def error_of(tensors, truncate=0):
+        write_safetensors(path, tensors)
+        if truncate:
+            os.truncate(path, path.stat().st_size - truncate)
+        code, _, log, _ = analyze(tmp_path, path)
+        assert code != 0, log
+        lines = log.strip().splitlines()
+        return lines[-1]
+
+    assert error_of(state, truncate=3) == (f"error: safetensors file {path} is unreadable: tensor 'hc_head_scale' lies "
+                                           "outside the file (truncated?)")
+    missing = {k: v for k, v in state.items() if k != "layers.1.hc_ffn_base"}
+    assert error_of(missing) == "error: --deepseek-v4: tensor layers.1.hc_ffn_base is missing"
+    wrong = dict(state, **{"layers.1.hc_attn_fn": torch.zeros(24, 36)})
+    assert error_of(wrong) == ("error: --deepseek-v4: layers.1.hc_attn_fn has shape [24, 36], expected [24, 32] (n = 4 "
+                               "streams of width C = 8, from layers.0.hc_attn_*)")
+    bf16 = dict(state, **{"layers.0.hc_ffn_scale": state["layers.0.hc_ffn_scale"].bfloat16()})
+    assert error_of(bf16) == ("error: --deepseek-v4: layers.0.hc_ffn_scale has dtype BF16, expected F32 (DeepSeek-V4 "
+                              "keeps its hyper-connection tensors in float32)")
+    assert error_of({"unrelated": torch.zeros(3)}).startswith("error: --deepseek-v4: no DeepSeek-V4 hyper-connection tensors")

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "analyze.h"
 #include "args.h"
 #include "commands.h"
 #include "mhc/diag.h"
@@ -54,13 +55,23 @@ int analyze(const std::vector<std::string>& argv) {
   Args a("mhc analyze",
          "Signal-gain and stream diagnostics (DESIGN.md §5, include/mhc/diag.h) of a checkpoint on its run's\n"
          "probe batch (the first validation windows): per-sublayer tables, the collapse alarm's verdict,\n"
-         "<out>/analysis.json, and plots gain_vs_depth.png, h_res_mean.png, sinkhorn_error.png, streams.png.");
+         "<out>/analysis.json, and plots gain_vs_depth.png, h_res_mean.png, sinkhorn_error.png, streams.png.\n"
+         "With --deepseek-v4 PATH instead of --ckpt: the same for a DeepSeek-V4 checkpoint's hyper-connections\n"
+         "(safetensors shards or a folder of them; only those tensors are read), on random probe states.");
   declare_checkpoint_flag(a);
-  a.flag("out", "", "where to write analysis.json and the plots (default: <run folder>/analysis)")
+  a.flag("deepseek-v4", "", "DeepSeek-V4 safetensors files or folders (comma-separated), native or Hugging Face names")
+      .flag("probe-tokens", "256", "--deepseek-v4: probe states, i.i.d. standard normal")
+      .flag("seed", "0", "--deepseek-v4: the probe states' seed")
+      .flag("out", "", "where to write analysis.json and the plots (default: <run folder>/analysis; with "
+            "--deepseek-v4: runs/deepseek-v4-analysis)")
       .flag("probe-batch", "", "validation windows in the probe batch (default: the run's --diag-batch)")
       .flag("data-dir", "", "where the corpus and token caches are (default: the run's)");
   declare_threads_flag(a);
   if (!a.parse(argv)) return 0;
+  if (!a.str("deepseek-v4").empty()) {
+    if (!a.str("ckpt").empty()) throw std::invalid_argument("mhc analyze: give --ckpt or --deepseek-v4, not both");
+    return analyze_deepseek_v4(a);
+  }
   const RunToRead target = run_to_read(a);
   const std::string& path = target.checkpoint;
   const std::string out = a.str("out").empty() ? (fs::path(path).parent_path() / "analysis").string() : a.str("out");
@@ -114,13 +125,7 @@ int analyze(const std::vector<std::string>& argv) {
 
   const std::vector<int64_t> iterations = {1, 2, 5, 10, 20, 50};
   nlohmann::json mean_h_res = nlohmann::json::array();
-  for (const auto& r : records) {
-    const int64_t n = r.mix.H_res.size(-1);
-    const torch::Tensor mean = r.mix.H_res.reshape({-1, n, n}).to(torch::kDouble).mean(0).contiguous();
-    std::vector<std::vector<double>> rows(n);
-    for (int64_t i = 0; i < n; ++i) rows[i] = std::vector<double>(mean[i].data_ptr<double>(), mean[i].data_ptr<double>() + n);
-    mean_h_res.push_back(rows);
-  }
+  for (const auto& r : records) mean_h_res.push_back(mean_matrix(r.mix.H_res));
   report["diag"] = nlohmann::ordered_json::parse(diag::to_json(diagnostics));
   report["stream_summary"] = {{"effective_rank", streams.effective_rank},
                        {"largest_share", streams.largest_share},
@@ -130,13 +135,25 @@ int analyze(const std::vector<std::string>& argv) {
   report["mean_h_res"] = mean_h_res;
   report["sinkhorn"] = {{"iterations", iterations},
                         {"error", diag::sinkhorn_errors(run.model, records, iterations)}};
+  write_analysis(out, report);
+  return 0;
+}
+
+nlohmann::json mean_matrix(const torch::Tensor& H_res) {
+  const int64_t n = H_res.size(-1);
+  const torch::Tensor mean = H_res.reshape({-1, n, n}).to(torch::kDouble).mean(0).contiguous();
+  std::vector<std::vector<double>> rows(n);
+  for (int64_t i = 0; i < n; ++i) rows[i] = std::vector<double>(mean[i].data_ptr<double>(), mean[i].data_ptr<double>() + n);
+  return rows;
+}
+
+void write_analysis(const std::string& out, const nlohmann::ordered_json& report) {
   report_non_finite(report);
   write_file_atomic(out + "/analysis.json", report.dump(1) + "\n");
   std::cout << "wrote " << out << "/analysis.json" << std::endl;
   run_plots({"analyze", out + "/analysis.json", out});
   std::cout << "plots: " << out << "/gain_vs_depth.png, " << out << "/h_res_mean.png, " << out << "/sinkhorn_error.png, "
             << out << "/streams.png\n";
-  return 0;
 }
 
 }  // namespace mhc::cli
