@@ -310,7 +310,7 @@ def test_stack_bad_input_is_a_one_line_error():
 def test_readme_examples_run():
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert len(blocks) == 2 and all(len(b.strip().splitlines()) <= 10 for b in blocks)
+    assert len(blocks) == 3 and all(len(b.strip().splitlines()) <= 10 for b in blocks)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
 
