@@ -136,6 +136,24 @@ TEST(FusedOps, PreJointIsPreThenPost) {
   }
 }
 
+// The CPU kernels run Sinkhorn–Knopp for W tokens at once when every token of the group is exact
+// in the linear domain, and token by token otherwise. With a large phi every nonzero token's logits
+// are sharp (the log domain, for mhc), and an all-zero token keeps the bias's ordinary logits: the
+// first 16 tokens are zeros (whole groups on the lanes), then every third (groups mixing ordinary
+// and sharp tokens, token by token). mhc-v4's floor keeps every group on the lanes. fp64 against
+// the reference, values and every gradient.
+TEST(FusedOps, SinkhornGroupsOfMixedSharpness) {
+  for (Variant variant : {Variant::mhc, Variant::mhc_v4})
+    for (int64_t n : {2, 4, 8}) {
+      Inputs in = make_inputs(variant, 37, n, 13, Scenario::zero_rows, 21);
+      in.phi = (in.phi.detach() * 60).requires_grad_(true);
+      in.x = in.x.detach().index_put_({torch::indexing::Slice(0, 16)}, 0.0).requires_grad_(true);
+      const std::string what = std::string(variant_name(variant)) + " n=" + std::to_string(n);
+      expect_close_fp64(run_sublayer(in, variant, 20, /*fused=*/true), run_sublayer(in, variant, 20, /*fused=*/false),
+                        what);
+    }
+}
+
 // Gradients that never flow (here only h is used, so H_post and H_res get none) are read as zeros.
 TEST(FusedOps, GradientOfHAlone) {
   for (Variant variant : {Variant::hc, Variant::mhc, Variant::mhc_v4, Variant::mhc_lite, Variant::kromhc, Variant::ihc}) {

@@ -4,7 +4,8 @@
 //   1. projection: g = v·phi and Σv² in the same pass over x (the rows v are whole tokens for
 //      mHC/mHC-lite, single streams for HC, so one routine serves both: x viewed as [N·P, K]);
 //   2. per token, the coefficients from (g, r): sigmoid / Sinkhorn–Knopp / permutation mixture /
-//      tanh gates, all in registers-sized scratch;
+//      tanh gates, all in registers-sized scratch (Sinkhorn–Knopp for W tokens at once, one per
+//      vector lane: sinkhorn_lanes.h);
 //   3. h = H_pre·x while the tile is still in cache.
 // Backward recomputes the coefficients (and the 2t Sinkhorn iterates, per token, in scratch)
 // from the saved projections g and r, and walks back through them. phi's gradient is a reduction
@@ -18,8 +19,9 @@
 #include <vector>
 
 #include "../coefficients.h"
-#include "simd.h"
 #include "cpu_kernels.h"
+#include "simd.h"
+#include "sinkhorn_lanes.h"
 
 namespace mhc::cpu {
 namespace {
@@ -286,6 +288,133 @@ void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K
   gemm(K, mp, rows, staged, int64_t(1), Ks, dg, mp, dphi_p, mp, /*accumulate=*/true);
 }
 
+// Per thread: the coefficients of one tile's tokens, forward and backward; token by token, or for
+// the Sinkhorn–Knopp variants W tokens at a time through SinkhornLanes (the σ gates and the chain
+// rule through the logits per token, H_res per group). Padding lanes past the tile's last token
+// repeat it and are discarded; nothing is accumulated for them.
+template <typename T>
+class TileCoefficients {
+ public:
+  static constexpr int W = Simd<T>::W;
+
+  explicit TileCoefficients(const CallVariant<T>& v)
+      : v_(v), scratch_(scratch_size(v)), dg_token_(v.P * v.m), dr_(std::max<int64_t>(v.P, 1)), zeros_(v.n * v.n, T(0)),
+        logits_(2 * W * v.m), lanes_(v.n, std::max(v.t, 1)) {}
+
+  // H_pre, H_post, H_res of tokens [t0, t1) from their projections and norms.
+  void forward(int64_t t0, int64_t t1, const T* proj, const T* rms, T* H_pre, T* H_post, T* H_res) {
+    kernels::with_variant(v_.variant, [&](auto k) {
+      using Math = kernels::VariantMath<decltype(k)::value>;
+      if constexpr (HasSinkhornLanes<Math>::value) {
+        if (lanes_apply()) return forward_lanes<Math>(t0, t1, proj, rms, H_pre, H_post, H_res);
+      }
+      for (int64_t tok = t0; tok < t1; ++tok) {
+        coefficients(v_, proj + tok * v_.P * v_.m, rms + tok * v_.P, scratch_.data(), cf_[0]);
+        store(tok, cf_[0], H_pre, H_post, H_res);
+      }
+    });
+  }
+
+  // For tokens [t0, t1): their rows of dg (P rows each, `mp` apart, from the tile's first token),
+  // the rms term's weight per row (rms_coef), H_pre (per token of the tile); dbias and dalpha
+  // accumulated in token order. dpre [t1 − t0, n]; dH_post, dH_res may be null (zeros).
+  void backward(int64_t t0, int64_t t1, const T* proj, const T* rms, const T* dpre, const T* dH_post, const T* dH_res,
+                T* dg, int64_t mp, T* rms_coef, T* H_pre, T* dbias, T* dalpha) {
+    const int n = v_.n;
+    auto dpost_of = [&](int64_t tok) { return dH_post ? dH_post + tok * n : zeros_.data(); };
+    auto dres_of = [&](int64_t tok) { return dH_res ? dH_res + tok * n * n : zeros_.data(); };
+    // dg_token and dr of token tok into the tile's rows.
+    auto finish = [&](int64_t tok) {
+      for (int64_t q = 0; q < v_.P; ++q) {  // into the tile's padded rows (padding stays zero)
+        std::copy(dg_token_.data() + q * v_.m, dg_token_.data() + (q + 1) * v_.m, dg + ((tok - t0) * v_.P + q) * mp);
+        rms_coef[(tok - t0) * v_.P + q] = dr_[q] / (T(v_.K) * rms[tok * v_.P + q]);
+      }
+    };
+    kernels::with_variant(v_.variant, [&](auto k) {
+      using Math = kernels::VariantMath<decltype(k)::value>;
+      if constexpr (HasSinkhornLanes<Math>::value) {
+        if (lanes_apply()) {
+          using Eps = typename HasSinkhornLanes<Math>::EpsType;
+          const T eps = T(Eps::value);
+          const int64_t m = v_.m;
+          for (int64_t g = t0; g < t1; g += W) {
+            const T* res_logits[W];
+            const T* dres[W];
+            T* dres_logits[W];
+            for (int l = 0; l < W; ++l) {
+              const int64_t tok = std::min(g + l, t1 - 1);
+              T* logits = logits_.data() + 2 * l * m;
+              Math::backward_gates(v_, proj + tok * m, rms + tok, dpre + (tok - t0) * n, dpost_of(tok), logits,
+                                   logits + m, H_pre + (tok - t0) * n);
+              res_logits[l] = logits + 2 * n;
+              dres[l] = dres_of(tok);
+              dres_logits[l] = logits + m + 2 * n;
+            }
+            if (lanes_.start(eps, res_logits)) {
+              lanes_.backward(eps, dres, dres_logits);
+            } else {
+              for (int l = 0; l < W; ++l)
+                Math::MixingType::res_backward(v_, res_logits[l], dres[l], scratch_.data(), dres_logits[l]);
+            }
+            for (int64_t tok = g; tok < std::min(g + W, t1); ++tok) {
+              const T* dlogits = logits_.data() + 2 * (tok - g) * m + m;
+              Math::backward_logits(v_, proj + tok * m, rms + tok, dlogits, dg_token_.data(), dr_.data(), dbias, dalpha);
+              finish(tok);
+            }
+          }
+          return;
+        }
+      }
+      for (int64_t tok = t0; tok < t1; ++tok) {
+        coefficients_backward(v_, proj + tok * v_.P * v_.m, rms + tok * v_.P, dpre + (tok - t0) * n, dpost_of(tok),
+                              dres_of(tok), scratch_.data(), dg_token_.data(), dr_.data(), dbias, dalpha,
+                              H_pre + (tok - t0) * n);
+        finish(tok);
+      }
+    });
+  }
+
+ private:
+  // The lanes need t ≥ 1 (t = 0 is exp(H̃) unshifted) and unrolled stream loops.
+  bool lanes_apply() const { return v_.t >= 1 && v_.n <= kernels::kUnrolledStreams; }
+
+  template <typename Math>
+  void forward_lanes(int64_t t0, int64_t t1, const T* proj, const T* rms, T* H_pre, T* H_post, T* H_res) {
+    using Eps = typename HasSinkhornLanes<Math>::EpsType;
+    const T eps = T(Eps::value);
+    const int64_t m = v_.m;
+    for (int64_t g = t0; g < t1; g += W) {
+      const T* res_logits[W];
+      T* res[W];
+      for (int l = 0; l < W; ++l) {
+        const int64_t tok = std::min(g + l, t1 - 1);
+        Math::gates(v_, proj + tok * m, rms + tok, logits_.data() + l * m, cf_[l]);
+        res_logits[l] = logits_.data() + l * m + 2 * v_.n;
+        res[l] = cf_[l].res;
+      }
+      if (lanes_.start(eps, res_logits)) {
+        lanes_.forward(eps, res);
+      } else {
+        for (int l = 0; l < W; ++l) Math::MixingType::res_forward(v_, res_logits[l], cf_[l].res);
+      }
+      for (int64_t tok = g; tok < std::min(g + W, t1); ++tok) store(tok, cf_[tok - g], H_pre, H_post, H_res);
+    }
+  }
+
+  void store(int64_t tok, const Coeffs<T>& cf, T* H_pre, T* H_post, T* H_res) const {
+    const int n = v_.n;
+    std::copy(cf.pre, cf.pre + n, H_pre + tok * n);
+    std::copy(cf.post, cf.post + n, H_post + tok * n);
+    std::copy(cf.res, cf.res + n * n, H_res + tok * n * n);
+  }
+
+  const CallVariant<T>& v_;
+  std::vector<T> scratch_, dg_token_, dr_, zeros_;
+  std::vector<T> logits_;  // W tokens' logits [m] (forward), or logits and dlogits [2m] (backward)
+  Coeffs<T> cf_[W];
+  SinkhornLanes<T> lanes_;
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -298,28 +427,25 @@ void pre_forward(const PreForwardParams<T>& p) {
 
 #pragma omp parallel num_threads(thread_count(p.in.threads))
   {
-    std::vector<T> ss(per_tile * v.P), scratch(scratch_size(v));
-    Coeffs<T> cf;
+    std::vector<T> ss(per_tile * v.P);
+    TileCoefficients<T> coefficients(v);
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * per_tile, t1 = std::min(p.in.N, t0 + per_tile);
       const int64_t next_tokens = std::max<int64_t>(0, std::min(p.in.N, t1 + per_tile) - t1);
       project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data(),
                    p.in.x + t1 * n * C, next_tokens * v.P);
+      for (int64_t row = t0 * v.P; row < t1 * v.P; ++row)
+        p.rms[row] = std::sqrt(ss[row - t0 * v.P] / T(v.K) + T(kRmsEps));
+      coefficients.forward(t0, t1, p.proj, p.rms, p.H_pre, p.H_post, p.H_res);
       for (int64_t tok = t0; tok < t1; ++tok) {
-        const T* proj = p.proj + tok * v.P * m;
-        T* r = p.rms + tok * v.P;
-        for (int64_t q = 0; q < v.P; ++q) r[q] = std::sqrt(ss[(tok - t0) * v.P + q] / T(v.K) + T(kRmsEps));
-        coefficients(v, proj, r, scratch.data(), cf);
-        std::copy(cf.pre, cf.pre + n, p.H_pre + tok * n);
-        std::copy(cf.post, cf.post + n, p.H_post + tok * n);
-        std::copy(cf.res, cf.res + n * n, p.H_res + tok * n * n);
+        const T* pre = p.H_pre + tok * n;
         const T* x = p.in.x + tok * n * C;
         T* h = p.h + tok * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) h[c] = cf.pre[0] * x[c];
+        for (int64_t c = 0; c < C; ++c) h[c] = pre[0] * x[c];
         for (int i = 1; i < n; ++i) {
-          const T w = cf.pre[i];
+          const T w = pre[i];
           const T* xi = x + i * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) h[c] += w * xi[c];
@@ -351,8 +477,8 @@ void pre_backward(const PreBackwardParams<T>& p) {
     T* dphi_p = partials.data() + stride * omp_get_thread_num();
     T* dbias = dphi_p + K * mp;
     T* dalpha = dbias + l.bias_size;
-    std::vector<T> scratch(scratch_size(v)), dg_token(v.P * m), dg(per_tile * v.P * mp, T(0));
-    std::vector<T> dpre(n), dr(std::max<int64_t>(v.P, 1)), zeros(n * n, T(0));
+    TileCoefficients<T> coefficients(v);
+    std::vector<T> dg(per_tile * v.P * mp, T(0)), dpre(per_tile * n);
     std::vector<T> H_pre(per_tile * n), rms_coef(per_tile * std::max<int64_t>(v.P, 1));
     const int64_t Ks = staged_stride<T>(K);
     // x's rows of the tile, and the projection's part of dx, both in the staged layout.
@@ -376,18 +502,11 @@ void pre_backward(const PreBackwardParams<T>& p) {
             if (v.P) out[c] = xi[c];
             acc += dh[c] * xi[c];
           }
-          dpre[i] = acc;
-        }
-        const T* dpost = p.dH_post ? p.dH_post + tok * n : zeros.data();
-        const T* dres = p.dH_res ? p.dH_res + tok * n * n : zeros.data();
-        const T* r = p.rms + tok * v.P;
-        coefficients_backward(v, p.proj + tok * v.P * m, r, dpre.data(), dpost, dres, scratch.data(), dg_token.data(),
-                              dr.data(), dbias, dalpha, H_pre.data() + (tok - t0) * n);
-        for (int64_t q = 0; q < v.P; ++q) {  // into the tile's padded rows (padding stays zero)
-          std::copy(dg_token.data() + q * m, dg_token.data() + (q + 1) * m, dg.data() + ((tok - t0) * v.P + q) * mp);
-          rms_coef[(tok - t0) * v.P + q] = dr[q] / (T(K) * r[q]);  // the rms term's weight on the row
+          dpre[(tok - t0) * n + i] = acc;
         }
       }
+      coefficients.backward(t0, t1, p.proj, p.rms, dpre.data(), p.dH_post, p.dH_res, dg.data(), mp, rms_coef.data(),
+                            H_pre.data(), dbias, dalpha);
       if (v.P) project_rows_backward(staged.data(), dg.data(), (t1 - t0) * v.P, K, mp, phiT_p.data(), dA.data(), dphi_p);
       // dx_i = H_pre[i]·dh + dr·x_i/(K·r) (the rms term, per projection row) + (dg·phi^T)_i
       // (+ dx_add_i, the gradient from x's other uses): each element of dx written once.

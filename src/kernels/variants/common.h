@@ -154,27 +154,33 @@ struct SigmaFamily {
     return 2 * v.m + Mixing::work_size(v);
   }
 
-  // scratch: the logits (m entries; mHC's SK then runs in place in out.res).
+  // forward is gates (the logits [m], H_pre, H_post) then Mixing::res_forward on the res logits, and
+  // backward is backward_gates, Mixing::res_backward, backward_logits: the CPU kernels call the parts
+  // apart to run H_res of several tokens at once (../cpu/sinkhorn_lanes.h).
+  using MixingType = Mixing;
+
   template <typename T>
-  static MHC_HD void forward(const CoeffVariant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {
+  static MHC_HD void gates(const CoeffVariant<T>& v, const T* g, const T* r, T* logits, Coeffs<T>& out) {
     const int n = v.n;
-    T* logits = scratch;
     mhc_logits(v, g, r[0], logits);
     for (int i = 0; i < n; ++i) {
       out.pre[i] = sigmoid(logits[i]) + T(PreEps::value);
       out.post[i] = T(2) * sigmoid(logits[n + i]);
     }
-    Mixing::res_forward(v, logits + 2 * n, out.res);
   }
 
-  // scratch: scratch_size(v) entries.
+  // scratch: the logits (m entries; mHC's SK then runs in place in out.res).
   template <typename T>
-  static MHC_HD void backward(const CoeffVariant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
-                              const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre) {
+  static MHC_HD void forward(const CoeffVariant<T>& v, const T* g, const T* r, T* scratch, Coeffs<T>& out) {
+    gates(v, g, r, scratch, out);
+    Mixing::res_forward(v, scratch + 2 * v.n, out.res);
+  }
+
+  // The logits [m], H_pre, and the pre and post part of dlogits [m].
+  template <typename T>
+  static MHC_HD void backward_gates(const CoeffVariant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
+                                    T* logits, T* dlogits, T* H_pre) {
     const int n = v.n;
-    T* logits = scratch;
-    T* dlogits = scratch + v.m;  // m entries
-    T* work = dlogits + v.m;
     mhc_logits(v, g, r[0], logits);
     for (int i = 0; i < n; ++i) {
       const T s_pre = sigmoid(logits[i]), s_post = sigmoid(logits[n + i]);
@@ -182,8 +188,25 @@ struct SigmaFamily {
       dlogits[i] = dpre[i] * s_pre * (T(1) - s_pre);
       dlogits[n + i] = dpost[i] * T(2) * s_post * (T(1) - s_post);
     }
-    Mixing::res_backward(v, logits + 2 * n, dres, work, dlogits + 2 * n);
-    // Through H̃ = α·g/r + b.
+  }
+
+  // scratch: scratch_size(v) entries.
+  template <typename T>
+  static MHC_HD void backward(const CoeffVariant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
+                              const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre) {
+    T* logits = scratch;
+    T* dlogits = scratch + v.m;  // m entries
+    T* work = dlogits + v.m;
+    backward_gates(v, g, r, dpre, dpost, logits, dlogits, H_pre);
+    Mixing::res_backward(v, logits + 2 * v.n, dres, work, dlogits + 2 * v.n);
+    backward_logits(v, g, r, dlogits, dg, dr, dbias, dalpha);
+  }
+
+  // Through H̃ = α·g/r + b: dg [m] and dr, accumulating dbias and dalpha.
+  template <typename T>
+  static MHC_HD void backward_logits(const CoeffVariant<T>& v, const T* g, const T* r, const T* dlogits, T* dg, T* dr,
+                                     T* dbias, T* dalpha) {
+    const int n = v.n;
     const T inv_r = T(1) / r[0];
     T dr0 = 0;
     for (int64_t j = 0; j < v.m; ++j) {

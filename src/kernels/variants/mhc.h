@@ -47,13 +47,16 @@ MHC_HD inline bool sinkhorn_linear_start(Dim N, const T* logits, T* M) {
 // by (sum + eps). eps = 0 is plain SK, computed exactly as before (x + 0 and x / (s + 0) round to
 // themselves). Each normalisation below is Y = X / (Σ_axis X + denom_eps) + floor.
 
+// The linear-domain functions below are also instantiated with T a vector of W tokens' entries
+// (the CPU kernels run W tokens per call: ../cpu/sinkhorn_lanes.h), hence T{} for 0 and 1 / x.
+
 // Y = X / (sums along columns or rows + denom_eps) + floor; X and Y may alias.
 template <bool kByCols, typename T, typename Dim>
 MHC_HD inline void normalize(Dim N, const T* X, T* Y, T denom_eps, T floor) {
   for (int a = 0; a < N; ++a) {
-    T s = 0;
+    T s{};
     for (int b = 0; b < N; ++b) s += X[kByCols ? b * N + a : a * N + b];
-    const T inv = T(1) / (s + denom_eps);
+    const T inv = 1 / (s + denom_eps);
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
       Y[e] = X[e] * inv + floor;
@@ -65,13 +68,13 @@ MHC_HD inline void normalize(Dim N, const T* X, T* Y, T denom_eps, T floor) {
 template <bool kByCols, typename T, typename Dim>
 MHC_HD inline void normalize_backward(Dim N, const T* X, const T* Y, T* d, T denom_eps, T floor) {
   for (int a = 0; a < N; ++a) {
-    T s = 0, dot = 0;
+    T s{}, dot{};
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
       s += X[e];
       dot += d[e] * (Y[e] - floor);
     }
-    const T inv = T(1) / (s + denom_eps);
+    const T inv = 1 / (s + denom_eps);
     for (int b = 0; b < N; ++b) {
       const int e = kByCols ? b * N + a : a * N + b;
       d[e] = (d[e] - dot) * inv;
@@ -131,9 +134,33 @@ constexpr double kLinearFloor = 1.2664165549094176e-14;  // e^-32
 
 // The denominators' eps and the floor of normalisation s (0-based) of the 2t: V4 floors the first.
 template <typename T>
-MHC_HD inline T denom_eps_of(int s, T eps) { return s == 0 ? T(0) : eps; }
+MHC_HD inline T denom_eps_of(int s, T eps) { return s == 0 ? T{} : eps; }
 template <typename T>
-MHC_HD inline T floor_of(int s, T eps) { return s == 0 ? eps : T(0); }
+MHC_HD inline T floor_of(int s, T eps) { return s == 0 ? eps : T{}; }
+
+// The 2t normalisations in the linear domain from M = exp(H̃ − colmax) (sinkhorn_linear_start) to
+// SK_t: in place with stride 0, else iterate s at M + s·stride.
+template <typename T, typename Dim>
+MHC_HD inline void linear_iterates(Dim N, int t, T eps, T* M, int stride) {
+  for (int s = 0; s < 2 * t; s += 2) {
+    T* X = M + s * stride;
+    normalize<true>(N, X, X + stride, denom_eps_of(s, eps), floor_of(s, eps));
+    normalize<false>(N, X + stride, X + 2 * stride, eps, T{});
+  }
+}
+
+// Backward of linear_iterates and of the exp before it, in place on d (dres in, dlogits out), the
+// 2t + 1 iterates at it + s·N².
+template <typename T, typename Dim>
+MHC_HD inline void linear_backward(Dim N, int t, T eps, const T* it, T* d) {
+  const int nn = N * N;
+  for (int s = 2 * t; s >= 2; s -= 2) {
+    normalize_backward<false>(N, it + (s - 1) * nn, it + s * nn, d, eps, T{});
+    normalize_backward<true>(N, it + (s - 2) * nn, it + (s - 1) * nn, d, denom_eps_of(s - 2, eps), floor_of(s - 2, eps));
+  }
+  // Through exp; the column-max shift is a constant (the first column normalisation cancels it).
+  for (int e = 0; e < nn; ++e) d[e] *= it[e];
+}
 
 // Writes the iterates into work [(2t+1)·N²] when `keep` (for the backward), else in place in M;
 // returns whether they are linear (M_s) or logarithms (ℓ_s). The last one is at work + 2t·N²,
@@ -144,11 +171,7 @@ MHC_HD inline bool sinkhorn_iterates(Dim N, const T* logits, int t, T eps, T* M,
   const int stride = keep ? nn : 0;
   const bool exact = sinkhorn_linear_start(N, logits, M);
   if (exact || eps >= T(kLinearFloor)) {
-    for (int s = 0; s < 2 * t; s += 2) {
-      T* X = M + s * stride;
-      normalize<true>(N, X, X + stride, denom_eps_of(s, eps), floor_of(s, eps));
-      normalize<false>(N, X + stride, X + 2 * stride, eps, T(0));
-    }
+    linear_iterates(N, t, eps, M, stride);
     return true;
   }
   for (int e = 0; e < nn; ++e) M[e] = logits[e];
@@ -182,13 +205,7 @@ MHC_HD inline void sinkhorn_backward(Dim N, const T* logits, int t, T eps, const
   for (int e = 0; e < nn; ++e) dlogits[e] = dres[e];
   const T* it = work;  // iterate s lives at work + s·nn
   if (sinkhorn_iterates(N, logits, t, eps, work, /*keep=*/true)) {
-    for (int s = 2 * t; s >= 2; s -= 2) {
-      normalize_backward<false>(N, it + (s - 1) * nn, it + s * nn, dlogits, eps, T(0));
-      normalize_backward<true>(N, it + (s - 2) * nn, it + (s - 1) * nn, dlogits, denom_eps_of(s - 2, eps),
-                               floor_of(s - 2, eps));
-    }
-    // Through exp; the column-max shift is a constant (the first column normalisation cancels it).
-    for (int e = 0; e < nn; ++e) dlogits[e] *= it[e];
+    linear_backward(N, t, eps, it, dlogits);
     return;
   }
   for (int e = 0; e < nn; ++e) dlogits[e] *= std::exp(it[2 * t * nn + e]);  // through H_res = exp(ℓ_2t)
