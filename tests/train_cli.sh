@@ -190,7 +190,8 @@ assert all(1 <= r <= 4 for r in a["diag"]["effective_rank"]) and a["stream_summa
   else
     fail "analyze (residual) failed: $(tail -1 "$work/analyze-plain.txt")"
   fi
-  expect_error "mhc analyze: --ckpt is required" analyze
+  expect_error "mhc analyze: --ckpt is required \(a run folder or checkpoint file\), or --deepseek-v4 PATH" analyze
+  expect_error "mhc analyze: --seed applies to --deepseek-v4 only" analyze --ckpt "$work/variant-mhc" --seed 3
   expect_error "checkpoint $work/nothing.safetensors does not exist" analyze --ckpt "$work/nothing.safetensors"
 fi
 

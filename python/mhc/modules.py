@@ -50,6 +50,9 @@ class HyperConnection(nn.Module):
     def __init__(self, variant: str, streams: int, dim: int, sublayer_index: int = 0, sinkhorn_iters: int = 20,
                  stream_logit: float = 1.0, res_off_logit: float = -8.0):
         super().__init__()
+        if variant == "mhc-v4" and sinkhorn_iters < 1:
+            raise ValueError(f"mhc-v4 needs sinkhorn_iters in [1, 100] (its softmax is the first normalisation), "
+                             f"got {sinkhorn_iters}")
         self.variant, self.streams, self.dim, self.sinkhorn_iters = variant, streams, dim, sinkhorn_iters
         phi, bias, alpha = torch.ops.mhc.initial_parameters(variant, streams, dim, sublayer_index, stream_logit,
                                                             res_off_logit)

@@ -240,3 +240,22 @@ def test_analyze_bad_files_are_one_line_errors(tmp_path):
     assert error_of(bf16) == ("error: --deepseek-v4: layers.0.hc_ffn_scale has dtype BF16, expected F32 (DeepSeek-V4 "
                               "keeps its hyper-connection tensors in float32)")
     assert error_of({"unrelated": torch.zeros(3)}).startswith("error: --deepseek-v4: no DeepSeek-V4 hyper-connection tensors")
+    path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")  # a damaged header length: refused, nothing allocated
+    code, _, log, _ = analyze(tmp_path, path)
+    assert code != 0 and log.strip().splitlines()[-1] == (
+        f"error: safetensors file {path} is unreadable: header length 1099511627776 bytes, over the format's limit of "
+        "100000000 (not safetensors, or damaged)"), log
+
+
+@needs_cli
+def test_analyze_reads_model_parallel_shards(tmp_path):
+    """Shards that split the checkpoint, one tensor copied into both (as model-parallel files hold
+    unsplit tensors): every sublayer is reported once."""
+    state = v4_checkpoint()
+    names = sorted(state)
+    write_safetensors(tmp_path / "a.safetensors", {k: state[k] for k in names[: len(names) // 2] + names[-1:]})
+    write_safetensors(tmp_path / "b.safetensors", {k: state[k] for k in names[len(names) // 2:]})
+    code, _, log, out = analyze(tmp_path, tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert code == 0, log
+    report = json.loads((out / "analysis.json").read_text())
+    assert report["diag"]["sublayer"] == ["attn 0", "ffn 0", "attn 1", "ffn 1"] and len(report["files"]) == 2

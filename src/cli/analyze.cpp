@@ -68,10 +68,17 @@ int analyze(const std::vector<std::string>& argv) {
       .flag("data-dir", "", "where the corpus and token caches are (default: the run's)");
   declare_threads_flag(a);
   if (!a.parse(argv)) return 0;
-  if (!a.str("deepseek-v4").empty()) {
-    if (!a.str("ckpt").empty()) throw std::invalid_argument("mhc analyze: give --ckpt or --deepseek-v4, not both");
-    return analyze_deepseek_v4(a);
+  const bool v4 = !a.str("deepseek-v4").empty();
+  if (v4 == !a.str("ckpt").empty())
+    throw std::invalid_argument(std::string("mhc analyze: ") + (v4 ? "give --ckpt or --deepseek-v4, not both" :
+                                "--ckpt is required (a run folder or checkpoint file), or --deepseek-v4 PATH"));
+  for (const char* flag : {"probe-batch", "data-dir", "probe-tokens", "seed"}) {
+    const bool v4_flag = std::string(flag) == "probe-tokens" || std::string(flag) == "seed";
+    if (a.given(flag) && v4_flag != v4)
+      throw std::invalid_argument(std::string("mhc analyze: --") + flag + " applies to " +
+                                  (v4_flag ? "--deepseek-v4" : "--ckpt") + " only");
   }
+  if (v4) return analyze_deepseek_v4(a);
   const RunToRead target = run_to_read(a);
   const std::string& path = target.checkpoint;
   const std::string out = a.str("out").empty() ? (fs::path(path).parent_path() / "analysis").string() : a.str("out");
@@ -104,9 +111,7 @@ int analyze(const std::vector<std::string>& argv) {
   if (run.model->connections().empty()) {
     std::cout << "the plain residual has no H_res to analyse: its residual map is the identity (x + F(x)), so every\n"
                  "single-layer and composite gain is exactly 1 and there is no doubly-stochastic error\n";
-    report_non_finite(report);
-    write_file_atomic(out + "/analysis.json", report.dump(1) + "\n");
-    std::cout << "wrote " << out << "/analysis.json (no plots: nothing to plot)\n";
+    write_analysis(out, report, /*plots=*/false);
     return 0;
   }
   const auto diagnostics = diag::diagnose(records);
@@ -147,10 +152,11 @@ nlohmann::json mean_matrix(const torch::Tensor& H_res) {
   return rows;
 }
 
-void write_analysis(const std::string& out, const nlohmann::ordered_json& report) {
+void write_analysis(const std::string& out, const nlohmann::ordered_json& report, bool plots) {
   report_non_finite(report);
   write_file_atomic(out + "/analysis.json", report.dump(1) + "\n");
-  std::cout << "wrote " << out << "/analysis.json" << std::endl;
+  std::cout << "wrote " << out << "/analysis.json" << (plots ? "" : " (no plots: nothing to plot)") << std::endl;
+  if (!plots) return;
   run_plots({"analyze", out + "/analysis.json", out});
   std::cout << "plots: " << out << "/gain_vs_depth.png, " << out << "/h_res_mean.png, " << out << "/sinkhorn_error.png, "
             << out << "/streams.png\n";

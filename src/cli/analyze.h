@@ -18,7 +18,7 @@ int analyze_deepseek_v4(const Args& a);
 nlohmann::json mean_matrix(const torch::Tensor& H_res);
 
 // Writes `report` as <out>/analysis.json (warning, in one line, about values that are not finite)
-// and draws its plots beside it.
-void write_analysis(const std::string& out, const nlohmann::ordered_json& report);
+// and, with `plots`, draws its plots beside it.
+void write_analysis(const std::string& out, const nlohmann::ordered_json& report, bool plots = true);
 
 }  // namespace mhc::cli

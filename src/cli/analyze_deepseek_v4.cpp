@@ -5,7 +5,6 @@
 // gains (single and composite), the doubly-stochastic error of V4's comb and of plain Sinkhorn–Knopp
 // (mhc) on the same logits, how far apart the two H_res are, and the H_pre/H_post ranges; then
 // analysis.json and the plots of `mhc analyze`.
-#include <cmath>
 #include <iomanip>
 #include <iostream>
 #include <sstream>

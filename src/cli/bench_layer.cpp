@@ -145,7 +145,7 @@ int bench_layer(const std::vector<std::string>& argv) {
       .flag("device", "cpu", "where to run: cpu, cuda, cuda:N")
       .flag("dtype", "float32", "storage of x and y: float32, bfloat16 (parameters and coefficients stay float32)")
       .flag("threads", std::to_string(omp_get_num_procs()), "CPU threads for the kernels and LibTorch")
-      .flag("sinkhorn-iters", "20", "Sinkhorn-Knopp iterations t (mhc)")
+      .flag("sinkhorn-iters", "20", "Sinkhorn-Knopp iterations t (mhc, mhc-v4)")
       .flag("warmup", "2", "untimed repetitions first")
       .flag("reps", "7", "timed repetitions (median reported; at least 5)")
       .toggle("json", "one JSON object per case instead of a table")

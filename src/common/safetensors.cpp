@@ -9,6 +9,9 @@
 
 namespace mhc::safetensors {
 
+// The safetensors format's own bound on the header, so that a damaged length allocates nothing large.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
 const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
   static const std::vector<std::pair<torch::ScalarType, std::string>> names = {
       {torch::kFloat, "F32"}, {torch::kDouble, "F64"}, {torch::kBFloat16, "BF16"}, {torch::kHalf, "F16"},
@@ -52,6 +55,9 @@ nlohmann::json read_header(const std::string& label, const std::string& path, ui
   if (head.size() == 8) {
     uint64_t size = 0;
     std::memcpy(&size, head.data(), 8);
+    if (size > kMaxHeaderBytes)
+      unreadable(label, path, "header length " + std::to_string(size) + " bytes, over the format's limit of " +
+                                  std::to_string(kMaxHeaderBytes) + " (not safetensors, or damaged)");
     if (size <= file_size - 8) {  // else parse_header says so
       head.resize(8 + size);
       in.read(head.data() + 8, static_cast<std::streamsize>(size));
@@ -96,7 +102,9 @@ std::vector<Entry> entries(const std::string& label, const std::string& path, co
   std::vector<Entry> out;
   for (const auto& [name, entry] : header.items())
     if (name != "__metadata__") out.push_back(entry_of(label, path, name, entry));
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
+  // By (begin, end): an empty tensor may share its offset with the next one.
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return std::pair(a.begin, a.end) < std::pair(b.begin, b.end); });
   uint64_t expected_offset = 0;
   for (const auto& e : out) {
     if (e.begin != expected_offset || e.end < e.begin || e.end > data_size)
@@ -114,10 +122,10 @@ std::vector<Entry> entries(const std::string& label, const std::string& path, co
 
 Index read_index(const std::string& label, const std::string& path) {
   uint64_t header_size = 0;
+  const nlohmann::json header = read_header(label, path, &header_size);
   Index index;
-  index.header = read_header(label, path, &header_size);
   index.data_begin = 8 + header_size;
-  index.entries = entries(label, path, index.header, std::filesystem::file_size(path) - index.data_begin);
+  index.entries = entries(label, path, header, std::filesystem::file_size(path) - index.data_begin);
   return index;
 }
 

@@ -28,7 +28,8 @@ std::string dtype_name(torch::ScalarType type);
 nlohmann::json parse_header(const std::string& label, const std::string& path, const std::string& head,
                             uint64_t file_size, uint64_t* header_size);
 
-// Reads the header of `path` alone (its 8 + header-length first bytes).
+// Reads the header of `path` alone (its 8 + header-length first bytes; at most 100 MB, the format's
+// limit).
 nlohmann::json read_header(const std::string& label, const std::string& path, uint64_t* header_size);
 
 struct Entry {
@@ -42,9 +43,8 @@ struct Entry {
 std::vector<Entry> entries(const std::string& label, const std::string& path, const nlohmann::json& header,
                            uint64_t data_size);
 
-// A file's header and entries, its data section starting at data_begin.
+// A file's entries, its data section starting at data_begin.
 struct Index {
-  nlohmann::json header;
   uint64_t data_begin = 0;
   std::vector<Entry> entries;
 };

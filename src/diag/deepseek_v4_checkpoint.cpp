@@ -88,6 +88,7 @@ DeepSeekV4Checkpoint read_deepseek_v4(const std::vector<std::string>& paths) {
       std::string part;
       if (std::regex_match(e.name, m, native_layer) || std::regex_match(e.name, m, hf_layer)) {
         (e.name[0] == 'l' ? native : hf)++;
+        if (m[1].length() > 6) throw std::invalid_argument("--deepseek-v4: tensor " + e.name + ": layer index out of range");
         parts = &layers[{std::stoll(m[1].str()), m[2].str()}];
         part = m[3].str();
       } else if (std::regex_match(e.name, m, native_head) || std::regex_match(e.name, m, hf_head)) {
@@ -97,9 +98,14 @@ DeepSeekV4Checkpoint read_deepseek_v4(const std::vector<std::string>& paths) {
       } else {
         continue;  // not a hyper-connection tensor: never read
       }
-      if (const auto dup = seen.find(e.name); dup != seen.end())
-        throw std::invalid_argument("--deepseek-v4: tensor " + e.name + " is in both " + dup->second + " and " +
-                                    out.files[f]);
+      // Model-parallel shards may each hold a copy of a tensor that is not split: the first is read.
+      if (const auto dup = seen.find(e.name); dup != seen.end()) {
+        const Located& first = (*parts)[part];
+        if (first.entry.type != e.type || first.entry.shape != e.shape)
+          throw std::invalid_argument("--deepseek-v4: tensor " + e.name + " is in both " + dup->second + " and " +
+                                      out.files[f] + ", with different dtypes or shapes");
+        continue;
+      }
       seen[e.name] = out.files[f];
       if (e.type != torch::kFloat)
         throw std::invalid_argument("--deepseek-v4: " + e.name + " has dtype " + safetensors::dtype_name(e.type) +

@@ -50,6 +50,9 @@ void check_connection(const char* op, const char* const names[3], const Tensor& 
   TORCH_CHECK_TYPE(weights.scalar_type() == vector.scalar_type() && vector.scalar_type() == gains.scalar_type(), op,
                    ": ", names[0], ", ", names[1], " and ", names[2], " must share one dtype, got ",
                    weights.scalar_type(), ", ", vector.scalar_type(), " and ", gains.scalar_type());
+  TORCH_CHECK_VALUE(weights.device() == vector.device() && vector.device() == gains.device(), op, ": ", names[0], ", ",
+                    names[1], " and ", names[2], " must be on one device, got ", weights.device(), ", ",
+                    vector.device(), " and ", gains.device());
   const int64_t n = vector.dim() == 1 ? deepseek_v4_streams(vector.size(0)) : 0;
   TORCH_CHECK_VALUE(n > 0, op, ": ", names[1], " must be [(2+n)·n] for n in [1, ", kMaxStreams,
                     "] (24 at n = 4), got ", shape_of(vector));

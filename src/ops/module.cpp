@@ -27,6 +27,9 @@ Parameters initial_parameters(const HyperConnectionOptions& o) {
 HyperConnectionImpl::HyperConnectionImpl(const HyperConnectionOptions& options) : options_(options) {
   TORCH_CHECK_VALUE(options.sinkhorn_iters() >= 0 && options.sinkhorn_iters() <= kMaxSinkhornIters,
                     "sinkhorn_iters must be in [0, ", kMaxSinkhornIters, "], got ", options.sinkhorn_iters());
+  TORCH_CHECK_VALUE(options.variant() != Variant::mhc_v4 || options.sinkhorn_iters() >= 1,
+                    "mhc-v4 needs sinkhorn_iters in [1, ", kMaxSinkhornIters,
+                    "] (its softmax is the first normalisation), got 0");
   Parameters p;
   try {
     p = initial_parameters(options);

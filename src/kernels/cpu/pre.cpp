@@ -1,14 +1,15 @@
 // Fused CPU kernels for `pre`: coefficients + pre-mix, forward and backward (DESIGN.md §2–3).
 //
-// Work is split across OpenMP threads by tiles of tile_tokens(m) tokens. For one tile:
+// Work is split across OpenMP threads by tiles of tokens (tile_tokens, backward_tile_tokens). For
+// one tile:
 //   1. projection: g = v·phi and Σv² in the same pass over x (the rows v are whole tokens for
 //      mHC/mHC-lite, single streams for HC, so one routine serves both: x viewed as [N·P, K]);
 //   2. per token, the coefficients from (g, r): sigmoid / Sinkhorn–Knopp / permutation mixture /
 //      tanh gates, all in registers-sized scratch (Sinkhorn–Knopp for W tokens at once, one per
 //      vector lane: sinkhorn_lanes.h);
 //   3. h = H_pre·x while the tile is still in cache.
-// Backward recomputes the coefficients (and the 2t Sinkhorn iterates, per token, in scratch)
-// from the saved projections g and r, and walks back through them. phi's gradient is a reduction
+// Backward recomputes the coefficients (and the 2t Sinkhorn iterates, in scratch, per token or per
+// group of W tokens) from the saved projections g and r, and walks back through them. phi's gradient is a reduction
 // over tokens: each thread accumulates into its own buffer and the buffers are summed in a fixed
 // order afterwards, so the result is deterministic for a given thread count and free of atomics.
 #include <omp.h>
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "../coefficients.h"
@@ -39,8 +41,8 @@ constexpr int64_t kTileTokens = 16;
 // keep 16 and 512 (their results bit-identical to before).
 constexpr int64_t kWideProjection = 64;
 int64_t tile_tokens(int64_t m) { return m > kWideProjection ? 64 : kTileTokens; }
-// The backward's tiles hold at least kBackwardRows projection rows (32 tokens of mHC, HC's 16 of n
-// rows each): dphi += A^T·dg read-modify-writes its [K, mp] partial once per tile, and 16 rows
+// The backward's tiles hold at least kBackwardRows projection rows (32 tokens of mHC; HC has n rows
+// per token: 32/n tokens, at least tile_tokens): dphi += A^T·dg read-modify-writes its [K, mp] partial once per tile, and 16 rows
 // left that pass a large share of the product. build/bench_kernels, 2 threads, medians of three
 // interleaved runs, 16 → 32 tokens: mhc pre backward 11.2 → 8.7 ms (C = 512), 22.5 → 18.2 ms
 // (C = 1024); HC's (16 tokens either way) 6.0 and 11.3 ms both times.
@@ -307,15 +309,19 @@ class TileCoefficients {
   static constexpr int W = Simd<T>::W;
 
   explicit TileCoefficients(const CallVariant<T>& v)
-      : v_(v), scratch_(scratch_size(v)), dg_token_(v.P * v.m), dr_(std::max<int64_t>(v.P, 1)), zeros_(v.n * v.n, T(0)),
-        logits_(2 * W * v.m), lanes_(v.n, std::max(v.t, 1)) {}
+      : v_(v), scratch_(scratch_size(v)), dg_token_(v.P * v.m), dr_(std::max<int64_t>(v.P, 1)), zeros_(v.n * v.n, T(0)) {
+    kernels::with_variant(v.variant, [&](auto k) {
+      if constexpr (HasSinkhornLanes<kernels::VariantMath<decltype(k)::value>>::value)
+        if (lanes_apply()) logits_.resize(2 * W * v.m), lanes_.emplace(v.n, v.t);
+    });
+  }
 
   // H_pre, H_post, H_res of tokens [t0, t1) from their projections and norms.
   void forward(int64_t t0, int64_t t1, const T* proj, const T* rms, T* H_pre, T* H_post, T* H_res) {
     kernels::with_variant(v_.variant, [&](auto k) {
       using Math = kernels::VariantMath<decltype(k)::value>;
       if constexpr (HasSinkhornLanes<Math>::value) {
-        if (lanes_apply()) return forward_lanes<Math>(t0, t1, proj, rms, H_pre, H_post, H_res);
+        if (lanes_) return forward_lanes<Math>(t0, t1, proj, rms, H_pre, H_post, H_res);
       }
       for (int64_t tok = t0; tok < t1; ++tok) {
         coefficients(v_, proj + tok * v_.P * v_.m, rms + tok * v_.P, scratch_.data(), cf_[0]);
@@ -342,7 +348,7 @@ class TileCoefficients {
     kernels::with_variant(v_.variant, [&](auto k) {
       using Math = kernels::VariantMath<decltype(k)::value>;
       if constexpr (HasSinkhornLanes<Math>::value) {
-        if (lanes_apply()) {
+        if (lanes_) {
           using Eps = typename HasSinkhornLanes<Math>::EpsType;
           const T eps = T(Eps::value);
           const int64_t m = v_.m;
@@ -359,8 +365,8 @@ class TileCoefficients {
               dres[l] = dres_of(tok);
               dres_logits[l] = logits + m + 2 * n;
             }
-            if (lanes_.start(eps, res_logits)) {
-              lanes_.backward(eps, dres, dres_logits);
+            if (lanes_->start(eps, res_logits)) {
+              lanes_->backward(eps, dres, dres_logits);
             } else {
               for (int l = 0; l < W; ++l)
                 Math::MixingType::res_backward(v_, res_logits[l], dres[l], scratch_.data(), dres_logits[l]);
@@ -401,8 +407,8 @@ class TileCoefficients {
         res_logits[l] = logits_.data() + l * m + 2 * v_.n;
         res[l] = cf_[l].res;
       }
-      if (lanes_.start(eps, res_logits)) {
-        lanes_.forward(eps, res);
+      if (lanes_->start(eps, res_logits)) {
+        lanes_->forward(eps, res);
       } else {
         for (int l = 0; l < W; ++l) Math::MixingType::res_forward(v_, res_logits[l], cf_[l].res);
       }
@@ -419,9 +425,11 @@ class TileCoefficients {
 
   const CallVariant<T>& v_;
   std::vector<T> scratch_, dg_token_, dr_, zeros_;
-  std::vector<T> logits_;  // W tokens' logits [m] (forward), or logits and dlogits [2m] (backward)
+  // For the Sinkhorn–Knopp variants: W tokens' logits [m] (forward), or logits and dlogits [2m]
+  // (backward), and the lanes.
+  std::vector<T> logits_;
   Coeffs<T> cf_[W];
-  SinkhornLanes<T> lanes_;
+  std::optional<SinkhornLanes<T>> lanes_;
 };
 
 }  // namespace
