@@ -348,37 +348,7 @@ class TileCoefficients {
     kernels::with_variant(v_.variant, [&](auto k) {
       using Math = kernels::VariantMath<decltype(k)::value>;
       if constexpr (HasSinkhornLanes<Math>::value) {
-        if (lanes_) {
-          using Eps = typename HasSinkhornLanes<Math>::EpsType;
-          const T eps = T(Eps::value);
-          const int64_t m = v_.m;
-          for (int64_t g = t0; g < t1; g += W) {
-            const T* res_logits[W];
-            const T* dres[W];
-            T* dres_logits[W];
-            for (int l = 0; l < W; ++l) {
-              const int64_t tok = std::min(g + l, t1 - 1);
-              T* logits = logits_.data() + 2 * l * m;
-              Math::backward_gates(v_, proj + tok * m, rms + tok, dpre + (tok - t0) * n, dpost_of(tok), logits,
-                                   logits + m, H_pre + (tok - t0) * n);
-              res_logits[l] = logits + 2 * n;
-              dres[l] = dres_of(tok);
-              dres_logits[l] = logits + m + 2 * n;
-            }
-            if (lanes_->start(eps, res_logits)) {
-              lanes_->backward(eps, dres, dres_logits);
-            } else {
-              for (int l = 0; l < W; ++l)
-                Math::MixingType::res_backward(v_, res_logits[l], dres[l], scratch_.data(), dres_logits[l]);
-            }
-            for (int64_t tok = g; tok < std::min(g + W, t1); ++tok) {
-              const T* dlogits = logits_.data() + 2 * (tok - g) * m + m;
-              Math::backward_logits(v_, proj + tok * m, rms + tok, dlogits, dg_token_.data(), dr_.data(), dbias, dalpha);
-              finish(tok);
-            }
-          }
-          return;
-        }
+        if (lanes_) return backward_lanes<Math>(t0, t1, proj, rms, dpre, H_pre, dbias, dalpha, dpost_of, dres_of, finish);
       }
       for (int64_t tok = t0; tok < t1; ++tok) {
         coefficients_backward(v_, proj + tok * v_.P * v_.m, rms + tok * v_.P, dpre + (tok - t0) * n, dpost_of(tok),
@@ -392,6 +362,42 @@ class TileCoefficients {
  private:
   // The lanes need t ≥ 1 (t = 0 is exp(H̃) unshifted) and unrolled stream loops.
   bool lanes_apply() const { return v_.t >= 1 && v_.n <= kernels::kUnrolledStreams; }
+
+  // backward's W-token groups (see the class note): the gates and the chain rule per token, H_res
+  // per group on the lanes or, when a token needs the log domain, token by token.
+  template <typename Math, typename DPost, typename DRes, typename Finish>
+  void backward_lanes(int64_t t0, int64_t t1, const T* proj, const T* rms, const T* dpre, T* H_pre, T* dbias, T* dalpha,
+                      const DPost& dpost_of, const DRes& dres_of, const Finish& finish) {
+    using Eps = typename HasSinkhornLanes<Math>::EpsType;
+    const T eps = T(Eps::value);
+    const int n = v_.n;
+    const int64_t m = v_.m;
+    for (int64_t g = t0; g < t1; g += W) {
+      const T* res_logits[W];
+      const T* dres[W];
+      T* dres_logits[W];
+      for (int l = 0; l < W; ++l) {
+        const int64_t tok = std::min(g + l, t1 - 1);
+        T* logits = logits_.data() + 2 * l * m;
+        Math::backward_gates(v_, proj + tok * m, rms + tok, dpre + (tok - t0) * n, dpost_of(tok), logits,
+                             logits + m, H_pre + (tok - t0) * n);
+        res_logits[l] = logits + 2 * n;
+        dres[l] = dres_of(tok);
+        dres_logits[l] = logits + m + 2 * n;
+      }
+      if (lanes_->start(eps, res_logits)) {
+        lanes_->backward(eps, dres, dres_logits);
+      } else {
+        for (int l = 0; l < W; ++l)
+          Math::MixingType::res_backward(v_, res_logits[l], dres[l], scratch_.data(), dres_logits[l]);
+      }
+      for (int64_t tok = g; tok < std::min(g + W, t1); ++tok) {
+        const T* dlogits = logits_.data() + 2 * (tok - g) * m + m;
+        Math::backward_logits(v_, proj + tok * m, rms + tok, dlogits, dg_token_.data(), dr_.data(), dbias, dalpha);
+        finish(tok);
+      }
+    }
+  }
 
   template <typename Math>
   void forward_lanes(int64_t t0, int64_t t1, const T* proj, const T* rms, T* H_pre, T* H_post, T* H_res) {

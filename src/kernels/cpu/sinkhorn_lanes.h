@@ -50,15 +50,14 @@ class SinkhornLanes {
 
   // After start: H_res of lane l into res[l] (n² each).
   void forward(T eps, T* const (&res)[W]) {
-    iterate(eps);
-    const V* last = iterates_.data() + 2 * t_ * nn_;
+    iterate(eps, /*stride=*/0);  // in place: the forward needs only the last iterate
     for (int e = 0; e < nn_; ++e)
-      for (int l = 0; l < W; ++l) res[l][e] = last[e][l];
+      for (int l = 0; l < W; ++l) res[l][e] = iterates_[e][l];
   }
 
   // After start: dlogits[l] = ∂⟨dres[l], H_res⟩/∂H̃_res for each lane (n² each).
   void backward(T eps, const T* const (&dres)[W], T* const (&dlogits)[W]) {
-    iterate(eps);
+    iterate(eps, nn_);
     for (int e = 0; e < nn_; ++e)
       for (int l = 0; l < W; ++l) d_[e][l] = dres[l][e];
     kernels::with_unrolled_streams(
@@ -68,9 +67,10 @@ class SinkhornLanes {
   }
 
  private:
-  void iterate(T eps) {
+  // The 2t normalisations from the first iterate: each kept (stride n²) or in place (stride 0).
+  void iterate(T eps, int stride) {
     kernels::with_unrolled_streams(
-        n_, [&](auto N) { kernels::linear_iterates(N, t_, Simd<T>::splat(eps), iterates_.data(), nn_); });
+        n_, [&](auto N) { kernels::linear_iterates(N, t_, Simd<T>::splat(eps), iterates_.data(), stride); });
   }
 
   int n_, t_, nn_;
