@@ -8,50 +8,11 @@
 # Usage: dist_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: equivalence torchrun failure resume
 # errors rendezvous settings launcher; default: all)
 source "$(dirname "$0")/cli_common.sh"
+source "$(dirname "$0")/dist_common.sh"
 
 small=(--data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --dim 32 --layers 2 --heads 2 --seq-len 32
        --batch 8 --threads 1 --eval-every 0 --eval-batches 2 --sample-tokens 0 --warmup 2 --diag-every 0)
 
-free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# same_losses A B [FIRST]: metrics.jsonl losses from step FIRST on agree within 1e-5 relative.
-same_losses() {
-  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "${3:-1}" <<'PY'
-import json, sys
-a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
-first = int(sys.argv[3])
-a, b = [j for j in a if j["step"] >= first], [j for j in b if j["step"] >= first]
-assert [j["step"] for j in a] == [j["step"] for j in b] and a, ("steps differ", len(a), len(b))
-worst = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(a, b))
-assert worst < 1e-5, "losses differ by %.2e relative" % worst
-PY
-}
-# start_silent_listener: a program on a free port that accepts connections and never answers (in
-# this shell, so that the exit trap ends it); sets listener_port and listener_pid.
-start_silent_listener() {
-  /usr/bin/python3 -c '
-import socket, sys
-s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
-print(s.getsockname()[1]); sys.stdout.close()
-held = []
-while True: held.append(s.accept())' > "$work/listener.port" &
-  listener_pid=$!
-  for _ in $(seq 1 50); do [ -s "$work/listener.port" ] && break; sleep 0.1; done
-  listener_port=$(cat "$work/listener.port")
-}
-# took_at_most LIMIT T0 WHAT: prints the seconds since T0 (date +%s.%N); fails WHAT past LIMIT.
-took_at_most() {
-  local took
-  took=$(awk -v t0="$2" -v now="$(date +%s.%N)" 'BEGIN { printf "%.1f", now - t0 }')
-  echo "$3: $took s (bound $1 s)"
-  awk -v took="$took" -v limit="$1" 'BEGIN { exit !(took <= limit) }' || fail "$3 took $took s (bound: $1 s)"
-}
-# one_error_line FILE WHAT PATTERN…: FILE is one line, "error: …", holding every PATTERN (grep -E).
-one_error_line() {
-  local file=$1 what=$2
-  shift 2
-  [ "$(grep -c . "$file")" -eq 1 ] && grep -q "^error: " "$file" || fail "$what: not one error line: $(cat "$file")"
-  for pattern in "$@"; do grep -Eq -- "$pattern" "$file" || fail "$what: no '$pattern' in: $(cat "$file")"; done
-}
 reference() {  # one rank, the whole batch: the run every distributed one must reproduce
   [ -f "$work/one-$1/metrics.jsonl" ] || "$mhc" train "${small[@]}" --steps "$1" --out "$work/one-$1" > "$work/one-$1.log" 2>&1 ||
     fail "single-rank reference: $(tail -1 "$work/one-$1.log")"
@@ -83,29 +44,6 @@ if want torchrun; then
 fi
 
 if want failure; then
-  # survivor_exits VICTIM_RANK SIGNAL: 2 ranks by hand; once training runs, VICTIM gets SIGNAL; the
-  # other rank must exit non-zero within --dist-timeout (+ its roll call) naming the victim.
-  survivor_exits() {
-    local victim=$1 signal=$2 port pids=() out="$work/fail-$1-$2" t0 status
-    port=$(free_port)
-    for rank in 0 1; do
-      RANK=$rank WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-        "$mhc" train "${small[@]}" --steps 100000 --dist-timeout 5 --out "$out" > "$out.$rank.log" 2> "$out.$rank.err" &
-      pids+=($!)
-    done
-    for _ in $(seq 1 600); do [ -f "$out/metrics.jsonl" ] && [ "$(wc -l < "$out/metrics.jsonl")" -ge 3 ] && break; sleep 0.1; done
-    kill "-$signal" "${pids[$victim]}"
-    t0=$(date +%s)
-    wait "${pids[$((1 - victim))]}"
-    status=$?
-    kill -9 "${pids[$victim]}" 2>/dev/null
-    wait "${pids[$victim]}" 2>/dev/null
-    [ "$status" -ne 0 ] || fail "failure ($signal rank $victim): the survivor exited 0"
-    [ $(($(date +%s) - t0)) -le 20 ] || fail "failure ($signal rank $victim): the survivor took $(($(date +%s) - t0)) s"
-    grep -Eq "^error: .*rank $victim did not answer" "$out.$((1 - victim)).err" ||
-      fail "failure ($signal rank $victim): $(cat "$out.$((1 - victim)).err")"
-    [ "$(grep -c . "$out.$((1 - victim)).err")" -eq 1 ] || fail "failure ($signal rank $victim): not one line: $(cat "$out.$((1 - victim)).err")"
-  }
   survivor_exits 1 KILL   # a dead rank: its sockets close
   survivor_exits 0 KILL   # rank 0 hosts the store: the survivor cannot even hold a roll call
   survivor_exits 1 STOP   # a stalled rank: only the timeout can tell

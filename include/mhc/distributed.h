@@ -20,6 +20,30 @@
 
 namespace mhc::dist {
 
+class Group;
+
+// A point-to-point send or receive in flight (Group::send, Group::receive). The transfer proceeds
+// in the background while the caller computes; wait() blocks until it is done. The tensor it was
+// given must stay alive and untouched until then.
+class Transfer {
+ public:
+  Transfer();
+  ~Transfer();
+  Transfer(Transfer&&) noexcept;
+  Transfer& operator=(Transfer&&) noexcept;
+  // Waits at most the group's timeout; then, or when the peer is gone, throws std::runtime_error
+  // naming the ranks that did not answer (as the collectives do). A no-op once done.
+  void wait();
+  bool pending() const { return work_ != nullptr; }
+
+ private:
+  friend class Group;
+  struct Work;
+  std::unique_ptr<Work> work_;
+  Group* group_ = nullptr;
+  std::string what_;
+};
+
 struct Environment {
   int rank = 0, world_size = 1, local_rank = 0;
   std::string master_addr;
@@ -55,6 +79,17 @@ class Group {
   int world_size() const { return environment_.world_size; }
   bool leader() const { return environment_.rank == 0; }
 
+  // The process group of some of this group's ranks (`members`, ascending, this rank among them):
+  // every member calls it with the same members, the others do not. Its ranks are positions in
+  // `members`; its errors name the ranks of this group. Bounded by the same timeout.
+  std::unique_ptr<Group> subgroup(const std::vector<int>& members);
+
+  // Point-to-point, posted at once and completed in the background: the contiguous CPU tensor's
+  // bytes go to (come from) rank `peer`, matched with the peer's receive (send) of the same `tag`
+  // (0 to 2^31 - 1), in order. Any dtype: both sides must agree on the shape and dtype.
+  Transfer send(const torch::Tensor& tensor, int peer, int64_t tag);
+  Transfer receive(const torch::Tensor& tensor, int peer, int64_t tag);
+
   // Overwrites the tensors with rank 0's values: flattened into buckets, one broadcast per bucket.
   void broadcast(const std::vector<torch::Tensor>& tensors);
   // Replaces the tensors by their sum (or mean) over ranks: flattened buckets, one all-reduce each.
@@ -71,9 +106,16 @@ class Group {
                   const std::function<void(std::vector<torch::Tensor>&)>& collective);
   // Runs a collective; on failure throws std::runtime_error naming the ranks that did not answer.
   void run(const char* what, const std::function<void()>& collective);
+  friend class Transfer;
+  Group(const Group& parent, const std::vector<int>& members);
+  void connect();  // the Gloo process group over state_->store
+  Transfer post(bool sending, const torch::Tensor& tensor, int peer, int64_t tag);
   Environment environment_;
   std::chrono::milliseconds timeout_;
   std::unique_ptr<State> state_;
+  // The rank, in the group that made this one (the world's, for the world), of each rank of it:
+  // errors name those.
+  std::vector<int> names_;
 };
 
 }  // namespace mhc::dist

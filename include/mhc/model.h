@@ -100,6 +100,14 @@ class GPTImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& tokens, std::vector<SublayerRecord>* record = nullptr);
   // Mean cross-entropy of next-token prediction, in nats.
   torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& targets);
+  // forward() in three parts, for pipeline stages (mhc/pipeline.h): tokens -> the n-stream state
+  // x_0 [B, T, n, C]; blocks [first, last) on a stream state; the state after the last block ->
+  // logits, or -> the mean cross-entropy against targets.
+  torch::Tensor embed(const torch::Tensor& tokens);
+  torch::Tensor run_blocks(const torch::Tensor& x, int64_t first, int64_t last,
+                           std::vector<SublayerRecord>* record = nullptr);
+  torch::Tensor logits(const torch::Tensor& x);
+  torch::Tensor loss_of(const torch::Tensor& logits, const torch::Tensor& targets);
   const GPTConfig& config() const { return config_; }
   // The recomputation policy is a run setting: it changes memory and time, never a result, so a
   // model may switch it between steps (a resumed run, `mhc bench memory`).

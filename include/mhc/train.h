@@ -105,6 +105,13 @@ struct StepResult {
 StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
                       const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr,
                       dist::Group* group = nullptr);
+// The same step with the micro-batches' passes given whole: `accumulate` runs them, leaving the
+// gradients in the parameters, and returns the summed loss. `replicas` (data parallelism) averages
+// the gradients and the loss; then `combine`, if given, turns this rank's loss and squared gradient
+// norm into the whole model's (a pipeline's stages each hold a part: mhc/pipeline.h).
+StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
+                      const std::function<double()>& accumulate, double clip, double lr, dist::Group* replicas,
+                      const std::function<void(double& loss, double& squares)>& combine = {});
 
 // ---- Checkpoints --------------------------------------------------------------------------------
 

@@ -394,6 +394,9 @@ int compare(const std::vector<std::string>& argv) {
   if (!a.parse(argv)) return 0;
   if (dist::Environment::read().world_size > 1)
     throw std::invalid_argument("mhc compare runs in one process (WORLD_SIZE is set); distribute mhc train instead");
+  if (a.str("pipeline-stages") != "1")
+    throw std::invalid_argument("mhc compare runs in one process: --pipeline-stages " + a.str("pipeline-stages") +
+                                " (accepted: 1); pipeline mhc train instead");
 
   const std::vector<std::string> variants = a.list("variant");
   for (size_t i = 0; i < variants.size(); ++i) {

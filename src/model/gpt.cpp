@@ -171,20 +171,36 @@ std::vector<HyperConnection> GPTImpl::connections() const {
 }
 
 Tensor GPTImpl::forward(const Tensor& tokens, std::vector<SublayerRecord>* record) {
+  return logits(run_blocks(embed(tokens), 0, config_.layers, record));
+}
+
+Tensor GPTImpl::loss(const Tensor& tokens, const Tensor& targets) { return loss_of(forward(tokens), targets); }
+
+Tensor GPTImpl::embed(const Tensor& tokens) {
   TORCH_CHECK_VALUE(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len, "GPT: tokens must be [B, T] with T <= ",
                     config_.seq_len, ", got ", tokens.sizes());
-  const Tensor e = embed_(tokens.to(embed_->weight.device())).to(config_.dtype);
-  std::vector<Sublayer> sublayers;  // attention of block 0, MLP of block 0, …
-  for (const auto& block : blocks_) {
+  return expand_streams(embed_(tokens.to(embed_->weight.device())).to(config_.dtype), config_.streams);
+}
+
+Tensor GPTImpl::run_blocks(const Tensor& x, int64_t first, int64_t last, std::vector<SublayerRecord>* record) {
+  TORCH_CHECK_VALUE(0 <= first && first <= last && last <= config_.layers, "GPT: blocks [", first, ", ", last,
+                    ") (accepted: 0 <= first <= last <= ", config_.layers, ")");
+  std::vector<Sublayer> sublayers;  // attention of block `first`, its MLP, …
+  std::vector<HyperConnection> connections;
+  for (int64_t b = first; b < last; ++b) {
+    const Block& block = blocks_[b];
     sublayers.push_back([attention = block->attention](const Tensor& h) mutable { return attention->forward(h); });
     sublayers.push_back([mlp = block->mlp](const Tensor& h) mutable { return mlp->forward(h); });
+    if (block->attention_connection) connections.push_back(block->attention_connection), connections.push_back(block->mlp_connection);
   }
-  const Tensor x = forward_stack(connections(), sublayers, expand_streams(e, config_.streams), config_.recompute, record);
+  return forward_stack(connections, sublayers, x, config_.recompute, record);
+}
+
+Tensor GPTImpl::logits(const Tensor& x) {
   return project(head_, final_norm_(hyper_head_ ? hyper_head_(x) : reduce_streams(x)));
 }
 
-Tensor GPTImpl::loss(const Tensor& tokens, const Tensor& targets) {
-  const Tensor logits = forward(tokens);
+Tensor GPTImpl::loss_of(const Tensor& logits, const Tensor& targets) {
   return torch::nn::functional::cross_entropy(logits.view({-1, config_.vocab}).to(torch::kFloat),
                                               targets.reshape({-1}).to(logits.device()));
 }

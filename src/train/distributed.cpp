@@ -61,17 +61,23 @@ Result within(Clock::time_point deadline, const std::string& timed_out, std::fun
 }
 
 // Posts this rank's key `prefix` + rank (holding `value`), then waits until every rank has posted
-// its own or `deadline` passes; returns the ranks absent by then, as "1, 3" (empty: none).
+// its own or `deadline` passes; returns the ranks absent by then, as their `names` "1, 3" (empty: none).
 std::string absent_ranks(c10d::Store& store, const std::string& prefix, const std::vector<uint8_t>& value, int rank,
-                         int world_size, Clock::time_point deadline) {
+                         const std::vector<int>& names, Clock::time_point deadline) {
   store.set(prefix + std::to_string(rank), value);
   std::string absent;
-  for (int r = 0; r < world_size; ++r) {
+  for (size_t r = 0; r < names.size(); ++r) {
     const std::vector<std::string> key = {prefix + std::to_string(r)};
     while (!store.check(key) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (!store.check(key)) absent += (absent.empty() ? "" : ", ") + std::to_string(r);
+    if (!store.check(key)) absent += (absent.empty() ? "" : ", ") + std::to_string(names[r]);
   }
   return absent;
+}
+
+std::vector<int> identity(int size) {
+  std::vector<int> names(size);
+  for (int r = 0; r < size; ++r) names[r] = r;
+  return names;
 }
 
 std::string serialize(const Group::SharedSettings& settings) {
@@ -140,7 +146,7 @@ struct Group::State {
 };
 
 Group::Group(const Environment& environment, std::chrono::milliseconds timeout, const SharedSettings& shared_settings)
-    : environment_(environment), timeout_(timeout), state_(std::make_unique<State>()) {
+    : environment_(environment), timeout_(timeout), state_(std::make_unique<State>()), names_(identity(world_size())) {
   if (world_size() == 1) return;
   const Clock::time_point deadline = Clock::now() + timeout;
   const Environment e = environment_;
@@ -178,10 +184,9 @@ Group::Group(const Environment& environment, std::chrono::milliseconds timeout, 
   const std::string mine = serialize(shared_settings);
   const std::vector<std::map<std::string, std::string>> settings = within<std::vector<std::map<std::string, std::string>>>(
       deadline + kPollEnds, timed_out_awaiting("the other ranks") + "the store stopped answering",
-      [store = state_->store, r = rank(), world = world_size(), mine, deadline,
-       timed_out_awaiting] {
+      [store = state_->store, r = rank(), world = world_size(), names = names_, mine, deadline, timed_out_awaiting] {
         const std::string joined = "mhc/rendezvous/joined/", read = "mhc/rendezvous/read/";
-        if (const std::string absent = absent_ranks(*store, joined, {mine.begin(), mine.end()}, r, world, deadline);
+        if (const std::string absent = absent_ranks(*store, joined, {mine.begin(), mine.end()}, r, names, deadline);
             !absent.empty())
           throw std::runtime_error(timed_out_awaiting("rank " + absent) +
                                    "it never joined (not started, failed first, or given another MASTER_ADDR:MASTER_PORT)");
@@ -191,7 +196,7 @@ Group::Group(const Environment& environment, std::chrono::milliseconds timeout, 
           store->set(read + std::to_string(r), std::vector<uint8_t>{1});
           return all;
         }
-        if (const std::string absent = absent_ranks(*store, read, {1}, r, world, deadline); !absent.empty())
+        if (const std::string absent = absent_ranks(*store, read, {1}, r, names, deadline); !absent.empty())
           throw std::runtime_error(timed_out_awaiting("rank " + absent) + "it joined, then stopped answering");
         return all;
       });
@@ -212,18 +217,44 @@ Group::Group(const Environment& environment, std::chrono::milliseconds timeout, 
         throw std::invalid_argument(name + " is " + value_on(0, name) + " on " + which(0) + " but " + value_on(r, name) +
                                     " on " + which(r) + ": every rank must be given the same settings");
 
+  connect();
+}
+
+void Group::connect() {
   auto group_options = c10d::ProcessGroupGloo::Options::create();
-  group_options->timeout = timeout;
+  group_options->timeout = timeout_;
   const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
   group_options->devices.push_back(interface && *interface ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
                                                             : c10d::ProcessGroupGloo::createDefaultDevice());
   run("connecting the process group", [&] {
     state_->group = within<c10::intrusive_ptr<c10d::ProcessGroupGloo>>(
-        Clock::now() + timeout + kOwnTimeoutFirst, "no connection within " + seconds(timeout),
+        Clock::now() + timeout_ + kOwnTimeoutFirst, "no connection within " + seconds(timeout_),
         [store = state_->store, r = rank(), world = world_size(), group_options] {
           return c10::make_intrusive<c10d::ProcessGroupGloo>(store, r, world, group_options);
         });
   });
+}
+
+Group::Group(const Group& parent, const std::vector<int>& members)
+    : environment_(parent.environment_), timeout_(parent.timeout_), state_(std::make_unique<State>()) {
+  std::string key;
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (members[i] < 0 || members[i] >= parent.world_size() || (i > 0 && members[i] <= members[i - 1]))
+      throw std::invalid_argument("subgroup: members must be ascending ranks of the group, got " + std::to_string(members[i]));
+    if (members[i] == parent.rank()) environment_.rank = static_cast<int>(i);
+    names_.push_back(parent.names_[members[i]]);
+    key += (i ? "," : "") + std::to_string(members[i]);
+  }
+  if (std::find(members.begin(), members.end(), parent.rank()) == members.end())
+    throw std::invalid_argument("subgroup: rank " + std::to_string(parent.rank()) + " is not among its members " + key);
+  environment_.world_size = static_cast<int>(members.size());
+  if (world_size() == 1) return;
+  state_->store = c10::make_intrusive<c10d::PrefixStore>("mhc/group/" + key + "/", parent.state_->store);
+  connect();
+}
+
+std::unique_ptr<Group> Group::subgroup(const std::vector<int>& members) {
+  return std::unique_ptr<Group>(new Group(*this, members));
 }
 
 Group::~Group() = default;
@@ -242,14 +273,14 @@ void Group::run(const char* what, const std::function<void()>& collective) {
     std::string verdict;
     try {
       const std::string absent = within<std::string>(
-          deadline + kPollEnds, store_gone, [store = state_->store, r = rank(), world = world_size(), deadline] {
-            return absent_ranks(*store, "mhc/failed/", {1}, r, world, deadline);
+          deadline + kPollEnds, store_gone, [store = state_->store, r = rank(), names = names_, deadline] {
+            return absent_ranks(*store, "mhc/failed/", {1}, r, names, deadline);
           });
       verdict = absent.empty() ? "every rank answered the roll call" : "rank " + absent + " did not answer (dead or stalled)";
     } catch (const std::exception&) {
       verdict = store_gone;
     }
-    throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(rank()) + " of " +
+    throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(names_[rank()]) + " of " +
                              std::to_string(world_size()) + " (--dist-timeout " + seconds(timeout_) + "): " + verdict +
                              " [" + first_line(error_message(e)) + "]");
   }
@@ -312,5 +343,56 @@ bool Group::same_everywhere(const std::vector<torch::Tensor>& tensors) {
   barrier();  // rank 0 hosts the store: nobody may leave before everyone has read it
   return same;
 }
+
+struct Transfer::Work {
+  c10::intrusive_ptr<c10d::Work> work;
+  torch::Tensor tensor;  // kept alive until the transfer is done
+};
+
+Transfer::Transfer() = default;
+Transfer::~Transfer() = default;
+Transfer::Transfer(Transfer&&) noexcept = default;
+Transfer& Transfer::operator=(Transfer&&) noexcept = default;
+
+void Transfer::wait() {
+  if (!work_) return;
+  group_->run(what_.c_str(), [&] {
+    if (!work_->work->wait(group_->timeout_))
+      throw std::runtime_error("no transfer within " + seconds(group_->timeout_));
+  });
+  work_.reset();
+}
+
+namespace {
+
+void check_transfer(const char* what, const torch::Tensor& tensor, int peer, int64_t tag, int rank, int world_size) {
+  if (!tensor.device().is_cpu() || !tensor.is_contiguous())
+    throw std::invalid_argument(std::string(what) + ": the tensor must be a contiguous CPU tensor (Gloo), got " +
+                                tensor.device().str() + (tensor.is_contiguous() ? "" : ", not contiguous"));
+  if (peer < 0 || peer >= world_size || peer == rank)
+    throw std::invalid_argument(std::string(what) + ": peer rank " + std::to_string(peer) + " (accepted: another rank of 0 to " +
+                                std::to_string(world_size - 1) + ")");
+  if (tag < 0 || tag > INT32_MAX)
+    throw std::invalid_argument(std::string(what) + ": tag " + std::to_string(tag) + " (accepted: 0 to 2^31 - 1)");
+}
+
+}  // namespace
+
+Transfer Group::post(bool sending, const torch::Tensor& tensor, int peer, int64_t tag) {
+  check_transfer(sending ? "send" : "receive", tensor, peer, tag, rank(), world_size());
+  Transfer t;
+  t.group_ = this;
+  t.what_ = (sending ? "sending to rank " : "receiving from rank ") + std::to_string(names_[peer]);
+  t.work_ = std::make_unique<Transfer::Work>();
+  t.work_->tensor = tensor;
+  std::vector<torch::Tensor> one = {tensor};
+  run(t.what_.c_str(), [&] {
+    t.work_->work = sending ? state_->group->send(one, peer, static_cast<int>(tag)) : state_->group->recv(one, peer, static_cast<int>(tag));
+  });
+  return t;
+}
+
+Transfer Group::send(const torch::Tensor& tensor, int peer, int64_t tag) { return post(true, tensor, peer, tag); }
+Transfer Group::receive(const torch::Tensor& tensor, int peer, int64_t tag) { return post(false, tensor, peer, tag); }
 
 }  // namespace mhc::dist

@@ -92,6 +92,12 @@ const std::vector<SettingSpec>& setting_specs() {
       {"max-bad-steps", "5", "stop after this many non-finite steps in a row", 'i', true},
       {"sample-tokens", "48", "tokens sampled at the end of training (0: none)", 'i', true},
       {"dist-timeout", "120", "seconds any rank may wait for another in a collective before exiting with an error", 'f', true},
+      {"pipeline-stages", "1", "S, pipeline stages: the blocks split into S contiguous stages balanced by cost, one rank "
+       "each (WORLD_SIZE = S x data-parallel replicas; micro-batches: --accum)", 'i', true},
+      {"schedule", "1f1b", "pipeline schedule: 1f1b (one forward, one backward: at most S micro-batches in flight) or "
+       "gpipe (every forward, then every backward)", 's', true},
+      {"pipe-dtype", "auto", "dtype of the stream state and its gradient between pipeline stages: auto (the "
+       "activations' --dtype), float32 or bfloat16 (the coefficients never travel)", 's', true},
   };
   return specs;
 }

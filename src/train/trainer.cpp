@@ -20,6 +20,7 @@
 #include "mhc/diag.h"
 #include "mhc/distributed.h"
 #include "mhc/files.h"
+#include "mhc/pipeline.h"
 #include "mhc/run_state.h"
 #include "mhc/train.h"
 
@@ -108,6 +109,15 @@ dist::Group::SharedSettings defining_settings(const Settings& s) {
       shared_settings.emplace_back("--" + spec.name, value.is_string() ? value.get<std::string>() : value.dump());
     }
   return shared_settings;
+}
+
+// "2 pipeline stages (1f1b, stream state float32 between stages; this rank: stage 0, blocks 0 to 2)".
+std::string pipeline_summary(const PipelineStage& pipeline, Schedule schedule, torch::ScalarType wire_dtype) {
+  const PipelineLayout& l = pipeline.layout();
+  return std::to_string(l.stages) + " pipeline stages (" + schedule_name(schedule) + ", stream state " +
+         (wire_dtype == torch::kBFloat16 ? "bfloat16" : "float32") + " between stages; this rank: stage " +
+         std::to_string(l.stage) + ", blocks " + std::to_string(pipeline.blocks().first) + " to " +
+         std::to_string(pipeline.blocks().second - 1) + ")";
 }
 
 // SIGINT and SIGTERM set stop_signal (cleared first) for the object's life; the previous handlers
@@ -244,15 +254,25 @@ data::TokenizedCorpus run_corpus(LoadedRun& run, const std::string& data_dir, in
 StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
                       const std::function<torch::Tensor()>& micro_batch_loss, int64_t accum, double clip, double lr,
                       dist::Group* group) {
-  double loss_sum = 0;
-  for (int64_t micro = 0; micro < accum; ++micro) {
-    const torch::Tensor loss = micro_batch_loss() / static_cast<double>(accum);
-    loss.backward();
-    loss_sum += loss.item<double>();
-  }
-  double all_reduce_seconds = 0;
-  if (group && group->world_size() > 1) {
-    const auto t0 = Clock::now();
+  const auto accumulate = [&] {
+    double loss_sum = 0;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      const torch::Tensor loss = micro_batch_loss() / static_cast<double>(accum);
+      loss.backward();
+      loss_sum += loss.item<double>();
+    }
+    return loss_sum;
+  };
+  return train_step(optimizer, parameters, accumulate, clip, lr, group);
+}
+
+StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parameters,
+                      const std::function<double()>& accumulate, double clip, double lr, dist::Group* replicas,
+                      const std::function<void(double& loss, double& squares)>& combine) {
+  double loss_sum = accumulate();
+  const auto t0 = Clock::now();
+  const bool averaged = replicas && replicas->world_size() > 1;
+  if (averaged) {
     std::vector<torch::Tensor> shared;
     for (const auto& p : parameters) {
       if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // every rank's buffer has one layout
@@ -260,14 +280,16 @@ StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parame
     }
     const torch::Tensor loss = torch::tensor({loss_sum}, torch::kDouble);
     shared.push_back(loss);
-    group->average(shared);
+    replicas->average(shared);
     loss_sum = loss.item<double>();
-    all_reduce_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   }
-  std::vector<torch::Tensor> squares;  // summed on the device: one synchronisation, not one per tensor
+  std::vector<torch::Tensor> parts;  // summed on the device: one synchronisation, not one per tensor
   for (const auto& p : parameters)
-    if (p.grad().defined()) squares.push_back(p.grad().pow(2).sum().to(torch::kDouble));
-  const double norm = squares.empty() ? 0.0 : std::sqrt(torch::stack(squares).sum().item<double>());
+    if (p.grad().defined()) parts.push_back(p.grad().pow(2).sum().to(torch::kDouble));
+  double squares = parts.empty() ? 0.0 : torch::stack(parts).sum().item<double>();
+  if (combine) combine(loss_sum, squares);
+  const double all_reduce_seconds = averaged || combine ? std::chrono::duration<double>(Clock::now() - t0).count() : 0.0;
+  const double norm = std::sqrt(squares);
   const bool finite = std::isfinite(loss_sum) && std::isfinite(norm);
   if (finite) {
     if (clip > 0 && norm > clip)
@@ -303,18 +325,27 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   const double lr = s.real("lr", 0, 1e30), min_lr = s.real("min-lr", 0, 1e30), clip = s.real("clip", 0, 1e30);
   AdamW::Options adam{s.real("beta1", 0, 0.999999), s.real("beta2", 0, 0.999999), 1e-8, s.real("weight-decay", 0, 1e3)};
   const int world = environment.world_size;
-  if (batch % world != 0)
-    throw std::invalid_argument("--batch " + std::to_string(batch) + " does not split over WORLD_SIZE=" +
-                                std::to_string(world) + " ranks (the batch is global: accepted, a multiple of " +
-                                std::to_string(world) + ")");
-  const int64_t rank_batch = batch / world;
+  const int64_t stages = s.integer("pipeline-stages", 1, 1 << 20);
+  const PipelineLayout layout = PipelineLayout::of(environment.rank, world, stages);
+  check_pipeline_stages(stages, s.integer("layers", 1, 1 << 20));
+  const Schedule schedule = parse_schedule(s.str("schedule"));
+  const torch::ScalarType wire_dtype = parse_pipe_dtype(s.str("pipe-dtype"), parse_dtype(s.str("dtype")));
+  if (batch % layout.replicas != 0)
+    throw std::invalid_argument("--batch " + std::to_string(batch) + " does not split over " +
+                                (stages == 1 ? "WORLD_SIZE=" + std::to_string(world) + " ranks"
+                                             : std::to_string(layout.replicas) + " data-parallel replicas (WORLD_SIZE=" +
+                                                   std::to_string(world) + " / --pipeline-stages " + std::to_string(stages) + ")") +
+                                " (the batch is global: accepted, a multiple of " + std::to_string(layout.replicas) + ")");
+  const int64_t rank_batch = batch / layout.replicas;
   const torch::Device device = parse_device(s.str("device"));
   if (device.is_cuda() && world > 1)
     throw std::invalid_argument("--device " + s.str("device") + " with WORLD_SIZE=" + std::to_string(world) +
                                 ": data-parallel training exchanges CPU tensors over Gloo; NCCL for CUDA is not wired "
                                 "in yet (accepted: --device cpu, or one rank)");
+  dist::Group::SharedSettings shared = defining_settings(s);
+  for (const char* name : {"pipeline-stages", "schedule", "pipe-dtype"}) shared.emplace_back(std::string("--") + name, s.str(name));
   dist::Group group(environment, std::chrono::milliseconds(static_cast<int64_t>(s.real("dist-timeout", 0.001, 1e6) * 1e3)),
-                    defining_settings(s));
+                    shared);
 
   // The checkpoint first: its tokenizer must be the one the data is encoded with.
   Checkpoint resumed;
@@ -343,6 +374,13 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
   AdamW optimizer(named, adam);
   const std::vector<torch::Tensor> parameters = model->parameters();
+  // With pipeline stages, this rank trains its stage's parameters and averages them with the same
+  // stage's replicas; otherwise it trains them all with every rank.
+  std::unique_ptr<PipelineStage> pipeline;
+  if (stages > 1)
+    pipeline = std::make_unique<PipelineStage>(model, group, layout, balance_stages(model->config(), stages), schedule, wire_dtype);
+  const std::vector<torch::Tensor>& trained = pipeline ? pipeline->parameters() : parameters;
+  dist::Group& replicas = pipeline ? pipeline->replicas() : group;
   const bool has_connections = !model->connections().empty();  // the plain residual has nothing to diagnose
   const torch::Tensor probe = diag::probe_tokens(val_windows, diag_batch);
   const diag::CollapseThresholds collapse{s.real("collapse-rank", 0, 1e6), s.real("collapse-share", 0, 1),
@@ -369,6 +407,7 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
               << " blocks x C=" << s.str("dim") << ", " << model->parameters().size() << " tensors / "
               << [&] { int64_t c = 0; for (auto& p : model->parameters()) c += p.numel(); return short_count(c); }()
               << " parameters, vocab " << corpus.tokenizer->vocab_size() << ", "
+              << (pipeline ? pipeline_summary(*pipeline, schedule, wire_dtype) + ", " : "")
               << (world > 1 ? std::to_string(world) + " ranks x " : "") << threads << " threads, " << device << ", "
               << s.str("dtype") << " -> " << out
               << (resume_from.empty() ? "" : " (resumed at step " + std::to_string(step) + ")") << std::endl;
@@ -376,11 +415,22 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   // ---- The loop: one optimizer step, then (rank 0) evaluation, metrics, progress, checkpoint ----
   // The global batch is windows [position, position + batch) of the shuffled order; this rank's
   // share is its rank_batch-sized slice, so the data order does not depend on the world size.
+  // Micro-batch i from the current position: windows [i · batch, (i + 1) · batch), this replica's share.
+  const auto micro_batch = [&](int64_t i) {
+    return train_windows.batch(position + i * batch + layout.replica * rank_batch, rank_batch);
+  };
   const auto next_loss = [&] {
-    auto [x, y] = train_windows.batch(position + group.rank() * rank_batch, rank_batch);
+    auto [x, y] = micro_batch(0);
     position += batch;
     return model->loss(x, y);
   };
+  const auto run_pipeline = [&] {
+    const double loss_sum = pipeline->run(accum, micro_batch);
+    position += batch * accum;
+    return loss_sum;
+  };
+  std::function<void(double&, double&)> combine;
+  if (pipeline) combine = [&](double& loss, double& squares) { pipeline->combine(loss, squares); };
   Progress progress(steps);
   const int64_t tokens_per_step = batch * accum * model->config().seq_len;
   int64_t bad_in_row = 0;
@@ -391,24 +441,29 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   while (step < last_step && !stopping) {
     const auto t0 = Clock::now();
     const double rate = learning_rate(step, steps, warmup, lr, min_lr);
-    const StepResult r = train_step(optimizer, parameters, next_loss, accum, clip, rate, &group);
+    const StepResult r = pipeline ? train_step(optimizer, trained, run_pipeline, clip, rate, &replicas, combine)
+                                  : train_step(optimizer, parameters, next_loss, accum, clip, rate, &group);
     bad_in_row = r.finite ? 0 : bad_in_row + 1;
     bad_total += r.finite ? 0 : 1;
     ++step;
     stopping = stop_requested(group);
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     seconds_training += seconds;
+    const bool eval_now = step == last_step || (eval_every > 0 && step % eval_every == 0);
+    const bool diag_now = diag_every > 0 && has_connections && (step % diag_every == 0 || step == last_step);
+    const bool ckpt_now = step == last_step || stopping || (ckpt_every > 0 && step % ckpt_every == 0);
+    // Rank 0 evaluates, probes and checkpoints the whole model: the other stages' parts first.
+    if (pipeline && (eval_now || diag_now || ckpt_now)) pipeline->gather_to_leader(ckpt_now ? &optimizer : nullptr);
     if (!leader) {
       if (bad_in_row >= max_bad) return 1;  // rank 0 reports it
       continue;
     }
 
-    const bool eval_now = step == last_step || (eval_every > 0 && step % eval_every == 0);
     if (eval_now) last_val = evaluate(model, val_windows, batch, eval_batches);
     nlohmann::ordered_json line =
         metrics_line(step, r, rate, seconds, tokens_per_step, bad_total, world > 1, eval_now ? &last_val : nullptr);
     // No autograd and no randomness: the diagnostics cannot change the training that follows.
-    if (diag_every > 0 && has_connections && (step % diag_every == 0 || step == last_step)) {
+    if (diag_now) {
       const auto d0 = Clock::now();
       const auto diagnostics = diag::probe(model, probe);
       line["diag"] = nlohmann::ordered_json::parse(diag::to_json(diagnostics));
@@ -424,15 +479,17 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
     if (bad_in_row >= max_bad)
       throw std::runtime_error("training diverged: the loss or gradient was not finite for " + std::to_string(bad_in_row) +
                                " steps in a row (last at step " + std::to_string(step) + "; try a lower --lr)");
-    if (step == last_step || stopping || (ckpt_every > 0 && step % ckpt_every == 0))
+    if (ckpt_now)
       save_run_state(out, keep, s, step, position, bad_total, model, optimizer, *corpus.tokenizer);
   }
 
   // ---- The end: the ranks agree, and rank 0 says how the run ended ----
-  if (world > 1) {
-    const bool same = group.same_everywhere(parameters);
-    if (!same) throw std::runtime_error("the ranks' parameters differ after step " + std::to_string(step));
-    if (leader) progress.note("parameters identical on all " + std::to_string(world) + " ranks");
+  if (replicas.world_size() > 1) {
+    const bool same = replicas.same_everywhere(trained);
+    if (!same) throw std::runtime_error("the replicas' parameters differ after step " + std::to_string(step));
+    if (leader)
+      progress.note(pipeline ? "each stage's parameters identical on its " + std::to_string(layout.replicas) + " replicas"
+                             : "parameters identical on all " + std::to_string(world) + " ranks");
   }
   if (!leader) return 0;
   if (stopping)
