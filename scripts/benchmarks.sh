@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates docs/benchmarks.md (on stdout) on this machine from `mhc bench train`, `mhc bench memory`,
-# `mhc bench layer`, python/bench.py, bench_kernels and scripts/bench_dist.sh:
+# `mhc bench layer`, python/bench.py, bench_kernels, scripts/bench_dist.sh and `mhc bench pipeline`:
 #   bash scripts/benchmarks.sh build/mhc > docs/benchmarks.md      (or: make bench-docs)
 set -euo pipefail
 mhc=${1:-build/mhc}
@@ -112,3 +112,22 @@ SECTION
 "$(dirname "$mhc")/bench_kernels" --benchmark_min_time=0.3 2>/dev/null | grep -E '^(run/|fma_peak|Benchmark|-)'
 echo '```'
 bash "$(dirname "$0")/bench_dist.sh" "$mhc"
+
+cat <<SECTION
+
+## Pipeline parallelism (c10d Gloo point-to-point on loopback)
+
+\`$(basename "$mhc") bench pipeline --stages 2 --preset deep --markdown\`, then the same with \`--preset tiny\`
+
+One training step of 8 micro-batches over 2 stages (one process and one thread each, 1F1B) against
+the same step in one process with 2 threads; the plain residual and mHC n = 4 interleaved step by
+step. "first blocks" is the measured split. The bubble is the stages' time spent waiting for a
+neighbour's computation, as a share of the schedule's makespan, next to 1F1B's (S − 1)/(m + S − 1);
+"communication wait" is the time blocked on a transfer after both of its ends had posted it, as a
+share of the step (both averaged over the stages). mHC sends 4x the plain residual's bytes. With
+\`tiny\`'s 4 blocks the best split is 3 | 1 and the stages differ in cost, which shows in its bubble.
+
+SECTION
+"$mhc" bench pipeline --stages 2 --preset deep --markdown
+echo
+"$mhc" bench pipeline --stages 2 --preset tiny --markdown

@@ -80,6 +80,8 @@ if want errors; then
   expect_failure 2 "--schedule 'dualpipe' \(accepted: 1f1b, gpipe\)" -- train "${small[@]}" --schedule dualpipe --out "$work/e"
   expect_failure 2 "--pipe-dtype 'float16' \(accepted: auto, float32, bfloat16\)" -- train "${small[@]}" --pipe-dtype float16 --out "$work/e"
   expect_failure 2 "mhc compare runs in one process: --pipeline-stages 2 \(accepted: 1\)" -- compare "${small[@]}" --pipeline-stages 2 --out "$work/e"
+  expect_error "--pipeline-stages 5 for 4 blocks \(accepted: 1 to 4" bench pipeline --preset tiny --stages 5
+  expect_error "--stages must be" bench pipeline --stages 1
 fi
 
 echo "pipeline_cli ($only): $failures failed"

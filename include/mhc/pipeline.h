@@ -38,12 +38,28 @@ torch::ScalarType parse_pipe_dtype(const std::string& name, torch::ScalarType ac
 // Throws std::invalid_argument unless 1 <= stages <= blocks (each stage runs at least one block).
 void check_pipeline_stages(int64_t stages, int64_t blocks);
 
+// What the parts of a stage cost, in any one unit: the embedding (on the first stage), one block
+// (the blocks are alike), the stream head, final norm, LM head and loss (on the last stage).
+struct PartCosts {
+  double embed = 0, block = 1, head = 0;
+};
+// Seconds of one forward and backward pass of each part on this process, on one micro-batch
+// (tokens, targets [b, T]): the median of `reps` after a warm-up. The parameters' gradients are
+// left undefined, as in a fresh model; the random state is not touched.
+PartCosts measured_costs(GPT& model, const torch::Tensor& tokens, const torch::Tensor& targets, int reps = 3);
+
 // The first block of each stage and, last, the number of blocks: stage s runs blocks
-// [first[s], first[s + 1]); stage 0 also embeds the tokens, stage S − 1 also holds the stream head,
-// the final norm, the LM head and the loss. Contiguous, non-empty, and minimising the costliest
-// stage's multiply-adds per token (a block's projections, attention and connections; the LM head).
-// Throws std::invalid_argument when S exceeds the blocks.
-std::vector<int64_t> balance_stages(const GPTConfig& config, int64_t stages);
+// [first[s], first[s + 1]). Contiguous, non-empty, and minimising the costliest stage's cost, the
+// embedding counted on the first stage and the head on the last. Throws std::invalid_argument
+// when S exceeds the blocks.
+std::vector<int64_t> balance_stages(int64_t blocks, int64_t stages, const PartCosts& costs);
+// The split every rank of `world` takes: rank 0 measures the costs (measured_costs, on one
+// micro-batch) and broadcasts them. A split changes where the work runs, never a result. (Counted
+// FLOPs were the first choice, and they missed: the attention's softmax and the norms are
+// elementwise work that a CPU runs far below its FMA rate, so a block costs more against the LM
+// head's GEMM than its FLOPs say.)
+std::vector<int64_t> measure_and_balance(GPT& model, dist::Group& world, int64_t stages, const torch::Tensor& tokens,
+                                         const torch::Tensor& targets);
 // The stage that trains a GPT parameter, by name: embed.* the first, blocks.<i>.* the stage of block
 // i, the rest (stream head, final norm, LM head) the last.
 int64_t stage_of_parameter(const std::string& name, const std::vector<int64_t>& first_blocks);
@@ -105,6 +121,8 @@ class PipelineStage {
   const PipelineLayout& layout() const { return layout_; }
   // (first block, end block) of this stage.
   std::pair<int64_t, int64_t> blocks() const;
+  // The first block of every stage.
+  std::vector<int64_t> first_blocks() const { return {first_blocks_.begin(), first_blocks_.end() - 1}; }
 
   // The step's loss and squared gradient norm over the whole pipeline: each of replica 0's stages
   // contributes its own (one all-reduce over the world), the same on every rank afterwards.

@@ -25,15 +25,16 @@ const char* kUsage =
     "usage: mhc COMMAND [flags]\n"
     "\n"
     "commands:\n"
-    "  train         train a GPT with any residual variant (default: mHC, n = 4, on the Brown corpus)\n"
-    "  sample        continue a prompt with a trained model\n"
-    "  eval          validation loss and perplexity of a trained model\n"
-    "  analyze       signal-gain diagnostics of a checkpoint: table and plots\n"
-    "  compare       train several variants identically; report with plots\n"
-    "  launch        run a command as N local ranks of a data-parallel job (mhc launch --nproc 2 -- train)\n"
-    "  bench layer   time one sublayer's fused ops against the plain-LibTorch reference\n"
-    "  bench train   training step time of every variant, as ratios to the plain residual\n"
-    "  bench memory  peak activation bytes of a training step per variant and recomputation policy\n"
+    "  train           train a GPT with any residual variant (default: mHC, n = 4, on the Brown corpus)\n"
+    "  sample          continue a prompt with a trained model\n"
+    "  eval            validation loss and perplexity of a trained model\n"
+    "  analyze         signal-gain diagnostics of a checkpoint: table and plots\n"
+    "  compare         train several variants identically; report with plots\n"
+    "  launch          run a command as N local ranks of a data-parallel job (mhc launch --nproc 2 -- train)\n"
+    "  bench layer     time one sublayer's fused ops against the plain-LibTorch reference\n"
+    "  bench train     training step time of every variant, as ratios to the plain residual\n"
+    "  bench memory    peak activation bytes of a training step per variant and recomputation policy\n"
+    "  bench pipeline  a training step over pipeline stages: bubble, bytes between stages, communication wait\n"
     "\n"
     "Run `mhc COMMAND --help` for the flags of a command.\n";
 
@@ -59,8 +60,9 @@ extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** 
       if (args.size() >= 2 && args[1] == "layer") return mhc::cli::bench_layer({args.begin() + 2, args.end()});
       if (args.size() >= 2 && args[1] == "train") return mhc::cli::bench_train({args.begin() + 2, args.end()});
       if (args.size() >= 2 && args[1] == "memory") return mhc::cli::bench_memory({args.begin() + 2, args.end()});
+      if (args.size() >= 2 && args[1] == "pipeline") return mhc::cli::bench_pipeline({args.begin() + 2, args.end()});
       throw std::invalid_argument("mhc bench: unknown benchmark '" + (args.size() >= 2 ? args[1] : "") +
-                                  "' (accepted: layer, train, memory)");
+                                  "' (accepted: layer, train, memory, pipeline)");
     }
     throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: train, sample, eval, analyze, compare, launch, bench)");
   } catch (const std::invalid_argument& e) {

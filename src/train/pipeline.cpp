@@ -3,6 +3,7 @@
 #include "mhc/pipeline.h"
 
 #include <chrono>
+#include <algorithm>
 #include <deque>
 #include <limits>
 #include <map>
@@ -23,15 +24,10 @@ int64_t forward_tag(int64_t micro) { return 2 * micro; }
 int64_t backward_tag(int64_t micro) { return 2 * micro + 1; }
 constexpr int64_t kGatherTag = int64_t(1) << 30;
 
-// Multiply-adds per token of one block (two sublayers with their connections) and of the LM head.
-double block_cost(const GPTConfig& c) {
-  const double C = static_cast<double>(c.dim), n = static_cast<double>(c.streams);
-  const double attention = 4 * C * C + static_cast<double>(c.seq_len) * C;  // qkv, out; causal scores and values
-  const double mlp = 3 * C * static_cast<double>(c.mlp_hidden());
-  const double connection = c.variant == Variant::residual ? 0.0 : n * C * (n * n + 2 * n) + 2 * n * n * C;
-  return attention + mlp + 2 * connection;
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
-double head_cost(const GPTConfig& c) { return static_cast<double>(c.dim) * static_cast<double>(c.vocab); }
 
 }  // namespace
 
@@ -56,10 +52,30 @@ void check_pipeline_stages(int64_t stages, int64_t blocks) {
                                 " blocks (accepted: 1 to " + std::to_string(blocks) + ": each stage runs at least one block)");
 }
 
-std::vector<int64_t> balance_stages(const GPTConfig& config, int64_t stages) {
-  const int64_t L = config.layers;
+PartCosts measured_costs(GPT& model, const torch::Tensor& tokens, const torch::Tensor& targets, int reps) {
+  auto seconds = [&](const std::function<void()>& pass) {
+    std::vector<double> times;
+    for (int r = 0; r <= reps; ++r) {  // the first is the warm-up
+      const auto t0 = Clock::now();
+      pass();
+      if (r > 0) times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    return median_of(times);
+  };
+  const torch::Tensor x = model->embed(tokens).detach();
+  PartCosts costs;
+  costs.embed = seconds([&] { model->embed(tokens).sum().backward(); });
+  costs.block = seconds([&] {
+    const torch::Tensor y = model->run_blocks(x.clone().requires_grad_(true), 0, 1);
+    y.backward(torch::ones_like(y));
+  });
+  costs.head = seconds([&] { model->loss_of(model->logits(x.clone().requires_grad_(true)), targets).backward(); });
+  for (auto& p : model->parameters()) p.mutable_grad() = torch::Tensor();
+  return costs;
+}
+
+std::vector<int64_t> balance_stages(int64_t L, int64_t stages, const PartCosts& costs) {
   check_pipeline_stages(stages, L);
-  const double block = block_cost(config), head = head_cost(config);
   const double inf = std::numeric_limits<double>::infinity();
   // worst[s][j]: the least possible cost of the costliest stage when stages 0..s−1 run blocks [0, j);
   // cut[s][j]: where stage s − 1 starts in that split.
@@ -69,7 +85,8 @@ std::vector<int64_t> balance_stages(const GPTConfig& config, int64_t stages) {
   for (int64_t s = 1; s <= stages; ++s)
     for (int64_t j = s; j <= L; ++j)
       for (int64_t i = s - 1; i < j; ++i) {
-        const double cost = static_cast<double>(j - i) * block + (s == stages && j == L ? head : 0.0);
+        const double cost = static_cast<double>(j - i) * costs.block + (s == 1 ? costs.embed : 0.0) +
+                            (s == stages && j == L ? costs.head : 0.0);
         const double candidate = std::max(worst[s - 1][i], cost);
         if (candidate < worst[s][j]) worst[s][j] = candidate, cut[s][j] = i;
       }
@@ -77,6 +94,19 @@ std::vector<int64_t> balance_stages(const GPTConfig& config, int64_t stages) {
   first[stages] = L;
   for (int64_t s = stages, j = L; s > 0; --s) j = first[s - 1] = cut[s][j];
   return first;
+}
+
+std::vector<int64_t> measure_and_balance(GPT& model, dist::Group& world, int64_t stages, const torch::Tensor& tokens,
+                                         const torch::Tensor& targets) {
+  check_pipeline_stages(stages, model->config().layers);
+  const torch::Tensor costs = torch::zeros({3}, torch::kDouble);
+  if (world.leader()) {
+    const PartCosts measured = measured_costs(model, tokens, targets);
+    costs[0] = measured.embed, costs[1] = measured.block, costs[2] = measured.head;
+  }
+  world.broadcast({costs});
+  return balance_stages(model->config().layers, stages,
+                        {costs[0].item<double>(), costs[1].item<double>(), costs[2].item<double>()});
 }
 
 int64_t stage_of_parameter(const std::string& name, const std::vector<int64_t>& first_blocks) {

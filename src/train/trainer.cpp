@@ -377,8 +377,11 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
   // With pipeline stages, this rank trains its stage's parameters and averages them with the same
   // stage's replicas; otherwise it trains them all with every rank.
   std::unique_ptr<PipelineStage> pipeline;
-  if (stages > 1)
-    pipeline = std::make_unique<PipelineStage>(model, group, layout, balance_stages(model->config(), stages), schedule, wire_dtype);
+  if (stages > 1) {
+    auto [x, y] = train_windows.batch(0, rank_batch);
+    pipeline = std::make_unique<PipelineStage>(model, group, layout, measure_and_balance(model, group, stages, x, y),
+                                               schedule, wire_dtype);
+  }
   const std::vector<torch::Tensor>& trained = pipeline ? pipeline->parameters() : parameters;
   dist::Group& replicas = pipeline ? pipeline->replicas() : group;
   const bool has_connections = !model->connections().empty();  // the plain residual has nothing to diagnose

@@ -1,0 +1,324 @@
+// `mhc bench pipeline --stages S`: a preset GPT's training step pipelined over S local processes
+// (mhc/pipeline.h), for each variant interleaved step by step, against the same step in one process
+// with the same global batch, micro-batches and cores. Per variant it reports:
+//   - the measured bubble next to the schedule's theory ((S − 1)/(m + S − 1) for m micro-batches);
+//   - the bytes sent between stages per step;
+//   - the share of the step a stage waits on communication;
+//   - the throughput against one process.
+// Every stage records when it posted each transfer and when it blocked on one (on the steady clock,
+// which the processes of one machine share). A wait is communication only from the moment both
+// ends had posted the transfer (the data could move) to its end; the rest of the stages' waiting is
+// the bubble: waiting for another stage's computation. Both are averaged over the stages, the
+// bubble as a share of the schedule's makespan (first stage's start to last stage's end), the
+// communication as a share of the whole step.
+//
+// Run without a distributed environment, the command measures the one-process step, starts S
+// copies of itself through `mhc launch` (which write their measurements to a temporary file),
+// measures the one-process step again, and prints both. Run under a launcher it is one of those
+// copies.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "args.h"
+#include "bench_common.h"
+#include "bench_model.h"
+#include "commands.h"
+#include "mhc/distributed.h"
+#include "mhc/files.h"
+#include "mhc/pipeline.h"
+#include "mhc/train.h"
+
+namespace fs = std::filesystem;
+
+namespace mhc::cli {
+
+namespace {
+
+constexpr double kLr = 1e-4, kClip = 1.0;
+
+// The micro-batches of one step: m × [batch, T + 1] random tokens, the same on every rank.
+std::vector<torch::Tensor> micro_batches(const train::Settings& s, int64_t m) {
+  torch::manual_seed(1);
+  std::vector<torch::Tensor> out;
+  for (int64_t i = 0; i < m; ++i) out.push_back(random_tokens(s));
+  return out;
+}
+
+std::pair<torch::Tensor, torch::Tensor> split(const torch::Tensor& tokens) {
+  const int64_t T = tokens.size(1) - 1;
+  return {tokens.slice(1, 0, T), tokens.slice(1, 1)};
+}
+
+// A stage's timeline of one step as numbers, for the trip to rank 0: begin, end, bytes, step
+// seconds, then the posts (peer, tag, send, at) and the waits (peer, tag, send, begin, end), each
+// list preceded by its length.
+void encode(const train::StageTimeline& t, double step_seconds, std::vector<double>& out) {
+  out.insert(out.end(), {t.begin, t.end, static_cast<double>(t.bytes_sent), step_seconds, static_cast<double>(t.posts.size())});
+  for (const auto& p : t.posts) out.insert(out.end(), {double(p.peer), double(p.tag), double(p.send), p.at});
+  out.push_back(static_cast<double>(t.waits.size()));
+  for (const auto& w : t.waits) out.insert(out.end(), {double(w.peer), double(w.tag), double(w.send), w.begin, w.end});
+}
+
+struct Measured {
+  train::StageTimeline timeline;
+  double step_seconds;
+};
+
+Measured decode(const std::vector<double>& in, size_t& k) {
+  Measured m;
+  train::StageTimeline& t = m.timeline;
+  t.begin = in[k++], t.end = in[k++], t.bytes_sent = static_cast<int64_t>(in[k++]), m.step_seconds = in[k++];
+  for (size_t n = static_cast<size_t>(in[k++]); n > 0; --n, k += 4)
+    t.posts.push_back({int(in[k]), int64_t(in[k + 1]), in[k + 2] != 0, in[k + 3]});
+  for (size_t n = static_cast<size_t>(in[k++]); n > 0; --n, k += 5)
+    t.waits.push_back({int(in[k]), int64_t(in[k + 1]), in[k + 2] != 0, in[k + 3], in[k + 4]});
+  return m;
+}
+
+// One step of every stage (index = rank) -> bubble (share of the makespan), communication wait
+// (share of the step), both averaged over the stages; bytes sent by all stages.
+struct StepShares {
+  double bubble, communication, step_seconds;
+  int64_t bytes;
+  std::vector<double> busy_seconds;  // per stage: computing, not waiting
+};
+
+StepShares shares(const std::vector<Measured>& stages) {
+  double begin = stages[0].timeline.begin, end = stages[0].timeline.end;
+  for (const auto& s : stages) begin = std::min(begin, s.timeline.begin), end = std::max(end, s.timeline.end);
+  const double makespan = end - begin;
+  // When each transfer could move: both its ends posted. Keyed by (sender, receiver, tag).
+  std::map<std::tuple<int, int, int64_t>, double> ready;
+  for (size_t r = 0; r < stages.size(); ++r)
+    for (const auto& p : stages[r].timeline.posts) {
+      const auto key = p.send ? std::make_tuple(int(r), p.peer, p.tag) : std::make_tuple(p.peer, int(r), p.tag);
+      ready[key] = std::max(ready[key], p.at);
+    }
+  StepShares out{0, 0, 0, 0, {}};
+  for (size_t r = 0; r < stages.size(); ++r) {
+    const auto& t = stages[r].timeline;
+    double waiting = 0, communication = 0;
+    for (const auto& w : t.waits) {
+      const auto key = w.send ? std::make_tuple(int(r), w.peer, w.tag) : std::make_tuple(w.peer, int(r), w.tag);
+      waiting += w.end - w.begin;
+      communication += std::max(0.0, w.end - std::max(w.begin, ready.at(key)));
+    }
+    const double busy = (t.end - t.begin) - waiting;
+    out.busy_seconds.push_back(busy);
+    out.bubble += (makespan - busy - communication) / makespan;
+    out.communication += communication / stages[r].step_seconds;
+    out.step_seconds = std::max(out.step_seconds, stages[r].step_seconds);
+    out.bytes += t.bytes_sent;
+  }
+  out.bubble /= static_cast<double>(stages.size());
+  out.communication /= static_cast<double>(stages.size());
+  return out;
+}
+
+// One copy of the pipelined benchmark: every variant's stage, stepped in turn; rank 0 gathers the
+// timelines and writes the medians to `result`.
+void run_stage(const Args& a, const train::Settings& s, const dist::Environment& environment) {
+  const int64_t stages = a.integer("stages", 2, 64), m = a.integer("micro-batches", 1, 4096);
+  const int warmup = static_cast<int>(a.integer("warmup", 0, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
+  const train::Schedule schedule = train::parse_schedule(a.str("schedule"));
+  torch::set_num_threads(static_cast<int>(a.integer("threads", 1, 1024)));
+  dist::Group world(environment, std::chrono::milliseconds(120000), {});
+  const train::PipelineLayout layout = train::PipelineLayout::of(environment.rank, environment.world_size, stages);
+  if (layout.replicas != 1) throw std::invalid_argument("mhc bench pipeline: WORLD_SIZE must equal --stages");
+
+  struct Variant {
+    BenchModel bench;
+    std::unique_ptr<train::PipelineStage> stage;
+    std::vector<double> encoded;  // the measured steps' timelines
+  };
+  const std::vector<torch::Tensor> tokens = micro_batches(s, m);
+  std::vector<Variant> variants;
+  for (const auto& name : a.list("variant")) {
+    BenchModel bench(s, name, a.str("streams"));
+    const auto [x, y] = split(tokens[0]);
+    std::vector<int64_t> first_blocks = train::measure_and_balance(bench.model, world, stages, x, y);
+    auto stage = std::make_unique<train::PipelineStage>(bench.model, world, layout, std::move(first_blocks), schedule,
+                                                        train::parse_pipe_dtype(a.str("pipe-dtype"), bench.model->config().dtype));
+    variants.push_back({std::move(bench), std::move(stage), {}});
+  }
+  for (int rep = 0; rep < warmup + reps; ++rep)
+    for (auto& v : variants) {
+      train::StageTimeline timeline;
+      auto& stage = *v.stage;
+      world.barrier();  // every stage starts the step together
+      const auto t0 = Clock::now();
+      train::train_step(
+          *v.bench.optimizer, stage.parameters(),
+          [&] { return stage.run(m, [&](int64_t i) { return split(tokens[i]); }, &timeline); }, kClip, kLr,
+          &stage.replicas(), [&](double& loss, double& squares) { stage.combine(loss, squares); });
+      if (rep >= warmup) encode(timeline, seconds_since(t0), v.encoded);
+    }
+
+  // The timelines to rank 0: a length, then the numbers, per variant.
+  if (!world.leader()) {
+    for (auto& v : variants) {
+      const torch::Tensor values = torch::tensor(v.encoded, torch::kDouble);
+      world.send(torch::tensor({values.numel()}, torch::kLong), 0, 0).wait();
+      world.send(values, 0, 1).wait();
+    }
+    return;
+  }
+  nlohmann::ordered_json result = nlohmann::ordered_json::array();
+  for (auto& v : variants) {
+    std::vector<std::vector<double>> per_rank = {v.encoded};
+    for (int r = 1; r < world.world_size(); ++r) {
+      const torch::Tensor length = torch::zeros({1}, torch::kLong);
+      world.receive(length, r, 0).wait();
+      const torch::Tensor values = torch::empty({length.item<int64_t>()}, torch::kDouble);
+      world.receive(values, r, 1).wait();
+      per_rank.emplace_back(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+    }
+    std::vector<size_t> cursor(per_rank.size(), 0);
+    std::vector<double> bubble, communication, step;
+    std::vector<std::vector<double>> busy(per_rank.size());
+    int64_t bytes = 0;
+    for (int rep = 0; rep < reps; ++rep) {
+      std::vector<Measured> stages_of_step;
+      for (size_t r = 0; r < per_rank.size(); ++r) stages_of_step.push_back(decode(per_rank[r], cursor[r]));
+      const StepShares sh = shares(stages_of_step);
+      bubble.push_back(sh.bubble), communication.push_back(sh.communication), step.push_back(sh.step_seconds);
+      bytes = sh.bytes;
+      for (size_t r = 0; r < busy.size(); ++r) busy[r].push_back(sh.busy_seconds[r]);
+    }
+    result.push_back({{"variant", v.bench.variant},
+                      {"streams", v.bench.model->config().streams},
+                      {"stage_first_blocks", v.stage->first_blocks()},
+                      {"step_ms", median(step) * 1e3},
+                      {"stage_busy_ms", [&] {
+                         std::vector<double> ms;
+                         for (const auto& b : busy) ms.push_back(median(b) * 1e3);
+                         return ms;
+                       }()},
+                      {"bubble", median(bubble)},
+                      {"bubble_theory", double(stages - 1) / double(m + stages - 1)},  // GPipe's and 1F1B's alike
+                      {"comm_wait_share", median(communication)},
+                      {"bytes_per_step", bytes}});
+  }
+  write_file_atomic(a.str("result"), result.dump());
+}
+
+}  // namespace
+
+int bench_pipeline(const std::vector<std::string>& argv) {
+  Args a("mhc bench pipeline",
+         "A preset's training step pipelined over --stages local processes (1F1B or GPipe), against one process with the\n"
+         "same global batch, micro-batches and cores: bubble, bytes between stages, communication wait, throughput.");
+  declare_model_bench_flags(a, "5", "the median is reported");
+  a.set("preset", "deep");  // 24 blocks: stages can be balanced to within one block
+  a.set("variant", "residual,mhc");
+  a.set("threads", "1");
+  a.flag("stages", "2", "pipeline stages, one process each")
+      .flag("micro-batches", "8", "m, micro-batches per step (each of the preset's --batch windows)")
+      .flag("schedule", "1f1b", "1f1b or gpipe")
+      .flag("pipe-dtype", "auto", "the stream state between stages: auto (the activations' dtype), float32, bfloat16")
+      .flag("result", "", "(set by the command for its copies) where rank 0 writes the pipelined measurements");
+  if (!a.parse(argv)) return 0;
+  const train::Settings s = model_bench_settings(a);
+  const int64_t stages = a.integer("stages", 2, 64), m = a.integer("micro-batches", 1, 4096);
+  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
+  train::parse_schedule(a.str("schedule"));
+  train::check_pipeline_stages(stages, s.integer("layers", 1, 1 << 20));
+  const dist::Environment environment = dist::Environment::read();
+  if (environment.world_size > 1) {
+    run_stage(a, s, environment);
+    return 0;
+  }
+
+  // The one-process step: all the stages' cores, every micro-batch, the variants interleaved.
+  struct OneProcess {
+    BenchModel bench;
+    std::vector<double> seconds;
+  };
+  std::vector<OneProcess> one;
+  for (const auto& name : a.list("variant")) one.push_back({BenchModel(s, name, a.str("streams")), {}});
+  const std::vector<torch::Tensor> tokens = micro_batches(s, m);
+  const int warmup = static_cast<int>(a.integer("warmup", 0, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
+  auto measure_one_process = [&] {
+    torch::set_num_threads(static_cast<int>(stages) * threads);
+    for (int rep = 0; rep < warmup + reps; ++rep)
+      for (auto& v : one) {
+        int64_t i = 0;
+        const auto t0 = Clock::now();
+        train::train_step(*v.bench.optimizer, v.bench.parameters, [&] {
+          const auto [x, y] = split(tokens[i++]);
+          return v.bench.model->loss(x, y);
+        }, m, kClip, kLr);
+        if (rep >= warmup) v.seconds.push_back(seconds_since(t0));
+      }
+  };
+  measure_one_process();
+  const fs::path folder = fs::temp_directory_path() / ("mhc-bench-pipeline-" + std::to_string(::getpid()));
+  fs::create_directories(folder);
+  const std::string result_path = (folder / "result.json").string();
+  std::vector<std::string> command = {"--nproc", std::to_string(stages), "--", "bench", "pipeline"};
+  command.insert(command.end(), argv.begin(), argv.end());
+  command.insert(command.end(), {"--result", result_path});
+  const int status = launch(command);
+  measure_one_process();  // before and after the pipelined run: a slower period of the host hits both
+  std::string text;
+  if (status == 0) text = read_file(result_path);
+  fs::remove_all(folder);
+  if (status != 0) throw std::runtime_error("mhc bench pipeline: the pipelined run failed (status " + std::to_string(status) + ")");
+
+  const auto results = nlohmann::json::parse(text);
+  const bool md = a.on("markdown"), json = a.on("json");
+  const GPTConfig& c = one.front().bench.model->config();
+  const int64_t tokens_per_step = m * s.integer("batch", 1, 1 << 20) * c.seq_len;
+  if (!json)
+    std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ". Preset " << a.str("preset") << ": " << c.layers
+              << " blocks, C = " << c.dim << ", " << m << " micro-batches of " << s.integer("batch", 1, 1 << 20) << " x "
+              << c.seq_len << " tokens per step; " << stages << " stages (" << a.str("schedule") << ") x " << threads
+              << " threads against one process x " << stages * threads << " threads; median of " << reps
+              << " steps, variants interleaved.\n"
+              << (md ? "\n| variant | n | stages' first blocks | pipelined step ms | one-process step ms | throughput vs one "
+                       "process | bubble | theory | communication wait | MB sent per step |\n|---|---|---|---|---|---|---|---|---|---|\n"
+                     : "variant      n  first blocks  pipelined ms  one-process ms  throughput  bubble  theory  comm wait  MB/step\n");
+  for (size_t i = 0; i < one.size(); ++i) {
+    const auto& r = results.at(i);
+    const double piped = r.at("step_ms").get<double>(), alone = median(one[i].seconds) * 1e3;
+    std::string firsts;
+    for (const auto& f : r.at("stage_first_blocks")) firsts += (firsts.empty() ? "" : ",") + std::to_string(f.get<int64_t>());
+    const double mb = r.at("bytes_per_step").get<double>() / 1e6;
+    std::ostringstream line;
+    line << std::fixed;
+    if (json)
+      line << std::setprecision(6) << "{\"variant\": \"" << one[i].bench.variant << "\", \"streams\": " << r.at("streams")
+           << ", \"preset\": \"" << a.str("preset") << "\", \"stages\": " << stages << ", \"micro_batches\": " << m
+           << ", \"schedule\": \"" << a.str("schedule") << "\", \"threads_per_stage\": " << threads
+           << ", \"stage_first_blocks\": [" << firsts << "], \"pipelined_step_ms\": " << piped
+           << ", \"one_process_step_ms\": " << alone << ", \"tokens_per_s\": " << tokens_per_step / piped * 1e3
+           << ", \"throughput_vs_one_process\": " << alone / piped << ", \"bubble\": " << r.at("bubble").get<double>()
+           << ", \"bubble_theory\": " << r.at("bubble_theory").get<double>()
+           << ", \"comm_wait_share\": " << r.at("comm_wait_share").get<double>()
+           << ", \"bytes_per_step\": " << r.at("bytes_per_step").get<int64_t>()
+           << ", \"stage_busy_ms\": " << r.at("stage_busy_ms").dump() << "}";
+    else if (md)
+      line << "| " << one[i].bench.variant << " | " << r.at("streams") << " | " << firsts << " | " << std::setprecision(1)
+           << piped << " | " << alone << " | " << std::setprecision(2) << alone / piped << "x | " << std::setprecision(1)
+           << 100 * r.at("bubble").get<double>() << "% | " << 100 * r.at("bubble_theory").get<double>() << "% | "
+           << 100 * r.at("comm_wait_share").get<double>() << "% | " << mb << " |";
+    else
+      line << std::left << std::setw(10) << one[i].bench.variant << std::right << std::setw(4) << r.at("streams").get<int64_t>()
+           << std::setw(14) << firsts << std::setprecision(1) << std::setw(14) << piped << std::setw(16) << alone
+           << std::setprecision(2) << std::setw(11) << alone / piped << "x" << std::setprecision(1) << std::setw(7)
+           << 100 * r.at("bubble").get<double>() << "%" << std::setw(7) << 100 * r.at("bubble_theory").get<double>() << "%"
+           << std::setw(10) << 100 * r.at("comm_wait_share").get<double>() << "%" << std::setw(9) << mb;
+    std::cout << line.str() << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace mhc::cli
