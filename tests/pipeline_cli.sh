@@ -3,7 +3,8 @@
 # one process's losses at the same global batch and micro-batches (residual, mhc, mhc-lite; 1F1B and
 # GPipe; 2 stages x 2 replicas), the bf16 stream state stays within bf16's tolerance, checkpoints
 # resume across (stages, replicas) layouts, a killed or stalled stage makes the other exit non-zero
-# within --dist-timeout naming it, and bad layouts get a one-line error.
+# within --dist-timeout naming it, SIGTERM to one stage stops both with a checkpoint, and bad layouts
+# get a one-line error.
 # Usage: pipeline_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: equivalence resume failure errors;
 # default: all)
 source "$(dirname "$0")/cli_common.sh"
@@ -66,6 +67,18 @@ if want failure; then
   survivor_exits 0 KILL --pipeline-stages 2   # the first stage (and the store's host) dies
   survivor_exits 1 STOP --pipeline-stages 2   # a stalled stage: only the timeout can tell
   survivor_exits 0 STOP --pipeline-stages 2
+  # SIGTERM to the last stage alone: both stages stop after the same step, and rank 0 checkpoints it.
+  port=$(free_port) pids=()
+  for rank in 0 1; do
+    RANK=$rank WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+      "$mhc" train "${small[@]}" --pipeline-stages 2 --steps 100000 --dist-timeout 20 --out "$work/term" > "$work/term.$rank.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 1 600); do [ -f "$work/term/metrics.jsonl" ] && [ "$(wc -l < "$work/term/metrics.jsonl")" -ge 3 ] && break; sleep 0.1; done
+  kill -TERM "${pids[1]}"
+  for rank in 0 1; do wait "${pids[$rank]}" || fail "SIGTERM to stage 1: rank $rank exited $?: $(tail -1 "$work/term.$rank.log")"; done
+  grep -q "stopped by a signal to another rank at step" "$work/term.0.log" || fail "SIGTERM to stage 1: $(tail -1 "$work/term.0.log")"
+  [ -e "$work/term/latest" ] || fail "SIGTERM to stage 1: no checkpoint"
 fi
 
 if want errors; then
