@@ -22,7 +22,7 @@ expect_error() {  # expect_error REGEX ARGS...
 }
 
 expect_error "mhc: unknown command 'trian' \(accepted: train, sample, eval, analyze, compare, launch, bench\)" trian
-expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train, memory\)" bench layers
+expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train, memory, pipeline\)" bench layers
 expect_error "--recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)" bench memory --recompute none,fast
 expect_error "mhc bench memory: unknown --preset 'huge' \(accepted: deep, small, tiny\)" bench memory --preset huge
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --variant, .*--json" bench layer --widht 8
