@@ -60,6 +60,11 @@ class HyperConnectionImpl : public torch::nn::Module {
   PreOutput pre(const torch::Tensor& x);
   // x [..., n, C] (best: mix.x_post), y [..., C], the coefficients from pre(x) -> x_next [..., n, C].
   torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const PreOutput& mix);
+  // This connection's pre of the state the sublayer before it makes, post(x, y, before's H_post and
+  // H_res), as one op (mhc::boundary): x [..., n, C] (best: before.x_post), y [..., C] that
+  // sublayer's output -> this sublayer's h and coefficients, and x_post = x_next [..., n, C], the
+  // state itself, which this sublayer's post then reads.
+  PreOutput boundary(const torch::Tensor& x, const torch::Tensor& y, const PreOutput& before);
   // post(x, sublayer(pre(x).h), …): one whole sublayer update; stores the coefficients it used in
   // *mix when given (the diagnostics read them).
   torch::Tensor forward(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& sublayer,
@@ -70,6 +75,8 @@ class HyperConnectionImpl : public torch::nn::Module {
   torch::Tensor phi, bias, alpha;
 
  private:
+  // The op's flat [N, …] outputs viewed with x's leading dims.
+  static PreOutput shaped_like(const PreOutput& flat, const torch::Tensor& x);
   HyperConnectionOptions options_;
 };
 TORCH_MODULE(HyperConnection);
@@ -85,7 +92,9 @@ struct SublayerRecord {
 };
 
 // x_{l+1} = connections[l]->forward(x_l, sublayers[l]) for l = 0 … L−1, with the recomputation
-// policy of mhc/recompute.h applied to groups of group_size(recompute, n, L) sublayers. With no
+// policy of mhc/recompute.h applied to groups of group_size(recompute, n, L) sublayers. Between two
+// sublayers the post of the first and the pre of the second run as one op (HyperConnection::boundary;
+// within each recomputed segment for `blocks`). With no
 // connections it is the plain residual x_{l+1} = x_l + F_l(x_l) on x [..., 1, C], with no op at
 // all (`streams` then has nothing to free and is a no-op; `blocks` still checkpoints). With
 // `record`, every sublayer's input and coefficients are appended to it and nothing is recomputed:

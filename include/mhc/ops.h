@@ -3,6 +3,13 @@
 //   pre(x, phi, bias, alpha, variant, t) -> (h, H_pre, H_post, H_res)   coefficients + pre-mix
 //   post(x, y, H_post, H_res)         -> x_next                      res-mix + post-mix
 //
+// and, between two consecutive sublayers, the two as one op:
+//
+//   boundary(x, y, H_post, H_res, phi', bias', alpha', …) = pre'(post(x, y, H_post, H_res))
+//
+// the post of the sublayer before and the pre of the next (its parameters primed) in one pass over
+// tiles of tokens on the CPU (cpu_kernels.h says what it saves; CUDA runs the two kernels).
+//
 // Shapes: x [N, n, C], y and h [N, C], H_pre and H_post [N, n], H_res [N, n, n] (row k is the
 // destination stream). phi, bias and alpha are laid out as in mhc/variant.h.
 //
@@ -31,7 +38,9 @@ struct PreOutput {
   torch::Tensor H_res;   // [N, n, n]
   // From pre_joint: x again, for the post of the same sublayer (an alias of x). Its gradient is
   // added inside pre's backward kernel instead of autograd summing x's two gradients. (Undefined
-  // from pre; HyperConnection::pre gives x itself on the reference path.)
+  // from pre; HyperConnection::pre gives x itself on the reference path.) From boundary: x_next,
+  // the state the post made and this pre read, which the next post reads in turn; its gradient
+  // from there is likewise added inside boundary's backward kernel.
   torch::Tensor x_post;  // [N, n, C]
 };
 
@@ -41,12 +50,19 @@ PreOutput pre_joint(const torch::Tensor& x, const torch::Tensor& phi, const torc
                     const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
+// pre(post(x, y, H_post, H_res), phi, bias, alpha, …), with x_post = post's output x_next.
+PreOutput boundary(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
+                   const torch::Tensor& H_res, const torch::Tensor& phi, const torch::Tensor& bias,
+                   const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 
 namespace reference {
 PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
               const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
+PreOutput boundary(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
+                   const torch::Tensor& H_res, const torch::Tensor& phi, const torch::Tensor& bias,
+                   const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 // The n! permutation matrices in lexicographic order of (σ(0), …, σ(n−1)); P[k][i][σ_k(i)] = 1.
 torch::Tensor permutation_matrices(int64_t n, torch::ScalarType dtype = torch::kFloat);
 }  // namespace reference

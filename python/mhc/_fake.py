@@ -43,3 +43,17 @@ def register_fake_implementations():
     @torch.library.register_fake("mhc::post_bwd")
     def _post_bwd(dout, x, y, H_post, H_res):
         return torch.empty_like(x), torch.empty_like(y), torch.empty_like(H_post), torch.empty_like(H_res)
+
+    @torch.library.register_fake("mhc::boundary")
+    def _boundary(x, y, H_post, H_res, phi, bias, alpha, variant, sinkhorn_iters=20):
+        return (torch.empty_like(x),) + _pre(x, phi, bias, alpha, variant, sinkhorn_iters)
+
+    @torch.library.register_fake("mhc::boundary_fwd")
+    def _boundary_fwd(x, y, H_post, H_res, phi, bias, alpha, variant, sinkhorn_iters):
+        return (torch.empty_like(x),) + _pre_fwd(x, phi, bias, alpha, variant, sinkhorn_iters)
+
+    @torch.library.register_fake("mhc::boundary_bwd")
+    def _boundary_bwd(dh, dH_pre, dH_post_next, dH_res_next, dx_next, x, y, H_post, H_res, x_next, phi, bias, alpha,
+                      proj, rms, variant, sinkhorn_iters):
+        return (torch.empty_like(x), torch.empty_like(y), torch.empty_like(H_post), torch.empty_like(H_res),
+                torch.empty_like(phi), torch.empty_like(bias), torch.empty_like(alpha))

@@ -33,7 +33,8 @@ class Mix(NamedTuple):
     H_post: Tensor  # [..., n]
     H_res: Tensor   # [..., n, n], row k is the destination stream
     # x as post should read it (torch.ops.mhc.pre_joint's alias of x): passed to post instead of x,
-    # its gradient joins the one through pre inside pre's backward kernel.
+    # its gradient joins the one through pre inside pre's backward kernel. From boundary(): the state
+    # x_next itself, likewise.
     x_post: Optional[Tensor] = None  # [..., n, C]
 
 
@@ -93,6 +94,22 @@ class HyperConnection(nn.Module):
                                  mix.H_res.reshape(-1, n, n))
         return out.view(x.shape)
 
+    def boundary(self, x: Tensor, y: Tensor, before: Mix):
+        """This connection's pre of the state the sublayer before it makes, post(x, y, before), as
+        one op (torch.ops.mhc.boundary: fused on the CPU): x [..., n, C] (best: before.x_post),
+        y [..., C] -> (h [..., C], Mix), the Mix's x_post being that state x_next [..., n, C]."""
+        self._check(x, "boundary")
+        if y.shape != x.shape[:-2] + x.shape[-1:]:
+            raise ValueError(f"HyperConnection.boundary: y must be {list(x.shape[:-2] + x.shape[-1:])}, "
+                             f"got {list(y.shape)}")
+        lead, n, C = x.shape[:-2], self.streams, self.dim
+        like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
+        x_next, h, H_pre, H_post, H_res = torch.ops.mhc.boundary(
+            x.reshape(-1, n, C), y.reshape(-1, C), before.H_post.reshape(-1, n), before.H_res.reshape(-1, n, n),
+            self.phi.to(**like), self.bias.to(**like), self.alpha.to(**like), self.variant, self.sinkhorn_iters)
+        return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
+                                     x_next.view(x.shape))
+
     def forward(self, x: Tensor, branch: Callable[[Tensor], Tensor]) -> Tensor:
         h, mix = self.pre(x)
         return self.post(mix.x_post, branch(h), mix)
@@ -113,7 +130,9 @@ class HyperConnectionStack(nn.Module):
         recompute="blocks"   whole groups, F included, are re-run in the backward pass
                              (torch.utils.checkpoint).
 
-    All three give bit-identical values and gradients. recompute_every=None (auto) is, for
+    Between two sublayers the post of the first and the pre of the second run as one op
+    (HyperConnection.boundary). All three policies give bit-identical values and gradients.
+    recompute_every=None (auto) is, for
     "streams", the whole stack in the fewest equal groups of at most 12 sublayers, and for "blocks"
     round(sqrt(n·L/(n+2))) (include/mhc/recompute.h says why). Sublayer l's connection is built
     with sublayer_index=l.
@@ -146,18 +165,29 @@ class HyperConnectionStack(nn.Module):
             return x
         if recompute == "none" or self.variant == "residual" or not torch.is_grad_enabled():
             return self._run(x, sublayers, 0, L)
-        for l, (connection, F) in enumerate(zip(self.connections, sublayers)):
-            if l % every == 0:
-                group = torch.classes.mhc.StreamGroup(x)
-            h, mix = connection.pre(x)
-            y = F(h)
-            x = connection.post(mix.x_post, y, mix)
-            group.add(x, y, mix.H_post, mix.H_res)  # frees the previous state, unless it is the group's input
-        return x
+        groups = [torch.classes.mhc.StreamGroup(x)]
 
-    def _run(self, x: Tensor, sublayers, start: int, stop: int) -> Tensor:
+        def after(l, mix, y, x_next):
+            groups[-1].add(x_next, y, mix.H_post, mix.H_res)  # frees the previous state, unless it is the group's input
+            if (l + 1) % every == 0 and l + 1 < L:
+                groups.append(torch.classes.mhc.StreamGroup(x_next))
+
+        return self._run(x, sublayers, 0, L, after)
+
+    def _run(self, x: Tensor, sublayers, start: int, stop: int, after=None) -> Tensor:
+        """Sublayers [start, stop): the first pre, then post of l and pre of l + 1 as one op at every
+        inner boundary, then the last post; after(l, mix, y, x_next) follows each sublayer."""
+        h, mix = self.connections[start].pre(x)
         for l in range(start, stop):
-            x = self.connections[l](x, sublayers[l])
+            y = sublayers[l](h)
+            if l + 1 < stop:
+                h, following = self.connections[l + 1].boundary(mix.x_post, y, mix)
+                x = following.x_post
+            else:
+                following, x = None, self.connections[l].post(mix.x_post, y, mix)
+            if after is not None:
+                after(l, mix, y, x)
+            mix = following
         return x
 
 

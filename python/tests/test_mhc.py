@@ -257,11 +257,87 @@ def test_stack_recompute_is_bit_identical(variant, n):
 
 
 def record_states(stack):
-    """The states each connection's pre reads, in order (x_0, x_1, ...)."""
+    """The states the connections read, in order (x_0, x_1, ...): the first one's pre reads x_0, and
+    each later one's boundary makes the state it reads (its Mix's x_post)."""
     seen = []
-    for connection in stack.connections:
-        connection.pre = (lambda pre: lambda x: (seen.append(x), pre(x))[1])(connection.pre)
+    first = stack.connections[0]
+    first.pre = (lambda pre: lambda x: (seen.append(x), pre(x))[1])(first.pre)
+
+    def recording(boundary):
+        def run(x, y, before):
+            h, mix = boundary(x, y, before)
+            seen.append(mix.x_post)
+            return h, mix
+        return run
+
+    for connection in stack.connections[1:]:
+        connection.boundary = recording(connection.boundary)
     return seen
+
+
+@pytest.mark.parametrize("variant,n", [("residual", 1), ("hc", 2), ("mhc", 4), ("mhc-lite", 5),
+                                       ("kromhc", 4), ("ihc", 3)])
+def test_boundary_is_post_then_pre(variant, n):
+    """torch.ops.mhc.boundary against pre(post(...)) of the unfused ops, in double: values and every
+    gradient; and a numerical gradient check of the fused op."""
+    x, phi, bias, alpha, w = make_inputs(variant, n, seed=9)
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(x.shape[0], x.shape[2], generator=g, dtype=torch.float64, requires_grad=True)
+    H_post = (torch.rand(x.shape[0], n, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    H_res = torch.softmax(torch.randn(x.shape[0], n, n, generator=g, dtype=torch.float64), -1).requires_grad_()
+    inputs = [t for t in (x, y, H_post, H_res, phi, bias, alpha) if t.numel()]
+    weights = None
+
+    def fold(outs):
+        nonlocal weights
+        weights = weights or [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+        return sum((o * w_).sum() for o, w_ in zip(outs, weights))
+
+    def fused():
+        return torch.ops.mhc.boundary(x, y, H_post, H_res, phi, bias, alpha, variant, 20)
+
+    def pair():
+        x_next = torch.ops.mhc.post(x, y, H_post, H_res)
+        return (x_next,) + tuple(torch.ops.mhc.pre(x_next, phi, bias, alpha, variant, 20))
+
+    a, b = fused(), pair()
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    for u, v in zip(torch.autograd.grad(fold(a), inputs), torch.autograd.grad(fold(b), inputs)):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+    small = [t.detach()[:3].clone().requires_grad_() if t.dim() and t.shape[0] == x.shape[0] else t for t in
+             (x, y, H_post, H_res, phi, bias, alpha)]
+
+    def f(*ps):
+        it = iter(ps)
+        args = [next(it) if t.numel() and t.requires_grad else t for t in small]
+        return torch.ops.mhc.boundary(*args, variant, 5)
+
+    assert torch.autograd.gradcheck(f, [t for t in small if t.numel() and t.requires_grad], eps=1e-6, atol=1e-5,
+                                    rtol=1e-3)
+
+
+@pytest.mark.parametrize("variant,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
+def test_stack_fuses_boundaries_to_the_same_result(variant, n):
+    """The stack's fused boundaries give what one connection after another gives (fp32 rounding)."""
+    stack, mlps, x0 = make_stack(variant, n)
+    params = list(stack.parameters()) + [p for m in mlps for p in m.parameters()]
+
+    def run(step):
+        for p in params:
+            p.grad = None
+        x = x0.clone().requires_grad_()
+        out = step(x)
+        out.square().sum().backward()
+        return [out.detach(), x.grad] + [p.grad for p in params]
+
+    def one_by_one(x):
+        for connection, F in zip(stack.connections, mlps):
+            x = connection(x, F)
+        return x
+
+    for a, b in zip(run(lambda x: stack(x, mlps)), run(one_by_one)):
+        torch.testing.assert_close(a, b, rtol=2 ** -18, atol=2 ** -18 * b.abs().max().item())
 
 
 def test_stack_streams_frees_the_inner_states_until_backward():

@@ -57,15 +57,21 @@ PreOutput HyperConnectionImpl::pre(const Tensor& x) {
   PreOutput out = options_.use_reference()
                       ? reference::pre(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters())
                       : mhc::pre_joint(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters());
+  // x_post: x for this sublayer's post; from the fused op its gradient joins pre's in the kernel.
+  if (!out.x_post.defined()) out.x_post = flat;
+  return shaped_like(out, x);
+}
+
+PreOutput HyperConnectionImpl::shaped_like(const PreOutput& flat, const Tensor& x) {
+  const int64_t n = x.size(-2), C = x.size(-1);
   auto lead = x.sizes().slice(0, x.dim() - 2).vec();
   auto with = [&](std::vector<int64_t> tail) {
     auto s = lead;
     s.insert(s.end(), tail.begin(), tail.end());
     return s;
   };
-  // x_post: x for this sublayer's post; from the fused op its gradient joins pre's in the kernel.
-  return {out.h.view(with({C})), out.H_pre.view(with({n})), out.H_post.view(with({n})), out.H_res.view(with({n, n})),
-          out.x_post.defined() ? out.x_post.view(x.sizes()) : x};
+  return {flat.h.view(with({C})), flat.H_pre.view(with({n})), flat.H_post.view(with({n})),
+          flat.H_res.view(with({n, n})), flat.x_post.view(x.sizes())};
 }
 
 Tensor HyperConnectionImpl::post(const Tensor& x, const Tensor& y, const PreOutput& mix) {
@@ -82,6 +88,27 @@ Tensor HyperConnectionImpl::post(const Tensor& x, const Tensor& y, const PreOutp
   return out.view(x.sizes());
 }
 
+PreOutput HyperConnectionImpl::boundary(const Tensor& x, const Tensor& y, const PreOutput& before) {
+  TORCH_CHECK_VALUE(x.dim() >= 2, "HyperConnection.boundary: x must be [..., n, C], got ", x.sizes());
+  const int64_t n = x.size(-2), C = x.size(-1);
+  TORCH_CHECK_VALUE(n == options_.streams() && C == options_.dim(), "HyperConnection.boundary: x is [..., ", n, ", ",
+                    C, "] but this connection has n = ", options_.streams(), " streams of width C = ", options_.dim());
+  const Tensor flat = x.reshape({-1, n, C});
+  const int64_t N = flat.size(0);
+  auto y_sizes = x.sizes().vec();
+  y_sizes.erase(y_sizes.end() - 2);
+  TORCH_CHECK_VALUE(y.sizes() == c10::IntArrayRef(y_sizes), "HyperConnection.boundary: y must be ",
+                    c10::IntArrayRef(y_sizes), " (x without its stream dim), got ", y.sizes());
+  auto like = [&](const Tensor& t) { return t.to(x.device(), coefficient_dtype(x.scalar_type())); };
+  const Tensor yf = y.reshape({N, C}), hp = before.H_post.reshape({N, n}), hr = before.H_res.reshape({N, n, n});
+  const PreOutput out =
+      options_.use_reference()
+          ? reference::boundary(flat, yf, hp, hr, like(phi), like(bias), like(alpha), options_.variant(),
+                                options_.sinkhorn_iters())
+          : mhc::boundary(flat, yf, hp, hr, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters());
+  return shaped_like(out, x);
+}
+
 Tensor HyperConnectionImpl::forward(const Tensor& x, const std::function<Tensor(const Tensor&)>& sublayer,
                                    PreOutput* mix_out) {
   const PreOutput mix = pre(x);
@@ -91,15 +118,36 @@ Tensor HyperConnectionImpl::forward(const Tensor& x, const std::function<Tensor(
 
 namespace {
 
-// One sublayer update and, for `streams`, what its group's discard needs.
-Tensor sublayer_step(HyperConnection connection, const Sublayer& F, const Tensor& x, PreOutput* mix_out,
-                     Tensor* y_out) {
-  if (!connection) return x + F(x.squeeze(-2)).unsqueeze(-2);  // plain residual: x is [..., 1, C]
-  const PreOutput mix = connection->pre(x);
-  const Tensor y = F(mix.h);
-  if (mix_out) *mix_out = mix;
-  if (y_out) *y_out = y;
-  return connection->post(mix.x_post, y, mix);
+// What a stack reports after each sublayer l: its input x_l, the coefficients mix_l, F's output y_l
+// and the sublayer's output x_{l+1}.
+using AfterSublayer =
+    std::function<void(int64_t l, const Tensor& x, const PreOutput& mix, const Tensor& y, const Tensor& x_next)>;
+
+// Sublayers [begin, end) on x: the first one's pre, then at every inner boundary the post of
+// sublayer l and the pre of l + 1 as one op (boundary), then the last one's post. With no
+// connections, the plain residual x + F(x) on x [..., 1, C].
+Tensor run_sublayers(const std::vector<HyperConnection>& connections, const std::vector<Sublayer>& sublayers, Tensor x,
+                     int64_t begin, int64_t end, const AfterSublayer& after) {
+  if (connections.empty()) {
+    for (int64_t l = begin; l < end; ++l) {
+      const Tensor x_next = x + sublayers[l](x.squeeze(-2)).unsqueeze(-2);
+      if (after) after(l, x, PreOutput{}, Tensor(), x_next);
+      x = x_next;
+    }
+    return x;
+  }
+  if (begin == end) return x;
+  auto connection = [&](int64_t l) { return connections[l]; };  // a holder of its own: its -> is not const
+  PreOutput mix = connection(begin)->pre(x);
+  for (int64_t l = begin; l < end; ++l) {
+    const Tensor y = sublayers[l](mix.h);
+    PreOutput next = l + 1 < end ? connection(l + 1)->boundary(mix.x_post, y, mix) : PreOutput{};
+    const Tensor x_next = l + 1 < end ? next.x_post : connection(l)->post(mix.x_post, y, mix);
+    if (after) after(l, x, mix, y, x_next);
+    x = x_next;
+    mix = std::move(next);
+  }
+  return x;
 }
 
 }  // namespace
@@ -111,20 +159,15 @@ Tensor forward_stack(const std::vector<HyperConnection>& connections, const std:
                     "forward_stack: ", connections.size(), " connections for ", L,
                     " sublayers (accepted: one per sublayer, or none for the plain residual)");
   TORCH_CHECK_VALUE(x_in.dim() >= 2, "forward_stack: x must be [..., n, C], got ", x_in.sizes());
-  auto connection = [&](int64_t l) { return connections.empty() ? HyperConnection(nullptr) : connections[l]; };
   const int64_t every = group_size(recompute, x_in.size(-2), L);
-  Tensor x = x_in;
   if (recompute.mode == Recompute::blocks && !record) {
+    Tensor x = x_in;
     for (int64_t start = 0; start < L; start += every) {
       // The backward pass runs the segment again: it owns copies of what it calls.
-      std::vector<HyperConnection> group_connections;
-      for (int64_t l = start; l < std::min(L, start + every); ++l) group_connections.push_back(connection(l));
-      const std::vector<Sublayer> group(sublayers.begin() + start, sublayers.begin() + start + group_connections.size());
+      const int64_t stop = std::min(L, start + every);
       x = checkpoint(
-          [group_connections, group](const Tensor& in) {
-            Tensor h = in;
-            for (size_t l = 0; l < group.size(); ++l) h = sublayer_step(group_connections[l], group[l], h, nullptr, nullptr);
-            return h;
+          [connections, sublayers, start, stop](const Tensor& in) {
+            return run_sublayers(connections, sublayers, in, start, stop, nullptr);
           },
           x);
     }
@@ -132,17 +175,18 @@ Tensor forward_stack(const std::vector<HyperConnection>& connections, const std:
   }
   const bool discard = recompute.mode == Recompute::streams && !connections.empty() && !record;
   std::optional<StreamGroup> group;
-  for (int64_t l = 0; l < L; ++l) {
-    if (discard && l % every == 0) group.emplace(x);
-    PreOutput mix;
-    Tensor y;
-    const Tensor next = sublayer_step(connection(l), sublayers[l], x, (discard || record) ? &mix : nullptr,
-                                      discard ? &y : nullptr);
-    if (record) record->push_back({x, mix});
-    if (group) group->add(next, y, mix.H_post, mix.H_res, connection(l)->options().use_reference());
-    x = next;
-  }
-  return x;
+  AfterSublayer after;
+  if (record)
+    after = [&](int64_t, const Tensor& x, const PreOutput& mix, const Tensor&, const Tensor&) {
+      record->push_back({x, mix});
+    };
+  if (discard)
+    after = [&](int64_t l, const Tensor&, const PreOutput& mix, const Tensor& y, const Tensor& x_next) {
+      if (group) group->add(x_next, y, mix.H_post, mix.H_res, connections[l]->options().use_reference());
+      if ((l + 1) % every == 0 && l + 1 < L) group.emplace(x_next);
+    };
+  if (discard) group.emplace(x_in);
+  return run_sublayers(connections, sublayers, x_in, 0, L, after);
 }
 
 HyperConnectionStackImpl::HyperConnectionStackImpl(const HyperConnectionOptions& options, int64_t sublayers) {

@@ -1,6 +1,7 @@
 // What the per-backend op implementations (op_cpu.cpp, op_cuda.cpp) and their checks (op_checks.cpp)
 // share: reading the variant argument and `pre`'s inputs, the optional upstream gradients of its
-// coefficients, and `pre` as `pre_fwd` without the saved tensors.
+// coefficients, `pre` as `pre_fwd` without the saved tensors, and the boundary ops as post then pre
+// (the unfused pair: CUDA's implementation, and the CPU's under bf16 storage).
 #pragma once
 
 #include <torch/torch.h>
@@ -92,6 +93,61 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
     c10::string_view variant, int64_t t) {
   auto out = pre_fwd(x, phi, bias, alpha, variant, t);
   return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), x.alias()};
+}
+
+// The kernels of each backend that the boundary ops are composed of, where they are not fused.
+using PostKernel = torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
+using PreBwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>(
+    const torch::Tensor&, const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
+    const c10::optional<torch::Tensor>&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+    const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, c10::string_view, int64_t,
+    const c10::optional<torch::Tensor>&);
+using PostBwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>(
+    const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
+
+using BoundaryForward = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                   torch::Tensor, torch::Tensor>;
+using BoundaryBackward = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                    torch::Tensor, torch::Tensor>;
+
+// boundary_fwd as post then pre_fwd: (x_next, h, H_pre, H_post_next, H_res_next, proj, rms).
+template <PostKernel* post, PreFwdKernel* pre_fwd>
+BoundaryForward boundary_fwd_from(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
+                                  const torch::Tensor& H_res, const torch::Tensor& phi, const torch::Tensor& bias,
+                                  const torch::Tensor& alpha, c10::string_view variant, int64_t t) {
+  const torch::Tensor x_next = post(x, y, H_post, H_res);
+  auto [h, H_pre, H_post_next, H_res_next, proj, rms] = pre_fwd(x_next, phi, bias, alpha, variant, t);
+  return {x_next, h, H_pre, H_post_next, H_res_next, proj, rms};
+}
+
+// boundary_bwd as pre_bwd (x_next's gradient, with dx_next from its other use added) then post_bwd:
+// (dx, dy, dH_post, dH_res, dphi, dbias, dalpha).
+template <PreBwdKernel* pre_bwd, PostBwdKernel* post_bwd>
+BoundaryBackward boundary_bwd_from(const torch::Tensor& dh, const c10::optional<torch::Tensor>& dH_pre,
+                                   const c10::optional<torch::Tensor>& dH_post_next,
+                                   const c10::optional<torch::Tensor>& dH_res_next,
+                                   const c10::optional<torch::Tensor>& dx_next, const torch::Tensor& x,
+                                   const torch::Tensor& y, const torch::Tensor& H_post, const torch::Tensor& H_res,
+                                   const torch::Tensor& x_next, const torch::Tensor& phi, const torch::Tensor& bias,
+                                   const torch::Tensor& alpha, const torch::Tensor& proj, const torch::Tensor& rms,
+                                   c10::string_view variant, int64_t t) {
+  auto [dx_next_total, dphi, dbias, dalpha] =
+      pre_bwd(dh, dH_pre, dH_post_next, dH_res_next, x_next, phi, bias, alpha, proj, rms, variant, t, dx_next);
+  auto [dx, dy, dH_post, dH_res] = post_bwd(dx_next_total, x, y, H_post, H_res);
+  return {dx, dy, dH_post, dH_res, dphi, dbias, dalpha};
+}
+
+// `boundary` is `boundary_fwd` without the saved proj and rms.
+using BoundaryFwdKernel = BoundaryForward(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                          const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                          const torch::Tensor&, c10::string_view, int64_t);
+template <BoundaryFwdKernel* boundary_fwd>
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> boundary_from(
+    const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post, const torch::Tensor& H_res,
+    const torch::Tensor& phi, const torch::Tensor& bias, const torch::Tensor& alpha, c10::string_view variant,
+    int64_t t) {
+  auto out = boundary_fwd(x, y, H_post, H_res, phi, bias, alpha, variant, t);
+  return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), std::get<4>(out)};
 }
 
 }  // namespace mhc::ops

@@ -43,6 +43,24 @@ struct PreArgs : ops::PreArgs {
   }
 };
 
+// pre's outputs, allocated for the kernel: h, the coefficients, and the proj and rms saved for the backward.
+struct PreForwardTensors {
+  Tensor h, H_pre, H_post, H_res, proj, rms;
+
+  explicit PreForwardTensors(const PreArgs& a) {
+    const int64_t N = a.x.size(0), n = a.x.size(1), C = a.x.size(2), P = a.layout.proj_per_token;
+    const auto opts = a.x.options();
+    h = torch::empty({N, C}, opts), H_pre = torch::empty({N, n}, opts), H_post = torch::empty({N, n}, opts);
+    H_res = torch::empty({N, n, n}, opts), proj = torch::empty({N, P, a.layout.proj_cols}, opts);
+    rms = torch::empty({N, P}, opts);
+  }
+  template <typename scalar_t>
+  cpu::PreForwardParams<scalar_t> params(const PreArgs& a) const {
+    return {a.kernel_inputs<scalar_t>(), h.data_ptr<scalar_t>(),    H_pre.data_ptr<scalar_t>(), H_post.data_ptr<scalar_t>(),
+            H_res.data_ptr<scalar_t>(),  proj.data_ptr<scalar_t>(), rms.data_ptr<scalar_t>()};
+  }
+};
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Tensor& x, const Tensor& phi,
                                                                        const Tensor& bias, const Tensor& alpha,
                                                                        c10::string_view variant, int64_t t) {
@@ -53,17 +71,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Ten
     return out;
   }
   const PreArgs a(x, phi, bias, alpha, variant, t);
-  const int64_t N = x.size(0), n = x.size(1), C = x.size(2), P = a.layout.proj_per_token;
-  auto opts = x.options();
-  Tensor h = torch::empty({N, C}, opts), H_pre = torch::empty({N, n}, opts), H_post = torch::empty({N, n}, opts),
-         H_res = torch::empty({N, n, n}, opts), proj = torch::empty({N, P, a.layout.proj_cols}, opts),
-         rms = torch::empty({N, P}, opts);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre", [&] {
-    cpu::pre_forward(cpu::PreForwardParams<scalar_t>{
-        a.kernel_inputs<scalar_t>(), h.data_ptr<scalar_t>(), H_pre.data_ptr<scalar_t>(), H_post.data_ptr<scalar_t>(),
-        H_res.data_ptr<scalar_t>(), proj.data_ptr<scalar_t>(), rms.data_ptr<scalar_t>()});
-  });
-  return {h, H_pre, H_post, H_res, proj, rms};
+  const PreForwardTensors o(a);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.pre", [&] { cpu::pre_forward(o.params<scalar_t>(a)); });
+  return {o.h, o.H_pre, o.H_post, o.H_res, o.proj, o.rms};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cpu(const Tensor& dh_, const c10::optional<Tensor>& dH_pre_,
@@ -129,6 +139,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> post_bwd_cpu(const Tensor& dout_, con
   return {dx, dy, dH_post, dH_res};
 }
 
+// The boundary between two sublayers, fused (cpu_kernels.h); under bf16 storage the unfused pair,
+// whose roundings (x_next, and x_next's gradient, to bf16) it must reproduce.
+ops::BoundaryForward boundary_fwd_cpu(const Tensor& x_, const Tensor& y_, const Tensor& H_post_, const Tensor& H_res_,
+                                      const Tensor& phi, const Tensor& bias, const Tensor& alpha, c10::string_view variant,
+                                      int64_t t) {
+  check_post_args(x_, y_, H_post_, H_res_);
+  if (is_bf16(x_)) return ops::boundary_fwd_from<post_cpu, pre_fwd_cpu>(x_, y_, H_post_, H_res_, phi, bias, alpha, variant, t);
+  const Tensor x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(), H_res = H_res_.contiguous();
+  const Tensor x_next = torch::empty_like(x);  // written by the kernel, tile by tile, before pre reads it
+  const PreArgs a(x_next, phi, bias, alpha, variant, t);
+  const PreForwardTensors o(a);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.boundary", [&] {
+    cpu::boundary_forward(cpu::PostInputs<scalar_t>{x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                                    H_post.data_ptr<scalar_t>(), H_res.data_ptr<scalar_t>()},
+                          x_next.data_ptr<scalar_t>(), o.params<scalar_t>(a));
+  });
+  return {x_next, o.h, o.H_pre, o.H_post, o.H_res, o.proj, o.rms};
+}
+
+ops::BoundaryBackward boundary_bwd_cpu(const Tensor& dh_, const c10::optional<Tensor>& dH_pre,
+                                       const c10::optional<Tensor>& dH_post_next, const c10::optional<Tensor>& dH_res_next,
+                                       const c10::optional<Tensor>& dx_next, const Tensor& x_, const Tensor& y_,
+                                       const Tensor& H_post_, const Tensor& H_res_, const Tensor& x_next,
+                                       const Tensor& phi, const Tensor& bias, const Tensor& alpha, const Tensor& proj_,
+                                       const Tensor& rms_, c10::string_view variant, int64_t t) {
+  ops::check_pre_bwd_args(dh_, dH_pre, dH_post_next, dH_res_next, x_next, phi, bias, alpha, proj_, rms_,
+                          variant_or_throw(variant), t, dx_next);
+  ops::check_post_bwd_args(x_next, x_, y_, H_post_, H_res_);  // x_next stands for post's output gradient: x's shape
+  if (is_bf16(x_))
+    return ops::boundary_bwd_from<pre_bwd_cpu, post_bwd_cpu>(dh_, dH_pre, dH_post_next, dH_res_next, dx_next, x_, y_,
+                                                             H_post_, H_res_, x_next, phi, bias, alpha, proj_, rms_,
+                                                             variant, t);
+  const PreArgs a(x_next, phi, bias, alpha, variant, t);
+  const Tensor dh = dh_.contiguous(), x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(),
+               H_res = H_res_.contiguous();
+  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre, dH_post_next, dH_res_next, dx_next);
+  Tensor dx = torch::empty_like(x), dy = torch::empty_like(y), dH_post = torch::empty_like(H_post),
+         dH_res = torch::empty_like(H_res);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.boundary_backward", [&] {
+    cpu::boundary_backward(
+        cpu::PostInputs<scalar_t>{x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), H_post.data_ptr<scalar_t>(),
+                                  H_res.data_ptr<scalar_t>()},
+        cpu::PostGradients<scalar_t>{dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dH_post.data_ptr<scalar_t>(),
+                                     dH_res.data_ptr<scalar_t>()},
+        cpu::PreBackwardParams<scalar_t>{
+            a.kernel_inputs<scalar_t>(), b.proj.data_ptr<scalar_t>(), b.rms.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+            ptr_or_null<scalar_t>(b.dH_pre), ptr_or_null<scalar_t>(b.dH_post), ptr_or_null<scalar_t>(b.dH_res),
+            /*dx: x_next's gradient stays in the kernel's tiles*/ nullptr, b.dphi.data_ptr<scalar_t>(),
+            b.dbias.data_ptr<scalar_t>(), b.dalpha.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b.dx_add)});
+  });
+  return {dx, dy, dH_post, dH_res, b.dphi, b.dbias, b.dalpha};
+}
+
 // --------------------------------------------------------------------------------- op clock
 std::atomic<bool> clock_enabled{false};
 std::atomic<int64_t> clock_nanoseconds{0};
@@ -176,4 +239,7 @@ TORCH_LIBRARY_IMPL(mhc, CPU, m) {
   m.impl("pre_fwd", mhc::Timed<mhc::pre_fwd_cpu>::call);
   m.impl("pre_bwd", mhc::Timed<mhc::pre_bwd_cpu>::call);
   m.impl("post_bwd", mhc::Timed<mhc::post_bwd_cpu>::call);
+  m.impl("boundary", mhc::Timed<mhc::ops::boundary_from<mhc::boundary_fwd_cpu>>::call);
+  m.impl("boundary_fwd", mhc::Timed<mhc::boundary_fwd_cpu>::call);
+  m.impl("boundary_bwd", mhc::Timed<mhc::boundary_bwd_cpu>::call);
 }

@@ -175,4 +175,8 @@ TORCH_LIBRARY_IMPL(mhc, CUDA, m) {
   m.impl("pre_fwd", mhc::pre_fwd_cuda);
   m.impl("pre_bwd", mhc::pre_bwd_cuda);
   m.impl("post_bwd", mhc::post_bwd_cuda);
+  // Not fused on CUDA yet: the boundary is the post kernel, then the pre kernels.
+  m.impl("boundary_fwd", mhc::ops::boundary_fwd_from<mhc::post_cuda, mhc::pre_fwd_cuda>);
+  m.impl("boundary", mhc::ops::boundary_from<mhc::ops::boundary_fwd_from<mhc::post_cuda, mhc::pre_fwd_cuda>>);
+  m.impl("boundary_bwd", mhc::ops::boundary_bwd_from<mhc::pre_bwd_cuda, mhc::post_bwd_cuda>);
 }

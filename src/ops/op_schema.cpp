@@ -1,4 +1,4 @@
-// The mhc ops' schemas, their autograd (pre and post as autograd Functions whose forward saves
+// The mhc ops' schemas, their autograd (pre, post and boundary as autograd Functions whose forward saves
 // what the fused backward needs — the raw projections g and norms r, a few numbers per token — and
 // whose backward calls the fused backward ops), and the C++ entry points mhc::pre / mhc::post.
 //
@@ -35,6 +35,17 @@ using PreBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
 using PostFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
 using PostBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                              const Tensor&, const Tensor&);
+
+using BoundaryFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                     const Tensor&, const Tensor&, const Tensor&,
+                                                                     const Tensor&, c10::string_view, int64_t);
+using BoundaryFwdFn = ops::BoundaryForward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                           const Tensor&, const Tensor&, c10::string_view, int64_t);
+using BoundaryBwdFn = ops::BoundaryBackward(const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
+                                            const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&,
+                                            const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                            const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
+                                            int64_t);
 
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> op(const char* name) {
@@ -141,6 +152,55 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
   }
 };
 
+// The boundary between two sublayers: the post of the one before, then the pre of the next, as one
+// Function. Its backward gets x_next's gradient from x_next's other use (the next sublayer's post)
+// as an upstream gradient and adds it inside the kernel, as pre_joint does for x.
+class BoundaryFunction : public torch::autograd::Function<BoundaryFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, const Tensor& H_post,
+                               const Tensor& H_res, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
+                               c10::string_view variant, int64_t t) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = op<BoundaryFwdFn>("mhc::boundary_fwd");
+    auto [x_next, h, H_pre, H_post_next, H_res_next, proj, rms] = fwd.call(x, y, H_post, H_res, phi, bias, alpha, variant, t);
+    ctx->save_for_backward({x, y, H_post, H_res, phi, bias, alpha, x_next, proj, rms});
+    ctx->saved_data["variant"] = std::string(variant);
+    ctx->saved_data["t"] = t;
+    return {x_next, h, H_pre, H_post_next, H_res_next};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const int64_t t = ctx->saved_data["t"].toInt();
+    if (torch::GradMode::is_enabled()) {  // create_graph, as in PreFunction
+      const Variant variant = variant_or_throw(ctx->saved_data["variant"].toStringRef());
+      return differentiable_backward(
+          [&](const variable_list& in) {
+            const PreOutput o = reference::boundary(in[0], in[1], in[2], in[3], in[4], in[5], in[6], variant, t);
+            return variable_list{o.x_post, o.h, o.H_pre, o.H_post, o.H_res};
+          },
+          {s[0], s[1], s[2], s[3], s[4], s[5], s[6]}, grads, /*non_tensor_args=*/2);
+    }
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto bwd = op<BoundaryBwdFn>("mhc::boundary_bwd");
+    const Tensor& x_next = s[7];
+    const Tensor dh = grads[1].defined() ? grads[1] : torch::zeros({x_next.size(0), x_next.size(2)}, x_next.options());
+    auto [dx, dy, dH_post, dH_res, dphi, dbias, dalpha] =
+        bwd.call(dh, grads[2], grads[3], grads[4], grads[0], s[0], s[1], s[2], s[3], x_next, s[4], s[5], s[6], s[8], s[9],
+                 ctx->saved_data["variant"].toStringRef(), t);
+    return {dx, dy, dH_post, dH_res, dphi, dbias, dalpha, Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> boundary_autograd(const Tensor& x, const Tensor& y,
+                                                                     const Tensor& H_post, const Tensor& H_res,
+                                                                     const Tensor& phi, const Tensor& bias,
+                                                                     const Tensor& alpha, c10::string_view variant,
+                                                                     int64_t t) {
+  auto out = BoundaryFunction::apply(x, y, H_post, H_res, phi, bias, alpha, variant, t);
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> pre_autograd(const Tensor& x, const Tensor& phi, const Tensor& bias,
                                                         const Tensor& alpha, c10::string_view variant, int64_t t) {
   auto out = PreFunction::apply(x, phi, bias, alpha, variant, t, /*joint=*/false);
@@ -179,6 +239,14 @@ Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor
   return handle.call(x, y, H_post, H_res);
 }
 
+PreOutput boundary(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res, const Tensor& phi,
+                   const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters) {
+  static auto handle = op<BoundaryFn>("mhc::boundary");
+  auto [x_next, h, H_pre, H_post_next, H_res_next] =
+      handle.call(x, y, H_post, H_res, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
+  return {h, H_pre, H_post_next, H_res_next, x_next};
+}
+
 }  // namespace mhc
 
 TORCH_LIBRARY(mhc, m) {
@@ -197,6 +265,17 @@ TORCH_LIBRARY(mhc, m) {
         " -> (Tensor dx, Tensor dphi, Tensor dbias, Tensor dalpha)");
   m.def("post_bwd(Tensor dout, Tensor x, Tensor y, Tensor H_post, Tensor H_res)"
         " -> (Tensor dx, Tensor dy, Tensor dH_post, Tensor dH_res)");
+  // The boundary between two sublayers (mhc/ops.h): post of the one before (x, y, H_post, H_res),
+  // then pre of the next (phi, bias, alpha) on its output x_next, fused where the backend can.
+  m.def("boundary(Tensor x, Tensor y, Tensor H_post, Tensor H_res, Tensor phi, Tensor bias, Tensor alpha, str variant,"
+        " int sinkhorn_iters=20) -> (Tensor x_next, Tensor h, Tensor H_pre, Tensor H_post_next, Tensor H_res_next)");
+  m.def("boundary_fwd(Tensor x, Tensor y, Tensor H_post, Tensor H_res, Tensor phi, Tensor bias, Tensor alpha,"
+        " str variant, int sinkhorn_iters) -> (Tensor x_next, Tensor h, Tensor H_pre, Tensor H_post_next,"
+        " Tensor H_res_next, Tensor proj, Tensor rms)");
+  m.def("boundary_bwd(Tensor dh, Tensor? dH_pre, Tensor? dH_post_next, Tensor? dH_res_next, Tensor? dx_next,"
+        " Tensor x, Tensor y, Tensor H_post, Tensor H_res, Tensor x_next, Tensor phi, Tensor bias, Tensor alpha,"
+        " Tensor proj, Tensor rms, str variant, int sinkhorn_iters)"
+        " -> (Tensor dx, Tensor dy, Tensor dH_post, Tensor dH_res, Tensor dphi, Tensor dbias, Tensor dalpha)");
   // DeepSeek-V4's parameters and mhc-v4's (mhc/deepseek_v4.h): plain tensor ops, any device, differentiable.
   m.def("from_deepseek_v4(Tensor fn, Tensor base, Tensor scale) -> (Tensor phi, Tensor bias, Tensor alpha)",
         [](const torch::Tensor& fn, const torch::Tensor& base, const torch::Tensor& scale) {
@@ -214,4 +293,5 @@ TORCH_LIBRARY_IMPL(mhc, Autograd, m) {
   m.impl("pre", mhc::pre_autograd);
   m.impl("pre_joint", mhc::pre_joint_autograd);
   m.impl("post", mhc::post_autograd);
+  m.impl("boundary", mhc::boundary_autograd);
 }

@@ -182,4 +182,12 @@ Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor
   return (H_res.matmul(math(x)) + H_post.unsqueeze(-1) * math(y).unsqueeze(1)).to(x.scalar_type());
 }
 
+PreOutput boundary(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res, const Tensor& phi,
+                   const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters) {
+  const Tensor x_next = reference::post(x, y, H_post, H_res);
+  PreOutput out = reference::pre(x_next, phi, bias, alpha, variant, sinkhorn_iters);
+  out.x_post = x_next;
+  return out;
+}
+
 }  // namespace mhc::reference

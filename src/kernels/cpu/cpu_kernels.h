@@ -71,6 +71,40 @@ template <typename T>
 void post_backward(T* dx, T* dy, T* dH_post, T* dH_res, const T* dout, const T* x, const T* y,
                    const T* H_post, const T* H_res, int64_t N, int n, int64_t C, int threads);
 
+// ---- The boundary between two sublayers: post of the one before, pre of the next ----------------
+//
+// x_next = H_res·x + H_post^T·y (the post before), then the next pre on x_next, over the same tile of
+// tokens: the forward writes the tile of x_next and projects it while it is in cache (one read of
+// x_next fewer than post then pre); the backward computes the tile of x_next's gradient (through
+// the pre, plus the gradient from x_next's other use) and runs the post's backward on it in cache,
+// so that gradient never goes to memory (a write and a read of n·C per token fewer).
+
+// The post before the boundary.
+template <typename T>
+struct PostInputs {
+  const T* x;       // [N, n, C]
+  const T* y;       // [N, C]
+  const T* H_post;  // [N, n]
+  const T* H_res;   // [N, n, n]
+};
+
+// Its gradients, out (overwritten).
+template <typename T>
+struct PostGradients {
+  T* dx;       // [N, n, C]
+  T* dy;       // [N, C]
+  T* dH_post;  // [N, n]
+  T* dH_res;   // [N, n, n]
+};
+
+// pre.in.x is x_next: the forward writes it (x_next), the backward reads it (saved by the forward).
+// The backward's pre.dx is unused (x_next's gradient stays in the tile); pre.dx_add is x_next's
+// gradient from its other use (the next sublayer's post), may be null.
+template <typename T>
+void boundary_forward(const PostInputs<T>& post, T* x_next, const PreForwardParams<T>& pre);
+template <typename T>
+void boundary_backward(const PostInputs<T>& post, const PostGradients<T>& post_grads, const PreBackwardParams<T>& pre);
+
 // The FMA throughput of `threads` threads in GFLOP/s (2 per multiply-add, 32-byte vectors): the
 // arithmetic ceiling of the projection GEMMs (peak.cpp).
 double fma_peak_gflops(int threads);

@@ -12,6 +12,15 @@
 // group of W tokens) from the saved projections g and r, and walks back through them. phi's gradient is a reduction
 // over tokens: each thread accumulates into its own buffer and the buffers are summed in a fixed
 // order afterwards, so the result is deterministic for a given thread count and free of atomics.
+//
+// The boundary kernels (cpu_kernels.h) are these tile loops with the post of the sublayer before
+// fused in: forward, each tile of x_next is written (post_tokens.h) just before it is projected;
+// backward, each tile of x_next's gradient stays in a per-thread buffer and post's backward runs on
+// it. What cannot be fused: the backward's coefficient gradients of the post (dH_post, dH_res) need
+// x_next's whole gradient for their token, which exists only after the pre's backward of that
+// tile, so the post's backward follows the pre's per tile rather than sharing its passes; and the
+// forward's post cannot start before the sublayer before has produced y, so the first pre and the
+// last post of a stack stay separate ops.
 #include <omp.h>
 
 #include <algorithm>
@@ -22,6 +31,7 @@
 
 #include "../coefficients.h"
 #include "cpu_kernels.h"
+#include "post_tokens.h"
 #include "simd.h"
 #include "sinkhorn_lanes.h"
 
@@ -438,11 +448,11 @@ class TileCoefficients {
   std::optional<SinkhornLanes<T>> lanes_;
 };
 
-}  // namespace
-
 // ---------------------------------------------------------------------------------------------
+// pre's forward; with `post`, the boundary's: each tile of p.in.x (= x_next) is first written by
+// the post before, and projected while in cache.
 template <typename T>
-void pre_forward(const PreForwardParams<T>& p) {
+void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x_next) {
   const CallVariant<T> v(p.in);
   const int n = p.in.n;
   const int64_t C = p.in.C, m = v.m, per_tile = tile_tokens(m), tiles = (p.in.N + per_tile - 1) / per_tile;
@@ -456,8 +466,11 @@ void pre_forward(const PreForwardParams<T>& p) {
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t t0 = tile * per_tile, t1 = std::min(p.in.N, t0 + per_tile);
       const int64_t next_tokens = std::max<int64_t>(0, std::min(p.in.N, t1 + per_tile) - t1);
+      if (post) post_forward_tokens(x_next, *post, t0, t1, n, C);
+      // Prefetched for the next tile: what it reads from memory (the post's x at a boundary).
+      const T* next_read = (post ? post->x : p.in.x) + t1 * n * C;
       project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data(),
-                   p.in.x + t1 * n * C, next_tokens * v.P);
+                   next_read, next_tokens * v.P);
       for (int64_t row = t0 * v.P; row < t1 * v.P; ++row)
         p.rms[row] = std::sqrt(ss[row - t0 * v.P] / T(v.K) + T(kRmsEps));
       coefficients.forward(t0, t1, p.proj, p.rms, p.H_pre, p.H_post, p.H_res);
@@ -478,8 +491,10 @@ void pre_forward(const PreForwardParams<T>& p) {
   }
 }
 
+// pre's backward; with `post`, the boundary's: the tile of x_next's gradient (p.dx unused) stays in
+// a per-thread buffer, and the post's backward runs on it at once.
 template <typename T>
-void pre_backward(const PreBackwardParams<T>& p) {
+void backward_tiles(const PreBackwardParams<T>& p, const PostInputs<T>* post, const PostGradients<T>* post_grads) {
   const CallVariant<T> v(p.in);
   const int n = p.in.n;
   const int64_t C = p.in.C, K = v.K, m = v.m, mp = padded(m, Simd<T>::W);
@@ -506,6 +521,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
     const int64_t Ks = staged_stride<T>(K);
     // x's rows of the tile, and the projection's part of dx, both in the staged layout.
     std::vector<T> staged(per_tile * v.P * Ks), dA(per_tile * v.P * Ks);
+    std::vector<T> dx_tile(post ? per_tile * n * C : 0);  // the boundary's x_next gradient
     // Where stream i of token tok sits in a staged-layout buffer: its own row for HC, a slice of
     // the token's row for mHC / mHC-lite.
     auto stream_in = [&](std::vector<T>& buffer, int64_t tok_in_tile, int i) -> T* {
@@ -535,7 +551,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
       // (+ dx_add_i, the gradient from x's other uses): each element of dx written once.
       for (int64_t tok = t0; tok < t1; ++tok) {
         const T* dh = p.dh + tok * C;
-        T* dx = p.dx + tok * n * C;
+        T* dx = post ? dx_tile.data() + (tok - t0) * n * C : p.dx + tok * n * C;
         for (int i = 0; i < n; ++i) {
           const T w = H_pre[(tok - t0) * n + i];
           T* dxi = dx + i * C;
@@ -557,6 +573,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
           }
         }
       }
+      if (post) post_backward_tokens(*post_grads, dx_tile.data(), *post, t0, t1, n, C);
     }
   }
 
@@ -573,9 +590,37 @@ void pre_backward(const PreBackwardParams<T>& p) {
   for (int64_t e = 0; e < l.alpha_size; ++e) p.dalpha[e] = sum_partials(K * mp + l.bias_size, e);
 }
 
+}  // namespace
+
+template <typename T>
+void pre_forward(const PreForwardParams<T>& p) {
+  forward_tiles<T>(p, nullptr, nullptr);
+}
+
+template <typename T>
+void pre_backward(const PreBackwardParams<T>& p) {
+  backward_tiles<T>(p, nullptr, nullptr);
+}
+
+template <typename T>
+void boundary_forward(const PostInputs<T>& post, T* x_next, const PreForwardParams<T>& pre) {
+  forward_tiles(pre, &post, x_next);
+}
+
+template <typename T>
+void boundary_backward(const PostInputs<T>& post, const PostGradients<T>& post_grads, const PreBackwardParams<T>& pre) {
+  backward_tiles(pre, &post, &post_grads);
+}
+
 template void pre_forward<float>(const PreForwardParams<float>&);
 template void pre_forward<double>(const PreForwardParams<double>&);
 template void pre_backward<float>(const PreBackwardParams<float>&);
 template void pre_backward<double>(const PreBackwardParams<double>&);
+template void boundary_forward<float>(const PostInputs<float>&, float*, const PreForwardParams<float>&);
+template void boundary_forward<double>(const PostInputs<double>&, double*, const PreForwardParams<double>&);
+template void boundary_backward<float>(const PostInputs<float>&, const PostGradients<float>&,
+                                       const PreBackwardParams<float>&);
+template void boundary_backward<double>(const PostInputs<double>&, const PostGradients<double>&,
+                                        const PreBackwardParams<double>&);
 
 }  // namespace mhc::cpu
