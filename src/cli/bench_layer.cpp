@@ -16,6 +16,13 @@
 // path can meet neither bound alone, so bound_ratio = fused / max(copy bound, FMA bound) says how
 // far it is from the machine. On a GPU every timing ends with a device synchronisation (and the
 // FMA bound is not computed).
+//
+// --boundary times two consecutive sublayers instead (F = identity for both), as a stack runs them,
+// with the post of the first and the pre of the second as one op (mhc::boundary), against the same
+// two sublayers each run as pre_joint → post (the unfused pair), alternating as above. The boundary
+// saves a read of x_next in the forward pass and a write and a read of its gradient in the
+// backward pass: 2(8n + 5) − 3n = (13n + 10)·C values per token, against which its copy bound is
+// counted (its FMA bound: two projections).
 #include <omp.h>
 
 #include <algorithm>
@@ -98,7 +105,7 @@ double projection_flops(Variant variant, int64_t N, int64_t n, int64_t C) {
 }
 
 Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps, torch::Device device,
-                torch::ScalarType storage) {
+                torch::ScalarType storage, bool boundary) {
   torch::manual_seed(0);
   auto options = HyperConnectionOptions(variant, n, C).sinkhorn_iters(t);
   HyperConnection fused(options), reference(HyperConnectionOptions(options).use_reference(true));
@@ -112,24 +119,38 @@ Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int
   const auto on_device = torch::TensorOptions().dtype(storage).device(device);
   const torch::Tensor x = torch::randn({N, n, C}, on_device).requires_grad_(true);
   const torch::Tensor dout = torch::randn({N, n, C}, on_device);
-  auto step = [&](HyperConnection& hc) {
+  const Sublayer identity = [](const torch::Tensor& h) { return h; };
+  HyperConnectionStack pair(options, 2);  // --boundary: two sublayers' connections
+  pair->to(device);
+  auto step = [&](const std::function<torch::Tensor()>& forward, torch::nn::Module& module) {
     finish(device);
     const auto t0 = Clock::now();
-    const torch::Tensor out = hc->forward(x, [](const torch::Tensor& h) { return h; });
-    out.backward(dout);
+    forward().backward(dout);
     finish(device);
     const double s = seconds_since(t0);
     x.mutable_grad() = torch::Tensor();
-    hc->zero_grad();
+    module.zero_grad();
     return s;
   };
+  // The timed path and the one it is compared with: fused vs reference, or boundary vs the unfused pair.
+  const std::function<torch::Tensor()> timed =
+      boundary ? std::function<torch::Tensor()>([&] { return pair->forward(x, {identity, identity}); })
+               : [&] { return fused->forward(x, identity); };
+  const std::function<torch::Tensor()> other =
+      boundary ? std::function<torch::Tensor()>([&] {
+        return pair->connections[1]->forward(pair->connections[0]->forward(x, identity), identity);
+      })
+               : [&] { return reference->forward(x, identity); };
+  torch::nn::Module& timed_module = boundary ? static_cast<torch::nn::Module&>(*pair) : *fused;
+  torch::nn::Module& other_module = boundary ? static_cast<torch::nn::Module&>(*pair) : *reference;
   std::vector<double> fused_s, reference_s;
   for (int rep = 0; rep < warmup + reps; ++rep) {
-    const double f = step(fused), r = step(reference);
+    const double f = step(timed, timed_module), r = step(other, other_module);
     if (rep >= warmup) fused_s.push_back(f), reference_s.push_back(r);
   }
-  const double bytes = double(N) * (8 * n + 5) * C * x.element_size();
-  return {variant, n, C, N, median(fused_s), median(reference_s), bytes, projection_flops(variant, N, n, C)};
+  const double values = boundary ? double(13 * n + 10) : double(8 * n + 5);
+  const double bytes = double(N) * values * C * x.element_size();
+  return {variant, n, C, N, median(fused_s), median(reference_s), bytes, (boundary ? 2 : 1) * projection_flops(variant, N, n, C)};
 }
 
 }  // namespace
@@ -148,6 +169,7 @@ int bench_layer(const std::vector<std::string>& argv) {
       .flag("sinkhorn-iters", "20", "Sinkhorn-Knopp iterations t (mhc, mhc-v4)")
       .flag("warmup", "2", "untimed repetitions first")
       .flag("reps", "7", "timed repetitions (median reported; at least 5)")
+      .toggle("boundary", "time two consecutive sublayers, post and pre fused at their boundary, against the unfused pair")
       .toggle("json", "one JSON object per case instead of a table")
       .toggle("markdown", "a Markdown table (for docs/benchmarks.md)");
   if (!args.parse(argv)) return 0;
@@ -178,6 +200,9 @@ int bench_layer(const std::vector<std::string>& argv) {
   const std::string machine =
       device.is_cuda() ? gpu_model(device) + " (" + device.str() + ")" : cpu_model() + ", " + std::to_string(threads) + " threads";
   const std::string dtype_name = storage == torch::kBFloat16 ? "bfloat16" : "float32";
+  const bool boundary = args.on("boundary");
+  // Column names of the timed path and the one it is compared with.
+  const std::string timed = boundary ? "boundary" : "fused", other = boundary ? "pair" : "reference";
 
   std::ostream& out = std::cout;
   out << std::fixed;
@@ -185,19 +210,22 @@ int bench_layer(const std::vector<std::string>& argv) {
     out << "Machine: " << machine << "; copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s (read + write)";
     if (fma_gflops > 0) out << ", FMA peak " << fma_gflops << " GFLOP/s";
     out << ".\n"
-        << "N = " << N << " tokens, " << dtype_name << " storage, fwd+bwd of one sublayer with F = identity, median of " << reps << ".\n\n"
-        << "| variant | n | C | fused ms | reference ms | speedup | fused tokens/s | fused GB/s | % of copy |"
-           " copy-bound ms | FMA-bound ms | fused / bound |\n"
+        << "N = " << N << " tokens, " << dtype_name << " storage, fwd+bwd of "
+        << (boundary ? "two sublayers (boundary fused vs the unfused pair)" : "one sublayer") << " with F = identity, median of "
+        << reps << ".\n\n"
+        << "| variant | n | C | " << timed << " ms | " << other << " ms | speedup | " << timed << " tokens/s | " << timed
+        << " GB/s | % of copy | copy-bound ms | FMA-bound ms | " << timed << " / bound |\n"
         << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   } else if (!args.on("json")) {
     out << "machine: " << machine << " | copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s";
     if (fma_gflops > 0) out << " | FMA peak " << fma_gflops << " GFLOP/s";
-    out << "\nvariant     n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s  copy-bound  FMA-bound  fused/bound\n";
+    out << (boundary ? "\nvariant     n      C   tokens  bound. ms   pair ms  speedup   bound. tok/s  bound. GB/s  copy-bound  FMA-bound  bound./bound\n"
+                     : "\nvariant     n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s  copy-bound  FMA-bound  fused/bound\n");
   }
   for (Variant variant : variants)
     for (int64_t n : streams_of(variant))
       for (int64_t C : dims) {
-        const Result r = run_case(variant, N, n, C, t, warmup, reps, device, storage);
+        const Result r = run_case(variant, N, n, C, t, warmup, reps, device, storage, boundary);
         const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
         const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
         const double fma_s = fma_gflops > 0 ? r.flops / (fma_gflops * 1e9) : 0.0;  // its projection at FMA peak
@@ -206,8 +234,9 @@ int bench_layer(const std::vector<std::string>& argv) {
           out << std::setprecision(6) << "{\"variant\": \"" << variant_name(variant) << "\", \"streams\": " << r.n
               << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
               << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
-              << ", \"fused_ms\": " << r.fused_s * 1e3 << ", \"reference_ms\": " << r.reference_s * 1e3
-              << ", \"speedup\": " << speedup << ", \"fused_tokens_per_s\": " << tps << ", \"fused_gb_per_s\": " << gbs
+              << ", \"" << timed << "_ms\": " << r.fused_s * 1e3 << ", \"" << other << "_ms\": " << r.reference_s * 1e3
+              << ", \"speedup\": " << speedup << ", \"" << timed << "_tokens_per_s\": " << tps << ", \"" << timed
+              << "_gb_per_s\": " << gbs
               << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3
               << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3
               << ", \"bound_ratio\": " << bound_ratio << "}\n";
