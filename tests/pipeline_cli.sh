@@ -53,7 +53,7 @@ fi
 if want resume; then
   reference uninterrupted 20
   "$mhc" launch --nproc 2 -- train "${small[@]}" --pipeline-stages 2 --steps 20 --stop-after 10 --out "$work/a" > "$work/a1.log" 2>&1 &&
-    "$mhc" train --resume "$work/a" --pipeline-stages 1 --stop-after 0 > "$work/a2.log" 2>&1 ||
+    "$mhc" train --resume "$work/a" --stop-after 0 > "$work/a2.log" 2>&1 ||
     fail "resume 2 stages -> 1 process: $(tail -1 "$work/a2.log")"
   same_losses "$work/a" "$work/uninterrupted" || fail "resume 2 stages -> 1 process: losses differ from the uninterrupted run"
   "$mhc" train "${small[@]}" --steps 20 --stop-after 10 --out "$work/b" > "$work/b1.log" 2>&1 &&

@@ -23,8 +23,8 @@ namespace mhc::dist {
 class Group;
 
 // A point-to-point send or receive in flight (Group::send, Group::receive). The transfer proceeds
-// in the background while the caller computes; wait() blocks until it is done. The tensor it was
-// given must stay alive and untouched until then.
+// in the background while the caller computes; wait() blocks until it is done. It keeps its tensor
+// alive; the caller must not touch the tensor until then.
 class Transfer {
  public:
   Transfer();
@@ -41,6 +41,7 @@ class Transfer {
   struct Work;
   std::unique_ptr<Work> work_;
   Group* group_ = nullptr;
+  int peer_ = -1;
   std::string what_;
 };
 
@@ -104,10 +105,12 @@ class Group {
   // Runs `collective` on each flattened bucket of the tensors (a no-op in a world of one).
   void on_buckets(const char* what, const std::vector<torch::Tensor>& tensors,
                   const std::function<void(std::vector<torch::Tensor>&)>& collective);
-  // Runs a collective; on failure throws std::runtime_error naming the ranks that did not answer.
-  void run(const char* what, const std::function<void()>& collective);
+  // Runs a collective; on failure throws std::runtime_error naming the ranks that did not answer
+  // the roll call (with `peer`, a point-to-point transfer's other end: that rank alone, since the
+  // others may be healthy and waiting on someone else).
+  void run(const char* what, const std::function<void()>& collective, int peer = -1);
   friend class Transfer;
-  Group(const Group& parent, const std::vector<int>& members);
+  Group(Group& parent, const std::vector<int>& members);
   void connect();  // the Gloo process group over state_->store
   Transfer post(bool sending, const torch::Tensor& tensor, int peer, int64_t tag);
   Environment environment_;
@@ -116,6 +119,7 @@ class Group {
   // The rank, in the group that made this one (the world's, for the world), of each rank of it:
   // errors name those.
   std::vector<int> names_;
+  bool subgroup_ = false;
 };
 
 }  // namespace mhc::dist

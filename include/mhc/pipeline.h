@@ -27,6 +27,10 @@ namespace mhc::train {
 
 class AdamW;
 
+// Point-to-point tags from here up are free for other users of the stages' `world`: a step's
+// schedule uses those below 2^30 (two per micro-batch), gather_to_leader [2^30, 2^30 + S).
+inline constexpr int64_t kFirstFreeTag = (int64_t(1) << 30) + (int64_t(1) << 20);
+
 enum class Schedule { gpipe, one_f_one_b };
 // "gpipe" or "1f1b"; throws std::invalid_argument naming the value and the accepted names.
 Schedule parse_schedule(const std::string& name);
@@ -141,7 +145,8 @@ class PipelineStage {
   torch::ScalarType wire_dtype_;
   std::unique_ptr<dist::Group> replicas_;
   std::vector<torch::Tensor> parameters_;
-  std::vector<std::string> names_;  // of parameters_
+  // The named parameters that stage trains, in the model's order.
+  std::vector<std::pair<std::string, torch::Tensor>> parameters_of(int64_t stage) const;
 };
 
 }  // namespace mhc::train

@@ -166,8 +166,8 @@ void run_stage(const Args& a, const train::Settings& s, const dist::Environment&
   if (!world.leader()) {
     for (auto& v : variants) {
       const torch::Tensor values = torch::tensor(v.encoded, torch::kDouble);
-      world.send(torch::tensor({values.numel()}, torch::kLong), 0, 0).wait();
-      world.send(values, 0, 1).wait();
+      world.send(torch::tensor({values.numel()}, torch::kLong), 0, train::kFirstFreeTag).wait();
+      world.send(values, 0, train::kFirstFreeTag + 1).wait();
     }
     return;
   }
@@ -176,9 +176,9 @@ void run_stage(const Args& a, const train::Settings& s, const dist::Environment&
     std::vector<std::vector<double>> per_rank = {v.encoded};
     for (int r = 1; r < world.world_size(); ++r) {
       const torch::Tensor length = torch::zeros({1}, torch::kLong);
-      world.receive(length, r, 0).wait();
+      world.receive(length, r, train::kFirstFreeTag).wait();
       const torch::Tensor values = torch::empty({length.item<int64_t>()}, torch::kDouble);
-      world.receive(values, r, 1).wait();
+      world.receive(values, r, train::kFirstFreeTag + 1).wait();
       per_rank.emplace_back(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
     }
     std::vector<size_t> cursor(per_rank.size(), 0);
@@ -230,6 +230,7 @@ int bench_pipeline(const std::vector<std::string>& argv) {
   const int64_t stages = a.integer("stages", 2, 64), m = a.integer("micro-batches", 1, 4096);
   const int threads = static_cast<int>(a.integer("threads", 1, 1024));
   train::parse_schedule(a.str("schedule"));
+  train::parse_pipe_dtype(a.str("pipe-dtype"), torch::kFloat);  // bad values refused before anything runs
   train::check_pipeline_stages(stages, s.integer("layers", 1, 1 << 20));
   const dist::Environment environment = dist::Environment::read();
   if (environment.world_size > 1) {

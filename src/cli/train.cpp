@@ -133,6 +133,11 @@ int train(const std::vector<std::string>& argv) {
     throw std::invalid_argument("mhc train: --resume " + a.str("resume") + " contradicts the checkpoint: " + differing);
   if (!a.given("out"))
     s.values["out"] = fs::is_directory(a.str("resume")) ? a.str("resume") : fs::path(resume_from).parent_path().string();
+  // The pipeline layout belongs to the launch, as WORLD_SIZE does: a resumed run takes the one it is
+  // given (default: none), not its checkpoint's.
+  if (!a.given("pipeline-stages"))
+    for (const auto& spec : train::setting_specs())
+      if (spec.name == "pipeline-stages") s.values[spec.name] = spec.default_value;
   return train::run_training(s, resume_from, environment);
 }
 

@@ -143,6 +143,7 @@ struct Group::State {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
   int64_t digests = 0;  // same_everywhere() calls so far: each uses fresh store keys
+  std::map<std::string, int> subgroups_made;  // by members: subgroup() calls so far
 };
 
 Group::Group(const Environment& environment, std::chrono::milliseconds timeout, const SharedSettings& shared_settings)
@@ -235,8 +236,8 @@ void Group::connect() {
   });
 }
 
-Group::Group(const Group& parent, const std::vector<int>& members)
-    : environment_(parent.environment_), timeout_(parent.timeout_), state_(std::make_unique<State>()) {
+Group::Group(Group& parent, const std::vector<int>& members)
+    : environment_(parent.environment_), timeout_(parent.timeout_), state_(std::make_unique<State>()), subgroup_(true) {
   std::string key;
   for (size_t i = 0; i < members.size(); ++i) {
     if (members[i] < 0 || members[i] >= parent.world_size() || (i > 0 && members[i] <= members[i - 1]))
@@ -249,7 +250,10 @@ Group::Group(const Group& parent, const std::vector<int>& members)
     throw std::invalid_argument("subgroup: rank " + std::to_string(parent.rank()) + " is not among its members " + key);
   environment_.world_size = static_cast<int>(members.size());
   if (world_size() == 1) return;
-  state_->store = c10::make_intrusive<c10d::PrefixStore>("mhc/group/" + key + "/", parent.state_->store);
+  // Each subgroup of the same members gets keys of its own: the members count them alike.
+  const int made = parent.state_->subgroups_made[key]++;
+  state_->store = c10::make_intrusive<c10d::PrefixStore>("mhc/group/" + key + "/" + std::to_string(made) + "/",
+                                                          parent.state_->store);
   connect();
 }
 
@@ -259,7 +263,7 @@ std::unique_ptr<Group> Group::subgroup(const std::vector<int>& members) {
 
 Group::~Group() = default;
 
-void Group::run(const char* what, const std::function<void()>& collective) {
+void Group::run(const char* what, const std::function<void()>& collective, int peer) {
   try {
     collective();
     return;
@@ -273,15 +277,23 @@ void Group::run(const char* what, const std::function<void()>& collective) {
     std::string verdict;
     try {
       const std::string absent = within<std::string>(
-          deadline + kPollEnds, store_gone, [store = state_->store, r = rank(), names = names_, deadline] {
-            return absent_ranks(*store, "mhc/failed/", {1}, r, names, deadline);
+          deadline + kPollEnds, store_gone, [store = state_->store, r = rank(), names = names_, deadline, peer] {
+            if (peer < 0) return absent_ranks(*store, "mhc/failed/", {1}, r, names, deadline);
+            // Post this rank's key, then wait for the peer's alone.
+            store->set("mhc/failed/" + std::to_string(r), std::vector<uint8_t>{1});
+            const std::vector<std::string> key = {"mhc/failed/" + std::to_string(peer)};
+            while (!store->check(key) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            return store->check(key) ? std::string() : std::to_string(names[peer]);
           });
-      verdict = absent.empty() ? "every rank answered the roll call" : "rank " + absent + " did not answer (dead or stalled)";
+      verdict = absent.empty() ? (peer < 0 ? "every rank answered the roll call" : "rank " + std::to_string(names_[peer]) +
+                                                                                      " answered the roll call")
+                               : "rank " + absent + " did not answer (dead or stalled)";
     } catch (const std::exception&) {
       verdict = store_gone;
     }
-    throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(names_[rank()]) + " of " +
-                             std::to_string(world_size()) + " (--dist-timeout " + seconds(timeout_) + "): " + verdict +
+    throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(names_[rank()]) +
+                             (subgroup_ ? " (in a group of " + std::to_string(world_size()) + " ranks)"
+                                        : " of " + std::to_string(world_size())) + " (--dist-timeout " + seconds(timeout_) + "): " + verdict +
                              " [" + first_line(error_message(e)) + "]");
   }
 }
@@ -356,10 +368,12 @@ Transfer& Transfer::operator=(Transfer&&) noexcept = default;
 
 void Transfer::wait() {
   if (!work_) return;
-  group_->run(what_.c_str(), [&] {
-    if (!work_->work->wait(group_->timeout_))
-      throw std::runtime_error("no transfer within " + seconds(group_->timeout_));
-  });
+  group_->run(
+      what_.c_str(),
+      [&] {
+        if (!work_->work->wait(group_->timeout_)) throw std::runtime_error("no transfer within " + seconds(group_->timeout_));
+      },
+      peer_);
   work_.reset();
 }
 
@@ -382,13 +396,18 @@ Transfer Group::post(bool sending, const torch::Tensor& tensor, int peer, int64_
   check_transfer(sending ? "send" : "receive", tensor, peer, tag, rank(), world_size());
   Transfer t;
   t.group_ = this;
+  t.peer_ = peer;
   t.what_ = (sending ? "sending to rank " : "receiving from rank ") + std::to_string(names_[peer]);
   t.work_ = std::make_unique<Transfer::Work>();
   t.work_->tensor = tensor;
   std::vector<torch::Tensor> one = {tensor};
-  run(t.what_.c_str(), [&] {
-    t.work_->work = sending ? state_->group->send(one, peer, static_cast<int>(tag)) : state_->group->recv(one, peer, static_cast<int>(tag));
-  });
+  run(
+      t.what_.c_str(),
+      [&] {
+        t.work_->work = sending ? state_->group->send(one, peer, static_cast<int>(tag))
+                                : state_->group->recv(one, peer, static_cast<int>(tag));
+      },
+      peer);
   return t;
 }
 

@@ -18,8 +18,9 @@ using Clock = std::chrono::steady_clock;
 
 double now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
-// Tags of a step's transfers: micro-batch i's stream state forward 2i, its gradient back 2i + 1;
-// the gathers to rank 0 above every micro-batch count a run can have.
+// Tags of a step's transfers: micro-batch i's stream state forward 2i, its gradient back 2i + 1
+// (below 2^30 for every micro-batch count a run can have); the gathers to rank 0 from 2^30, one tag
+// per stage (mhc/pipeline.h: kFirstFreeTag).
 int64_t forward_tag(int64_t micro) { return 2 * micro; }
 int64_t backward_tag(int64_t micro) { return 2 * micro + 1; }
 constexpr int64_t kGatherTag = int64_t(1) << 30;
@@ -98,7 +99,6 @@ std::vector<int64_t> balance_stages(int64_t L, int64_t stages, const PartCosts& 
 
 std::vector<int64_t> measure_and_balance(GPT& model, dist::Group& world, int64_t stages, const torch::Tensor& tokens,
                                          const torch::Tensor& targets) {
-  check_pipeline_stages(stages, model->config().layers);
   const torch::Tensor costs = torch::zeros({3}, torch::kDouble);
   if (world.leader()) {
     const PartCosts measured = measured_costs(model, tokens, targets);
@@ -139,8 +139,14 @@ PipelineStage::PipelineStage(GPT model, dist::Group& world, const PipelineLayout
   std::vector<int> same_stage;
   for (int64_t d = 0; d < layout_.replicas; ++d) same_stage.push_back(layout_.rank_of(d, layout_.stage));
   replicas_ = world_.subgroup(same_stage);
+  for (const auto& [name, parameter] : parameters_of(layout_.stage)) parameters_.push_back(parameter);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> PipelineStage::parameters_of(int64_t stage) const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& p : model_->named_parameters())
-    if (stage_of_parameter(p.key(), first_blocks_) == layout_.stage) parameters_.push_back(p.value()), names_.push_back(p.key());
+    if (stage_of_parameter(p.key(), first_blocks_) == stage) out.emplace_back(p.key(), p.value());
+  return out;
 }
 
 PipelineStage::~PipelineStage() = default;
@@ -155,34 +161,40 @@ double PipelineStage::run(int64_t micro_batches,
   const int64_t m = micro_batches, S = layout_.stages;
   const int previous = layout_.first() ? -1 : layout_.rank_of(layout_.replica, layout_.stage - 1);
   const int next = layout_.last() ? -1 : layout_.rank_of(layout_.replica, layout_.stage + 1);
-  const auto [first_block, end_block] = blocks();
+  const std::pair<int64_t, int64_t> span = blocks();
   StageTimeline local;
   StageTimeline& trace = timeline ? *timeline : local;
   trace = {};
   trace.begin = now();
 
-  // Transfers: posted as soon as their buffer exists, waited on where the data is needed (receives)
-  // or when the step ends (sends; their buffers live until then).
-  struct Sent {
-    int peer;
-    int64_t tag;
-    dist::Transfer transfer;
-  };
-  std::vector<Sent> sends;
-  std::map<int64_t, std::pair<torch::Tensor, dist::Transfer>> receives;  // by tag
+  // Transfers, by (peer, tag): posted as soon as their buffer exists; a receive waited on where its
+  // data is needed; a send once it must be done — micro-batch i's stream state when its gradient
+  // has come back (the next stage has used it), a gradient when the next one is sent (the previous
+  // stage posted its receive long before) — so only the micro-batches in flight hold buffers.
+  using Key = std::pair<int, int64_t>;
+  std::map<Key, dist::Transfer> sends;
+  std::map<Key, std::pair<torch::Tensor, dist::Transfer>> receives;
   auto post_send = [&](const torch::Tensor& value, int peer, int64_t tag) {
     const torch::Tensor wire = value.detach().to(wire_dtype_).contiguous();
     trace.posts.push_back({peer, tag, true, now()});
     trace.bytes_sent += wire.numel() * wire.element_size();
-    sends.push_back({peer, tag, world_.send(wire, peer, tag)});
+    TORCH_INTERNAL_ASSERT(sends.emplace(Key{peer, tag}, world_.send(wire, peer, tag)).second, "a send posted twice");
+  };
+  auto finish_send = [&](int peer, int64_t tag) {
+    const auto found = sends.find({peer, tag});
+    const double begin = now();
+    found->second.wait();
+    trace.waits.push_back({peer, tag, true, begin, now()});
+    sends.erase(found);
   };
   auto post_receive = [&](int peer, int64_t tag, at::IntArrayRef shape) {
     torch::Tensor buffer = torch::empty(shape, torch::TensorOptions().dtype(wire_dtype_));
     trace.posts.push_back({peer, tag, false, now()});
-    receives.emplace(tag, std::make_pair(buffer, world_.receive(buffer, peer, tag)));
+    TORCH_INTERNAL_ASSERT(receives.emplace(Key{peer, tag}, std::make_pair(buffer, world_.receive(buffer, peer, tag))).second,
+                          "a receive posted twice");
   };
   auto take = [&](int peer, int64_t tag) {
-    auto found = receives.find(tag);
+    auto found = receives.find({peer, tag});
     auto [buffer, transfer] = std::move(found->second);
     receives.erase(found);
     const double begin = now();
@@ -192,8 +204,8 @@ double PipelineStage::run(int64_t micro_batches,
   };
 
   const GPTConfig& c = model_->config();
-  const auto [tokens0, targets0] = micro_batch(0);
-  const std::vector<int64_t> shape = {tokens0.size(0), tokens0.size(1), c.streams, c.dim};  // the stream state's
+  const std::pair<torch::Tensor, torch::Tensor> batch0 = micro_batch(0);
+  const std::vector<int64_t> shape = {batch0.first.size(0), batch0.first.size(1), c.streams, c.dim};  // the stream state's
 
   struct InFlight {
     torch::Tensor input, output;  // output: the stream state sent on, or the loss on the last stage
@@ -206,14 +218,14 @@ double PipelineStage::run(int64_t micro_batches,
   auto forward = [&] {
     const int64_t i = forwarded++;
     InFlight f;
-    const auto [tokens, targets] = i == 0 ? std::make_pair(tokens0, targets0) : micro_batch(i);
+    const auto [tokens, targets] = i == 0 ? batch0 : micro_batch(i);
     if (previous < 0) {
       f.input = model_->embed(tokens);
     } else {
       f.input = take(previous, forward_tag(i)).to(c.dtype).requires_grad_(true);
       if (i + 1 < m) post_receive(previous, forward_tag(i + 1), shape);  // the next one's transfer overlaps this one's work
     }
-    torch::Tensor x = model_->run_blocks(f.input, first_block, end_block);
+    torch::Tensor x = model_->run_blocks(f.input, span.first, span.second);
     if (next < 0) {
       f.output = model_->loss_of(model_->logits(x), targets) / static_cast<double>(m);
       loss_sum += f.output.item<double>();
@@ -228,9 +240,16 @@ double PipelineStage::run(int64_t micro_batches,
     const int64_t i = backwarded++;
     InFlight f = std::move(in_flight.front());
     in_flight.pop_front();
-    if (next < 0) f.output.backward();
-    else torch::autograd::backward({f.output}, {take(next, backward_tag(i)).to(f.output.scalar_type())});
-    if (previous >= 0) post_send(f.input.grad(), previous, backward_tag(i));
+    if (next < 0) {
+      f.output.backward();
+    } else {
+      torch::autograd::backward({f.output}, {take(next, backward_tag(i)).to(f.output.scalar_type())});
+      finish_send(next, forward_tag(i));
+    }
+    if (previous >= 0) {
+      if (i > 0) finish_send(previous, backward_tag(i - 1));
+      post_send(f.input.grad(), previous, backward_tag(i));
+    }
   };
 
   // GPipe: every forward, then every backward. 1F1B: stage s runs S − 1 − s forwards ahead (fewer
@@ -241,11 +260,7 @@ double PipelineStage::run(int64_t micro_batches,
   for (int64_t k = ahead; k < m; ++k) forward(), backward();
   while (backwarded < m) backward();
 
-  for (auto& sent : sends) {
-    const double begin = now();
-    sent.transfer.wait();
-    trace.waits.push_back({sent.peer, sent.tag, true, begin, now()});
-  }
+  while (!sends.empty()) finish_send(sends.begin()->first.first, sends.begin()->first.second);
   trace.end = now();
   return loss_sum;
 }
@@ -269,12 +284,11 @@ void PipelineStage::gather_to_leader(AdamW* optimizer) {
   // Stage s's tensors in one flat fp32 buffer: its parameters, then (with the optimizer) their moments.
   auto tensors_of = [&](int64_t s) {
     std::vector<torch::Tensor> out;
-    std::vector<std::string> names;
-    for (const auto& p : model_->named_parameters())
-      if (stage_of_parameter(p.key(), first_blocks_) == s) out.push_back(p.value()), names.push_back(p.key());
+    const auto named = parameters_of(s);
+    for (const auto& [name, parameter] : named) out.push_back(parameter);
     if (optimizer)
       for (const auto& prefix : {"adam_m/", "adam_v/"})
-        for (const auto& name : names) out.push_back(moments.at(prefix + name));
+        for (const auto& [name, parameter] : named) out.push_back(moments.at(prefix + name));
     return out;
   };
   if (layout_.stage != 0) {

@@ -270,9 +270,10 @@ StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parame
                       const std::function<double()>& accumulate, double clip, double lr, dist::Group* replicas,
                       const std::function<void(double& loss, double& squares)>& combine) {
   double loss_sum = accumulate();
-  const auto t0 = Clock::now();
+  double all_reduce_seconds = 0;
   const bool averaged = replicas && replicas->world_size() > 1;
   if (averaged) {
+    const auto t0 = Clock::now();
     std::vector<torch::Tensor> shared;
     for (const auto& p : parameters) {
       if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // every rank's buffer has one layout
@@ -282,13 +283,17 @@ StepResult train_step(AdamW& optimizer, const std::vector<torch::Tensor>& parame
     shared.push_back(loss);
     replicas->average(shared);
     loss_sum = loss.item<double>();
+    all_reduce_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   }
   std::vector<torch::Tensor> parts;  // summed on the device: one synchronisation, not one per tensor
   for (const auto& p : parameters)
     if (p.grad().defined()) parts.push_back(p.grad().pow(2).sum().to(torch::kDouble));
   double squares = parts.empty() ? 0.0 : torch::stack(parts).sum().item<double>();
-  if (combine) combine(loss_sum, squares);
-  const double all_reduce_seconds = averaged || combine ? std::chrono::duration<double>(Clock::now() - t0).count() : 0.0;
+  if (combine) {
+    const auto t0 = Clock::now();
+    combine(loss_sum, squares);
+    all_reduce_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
   const double norm = std::sqrt(squares);
   const bool finite = std::isfinite(loss_sum) && std::isfinite(norm);
   if (finite) {
@@ -494,6 +499,8 @@ int run_training(const Settings& s, const std::string& resume_from, const dist::
       progress.note(pipeline ? "each stage's parameters identical on its " + std::to_string(layout.replicas) + " replicas"
                              : "parameters identical on all " + std::to_string(world) + " ranks");
   }
+  // Rank 0 hosts the store the other replica groups compared through: nobody leaves before all are done.
+  if (pipeline && world > 1) group.barrier();
   if (!leader) return 0;
   if (stopping)
     progress.note("stopped by " + (stop_signal != 0 ? "signal " + std::to_string(stop_signal.load()) : "a signal to another rank") +
