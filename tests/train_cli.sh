@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `mhc train`, `sample` and `eval` end to end on a small byte-level model: every variant trains,
-# resume is bit-exact, SIGKILL during checkpointing never leaves `latest` unreadable, SIGTERM saves
+# two runs and a resume are bit-exact, SIGKILL during checkpointing never leaves `latest` unreadable, SIGTERM saves
 # and exits cleanly, damaged checkpoints are refused, a non-finite run stops, the checkpoint is
 # standard safetensors (read by Python with NumPy only), diagnostics leave training unchanged,
 # `analyze` and `compare` write their tables and valid plots, and bad input gets one-line errors.
@@ -38,6 +38,11 @@ if want resume; then
   "$mhc" train --resume "$work/split" --stop-after 0 > "$work/resume.log" 2>&1 || fail "resume failed: $(tail -1 "$work/resume.log")"
   a=$(losses "$work/straight/metrics.jsonl") b=$(losses "$work/split/metrics.jsonl")
   [ -n "$a" ] && [ "$a" = "$b" ] || fail "resume is not exact: straight [$a] vs split [$b]"
+  # The same 40 steps again, at the same thread count: bit-identical (every kernel, the fused
+  # boundaries' included, sums in a fixed order for a given thread count).
+  "$mhc" train "${small[@]}" --steps 40 --out "$work/straight-again" > /dev/null 2>&1 || fail "second straight run failed"
+  c=$(losses "$work/straight-again/metrics.jsonl")
+  [ "$a" = "$c" ] || fail "two runs of 40 steps differ: [$a] vs [$c]"
   [ "$(echo "$a" | wc -w)" -eq 40 ] || fail "straight run logged $(echo "$a" | wc -w) steps, want 40"
   # Recomputation is a run setting: started with none, resumed with streams, or blocks throughout,
   # the losses are the straight run's, bit for bit.
