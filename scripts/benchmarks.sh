@@ -70,6 +70,22 @@ HEADER
 
 cat <<SECTION
 
+## Two sublayers: the fused boundary against the unfused pair
+
+\`$(basename "$mhc") bench layer --variant hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --boundary --markdown\`
+
+Forward + backward of two consecutive sublayers (F = identity), as a stack runs them: the post of
+the first and the pre of the second as one op (\`mhc::boundary\`), against each sublayer run as
+pre_joint → post, alternating repetition by repetition. The boundary moves (13n + 10)·C values per
+token where the pair moves 2·(8n + 5)·C: it skips a read of x_next in the forward pass and a write
+and a read of x_next's gradient in the backward pass. Its copy bound counts those bytes and its FMA
+bound two projections.
+
+SECTION
+"$mhc" bench layer --variant hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --boundary --markdown
+
+cat <<SECTION
+
 ## Beyond four streams: mHC and KromHC at n = 4, 8, 16
 
 \`$(basename "$mhc") bench layer --variant mhc,kromhc --tokens 4096 --streams 4,8,16 --dim 512 --threads $threads --markdown\`,
