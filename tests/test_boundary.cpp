@@ -124,9 +124,9 @@ TEST_P(BoundaryVsPair, ValuesAndGradients) {
   const TwoSublayers in32 = in64.to(torch::kFloat);
   expect_close(run_two(in32, c.variant, t, Path::boundary), run_two(in32, c.variant, t, Path::pair), pair64,
                what + " fp32");
-  // bf16 storage: the CPU's boundary is the pair itself there, except that x1's gradient from its
-  // other uses joins the pre's in fp32 inside the kernel instead of in a bf16 sum by autograd (one
-  // bf16 rounding fewer), so the two differ by bf16 roundings, within the pair's own bf16 error.
+  // bf16 storage: the CPU's boundary is the pair itself there, except that x1's gradients from its
+  // uses are summed in another order (and so rounded to bf16 differently), so the two differ by
+  // bf16 roundings, within the pair's own bf16 error.
   const TwoSublayers bf64 = in64.rounded_to_bf16(), bf = bf64.to(torch::kBFloat16);
   expect_close(run_two(bf, c.variant, t, Path::boundary), run_two(bf, c.variant, t, Path::pair),
                run_two(bf64, c.variant, t, Path::pair), what + " bf16", kBF16Ulp);
@@ -179,6 +179,16 @@ TEST(Boundary, Gradcheck) {
   }
 }
 
+// Wide projections (mHC at n = 8, mHC-lite at n = 5) take 64-token tiles: several of them, and a
+// ragged last one, against the pair in fp64.
+TEST(Boundary, WideProjectionsOverSeveralTiles) {
+  for (auto [variant, n] : {std::pair{Variant::mhc, 8}, {Variant::mhc_lite, 5}}) {
+    const TwoSublayers in64 = make_two(variant, 150, n, 16, Scenario::random, 77);
+    expect_close_fp64(run_two(in64, variant, 20, Path::boundary), run_two(in64, variant, 20, Path::pair),
+                      std::string(variant_name(variant)) + " n=" + std::to_string(n) + " N=150");
+  }
+}
+
 // Tokens are split across threads by tiles: x_next and the coefficients must not depend on how many.
 TEST(Boundary, SameResultForAnyThreadCount) {
   const TwoSublayers in = make_two(Variant::mhc, 100, 4, 32, Scenario::random, 5).to(torch::kFloat);
@@ -193,7 +203,8 @@ TEST(Boundary, SameResultForAnyThreadCount) {
 }
 
 // forward_stack runs inner boundaries fused: the same values and gradients as one connection's
-// forward() after another.
+// forward() after another, bit for bit (the same per-token arithmetic and tiles, x_next's two
+// gradients added in the kernel either way).
 TEST(Boundary, StackMatchesSublayerBySublayer) {
   torch::manual_seed(3);
   const int64_t L = 4, n = 4, C = 24;
@@ -214,12 +225,9 @@ TEST(Boundary, StackMatchesSublayerBySublayer) {
   const Tensor fused = stack->forward(x, sublayers);
   Tensor one_by_one = x;
   for (int64_t l = 0; l < L; ++l) one_by_one = stack->connections[l]->forward(one_by_one, sublayers[l]);
-  const double scale = one_by_one.abs().max().item<double>();
-  EXPECT_LE(max_abs_diff(fused, one_by_one), 64 * std::ldexp(scale, -24));
+  EXPECT_TRUE(torch::equal(fused, one_by_one));
   const auto g_fused = gradients(fused), g_one = gradients(one_by_one);
-  for (size_t i = 0; i < g_one.size(); ++i)
-    EXPECT_LE(max_abs_diff(g_fused[i], g_one[i]), 64 * std::ldexp(std::max(1.0, g_one[i].abs().max().item<double>()), -24))
-        << "gradient " << i;
+  for (size_t i = 0; i < g_one.size(); ++i) EXPECT_TRUE(torch::equal(g_fused[i], g_one[i])) << "gradient " << i;
 }
 
 // The first line of what f throws (c10 errors add a backtrace below it).
@@ -239,11 +247,11 @@ TEST(Boundary, BadShapesGiveOneLineErrors) {
   const std::string wrong_y = message_of([&] {
     mhc::boundary(in.x, torch::randn({6, 7}), H_post, H_res, in.phi, in.bias, in.alpha, Variant::mhc);
   });
-  EXPECT_NE(wrong_y.find("y"), std::string::npos) << wrong_y;
+  EXPECT_NE(wrong_y.find("y must be [N, C] = [6, 8], got [6, 7]"), std::string::npos) << wrong_y;
   const std::string wrong_phi = message_of([&] {
     mhc::boundary(in.x, y, H_post, H_res, in.phi.narrow(0, 0, 3), in.bias, in.alpha, Variant::mhc);
   });
-  EXPECT_NE(wrong_phi.find("phi"), std::string::npos) << wrong_phi;
+  EXPECT_NE(wrong_phi.find("phi must be"), std::string::npos) << wrong_phi;
   for (const std::string& e : {wrong_y, wrong_phi}) EXPECT_EQ(e.find('\n'), std::string::npos) << e;
 }
 

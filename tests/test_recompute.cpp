@@ -260,8 +260,9 @@ TEST(LiveBytes, StreamsFreesTheInnerStatesOfEveryGroupUntilTheBackwardPass) {
   EXPECT_EQ(none - live_after_forward({Recompute::streams, 3}), 4 * stack.state_bytes());  // 2 of each 3
   EXPECT_EQ(none - live_after_forward({Recompute::streams, 1}), 0);
 
-  // In the backward pass at most two rebuilt states are alive at once: the peak stays below no
-  // recomputation's by at least the L_r − 3 states that are never all back at the same time.
+  // In the backward pass at most three states are alive at once (two rebuilt, and the one a fused
+  // boundary's backward also reads): the peak stays below no recomputation's by at least the
+  // L_r − 3 states that are never all back at the same time.
   auto peak_of_step = [&](const RecomputeOptions& policy) {
     const int64_t before = live_bytes::live();
     live_bytes::reset_peak();

@@ -8,7 +8,8 @@
 //   boundary(x, y, H_post, H_res, phi', bias', alpha', …) = pre'(post(x, y, H_post, H_res))
 //
 // the post of the sublayer before and the pre of the next (its parameters primed) in one pass over
-// tiles of tokens on the CPU (cpu_kernels.h says what it saves; CUDA runs the two kernels).
+// tiles of tokens on the CPU (cpu_kernels.h says what the fusion saves in memory traffic; CUDA runs
+// the two kernels).
 //
 // Shapes: x [N, n, C], y and h [N, C], H_pre and H_post [N, n], H_res [N, n, n] (row k is the
 // destination stream). phi, bias and alpha are laid out as in mhc/variant.h.

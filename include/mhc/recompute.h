@@ -45,7 +45,7 @@ struct RecomputeOptions {
 
 // L_r when `every` is auto, for n streams and L sublayers:
 //   streams  the whole stack, split into the fewest equal groups of at most kMaxAutoStreamGroup.
-//            The rebuild's transient is two states whatever L_r is, so memory falls as L_r grows
+//            The rebuild's transient is three states whatever L_r is, so memory falls as L_r grows
 //            and only time limits it: a group of k re-runs post (k − 1)/2 times per sublayer on
 //            average, 5.5 at most (measured ≤ 2% of a step at the small and deep presets). The
 //            paper's round(sqrt(n·L/(n+2))) minimises its own scheme's resident + (n+2)·C·L_r
@@ -63,12 +63,13 @@ int64_t group_size(const RecomputeOptions& options, int64_t streams, int64_t sub
 //
 //     mhc::StreamGroup group(x);                      // x_{l0}, the group's input: kept
 //     for each sublayer of the group:
-//       x_next = post(x, y, H_post, H_res);           // the fused op (or reference::post)
+//       x_next = post(x, y, H_post, H_res);           // the fused op, boundary's x_next, or reference::post
 //       group.add(x_next, y, H_post, H_res);          // frees x's data, unless x is the input
 //
 // Each state [..., n, C] must own its storage (as post returns it); y [..., C], H_post [..., n],
 // H_res [..., n, n]. Freed states are rebuilt from x_{l0} by hooks on the next state's gradient,
-// just before the backward pass reads them: at most two rebuilt states are alive at a time, for
+// just before the backward pass reads them: at most three states are alive at a time (two rebuilt
+// ones, and the one after them that a fused boundary's backward also reads), for
 // k·(k − 1)/2 re-runs of post per group (recompute.cpp says why). With grad mode off, or a state
 // not requiring grad, it frees nothing: no backward pass will come; nor under saved-tensor hooks.
 // `use_reference` says that this post ran reference::post, so the rebuild does too. The Python package's stack uses it as

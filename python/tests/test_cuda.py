@@ -1,7 +1,8 @@
 """The CUDA ops — torch.ops.mhc.* on CUDA tensors, as libmhc registers them when built against a
 CUDA LibTorch — against the pure-PyTorch implementation in fp64 and against the CPU kernels, in
 fp32 and in bf16 storage, with tolerances derived as in test_mhc.py; the doubly-stochastic
-properties on the GPU; one training step of the module in bf16. Skipped where no GPU is usable.
+properties on the GPU; the boundary op against the pair it is made of; one training step of the
+module in bf16. Skipped where no GPU is usable.
 
 Runs under pytest, or alone (a GPU machine may have torch but not pytest; exit status 77 = skipped):
     MHC_LIBRARY=build/libmhc.so python python/tests/test_cuda.py
@@ -101,6 +102,30 @@ def test_doubly_stochastic_on_the_gpu():
         assert rows <= 1e-6 and H.min().item() >= 0, f"{variant} n={n}: rows {rows:.2e}, min {H.min().item():.2e}"
         if variant != "mhc":
             assert cols <= 1e-6, f"{variant} n={n}: columns {cols:.2e}"
+
+
+def test_boundary_on_the_gpu_is_the_pair():
+    """torch.ops.mhc.boundary on CUDA (there the post kernel, then the pre kernels) against post + pre
+    on CUDA, values and gradients, in fp32; and a stack through it against the CPU's fused boundary."""
+    torch.manual_seed(0)
+    for variant, n in [("hc", 4), ("mhc", 4), ("mhc-lite", 4), ("kromhc", 8)]:
+        phi, bias, alpha = (t.cuda().requires_grad_() for t in torch.ops.mhc.initial_parameters(variant, n, 32))
+        with torch.no_grad():
+            phi.normal_(0, 0.05)
+        x = torch.randn(300, n, 32, device="cuda", requires_grad=True)
+        y = torch.randn(300, 32, device="cuda", requires_grad=True)
+        H_post = torch.rand(300, n, device="cuda", requires_grad=True)
+        H_res = torch.softmax(torch.randn(300, n, n, device="cuda"), -1).requires_grad_()
+        inputs = [x, y, H_post, H_res, phi, bias, alpha]
+        fused = torch.ops.mhc.boundary(x, y, H_post, H_res, phi, bias, alpha, variant, 20)
+        x_next = torch.ops.mhc.post(x, y, H_post, H_res)
+        pair = (x_next,) + tuple(torch.ops.mhc.pre(x_next, phi, bias, alpha, variant, 20))
+        weights = [torch.randn_like(o) for o in pair]
+        grads = [torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), inputs) for outs in (fused, pair)]
+        # The same kernels either way; x_next's two gradients are summed in another order: a few
+        # fp32 roundings of the result's scale.
+        for a, b in zip(list(fused) + list(grads[0]), list(pair) + list(grads[1])):
+            torch.testing.assert_close(a, b, rtol=0, atol=64 * U32 * max(b.abs().max().item(), 1.0))
 
 
 def test_module_trains_in_bf16_on_the_gpu():

@@ -27,7 +27,7 @@ namespace {
 // from the forward to the backward pass (resident) and what a group's rebuild adds (transient).
 //   none     n·C·L states + C·L outputs y (F's input h replaces the plain residual's saved state)
 //   streams  n·C·⌈L/L_r⌉ group inputs + C·L outputs y, resident; (n+2)·C·L_r transient in the
-//            paper's rebuild of a whole group at once. This library's rebuild holds two states at
+//            paper's rebuild of a whole group at once. This library's rebuild holds three states at
 //            a time instead (mhc/recompute.h), so the measurement should meet the resident term.
 //   blocks   (n−1)·C·⌈L/L_r⌉ wider group inputs, resident; (n+1)·C·L_r while one group is rerun
 // The connections' coefficients ((2n+n²+1) + n + n² numbers per sublayer for mHC) are left out,

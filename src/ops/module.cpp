@@ -182,7 +182,9 @@ Tensor forward_stack(const std::vector<HyperConnection>& connections, const std:
     };
   if (discard)
     after = [&](int64_t l, const Tensor&, const PreOutput& mix, const Tensor& y, const Tensor& x_next) {
-      if (group) group->add(x_next, y, mix.H_post, mix.H_res, connections[l]->options().use_reference());
+      // x_next was made by the next connection's boundary op, or by this one's post: its rebuild follows that op.
+      const HyperConnection& made_by = connections[l + 1 < L ? l + 1 : l];
+      if (group) group->add(x_next, y, mix.H_post, mix.H_res, made_by->options().use_reference());
       if ((l + 1) % every == 0 && l + 1 < L) group.emplace(x_next);
     };
   if (discard) group.emplace(x_in);

@@ -53,13 +53,15 @@ struct PreBackwardTensors {
   torch::Tensor proj, rms, dH_pre, dH_post, dH_res, dx_add;
   torch::Tensor dx, dphi, dbias, dalpha;
 
+  // with_dx false: the caller keeps x's gradient elsewhere (the boundary's stays in the kernel).
   PreBackwardTensors(const PreArgs& a, const torch::Tensor& proj_, const torch::Tensor& rms_,
                      const c10::optional<torch::Tensor>& dH_pre_, const c10::optional<torch::Tensor>& dH_post_,
-                     const c10::optional<torch::Tensor>& dH_res_, const c10::optional<torch::Tensor>& dx_add_)
+                     const c10::optional<torch::Tensor>& dH_res_, const c10::optional<torch::Tensor>& dx_add_,
+                     bool with_dx = true)
       : proj(proj_.contiguous()), rms(rms_.contiguous()), dH_pre(contiguous_or_undefined(dH_pre_)),
         dH_post(contiguous_or_undefined(dH_post_)), dH_res(contiguous_or_undefined(dH_res_)),
         dx_add(contiguous_or_undefined(dx_add_)),
-        dx(torch::empty_like(a.x)), dphi(torch::empty_like(a.phi)), dbias(torch::empty_like(a.bias)),
+        dx(with_dx ? torch::empty_like(a.x) : torch::Tensor()), dphi(torch::empty_like(a.phi)), dbias(torch::empty_like(a.bias)),
         dalpha(torch::empty_like(a.alpha)) {}
 
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gradients() const {
@@ -105,10 +107,10 @@ using PreBwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, tor
 using PostBwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>(
     const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
 
+// boundary_fwd's and boundary_bwd's seven outputs.
 using BoundaryForward = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
                                    torch::Tensor, torch::Tensor>;
-using BoundaryBackward = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                                    torch::Tensor, torch::Tensor>;
+using BoundaryBackward = BoundaryForward;
 
 // boundary_fwd as post then pre_fwd: (x_next, h, H_pre, H_post_next, H_res_next, proj, rms).
 template <PostKernel* post, PreFwdKernel* pre_fwd>

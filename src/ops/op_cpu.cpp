@@ -174,7 +174,7 @@ ops::BoundaryBackward boundary_bwd_cpu(const Tensor& dh_, const c10::optional<Te
   const PreArgs a(x_next, phi, bias, alpha, variant, t);
   const Tensor dh = dh_.contiguous(), x = x_.contiguous(), y = y_.contiguous(), H_post = H_post_.contiguous(),
                H_res = H_res_.contiguous();
-  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre, dH_post_next, dH_res_next, dx_next);
+  const ops::PreBackwardTensors b(a, proj_, rms_, dH_pre, dH_post_next, dH_res_next, dx_next, /*with_dx=*/false);
   Tensor dx = torch::empty_like(x), dy = torch::empty_like(y), dH_post = torch::empty_like(H_post),
          dH_res = torch::empty_like(H_res);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc.boundary_backward", [&] {

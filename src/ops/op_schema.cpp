@@ -1,6 +1,7 @@
 // The mhc ops' schemas, their autograd (pre, post and boundary as autograd Functions whose forward saves
 // what the fused backward needs — the raw projections g and norms r, a few numbers per token — and
-// whose backward calls the fused backward ops), and the C++ entry points mhc::pre / mhc::post.
+// whose backward calls the fused backward ops), and the C++ entry points mhc::pre, pre_joint, post
+// and boundary.
 //
 // The ops are declared once (TORCH_LIBRARY) and implemented per dispatch key: CPU in op_cpu.cpp,
 // CUDA in op_cuda.cpp, Autograd here. Because everything goes through the dispatcher, the same

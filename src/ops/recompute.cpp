@@ -84,7 +84,8 @@ bool owns_its_storage(const Tensor& t) {
 //
 // A freed state is rebuilt just before the backward pass reaches the sublayer that reads it, from
 // the group's input, and the states in between are temporaries: at most two rebuilt states are
-// alive at a time, so the transient memory does not grow with the group (rebuilding the whole group
+// alive at a time (three states in all where a fused boundary's backward, which reads the state it
+// made as well as its input, is about to run), so the transient memory does not grow with the group (rebuilding the whole group
 // at once, as the paper does, holds k − 1 of them at the start of the group's backward pass, when
 // nothing of the sublayers' own activations has been freed yet). The price is k·(k − 1)/2 re-runs
 // of post per group instead of k − 1; post is the cheapest op of a sublayer.
@@ -101,8 +102,9 @@ struct FreedStates {
     return use_reference[j] ? reference::post(flat, y, hp, hr) : mhc::post(flat, y, hp, hr);
   }
 
-  // Called when the gradient of x_{l0+m} (m ≥ 2) is complete, so its readers (sublayer l0+m's pre
-  // and post) are done, and just before sublayer l0+m−1's post reads x_{l0+m−1}.
+  // Called when the gradient of x_{l0+m} (m ≥ 2) is complete, so the ops that took it as an input
+  // are done, and just before sublayer l0+m−1's post (alone, or in the boundary op that also
+  // reads x_{l0+m} as the state it made) reads x_{l0+m−1}.
   void reached(size_t m) {
     if (m - 1 < freed.size()) freed[m - 1] = Tensor();
     ys[m - 1] = H_post[m - 1] = H_res[m - 1] = Tensor();

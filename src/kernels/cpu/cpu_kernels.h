@@ -97,7 +97,8 @@ struct PostGradients {
   T* dH_res;   // [N, n, n]
 };
 
-// pre.in.x is x_next: the forward writes it (x_next), the backward reads it (saved by the forward).
+// pre.in.x is x_next: the forward writes it (x_next, the same pointer, writable), the backward reads
+// it (saved by the forward).
 // The backward's pre.dx is unused (x_next's gradient stays in the tile); pre.dx_add is x_next's
 // gradient from its other use (the next sublayer's post), may be null.
 template <typename T>

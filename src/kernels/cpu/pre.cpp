@@ -27,6 +27,7 @@
 #include <cmath>
 #include <numeric>
 #include <optional>
+#include <stdexcept>
 #include <vector>
 
 #include "../coefficients.h"
@@ -604,6 +605,7 @@ void pre_backward(const PreBackwardParams<T>& p) {
 
 template <typename T>
 void boundary_forward(const PostInputs<T>& post, T* x_next, const PreForwardParams<T>& pre) {
+  if (pre.in.x != x_next) throw std::invalid_argument("boundary_forward: pre.in.x must be x_next, the buffer it writes");
   forward_tiles(pre, &post, x_next);
 }
 
