@@ -29,9 +29,13 @@ BenchModel::BenchModel(train::Settings s, const std::string& name, const std::st
   parameters = model->parameters();
 }
 
-void BenchModel::step(const torch::Tensor& tokens) {
+std::pair<torch::Tensor, torch::Tensor> inputs_and_targets(const torch::Tensor& tokens) {
   const int64_t T = tokens.size(1) - 1;
-  const torch::Tensor x = tokens.slice(1, 0, T), y = tokens.slice(1, 1);
+  return {tokens.slice(1, 0, T), tokens.slice(1, 1)};
+}
+
+void BenchModel::step(const torch::Tensor& tokens) {
+  const auto [x, y] = inputs_and_targets(tokens);
   train::train_step(*optimizer, parameters, [&] { return model->loss(x, y); }, 1, 1.0, 1e-4);
 }
 

@@ -36,5 +36,7 @@ train::Settings model_bench_settings(const Args& a);
 
 // [batch, seq_len + 1] random tokens for the settings' model.
 torch::Tensor random_tokens(const train::Settings& settings);
+// Such tokens [B, T + 1] -> the model's inputs [B, T] and next-token targets [B, T].
+std::pair<torch::Tensor, torch::Tensor> inputs_and_targets(const torch::Tensor& tokens);
 
 }  // namespace mhc::cli

@@ -52,11 +52,6 @@ std::vector<torch::Tensor> micro_batches(const train::Settings& s, int64_t m) {
   return out;
 }
 
-std::pair<torch::Tensor, torch::Tensor> split(const torch::Tensor& tokens) {
-  const int64_t T = tokens.size(1) - 1;
-  return {tokens.slice(1, 0, T), tokens.slice(1, 1)};
-}
-
 // A stage's timeline of one step as numbers, for the trip to rank 0: begin, end, bytes, step
 // seconds, then the posts (peer, tag, send, at) and the waits (peer, tag, send, begin, end), each
 // list preceded by its length.
@@ -95,21 +90,24 @@ StepShares shares(const std::vector<Measured>& stages) {
   double begin = stages[0].timeline.begin, end = stages[0].timeline.end;
   for (const auto& s : stages) begin = std::min(begin, s.timeline.begin), end = std::max(end, s.timeline.end);
   const double makespan = end - begin;
-  // When each transfer could move: both its ends posted. Keyed by (sender, receiver, tag).
+  // A transfer seen from rank r, as (sender, receiver, tag): the same key from both of its ends.
+  auto transfer = [](size_t r, int peer, int64_t tag, bool send) {
+    return send ? std::make_tuple(int(r), peer, tag) : std::make_tuple(peer, int(r), tag);
+  };
+  // When each transfer could move: both its ends posted.
   std::map<std::tuple<int, int, int64_t>, double> ready;
   for (size_t r = 0; r < stages.size(); ++r)
     for (const auto& p : stages[r].timeline.posts) {
-      const auto key = p.send ? std::make_tuple(int(r), p.peer, p.tag) : std::make_tuple(p.peer, int(r), p.tag);
-      ready[key] = std::max(ready[key], p.at);
+      double& at = ready[transfer(r, p.peer, p.tag, p.send)];
+      at = std::max(at, p.at);
     }
   StepShares out{0, 0, 0, 0, {}};
   for (size_t r = 0; r < stages.size(); ++r) {
     const auto& t = stages[r].timeline;
     double waiting = 0, communication = 0;
     for (const auto& w : t.waits) {
-      const auto key = w.send ? std::make_tuple(int(r), w.peer, w.tag) : std::make_tuple(w.peer, int(r), w.tag);
       waiting += w.end - w.begin;
-      communication += std::max(0.0, w.end - std::max(w.begin, ready.at(key)));
+      communication += std::max(0.0, w.end - std::max(w.begin, ready.at(transfer(r, w.peer, w.tag, w.send))));
     }
     const double busy = (t.end - t.begin) - waiting;
     out.busy_seconds.push_back(busy);
@@ -143,7 +141,7 @@ void run_stage(const Args& a, const train::Settings& s, const dist::Environment&
   std::vector<Variant> variants;
   for (const auto& name : a.list("variant")) {
     BenchModel bench(s, name, a.str("streams"));
-    const auto [x, y] = split(tokens[0]);
+    const auto [x, y] = inputs_and_targets(tokens[0]);
     std::vector<int64_t> first_blocks = train::measure_and_balance(bench.model, world, stages, x, y);
     auto stage = std::make_unique<train::PipelineStage>(bench.model, world, layout, std::move(first_blocks), schedule,
                                                         train::parse_pipe_dtype(a.str("pipe-dtype"), bench.model->config().dtype));
@@ -157,7 +155,7 @@ void run_stage(const Args& a, const train::Settings& s, const dist::Environment&
       const auto t0 = Clock::now();
       train::train_step(
           *v.bench.optimizer, stage.parameters(),
-          [&] { return stage.run(m, [&](int64_t i) { return split(tokens[i]); }, &timeline); }, kClip, kLr,
+          [&] { return stage.run(m, [&](int64_t i) { return inputs_and_targets(tokens[i]); }, &timeline); }, kClip, kLr,
           &stage.replicas(), [&](double& loss, double& squares) { stage.combine(loss, squares); });
       if (rep >= warmup) encode(timeline, seconds_since(t0), v.encoded);
     }
@@ -254,7 +252,7 @@ int bench_pipeline(const std::vector<std::string>& argv) {
         int64_t i = 0;
         const auto t0 = Clock::now();
         train::train_step(*v.bench.optimizer, v.bench.parameters, [&] {
-          const auto [x, y] = split(tokens[i++]);
+          const auto [x, y] = inputs_and_targets(tokens[i++]);
           return v.bench.model->loss(x, y);
         }, m, kClip, kLr);
         if (rep >= warmup) v.seconds.push_back(seconds_since(t0));
