@@ -8,6 +8,7 @@
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
+#include <new>
 #include <random>
 #include <vector>
 
@@ -18,18 +19,33 @@ namespace {
 
 using mhc::Variant;
 
+// 64-byte aligned storage, as LibTorch's CPU allocator gives the ops: the kernels' streaming stores
+// need aligned rows, and std::vector's 16-byte alignment would time a path the ops never take.
+template <typename T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <typename U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t count) { return static_cast<T*>(::operator new(count * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const Aligned64&) const { return true; }
+  bool operator!=(const Aligned64&) const { return false; }
+};
+using Buffer = std::vector<float, Aligned64<float>>;
+
 struct Sublayer {
   int64_t N, n, C;
   Variant variant;
   mhc::Layout l;
-  std::vector<float> x, y, phi, bias, alpha, h, H_pre, H_post, H_res, proj, rms, out, dout, dx, dy, dphi, dbias,
+  Buffer x, y, phi, bias, alpha, h, H_pre, H_post, H_res, proj, rms, out, dout, dx, dy, dphi, dbias,
       dalpha, dH_post, dH_res;
 
   Sublayer(Variant variant_, int64_t N_, int64_t n_, int64_t C_)
       : N(N_), n(n_), C(C_), variant(variant_), l(mhc::layout(variant_, n_, C_)) {
     std::mt19937 rng(0);
     std::normal_distribution<float> normal;
-    auto fill = [&](std::vector<float>& v, size_t size, float scale) {
+    auto fill = [&](Buffer& v, size_t size, float scale) {
       v.resize(size);
       for (float& e : v) e = scale * normal(rng);
     };

@@ -44,6 +44,11 @@ struct Inputs {
     return {c(x, storage),        c(phi, coefficients),   c(bias, coefficients),        c(alpha, coefficients),
             c(w_branch, storage), c(dout, storage),       c(dH_pre, coefficients)};
   }
+  // Tokens [t0, t1) of the per-token tensors (x, dout, dH_pre), the same parameters.
+  Inputs tokens(int64_t t0, int64_t t1) const {
+    auto rows = [&](const Tensor& t) { return t.detach().slice(0, t0, t1).clone().requires_grad_(t.requires_grad()); };
+    return {rows(x), phi, bias, alpha, w_branch, rows(dout), rows(dH_pre)};
+  }
   // x, phi, the sublayer's weight and dout rounded to bf16 values (still float64), so that a
   // bf16-storage run and its fp64 reference start from exactly the same numbers.
   Inputs rounded_to_bf16() const {

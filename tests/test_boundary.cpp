@@ -22,6 +22,9 @@ struct TwoSublayers {
     return {first.to(storage), c(phi, coefficients), c(bias, coefficients), c(alpha, coefficients), c(w_branch, storage),
             c(dH_pre, coefficients)};
   }
+  TwoSublayers tokens(int64_t t0, int64_t t1) const {
+    return {first.tokens(t0, t1), phi, bias, alpha, w_branch, dH_pre.detach().slice(0, t0, t1).clone()};
+  }
   TwoSublayers rounded_to_bf16() const {
     auto r = [](const Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_(t.requires_grad()); };
     return {first.rounded_to_bf16(), r(phi), bias, alpha, r(w_branch), dH_pre};
@@ -200,6 +203,23 @@ TEST(Boundary, SameResultForAnyThreadCount) {
   at::set_num_threads(before);
   for (size_t i = 0; i < 9; ++i)  // the per-token outputs and gradients (parameter gradients are sums over threads)
     EXPECT_TRUE(torch::equal(one.values[i], two.values[i])) << one.names[i];
+}
+
+// The boundary's large outputs (h, and the post's gradients dx and dy) are written with
+// non-temporal stores past kStreamingBytes (simd.h): against the same tokens in chunks whose outputs
+// stay in cache, every per-token output and gradient is equal bit for bit (see
+// FusedOps.StreamedOutputsEqualCachedOnes).
+TEST(Boundary, StreamedOutputsEqualCachedOnes) {
+  const int64_t N = 4160, n = 4, C = 512, chunk = 832;
+  const TwoSublayers in = make_two(Variant::mhc, N, n, C, Scenario::random, 31).to(torch::kFloat);
+  const Outputs whole = run_two(in, Variant::mhc, 20, Path::boundary);
+  std::vector<Outputs> parts;
+  for (int64_t t0 = 0; t0 < N; t0 += chunk) parts.push_back(run_two(in.tokens(t0, t0 + chunk), Variant::mhc, 20, Path::boundary));
+  for (size_t i = 0; i < 7; ++i) {  // x1, h1, H_pre1, H_post1, H_res1, x2, dx
+    std::vector<Tensor> pieces;
+    for (const Outputs& part : parts) pieces.push_back(part.values[i]);
+    EXPECT_TRUE(torch::equal(whole.values[i], torch::cat(pieces))) << whole.names[i];
+  }
 }
 
 // forward_stack runs inner boundaries fused: the same values and gradients as one connection's

@@ -2,6 +2,8 @@
 // sublayer, phi, bias, alpha), for every variant, stream count and input scenario, in fp32 and bf16
 // storage (with precision-derived tolerances, see helpers.h) and in fp64 (the CPU kernels
 // instantiated for double); on the CPU, and on CUDA where a GPU is (skipped otherwise).
+#include <algorithm>
+
 #include "helpers.h"
 
 namespace mhc::test {
@@ -114,6 +116,28 @@ TEST(FusedOps, SameResultForAnyThreadCount) {
     EXPECT_LE(max_abs_diff(one.values[i], two.values[i]), 1e-5 * std::max(scale, 1.0)) << one.names[i];
   }
   EXPECT_TRUE(torch::equal(one.values[4], two.values[4])) << "x_next differs between 1 and 2 threads";
+}
+
+// Outputs of at least kStreamingBytes are written with non-temporal stores (simd.h), smaller ones
+// through the cache: the store changes where a value goes, never the value. A batch whose h is
+// 8.5 MB (every output streamed) against the same tokens in chunks of 832 whose outputs all stay
+// under 8 MiB: every per-token output and gradient bit for bit (parameter gradients are sums whose
+// order depends on the split). Chunks are whole 64-token tiles, so Sinkhorn–Knopp's groups of
+// tokens are the same ones.
+TEST(FusedOps, StreamedOutputsEqualCachedOnes) {
+  const int64_t N = 4160, n = 4, C = 512, chunk = 832;
+  for (Variant variant : {Variant::mhc, Variant::mhc_lite}) {
+    const Inputs in = make_inputs(variant, N, n, C, Scenario::random, 21).to(torch::kFloat);
+    const Outputs whole = run_sublayer(in, variant, 20, true);
+    std::vector<Outputs> parts;
+    for (int64_t t0 = 0; t0 < N; t0 += chunk) parts.push_back(run_sublayer(in.tokens(t0, t0 + chunk), variant, 20, true));
+    for (const std::string name : {"h", "H_pre", "H_post", "H_res", "x_next", "dx"}) {
+      const size_t i = std::find(whole.names.begin(), whole.names.end(), name) - whole.names.begin();
+      std::vector<Tensor> pieces;
+      for (const Outputs& part : parts) pieces.push_back(part.values[i]);
+      EXPECT_TRUE(torch::equal(whole.values[i], torch::cat(pieces))) << variant_name(variant) << " " << name;
+    }
+  }
 }
 
 // pre_joint + post(x_post) is pre + post(x) with x's two gradients summed inside pre's backward

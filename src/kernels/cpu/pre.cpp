@@ -21,6 +21,9 @@
 // tile, so the post's backward follows the pre's per tile rather than sharing its passes; and the
 // forward's post cannot start before the sublayer before has produced y, so the first pre and the
 // last post of a stack stay separate ops.
+//
+// Outputs of kStreamingBytes or more go to memory with non-temporal stores (simd.h): h, dx, and at
+// a boundary the post's dx and dy. x_next is stored through the cache: its tile is projected at once.
 #include <omp.h>
 
 #include <algorithm>
@@ -28,6 +31,7 @@
 #include <numeric>
 #include <optional>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "../coefficients.h"
@@ -98,11 +102,10 @@ struct CallVariant : kernels::CoeffVariant<T> {
 // mp = m rounded up to W rows. The forward product reads both operands along K and runs in
 // dot-product form (gemm_dot), which also gives Σv² from the same loads. Both use simd.h's
 // 32-byte vectors.
-// Register tiles. gemm_micro (sized for AVX2's 16 vector registers): 6 rows × 2 vectors, i.e. 12
-// accumulators, 2 operands and 1 broadcast. A 4 × 3 tile also has 12 accumulators but leaves no
-// register for its 3 operands, so GCC reloads them from memory for every row. dot_micro: 3 rows ×
-// 8 columns, 24 accumulators + 3 sums of squares + 3 rows + 1 phi^T vector = 31 of AVX-512VL's 32
-// registers (with 16 GCC spills some; the result is the same).
+// Register tiles. gemm_micro: 8 rows × 3 vectors, 24 accumulators + 3 operands + 1 broadcast = 28
+// of AVX-512VL's 32 vector registers (with AVX2's 16 GCC spills some; the result is the same), 11
+// loads per 24 FMAs. dot_micro: 3 rows × 8 columns, 24 accumulators + 3 sums of squares + 3 rows
+// + 1 phi^T vector = 31 registers.
 constexpr int kGemmRows = 8, kGemmVecs = 3;
 constexpr int kDotRows = 3, kDotCols = 8;
 
@@ -449,6 +452,62 @@ class TileCoefficients {
   std::optional<SinkhornLanes<T>> lanes_;
 };
 
+// h = Σ_i w[i]·x_i for one token's n streams (rows of C), streamed to memory or not (simd.h).
+template <bool kStream, typename T>
+void mix_streams(T* h, const T* x, const T* w, int n, int64_t C) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  int64_t c = 0;
+  for (; c + S::W <= C; c += S::W) {
+    V acc = S::splat(w[0]) * S::load(x + c);
+    for (int i = 1; i < n; ++i) acc += S::splat(w[i]) * S::load(x + i * C + c);
+    put<kStream>(h + c, acc);
+  }
+  for (; c < C; ++c) {  // C not a multiple of the vector width (never streamed)
+    T acc = w[0] * x[c];
+    for (int i = 1; i < n; ++i) acc += w[i] * x[i * C + c];
+    h[c] = acc;
+  }
+}
+
+// The terms of one stream's gradient in pre's backward: dx_i = w·dh + rms_coef·x_i + dA_i (+ add_i).
+// x and dA are null for the plain residual (no projection), add where x has no other use.
+template <typename T>
+struct DxTerms {
+  T w;
+  const T* dh;
+  T rms_coef;
+  const T* x;
+  const T* dA;
+  const T* add;
+};
+
+// One stream's row of dx, each element written once: one loop per combination of terms (kProj:
+// x and dA given; kAdd: add given), since a test inside the one loop costs 30% of the whole backward.
+template <bool kStream, bool kProj, bool kAdd, typename T>
+void write_dx_row(T* dx, const DxTerms<T>& t, int64_t C) {
+  using S = Simd<T>;
+  // The sum at one column, for a vector of W (load = S::load) or one element.
+  auto value = [&](auto load, auto w, auto coef) {
+    auto a = w * load(t.dh);
+    if constexpr (kProj) a = a + coef * load(t.x) + load(t.dA);
+    if constexpr (kAdd) a = a + load(t.add);
+    return a;
+  };
+  const auto w = S::splat(t.w), coef = S::splat(t.rms_coef);
+  int64_t c = 0;
+  for (; c + S::W <= C; c += S::W) put<kStream>(dx + c, value([&](const T* p) { return S::load(p + c); }, w, coef));
+  for (; c < C; ++c) dx[c] = value([&](const T* p) { return p[c]; }, t.w, t.rms_coef);  // never streamed
+}
+
+template <bool kStream, typename T>
+void write_dx(T* dx, const DxTerms<T>& t, int64_t C) {
+  if (t.x && t.add) write_dx_row<kStream, true, true>(dx, t, C);
+  else if (t.x) write_dx_row<kStream, true, false>(dx, t, C);
+  else if (t.add) write_dx_row<kStream, false, true>(dx, t, C);
+  else write_dx_row<kStream, false, false>(dx, t, C);
+}
+
 // ---------------------------------------------------------------------------------------------
 // pre's forward; with `post`, the boundary's: each tile of p.in.x (= x_next) is first written by
 // the post before, and projected while in cache.
@@ -458,6 +517,7 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
   const int n = p.in.n;
   const int64_t C = p.in.C, m = v.m, per_tile = tile_tokens(m), tiles = (p.in.N + per_tile - 1) / per_tile;
   const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, padded(m, kDotCols), staged_stride<T>(v.K));
+  const bool stream_h = streams_output(p.h, C, p.in.N * C);
 
 #pragma omp parallel num_threads(thread_count(p.in.threads))
   {
@@ -476,19 +536,11 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
         p.rms[row] = std::sqrt(ss[row - t0 * v.P] / T(v.K) + T(kRmsEps));
       coefficients.forward(t0, t1, p.proj, p.rms, p.H_pre, p.H_post, p.H_res);
       for (int64_t tok = t0; tok < t1; ++tok) {
-        const T* pre = p.H_pre + tok * n;
-        const T* x = p.in.x + tok * n * C;
-        T* h = p.h + tok * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) h[c] = pre[0] * x[c];
-        for (int i = 1; i < n; ++i) {
-          const T w = pre[i];
-          const T* xi = x + i * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) h[c] += w * xi[c];
-        }
+        if (stream_h) mix_streams<true>(p.h + tok * C, p.in.x + tok * n * C, p.H_pre + tok * n, n, C);
+        else mix_streams<false>(p.h + tok * C, p.in.x + tok * n * C, p.H_pre + tok * n, n, C);
       }
     }
+    stream_fence();
   }
 }
 
@@ -504,6 +556,11 @@ void backward_tiles(const PreBackwardParams<T>& p, const PostInputs<T>* post, co
   const int threads = thread_count(p.in.threads);
 
   const std::vector<T> phiT_p = transpose_phi(p.in.phi, K, m, mp, staged_stride<T>(K));
+  // What goes to memory, streamed past the cache when large: x's gradient, or at a boundary (where
+  // x_next's gradient stays in the tile) the post's gradients of x and y.
+  const bool stream_dx = !post && streams_output(p.dx, C, p.in.N * n * C);
+  const bool stream_post = post && streams_output(post_grads->dx, C, p.in.N * (n + 1) * C) &&
+                           streams_output(post_grads->dy, C, p.in.N * (n + 1) * C);
 
   // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
   // on its own cache line so no two threads write one line.
@@ -551,31 +608,23 @@ void backward_tiles(const PreBackwardParams<T>& p, const PostInputs<T>* post, co
       // dx_i = H_pre[i]·dh + dr·x_i/(K·r) (the rms term, per projection row) + (dg·phi^T)_i
       // (+ dx_add_i, the gradient from x's other uses): each element of dx written once.
       for (int64_t tok = t0; tok < t1; ++tok) {
-        const T* dh = p.dh + tok * C;
         T* dx = post ? dx_tile.data() + (tok - t0) * n * C : p.dx + tok * n * C;
         for (int i = 0; i < n; ++i) {
-          const T w = H_pre[(tok - t0) * n + i];
-          T* dxi = dx + i * C;
-          const T* addi = p.dx_add ? p.dx_add + (tok * n + i) * C : nullptr;
-          if (!v.P) {  // the plain residual: no projection
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + (addi ? addi[c] : T(0));
-            continue;
+          DxTerms<T> terms{H_pre[(tok - t0) * n + i], p.dh + tok * C, T(0), nullptr, nullptr,
+                           p.dx_add ? p.dx_add + (tok * n + i) * C : nullptr};
+          if (v.P) {  // the plain residual has no projection
+            terms.rms_coef = rms_coef[(tok - t0) * v.P + (v.P == n ? i : 0)];
+            terms.x = stream_in(staged, tok - t0, i);
+            terms.dA = stream_in(dA, tok - t0, i);
           }
-          const T coef = rms_coef[(tok - t0) * v.P + (v.P == n ? i : 0)];
-          const T* xi = stream_in(staged, tok - t0, i);
-          const T* dAi = stream_in(dA, tok - t0, i);
-          if (addi) {  // two loops: a test inside the one loop costs 30% of the whole backward
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c] + dAi[c] + addi[c];
-          } else {
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dxi[c] = w * dh[c] + coef * xi[c] + dAi[c];
-          }
+          if (stream_dx) write_dx<true>(dx + i * C, terms, C);
+          else write_dx<false>(dx + i * C, terms, C);
         }
       }
-      if (post) post_backward_tokens(*post_grads, dx_tile.data(), *post, t0, t1, n, C);
+      if (post && stream_post) post_backward_tokens<true>(*post_grads, dx_tile.data(), *post, t0, t1, n, C);
+      else if (post) post_backward_tokens<false>(*post_grads, dx_tile.data(), *post, t0, t1, n, C);
     }
+    stream_fence();
   }
 
   // Sum the partials in thread order: deterministic for a given thread count.
