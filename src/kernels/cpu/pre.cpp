@@ -104,8 +104,8 @@ struct CallVariant : kernels::CoeffVariant<T> {
 // 32-byte vectors.
 // Register tiles. gemm_micro: 8 rows × 3 vectors, 24 accumulators + 3 operands + 1 broadcast = 28
 // of AVX-512VL's 32 vector registers (with AVX2's 16 GCC spills some; the result is the same), 11
-// loads per 24 FMAs. dot_micro: 3 rows × 8 columns, 24 accumulators + 3 sums of squares + 3 rows
-// + 1 phi^T vector = 31 registers.
+// loads per 24 FMAs; gemm_tile picks 6 × 4 for a product exactly 4 vectors wide. dot_micro:
+// 3 rows × 8 columns, 24 accumulators + 3 sums of squares + 3 rows + 1 phi^T vector = 31 registers.
 constexpr int kGemmRows = 8, kGemmVecs = 3;
 constexpr int kDotRows = 3, kDotCols = 8;
 
@@ -139,8 +139,28 @@ void gemm_rows(int nv, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, con
   switch (nv) {
     case 1: return gemm_micro<T, R, 1>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
     case 2: return gemm_micro<T, R, 2>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
-    default: return gemm_micro<T, R, 3>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+    case 3: return gemm_micro<T, R, 3>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+    default:  // only with R ≤ 6 (gemm_tile)
+      if constexpr (R <= 6) return gemm_micro<T, R, 4>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
   }
+}
+
+// The register tile of gemm for a product `cols` wide: kGemmRows × kGemmVecs, except that a
+// product exactly 4 vectors wide (mHC-lite's dphi: padded m = 32) takes 6 rows × 4 vectors where
+// the CPU has 32 vector registers (AVX-512VL: 24 accumulators, 4 operands, 1 broadcast) rather
+// than a 3-vector panel and a 1-vector one, which loads a broadcast for every FMA.
+#ifdef __AVX512VL__
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+struct GemmTile {
+  int rows, vecs;
+};
+template <typename T>
+GemmTile gemm_tile(int64_t cols) {
+  if (kVectorRegisters >= 32 && cols / Simd<T>::W == 4) return {6, 4};
+  return {kGemmRows, kGemmVecs};
 }
 
 // c[M, cols] (+)= a[M, kdim] · b[kdim, cols] for the vector-wide part of cols; returns the number
@@ -151,11 +171,12 @@ template <typename T>
 int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, const T* b, int64_t bs,
              T* c, int64_t cs, bool accumulate) {
   constexpr int W = Simd<T>::W;
+  const GemmTile tile = gemm_tile<T>(cols);
   const int64_t vec_cols = cols / W * W;
-  for (int64_t j0 = 0; j0 < vec_cols; j0 += kGemmVecs * W) {
-    const int nv = static_cast<int>(std::min<int64_t>(kGemmVecs, (vec_cols - j0) / W));
-    for (int64_t i0 = 0; i0 < M; i0 += kGemmRows) {
-      const int R = static_cast<int>(std::min<int64_t>(kGemmRows, M - i0));
+  for (int64_t j0 = 0; j0 < vec_cols; j0 += tile.vecs * W) {
+    const int nv = static_cast<int>(std::min<int64_t>(tile.vecs, (vec_cols - j0) / W));
+    for (int64_t i0 = 0; i0 < M; i0 += tile.rows) {
+      const int R = static_cast<int>(std::min<int64_t>(tile.rows, M - i0));
       const T* ai = a + i0 * as_i;
       T* ci = c + i0 * cs + j0;
       switch (R) {
