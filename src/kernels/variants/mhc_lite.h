@@ -24,14 +24,18 @@ inline std::vector<int> permutation_table(int n) {
 // Σ_k softmax(z)_k·P_k over `count` permutation matrices of f items, accumulated in double and not
 // yet rounded: H [f·f] and, where asked, the weights [count]; sigma_of(k, sigma) writes σ_k. An
 // entry sums (f−1)! weights, and at f = 5 fp32 accumulation alone would put row and column sums
-// ~1e-6 from 1. Shared with KromHC's factors (kromhc.h).
+// ~1e-6 from 1. The exponentials are T's (an fp32 exp is a few times cheaper than a double one):
+// every row and column sums the same set of them, and the sums and the division stay in double,
+// so rows and columns still sum to 1 before the final rounding. Shared with KromHC's factors
+// (kromhc.h).
 template <typename T, typename SigmaOf>
 MHC_HD inline void mix_permutations(const T* z, int64_t count, int f, SigmaOf sigma_of, double* H, double* weights) {
   for (int e = 0; e < f * f; ++e) H[e] = 0;
-  double zmax = z[0], total = 0;
-  for (int64_t k = 1; k < count; ++k) zmax = std::max<double>(zmax, z[k]);
+  T zmax = z[0];
+  double total = 0;
+  for (int64_t k = 1; k < count; ++k) zmax = std::max(zmax, z[k]);
   for (int64_t k = 0; k < count; ++k) {
-    const double e = std::exp(double(z[k]) - zmax);
+    const double e = std::exp(z[k] - zmax);
     total += e;
     if (weights) weights[k] = e;
     int sigma[kMaxStreamsLite];
