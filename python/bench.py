@@ -111,6 +111,7 @@ def main():
         ap.error(f"--device {args.device}: no CUDA GPU is usable here (accepted here: cpu)")
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
+    mhc.keep_freed_memory()  # as the CLI does: fresh pages would be timed, not the ops
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {args.threads} threads")
     copy = copy_bandwidth_gbs(device)

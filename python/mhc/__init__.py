@@ -14,6 +14,9 @@ DeepSeek-V4 checkpoints: mhc.from_deepseek_v4 / mhc.to_deepseek_v4 convert a con
 for variant "mhc-v4", and mhc.HyperHead ends the stream stack the V4 way.
 
 The ops themselves are torch.ops.mhc.pre / torch.ops.mhc.post (see include/mhc/ops.h).
+
+On the CPU, call mhc.keep_freed_memory() once at start (as the `mhc` CLI does): without it every
+large tensor is fresh memory the kernel must fault in, often costing more than the ops themselves.
 """
 from . import _library
 
@@ -21,6 +24,7 @@ library_path = _library.load()
 
 from ._fake import register_fake_implementations  # noqa: E402  (needs the ops loaded)
 from .deepseek_v4 import from_deepseek_v4, to_deepseek_v4  # noqa: E402
+from .memory import keep_freed_memory  # noqa: E402
 from .modules import (RECOMPUTE, HyperConnection, HyperConnectionStack, HyperHead, Mix, expand_streams,  # noqa: E402
                       reduce_streams)
 
@@ -29,4 +33,4 @@ register_fake_implementations()
 VARIANTS = ("residual", "hc", "mhc", "mhc-v4", "mhc-lite", "kromhc", "ihc")
 
 __all__ = ["HyperConnection", "HyperConnectionStack", "HyperHead", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams",
-           "from_deepseek_v4", "to_deepseek_v4", "VARIANTS", "library_path"]
+           "from_deepseek_v4", "to_deepseek_v4", "keep_freed_memory", "VARIANTS", "library_path"]
