@@ -3,7 +3,9 @@
 // storage (with precision-derived tolerances, see helpers.h) and in fp64 (the CPU kernels
 // instantiated for double); on the CPU, and on CUDA where a GPU is (skipped otherwise).
 #include <algorithm>
+#include <tuple>
 
+#include "../src/kernels/cpu/simd.h"
 #include "helpers.h"
 
 namespace mhc::test {
@@ -118,24 +120,34 @@ TEST(FusedOps, SameResultForAnyThreadCount) {
   EXPECT_TRUE(torch::equal(one.values[4], two.values[4])) << "x_next differs between 1 and 2 threads";
 }
 
-// Outputs of at least kStreamingBytes are written with non-temporal stores (simd.h), smaller ones
-// through the cache: the store changes where a value goes, never the value. A batch whose h is
-// 8.5 MB (every output streamed) against the same tokens in chunks of 832 whose outputs all stay
-// under 8 MiB: every per-token output and gradient bit for bit (parameter gradients are sums whose
-// order depends on the split). Chunks are whole 64-token tiles, so Sinkhorn–Knopp's groups of
-// tokens are the same ones.
+// Outputs of kNonTemporalBytes or more are written with non-temporal stores (simd.h), smaller ones
+// through the cache: the store changes where a value goes, never the value. A batch in which every
+// output kind is written past the cache (h alone is 8.5 MB in fp32) against the same tokens in
+// chunks of 320, in which none is (post's backward writes (n + 1)·C values per token, 3.3 MB):
+// every per-token output and gradient bit for bit (parameter gradients are sums whose order
+// depends on the split). Chunks are whole 64-token tiles, so Sinkhorn–Knopp's groups of tokens are
+// the same ones. Every path that can store past the cache: the plain residual's dx (no
+// projection), HC's (one projection row per stream), mHC's and mHC-lite's, fp32 and fp64.
 TEST(FusedOps, StreamedOutputsEqualCachedOnes) {
-  const int64_t N = 4160, n = 4, C = 512, chunk = 832;
-  for (Variant variant : {Variant::mhc, Variant::mhc_lite}) {
-    const Inputs in = make_inputs(variant, N, n, C, Scenario::random, 21).to(torch::kFloat);
+  const int64_t N = 4160, C = 512, chunk = 320;
+  for (auto [variant, n, dtype] : {std::tuple{Variant::residual, 1, torch::kFloat}, {Variant::hc, 4, torch::kFloat},
+                                   {Variant::mhc, 4, torch::kFloat}, {Variant::mhc_lite, 4, torch::kFloat},
+                                   {Variant::mhc, 4, torch::kDouble}}) {
+    const std::string what = std::string(variant_name(variant)) + (dtype == torch::kDouble ? " fp64" : " fp32");
+    const int64_t value_bytes = dtype == torch::kDouble ? 8 : 4;
+    ASSERT_GE(N * C * value_bytes, cpu::kNonTemporalBytes) << what << ": h must bypass the cache";
+    ASSERT_LT(chunk * (n + 1) * C * value_bytes, cpu::kNonTemporalBytes) << what << ": a chunk's outputs must not";
+    const Inputs in = make_inputs(variant, N, n, C, Scenario::random, 21).to(dtype);
     const Outputs whole = run_sublayer(in, variant, 20, true);
     std::vector<Outputs> parts;
-    for (int64_t t0 = 0; t0 < N; t0 += chunk) parts.push_back(run_sublayer(in.tokens(t0, t0 + chunk), variant, 20, true));
+    for (int64_t t0 = 0; t0 < N; t0 += chunk) parts.push_back(run_sublayer(in.tokens(t0, std::min(N, t0 + chunk)), variant, 20, true));
     for (const std::string name : {"h", "H_pre", "H_post", "H_res", "x_next", "dx"}) {
-      const size_t i = std::find(whole.names.begin(), whole.names.end(), name) - whole.names.begin();
+      const auto at = std::find(whole.names.begin(), whole.names.end(), name);
+      ASSERT_NE(at, whole.names.end()) << name;
+      const size_t i = at - whole.names.begin();
       std::vector<Tensor> pieces;
       for (const Outputs& part : parts) pieces.push_back(part.values[i]);
-      EXPECT_TRUE(torch::equal(whole.values[i], torch::cat(pieces))) << variant_name(variant) << " " << name;
+      EXPECT_TRUE(torch::equal(whole.values[i], torch::cat(pieces))) << what << " " << name;
     }
   }
 }

@@ -9,7 +9,6 @@ reuse it (the role jemalloc or tcmalloc play for PyTorch users). A process-wide 
 the caller's choice, never done on import.
 """
 import ctypes
-import ctypes.util
 
 # mallopt's parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -19,10 +18,9 @@ _M_MMAP_MAX = -4
 def keep_freed_memory():
     """Keeps freed CPU memory in the process (glibc: no mmap'd blocks, no trimming). Returns True
     where it took effect, False where the C library is not glibc (nothing is changed there)."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    mallopt = getattr(libc, "mallopt", None)
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library the process already has
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    kept = bool(mallopt(_M_MMAP_MAX, 0))
+    return bool(mallopt(_M_TRIM_THRESHOLD, -1)) and kept

@@ -5,7 +5,7 @@
 // written once. The loops run along C one vector at a time with the stream count n a compile-time
 // constant, so every stream's vector and every dot-product accumulator lives in a register: the
 // backward's n + n² reductions proceed as independent chains instead of one latency-bound chain each.
-// kStream: the outputs are written with non-temporal stores (simd.h, streams_output).
+// kNonTemporal: the outputs are written with non-temporal stores (simd.h, bypasses_cache).
 #pragma once
 
 #include <cstdint>
@@ -16,7 +16,7 @@
 namespace mhc::cpu {
 namespace post_detail {
 
-template <typename T, int N, bool kStream>
+template <typename T, int N, bool kNonTemporal>
 void post_forward_token(T* out, const T* x, const T* y, const T* hp, const T* hr, int64_t C) {
   using S = Simd<T>;
   using V = typename S::V;
@@ -28,7 +28,7 @@ void post_forward_token(T* out, const T* x, const T* y, const T* hp, const T* hr
     for (int k = 0; k < N; ++k) {
       V o = S::splat(hp[k]) * yv;
       for (int j = 0; j < N; ++j) o += S::splat(hr[k * N + j]) * xv[j];
-      put<kStream>(out + k * C + c, o);
+      put<kNonTemporal>(out + k * C + c, o);
     }
   }
   for (; c < C; ++c)  // C not a multiple of the vector width
@@ -42,7 +42,7 @@ void post_forward_token(T* out, const T* x, const T* y, const T* hp, const T* hr
 // One pass over dout for one input row v (y, or a stream x_j): mixed = Σ_k w[k·ws]·dout_k and
 // dots[k·ds] = ⟨dout_k, v⟩. The backward of post is this pass once for y (w = H_post) and once
 // per stream j (w = column j of H_res).
-template <typename T, int N, bool kStream>
+template <typename T, int N, bool kNonTemporal>
 void mix_and_dot(const T* dout, const T* v, const T* w, int ws, T* mixed, T* dots, int ds, int64_t C) {
   using S = Simd<T>;
   using V = typename S::V;
@@ -57,7 +57,7 @@ void mix_and_dot(const T* dout, const T* v, const T* w, int ws, T* mixed, T* dot
       mv += S::splat(w[k * ws]) * dk;
       acc[k] += dk * vv;
     }
-    put<kStream>(mixed + c, mv);
+    put<kNonTemporal>(mixed + c, mv);
   }
   for (int k = 0; k < N; ++k) dots[k * ds] = horizontal_sum<T>(acc[k]);
   for (int64_t c = vec_end; c < C; ++c) {  // C not a multiple of the vector width
@@ -70,12 +70,12 @@ void mix_and_dot(const T* dout, const T* v, const T* w, int ws, T* mixed, T* dot
   }
 }
 
-template <typename T, int N, bool kStream>
+template <typename T, int N, bool kNonTemporal>
 void post_backward_token(T* dx, T* dy, T* dHp, T* dHr, const T* dout, const T* x, const T* y, const T* hp,
                          const T* hr, int64_t C) {
-  mix_and_dot<T, N, kStream>(dout, y, hp, 1, dy, dHp, 1, C);  // dy, dH_post
+  mix_and_dot<T, N, kNonTemporal>(dout, y, hp, 1, dy, dHp, 1, C);  // dy, dH_post
   for (int j = 0; j < N; ++j)                                 // dx_j, dH_res[:, j]
-    mix_and_dot<T, N, kStream>(dout, x + j * C, hr + j, N, dx + j * C, dHr + j, N, C);
+    mix_and_dot<T, N, kNonTemporal>(dout, x + j * C, hr + j, N, dx + j * C, dHr + j, N, C);
 }
 
 }  // namespace post_detail
@@ -92,14 +92,21 @@ void post_forward_tokens(T* out, const PostInputs<T>& in, int64_t t0, int64_t t1
   });
 }
 
+// Whether post's backward writes its gradients dx and dy (of N tokens) past the cache (simd.h).
+template <typename T>
+bool post_gradients_bypass_cache(const PostGradients<T>& g, int64_t N, int n, int64_t C) {
+  const int64_t written = N * (n + 1) * C;
+  return bypasses_cache(g.dx, C, written) && bypasses_cache(g.dy, C, written);
+}
+
 // The gradients of tokens [t0, t1) from dout [t1 − t0, n, C] (the tile's own rows), single-threaded.
-template <bool kStream, typename T>
+template <bool kNonTemporal, typename T>
 void post_backward_tokens(const PostGradients<T>& g, const T* dout, const PostInputs<T>& in, int64_t t0, int64_t t1,
                           int n, int64_t C) {
   with_streams(n, [&](auto S) {
     constexpr int ns = S();
     for (int64_t tok = t0; tok < t1; ++tok)
-      post_detail::post_backward_token<T, ns, kStream>(g.dx + tok * ns * C, g.dy + tok * C, g.dH_post + tok * ns,
+      post_detail::post_backward_token<T, ns, kNonTemporal>(g.dx + tok * ns * C, g.dy + tok * C, g.dH_post + tok * ns,
                                               g.dH_res + tok * ns * ns, dout + (tok - t0) * ns * C, in.x + tok * ns * C,
                                               in.y + tok * C, in.H_post + tok * ns, in.H_res + tok * ns * ns, C);
   });

@@ -22,7 +22,7 @@
 // forward's post cannot start before the sublayer before has produced y, so the first pre and the
 // last post of a stack stay separate ops.
 //
-// Outputs of kStreamingBytes or more go to memory with non-temporal stores (simd.h): h, dx, and at
+// Outputs of kNonTemporalBytes or more go to memory with non-temporal stores (simd.h): h, dx, and at
 // a boundary the post's dx and dy. x_next is stored through the cache: its tile is projected at once.
 #include <omp.h>
 
@@ -31,7 +31,6 @@
 #include <numeric>
 #include <optional>
 #include <stdexcept>
-#include <type_traits>
 #include <vector>
 
 #include "../coefficients.h"
@@ -140,8 +139,9 @@ void gemm_rows(int nv, int64_t kdim, const T* a, int64_t as_i, int64_t as_k, con
     case 1: return gemm_micro<T, R, 1>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
     case 2: return gemm_micro<T, R, 2>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
     case 3: return gemm_micro<T, R, 3>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
-    default:  // only with R ≤ 6 (gemm_tile)
+    default:  // 4 vectors: 6-row tiles only (gemm_tile), 24 accumulators
       if constexpr (R <= 6) return gemm_micro<T, R, 4>(kdim, a, as_i, as_k, b, bs, c, cs, accumulate);
+      else throw std::logic_error("gemm_rows: a 4-vector panel takes at most 6 rows");
   }
 }
 
@@ -474,7 +474,7 @@ class TileCoefficients {
 };
 
 // h = Σ_i w[i]·x_i for one token's n streams (rows of C), streamed to memory or not (simd.h).
-template <bool kStream, typename T>
+template <bool kNonTemporal, typename T>
 void mix_streams(T* h, const T* x, const T* w, int n, int64_t C) {
   using S = Simd<T>;
   using V = typename S::V;
@@ -482,7 +482,7 @@ void mix_streams(T* h, const T* x, const T* w, int n, int64_t C) {
   for (; c + S::W <= C; c += S::W) {
     V acc = S::splat(w[0]) * S::load(x + c);
     for (int i = 1; i < n; ++i) acc += S::splat(w[i]) * S::load(x + i * C + c);
-    put<kStream>(h + c, acc);
+    put<kNonTemporal>(h + c, acc);
   }
   for (; c < C; ++c) {  // C not a multiple of the vector width (never streamed)
     T acc = w[0] * x[c];
@@ -505,7 +505,7 @@ struct DxTerms {
 
 // One stream's row of dx, each element written once: one loop per combination of terms (kProj:
 // x and dA given; kAdd: add given), since a test inside the one loop costs 30% of the whole backward.
-template <bool kStream, bool kProj, bool kAdd, typename T>
+template <bool kNonTemporal, bool kProj, bool kAdd, typename T>
 void write_dx_row(T* dx, const DxTerms<T>& t, int64_t C) {
   using S = Simd<T>;
   // The sum at one column, for a vector of W (load = S::load) or one element.
@@ -517,16 +517,16 @@ void write_dx_row(T* dx, const DxTerms<T>& t, int64_t C) {
   };
   const auto w = S::splat(t.w), coef = S::splat(t.rms_coef);
   int64_t c = 0;
-  for (; c + S::W <= C; c += S::W) put<kStream>(dx + c, value([&](const T* p) { return S::load(p + c); }, w, coef));
+  for (; c + S::W <= C; c += S::W) put<kNonTemporal>(dx + c, value([&](const T* p) { return S::load(p + c); }, w, coef));
   for (; c < C; ++c) dx[c] = value([&](const T* p) { return p[c]; }, t.w, t.rms_coef);  // never streamed
 }
 
-template <bool kStream, typename T>
+template <bool kNonTemporal, typename T>
 void write_dx(T* dx, const DxTerms<T>& t, int64_t C) {
-  if (t.x && t.add) write_dx_row<kStream, true, true>(dx, t, C);
-  else if (t.x) write_dx_row<kStream, true, false>(dx, t, C);
-  else if (t.add) write_dx_row<kStream, false, true>(dx, t, C);
-  else write_dx_row<kStream, false, false>(dx, t, C);
+  if (t.x && t.add) write_dx_row<kNonTemporal, true, true>(dx, t, C);
+  else if (t.x) write_dx_row<kNonTemporal, true, false>(dx, t, C);
+  else if (t.add) write_dx_row<kNonTemporal, false, true>(dx, t, C);
+  else write_dx_row<kNonTemporal, false, false>(dx, t, C);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -538,7 +538,7 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
   const int n = p.in.n;
   const int64_t C = p.in.C, m = v.m, per_tile = tile_tokens(m), tiles = (p.in.N + per_tile - 1) / per_tile;
   const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, padded(m, kDotCols), staged_stride<T>(v.K));
-  const bool stream_h = streams_output(p.h, C, p.in.N * C);
+  const bool nt_h = bypasses_cache(p.h, C, p.in.N * C);
 
 #pragma omp parallel num_threads(thread_count(p.in.threads))
   {
@@ -557,11 +557,12 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
         p.rms[row] = std::sqrt(ss[row - t0 * v.P] / T(v.K) + T(kRmsEps));
       coefficients.forward(t0, t1, p.proj, p.rms, p.H_pre, p.H_post, p.H_res);
       for (int64_t tok = t0; tok < t1; ++tok) {
-        if (stream_h) mix_streams<true>(p.h + tok * C, p.in.x + tok * n * C, p.H_pre + tok * n, n, C);
-        else mix_streams<false>(p.h + tok * C, p.in.x + tok * n * C, p.H_pre + tok * n, n, C);
+        with_flag(nt_h, [&](auto nt) {
+          mix_streams<decltype(nt)::value>(p.h + tok * C, p.in.x + tok * n * C, p.H_pre + tok * n, n, C);
+        });
       }
     }
-    stream_fence();
+    non_temporal_fence();
   }
 }
 
@@ -579,9 +580,8 @@ void backward_tiles(const PreBackwardParams<T>& p, const PostInputs<T>* post, co
   const std::vector<T> phiT_p = transpose_phi(p.in.phi, K, m, mp, staged_stride<T>(K));
   // What goes to memory, streamed past the cache when large: x's gradient, or at a boundary (where
   // x_next's gradient stays in the tile) the post's gradients of x and y.
-  const bool stream_dx = !post && streams_output(p.dx, C, p.in.N * n * C);
-  const bool stream_post = post && streams_output(post_grads->dx, C, p.in.N * (n + 1) * C) &&
-                           streams_output(post_grads->dy, C, p.in.N * (n + 1) * C);
+  const bool nt_dx = !post && bypasses_cache(p.dx, C, p.in.N * n * C);
+  const bool nt_post = post && post_gradients_bypass_cache(*post_grads, p.in.N, n, C);
 
   // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
   // on its own cache line so no two threads write one line.
@@ -638,14 +638,16 @@ void backward_tiles(const PreBackwardParams<T>& p, const PostInputs<T>* post, co
             terms.x = stream_in(staged, tok - t0, i);
             terms.dA = stream_in(dA, tok - t0, i);
           }
-          if (stream_dx) write_dx<true>(dx + i * C, terms, C);
-          else write_dx<false>(dx + i * C, terms, C);
+          with_flag(nt_dx, [&](auto nt) { write_dx<decltype(nt)::value>(dx + i * C, terms, C); });
         }
       }
-      if (post && stream_post) post_backward_tokens<true>(*post_grads, dx_tile.data(), *post, t0, t1, n, C);
-      else if (post) post_backward_tokens<false>(*post_grads, dx_tile.data(), *post, t0, t1, n, C);
+      if (post) {
+        with_flag(nt_post, [&](auto nt) {
+          post_backward_tokens<decltype(nt)::value>(*post_grads, dx_tile.data(), *post, t0, t1, n, C);
+        });
+      }
     }
-    stream_fence();
+    non_temporal_fence();
   }
 
   // Sum the partials in thread order: deterministic for a given thread count.

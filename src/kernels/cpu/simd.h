@@ -27,8 +27,8 @@ struct Simd {
   typedef T Unaligned __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
   static V load(const T* p) { return *reinterpret_cast<const Unaligned*>(p); }
   static void store(T* p, V v) { *reinterpret_cast<Unaligned*>(p) = v; }
-  // A non-temporal store (p 32-byte aligned): see streams_output.
-  static void stream(T* p, V v) {
+  // A non-temporal store (p 32-byte aligned): see bypasses_cache.
+  static void store_nt(T* p, V v) {
 #ifdef __AVX__
     if constexpr (W == 8) _mm256_stream_ps(p, v);
     else _mm256_stream_pd(p, v);
@@ -84,31 +84,41 @@ void sum_lanes(const typename Simd<T>::V (&v)[J], T (&sums)[J]) {
 // Outputs written past the cache. A plain store to a line that is not in cache first reads the line
 // (read for ownership), so a streaming kernel that reads r values and writes w moves r + 2w; a
 // non-temporal store writes whole lines without reading them, r + w, as a memcpy does. That pays
-// where the output is too large for its next reader to find it in cache anyway: at least
-// kStreamingBytes (build/bench_kernels, 2 threads: post backward 5.2 → 4.0 ms at C = 512, its
-// [4096, 4, 512] dx written streaming). The rows must be 32-byte aligned (LibTorch allocates at 64
-// bytes; the row a whole number of vectors); otherwise the kernel stores as usual.
-constexpr int64_t kStreamingBytes = int64_t(8) << 20;
+// where the output is too large for its next reader to find it in cache anyway: kNonTemporalBytes
+// or more (build/bench_kernels, 2 threads, C = 512, medians of 5 interleaved runs: post forward
+// 2.91 → 2.09 ms, pre backward 9.51 → 8.50 ms; a training step of the small preset, whose
+// [2048, 4, 512] states are 16 MiB, no slower). bypasses_cache(p, row, count): whether an output of
+// `count` values in rows of `row` at p is written so; its rows must be 32-byte aligned (LibTorch
+// allocates at 64 bytes; the row a whole number of vectors), otherwise the kernel stores as usual.
+constexpr int64_t kNonTemporalBytes = int64_t(8) << 20;
 
 template <typename T>
-bool streams_output(const T* p, int64_t row, int64_t count) {
-  return count * int64_t(sizeof(T)) >= kStreamingBytes && reinterpret_cast<uintptr_t>(p) % 32 == 0 &&
+bool bypasses_cache(const T* p, int64_t row, int64_t count) {
+  return count * int64_t(sizeof(T)) >= kNonTemporalBytes && reinterpret_cast<uintptr_t>(p) % 32 == 0 &&
          row % Simd<T>::W == 0;
 }
 
-// v into p, streaming (kStream) or not.
-template <bool kStream, typename T>
+// v into p, past the cache (kNonTemporal) or not.
+template <bool kNonTemporal, typename T>
 void put(T* p, typename Simd<T>::V v) {
-  if constexpr (kStream) Simd<T>::stream(p, v);
+  if constexpr (kNonTemporal) Simd<T>::store_nt(p, v);
   else Simd<T>::store(p, v);
 }
 
 // Non-temporal stores are weakly ordered: a thread that made them fences before the barrier that
 // hands its output to other threads.
-inline void stream_fence() {
+inline void non_temporal_fence() {
 #ifdef __SSE__
   _mm_sfence();
 #endif
+}
+
+// f(std::true_type{}) or f(std::false_type{}): a flag known at run time as a compile-time constant
+// (decltype(flag)::value), so that each case gets its own loops.
+template <typename F>
+void with_flag(bool flag, F&& f) {
+  if (flag) f(std::true_type{});
+  else f(std::false_type{});
 }
 
 using kernels::with_streams;
