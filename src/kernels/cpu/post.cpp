@@ -1,8 +1,8 @@
 // Fused CPU kernels for `post`: x_next = H_res·x + H_post^T·y (DESIGN.md §1, §3 step 1), parallel
 // over tokens. Per token the n input streams and y (n+1 rows of C) are read once from memory and the
 // n output streams written once: (2n+1)·C values moved, where the unfused form moves (3n+1)·C or
-// more. The per-token arithmetic is post_tokens.h's. Outputs of kNonTemporalBytes or more are written with
-// non-temporal stores (simd.h).
+// more. The per-token arithmetic is post_tokens.h's. Outputs of kNonTemporalBytes or more are
+// written with non-temporal stores (simd.h).
 #include <omp.h>
 
 #include "cpu_kernels.h"

@@ -74,7 +74,7 @@ template <typename T, int N, bool kNonTemporal>
 void post_backward_token(T* dx, T* dy, T* dHp, T* dHr, const T* dout, const T* x, const T* y, const T* hp,
                          const T* hr, int64_t C) {
   mix_and_dot<T, N, kNonTemporal>(dout, y, hp, 1, dy, dHp, 1, C);  // dy, dH_post
-  for (int j = 0; j < N; ++j)                                 // dx_j, dH_res[:, j]
+  for (int j = 0; j < N; ++j)                                       // dx_j, dH_res[:, j]
     mix_and_dot<T, N, kNonTemporal>(dout, x + j * C, hr + j, N, dx + j * C, dHr + j, N, C);
 }
 

@@ -473,7 +473,7 @@ class TileCoefficients {
   std::optional<SinkhornLanes<T>> lanes_;
 };
 
-// h = Σ_i w[i]·x_i for one token's n streams (rows of C), streamed to memory or not (simd.h).
+// h = Σ_i w[i]·x_i for one token's n streams (rows of C), stored past the cache or not (simd.h).
 template <bool kNonTemporal, typename T>
 void mix_streams(T* h, const T* x, const T* w, int n, int64_t C) {
   using S = Simd<T>;
@@ -484,7 +484,7 @@ void mix_streams(T* h, const T* x, const T* w, int n, int64_t C) {
     for (int i = 1; i < n; ++i) acc += S::splat(w[i]) * S::load(x + i * C + c);
     put<kNonTemporal>(h + c, acc);
   }
-  for (; c < C; ++c) {  // C not a multiple of the vector width (never streamed)
+  for (; c < C; ++c) {  // C not a multiple of the vector width (never past the cache)
     T acc = w[0] * x[c];
     for (int i = 1; i < n; ++i) acc += w[i] * x[i * C + c];
     h[c] = acc;
@@ -517,8 +517,9 @@ void write_dx_row(T* dx, const DxTerms<T>& t, int64_t C) {
   };
   const auto w = S::splat(t.w), coef = S::splat(t.rms_coef);
   int64_t c = 0;
-  for (; c + S::W <= C; c += S::W) put<kNonTemporal>(dx + c, value([&](const T* p) { return S::load(p + c); }, w, coef));
-  for (; c < C; ++c) dx[c] = value([&](const T* p) { return p[c]; }, t.w, t.rms_coef);  // never streamed
+  for (; c + S::W <= C; c += S::W)
+    put<kNonTemporal>(dx + c, value([&](const T* p) { return S::load(p + c); }, w, coef));
+  for (; c < C; ++c) dx[c] = value([&](const T* p) { return p[c]; }, t.w, t.rms_coef);  // never past the cache
 }
 
 template <bool kNonTemporal, typename T>
@@ -578,7 +579,7 @@ void backward_tiles(const PreBackwardParams<T>& p, const PostInputs<T>* post, co
   const int threads = thread_count(p.in.threads);
 
   const std::vector<T> phiT_p = transpose_phi(p.in.phi, K, m, mp, staged_stride<T>(K));
-  // What goes to memory, streamed past the cache when large: x's gradient, or at a boundary (where
+  // What goes to memory, past the cache when large: x's gradient, or at a boundary (where
   // x_next's gradient stays in the tile) the post's gradients of x and y.
   const bool nt_dx = !post && bypasses_cache(p.dx, C, p.in.N * n * C);
   const bool nt_post = post && post_gradients_bypass_cache(*post_grads, p.in.N, n, C);
