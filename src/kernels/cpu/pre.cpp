@@ -55,12 +55,15 @@ constexpr int64_t kTileTokens = 16;
 // keep 16 and 512 (their results bit-identical to before).
 constexpr int64_t kWideProjection = 64;
 int64_t tile_tokens(int64_t m) { return m > kWideProjection ? 64 : kTileTokens; }
-// The backward's tiles hold at least kBackwardRows projection rows (32 tokens of mHC; HC has n rows
-// per token: 32/n tokens, at least tile_tokens): dphi += A^T·dg read-modify-writes its [K, mp] partial once per tile, and 16 rows
-// left that pass a large share of the product. build/bench_kernels, 2 threads, medians of three
-// interleaved runs, 16 → 32 tokens: mhc pre backward 11.2 → 8.7 ms (C = 512), 22.5 → 18.2 ms
-// (C = 1024); HC's (16 tokens either way) 6.0 and 11.3 ms both times.
-constexpr int64_t kBackwardRows = 32;
+// The backward's tiles hold at least kBackwardRows projection rows (64 tokens of mHC; HC has n rows
+// per token: 64/n tokens, at least tile_tokens): dphi += A^T·dg read-modify-writes its [K, mp]
+// partial once per tile, and short tiles leave that pass a large share of the product.
+// build/bench_kernels, 2 threads: 16 → 32 tokens, medians of three interleaved runs, mhc pre
+// backward 11.2 → 8.7 ms (C = 512), 22.5 → 18.2 ms (C = 1024). 32 → 64 tokens, medians of 7: mhc
+// 7.95 → 7.72 ms and 16.0 → 14.8 ms, mhc-lite 9.80 → 8.92 and 18.7 → 17.0 ms; a tile's cycles in
+// dphi's product fell 15% (rdtsc per phase), although its working set (staged x, dA, phi^T, the
+// partial: 1.4 MiB at C = 512) no longer fits the 1 MiB L2. HC at n = 4 keeps 16 tokens.
+constexpr int64_t kBackwardRows = 64;
 int64_t backward_tile_tokens(int64_t m, int64_t P) {
   return std::max(tile_tokens(m), kBackwardRows / std::max<int64_t>(P, 1));
 }
@@ -203,9 +206,15 @@ int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, in
 // J accumulators of a row are reduced together (sum_lanes), so the horizontal sums cost a few
 // shuffles per row, not W adds per column. bt holds J rows past `cols` (zero padding): only `cols`
 // results are written.
+//
+// The first panel (kSumSquares) also prefetches the same block of the next tile's rows (`next`,
+// next_rows of them, lda apart) into L2, one line per row every 16 elements, so that the memory
+// reads of the stream overlap the FMAs. Issued all at once before the block, the prefetches fill
+// the miss buffers and stall the core (perf: 28% of the forward's own samples on that loop).
 template <typename T, int R, bool kSumSquares>
 void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int cols, T* g, int64_t ldg, T* ss,
-               bool accumulate) {
+               bool accumulate, const T* next, int next_rows) {
+  constexpr int64_t line = 64 / sizeof(T);
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int J = kDotCols;
@@ -216,6 +225,10 @@ void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int
   }
   int64_t k = 0;
   for (; k + S::W <= K; k += S::W) {
+    if constexpr (kSumSquares) {
+      if (k % line == 0)
+        for (int i = 0; i < next_rows; ++i) __builtin_prefetch(next + i * lda + k, 0, 2);
+    }
     V av[R];
     for (int i = 0; i < R; ++i) {
       av[i] = S::load(a + i * lda + k);
@@ -243,26 +256,19 @@ void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int
 
 template <typename T, int R>
 void dot_rows(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int cols, T* g, int64_t ldg, T* ss,
-              bool accumulate) {
-  if (ss) return dot_micro<T, R, true>(K, a, lda, bt, ldb, cols, g, ldg, ss, accumulate);  // first panel
-  return dot_micro<T, R, false>(K, a, lda, bt, ldb, cols, g, ldg, ss, accumulate);
-}
-
-// Asks for the block of rows [i0, i0 + R) × columns [k0, k0 + kc) of the next tile (of `rows` rows
-// at `a`) to be brought into L2 while this tile's same block is computed, so the memory reads of
-// the stream overlap the FMAs instead of stalling them.
-template <typename T>
-void prefetch_block(const T* a, int64_t rows, int64_t lda, int64_t i0, int R, int64_t k0, int64_t kc) {
-  constexpr int64_t line = 64 / sizeof(T);
-  for (int64_t i = i0; i < std::min<int64_t>(rows, i0 + R); ++i)
-    for (int64_t k = k0; k < k0 + kc; k += line) __builtin_prefetch(a + i * lda + k, 0, 2);
+              bool accumulate, const T* next, int next_rows) {
+  if (ss) return dot_micro<T, R, true>(K, a, lda, bt, ldb, cols, g, ldg, ss, accumulate, next, next_rows);
+  return dot_micro<T, R, false>(K, a, lda, bt, ldb, cols, g, ldg, ss, accumulate, nullptr, 0);
 }
 
 // g[M, m] = a[M, K] · bt[m, K]^T and ss[M] = Σ_k a², blocked along K so that a row block of a
-// ([R, kBlockK], 6 KiB) stays in L1 while all the column panels of bt stream past it from L2.
+// ([R, kBlockK], 24 KiB) stays in L1 while all the column panels of bt stream past it from L2.
+// Every block ends in the horizontal sums of its R·J accumulators, so a block shorter than K pays
+// them again: build/bench_kernels, medians of 7 interleaved runs, blocks of 512 → 2048: mhc pre
+// forward 3.64 → 3.35 ms (C = 512), 8.68 → 6.82 ms (C = 1024); mhc-lite 4.85 → 4.43, 9.60 → 8.88.
 // bt's rows are ldb apart and padded with zero rows to a multiple of kDotCols. The first column
 // panel also sums the squares (every variant has m ≥ 2).
-constexpr int64_t kBlockK = 512;
+constexpr int64_t kBlockK = 2048;
 
 template <typename T>
 void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, T* g, int64_t ldg,
@@ -273,16 +279,18 @@ void gemm_dot(int64_t M, int64_t m, int64_t K, const T* a, int64_t lda, const T*
     for (int64_t i0 = 0; i0 < M; i0 += kDotRows) {
       const int R = static_cast<int>(std::min<int64_t>(kDotRows, M - i0));
       const T* ai = a + i0 * lda + k0;
-      prefetch_block(next_a, next_rows, lda, i0, R, k0, kc);
+      // The same block of the next tile's rows, prefetched by the first panel.
+      const int next_block_rows = static_cast<int>(std::clamp<int64_t>(next_rows - i0, 0, R));
+      const T* next = next_block_rows ? next_a + i0 * lda + k0 : nullptr;
       for (int64_t j0 = 0; j0 < m; j0 += kDotCols) {
         const int cols = static_cast<int>(std::min<int64_t>(kDotCols, m - j0));
         const T* bj = bt + j0 * ldb + k0;
         T* gi = g + i0 * ldg + j0;
         T* si = j0 == 0 ? ss + i0 : nullptr;
         switch (R) {
-          case 1: dot_rows<T, 1>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0); break;
-          case 2: dot_rows<T, 2>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0); break;
-          default: dot_rows<T, kDotRows>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0); break;
+          case 1: dot_rows<T, 1>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0, next, next_block_rows); break;
+          case 2: dot_rows<T, 2>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0, next, next_block_rows); break;
+          default: dot_rows<T, kDotRows>(kc, ai, lda, bj, ldb, cols, gi, ldg, si, k0 > 0, next, next_block_rows); break;
         }
       }
     }
