@@ -16,7 +16,9 @@
 // and dφ = vᵀ·dg: 3 × 2·P·K·m per token) at the measured FMA peak give the FMA bound; the fused
 // path can meet neither bound alone, so bound_ratio = fused / max(copy bound, FMA bound) says how
 // far it is from the machine. On a GPU every timing ends with a device synchronisation (and the
-// FMA bound is not computed).
+// FMA bound is not computed). --json adds <timed>_ops_ms: of the timed path's time, the part inside
+// the connection's ops on the CPU (mhc::op_clock: kernels and output allocations); the rest is
+// autograd's bookkeeping around them.
 //
 // --boundary times two consecutive sublayers instead (F = identity for both), as a stack runs them,
 // with the post of the first and the pre of the second as one op (mhc::boundary), against the same
@@ -40,6 +42,7 @@
 #include "commands.h"
 #include "../kernels/cpu/cpu_kernels.h"
 #include "mhc/module.h"
+#include "mhc/ops.h"
 #include "mhc/train.h"
 
 namespace mhc::cli {
@@ -98,6 +101,7 @@ struct Result {
   Variant variant;
   int64_t n, C, tokens;
   double fused_s, reference_s, bytes, flops;
+  double ops_s;  // of fused_s, the time inside the connection's ops (mhc::op_clock; CPU only)
 };
 
 // The projection GEMMs' floating-point operations for N tokens, forward and backward.
@@ -134,12 +138,17 @@ Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int
   const torch::Tensor x = torch::randn({N, n, C}, on_device).requires_grad_(true);
   const torch::Tensor dout = torch::randn({N, n, C}, on_device);
   const Sublayer identity = [](const torch::Tensor& h) { return h; };
-  auto step = [&](const std::function<torch::Tensor()>& forward, torch::nn::Module& module) {
+  // One forward + backward: its wall-clock seconds, and those spent inside the ops into *ops_s.
+  auto step = [&](const std::function<torch::Tensor()>& forward, torch::nn::Module& module, double* ops_s) {
     finish(device);
+    op_clock::reset();
+    op_clock::enable(ops_s != nullptr);
     const auto t0 = Clock::now();
     forward().backward(dout);
     finish(device);
     const double s = seconds_since(t0);
+    op_clock::enable(false);
+    if (ops_s) *ops_s = op_clock::seconds();
     x.mutable_grad() = torch::Tensor();
     module.zero_grad();
     return s;
@@ -155,14 +164,16 @@ Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int
                : [&] { return reference->forward(x, identity); };
   torch::nn::Module& timed_module = boundary ? static_cast<torch::nn::Module&>(*pair) : *fused;
   torch::nn::Module& other_module = boundary ? static_cast<torch::nn::Module&>(*pair) : *reference;
-  std::vector<double> fused_s, reference_s;
+  std::vector<double> fused_s, reference_s, ops_s;
   for (int rep = 0; rep < warmup + reps; ++rep) {
-    const double f = step(timed, timed_module), r = step(other, other_module);
-    if (rep >= warmup) fused_s.push_back(f), reference_s.push_back(r);
+    double ops = 0;
+    const double f = step(timed, timed_module, &ops), r = step(other, other_module, nullptr);
+    if (rep >= warmup) fused_s.push_back(f), reference_s.push_back(r), ops_s.push_back(ops);
   }
   const double values = boundary ? double(13 * n + 10) : double(8 * n + 5);
   const double bytes = double(N) * values * C * x.element_size();
-  return {variant, n, C, N, median(fused_s), median(reference_s), bytes, (boundary ? 2 : 1) * projection_flops(variant, N, n, C)};
+  return {variant, n, C, N, median(fused_s), median(reference_s), bytes, (boundary ? 2 : 1) * projection_flops(variant, N, n, C),
+          median(ops_s)};
 }
 
 }  // namespace
@@ -248,7 +259,7 @@ int bench_layer(const std::vector<std::string>& argv) {
               << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
               << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
               << ", \"" << timed << "_ms\": " << r.fused_s * 1e3 << ", \"" << other << "_ms\": " << r.reference_s * 1e3
-              << ", \"speedup\": " << speedup << ", \"" << timed << "_tokens_per_s\": " << tps << ", \"" << timed
+              << ", \"" << timed << "_ops_ms\": " << r.ops_s * 1e3 << ", \"speedup\": " << speedup << ", \"" << timed << "_tokens_per_s\": " << tps << ", \"" << timed
               << "_gb_per_s\": " << gbs
               << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3
               << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3
