@@ -11,10 +11,15 @@
 namespace mhc::test {
 namespace {
 
+// N = 37 tokens: not a multiple of the kernels' token tiles (16 forward, 64 backward for mHC), one
+// ragged backward tile; the cases with more tokens cross several.
+constexpr int64_t kTokens = 37;
+
 struct Case {
   Variant variant;
   int64_t n, C, t;
   Scenario scenario;
+  int64_t tokens = kTokens;
 };
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {
@@ -23,7 +28,7 @@ std::string case_name(const testing::TestParamInfo<Case>& info) {
   for (char& ch : k)
     if (ch == '-') ch = '_';
   return k + "_n" + std::to_string(c.n) + "_C" + std::to_string(c.C) + "_t" + std::to_string(c.t) + "_" +
-         scenario_name(c.scenario);
+         scenario_name(c.scenario) + (c.tokens == kTokens ? "" : "_N" + std::to_string(c.tokens));
 }
 
 std::vector<Case> all_cases() {
@@ -44,10 +49,13 @@ std::vector<Case> all_cases() {
   for (int64_t t : {0, 1, 5})  // Sinkhorn iteration counts other than the default
     cases.push_back({Variant::mhc, 4, 13, t, Scenario::random});
   for (int64_t t : {1, 5}) cases.push_back({Variant::mhc_v4, 4, 13, t, Scenario::random});
-  // Projections longer than one of the CPU kernels' K blocks (512), with a ragged last block.
-  cases.push_back({Variant::mhc, 4, 301, 20, Scenario::random});
-  cases.push_back({Variant::mhc_lite, 4, 301, 20, Scenario::random});
-  cases.push_back({Variant::hc, 2, 1031, 20, Scenario::random});
+  // Projections longer than one of the CPU forward's K blocks (kBlockK = 2048), with a ragged last
+  // block; and several backward tiles (64 tokens for mHC / mHC-lite, a ragged last one).
+  cases.push_back({Variant::mhc, 4, 541, 20, Scenario::random});
+  cases.push_back({Variant::mhc_lite, 4, 541, 20, Scenario::random});
+  cases.push_back({Variant::hc, 2, 2069, 20, Scenario::random});
+  for (Variant v : {Variant::mhc, Variant::mhc_lite})
+    for (Scenario s : {Scenario::random, Scenario::large_logits}) cases.push_back({v, 4, 13, 20, s, 133});
   return cases;
 }
 
@@ -57,7 +65,7 @@ void PrintTo(const Case& c, std::ostream* os) { *os << case_name({c, 0}); }
 // One case on one backend: fp32 against the reference (and, on the CPU, the fp64 kernels); bf16
 // storage against the reference run on the same bf16 numbers; on CUDA also against the CPU kernels.
 void check_case(const Case& c, torch::Device device) {
-  const int64_t N = 37;  // not a multiple of the kernels' token tile
+  const int64_t N = c.tokens;
   const std::string what = case_name({c, 0}) + " on " + device.str();
   const Inputs in64 = make_inputs(c.variant, N, c.n, c.C, c.scenario, 1234);
   const Outputs ref64 = run_sublayer(in64, c.variant, c.t, /*fused=*/false);

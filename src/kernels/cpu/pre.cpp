@@ -52,7 +52,7 @@ constexpr int64_t kTileTokens = 16;
 // 9.4 MiB at n = 16 for C = 512) no longer stays in L2 between tiles, so every tile streams phi^T
 // and its dphi partial from L3 or memory: there a tile of 64 tokens, 4x the reuse per byte, and K
 // blocks of 128 keep a [m, 128] panel of phi^T in L2 for all its row blocks. Narrow projections
-// keep 16 and 512 (their results bit-identical to before).
+// keep tiles of 16 tokens and K blocks of kBlockK.
 constexpr int64_t kWideProjection = 64;
 int64_t tile_tokens(int64_t m) { return m > kWideProjection ? 64 : kTileTokens; }
 // The backward's tiles hold at least kBackwardRows projection rows (64 tokens of mHC; HC has n rows
@@ -208,13 +208,13 @@ int64_t gemm(int64_t M, int64_t cols, int64_t kdim, const T* a, int64_t as_i, in
 // results are written.
 //
 // The first panel (kSumSquares) also prefetches the same block of the next tile's rows (`next`,
-// next_rows of them, lda apart) into L2, one line per row every 16 elements, so that the memory
-// reads of the stream overlap the FMAs. Issued all at once before the block, the prefetches fill
-// the miss buffers and stall the core (perf: 28% of the forward's own samples on that loop).
+// next_rows of them, lda apart) into L2, one cache line per row at a time as its loop reaches it,
+// so that the memory reads of the stream overlap the FMAs. Issued all at once before the block,
+// the prefetches fill the miss buffers and stall the core (perf: 28% of the forward's own samples
+// on that loop).
 template <typename T, int R, bool kSumSquares>
 void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int cols, T* g, int64_t ldg, T* ss,
                bool accumulate, const T* next, int next_rows) {
-  constexpr int64_t line = 64 / sizeof(T);
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int J = kDotCols;
@@ -226,7 +226,7 @@ void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int
   int64_t k = 0;
   for (; k + S::W <= K; k += S::W) {
     if constexpr (kSumSquares) {
-      if (k % line == 0)
+      if (k % kLineValues<T> == 0)
         for (int i = 0; i < next_rows; ++i) __builtin_prefetch(next + i * lda + k, 0, 2);
     }
     V av[R];
@@ -240,6 +240,8 @@ void dot_micro(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int
       for (int i = 0; i < R; ++i) acc[i][j] += av[i] * bv;
     }
   }
+  if constexpr (kSumSquares)  // the block's last line, which the loop misses where K ends mid-vector
+    for (int i = 0; i < next_rows; ++i) __builtin_prefetch(next + i * lda + K - 1, 0, 2);
   for (int i = 0; i < R; ++i) {
     T sums[J];
     sum_lanes<T, J>(acc[i], sums);
@@ -262,7 +264,7 @@ void dot_rows(int64_t K, const T* a, int64_t lda, const T* bt, int64_t ldb, int 
 }
 
 // g[M, m] = a[M, K] · bt[m, K]^T and ss[M] = Σ_k a², blocked along K so that a row block of a
-// ([R, kBlockK], 24 KiB) stays in L1 while all the column panels of bt stream past it from L2.
+// ([R, kBlockK], 24 KiB of floats) stays in L1 while all the column panels of bt stream past it from L2.
 // Every block ends in the horizontal sums of its R·J accumulators, so a block shorter than K pays
 // them again: build/bench_kernels, medians of 7 interleaved runs, blocks of 512 → 2048: mhc pre
 // forward 3.64 → 3.35 ms (C = 512), 8.68 → 6.82 ms (C = 1024); mhc-lite 4.85 → 4.43, 9.60 → 8.88.
@@ -313,8 +315,7 @@ std::vector<T> transpose_phi(const T* phi, int64_t K, int64_t m, int64_t rows, i
 // thrashes it. A staged copy pads each row by one cache line; phi^T is stored the same way.
 template <typename T>
 int64_t staged_stride(int64_t K) {
-  constexpr int64_t line = 64 / sizeof(T);
-  return padded(K, line) + line;
+  return padded(K, kLineValues<T>) + kLineValues<T>;
 }
 
 // Forward projection of `rows` contiguous rows of x: g[r][0..m) = A[r]·phi and ss[r] = Σ A[r]²,

@@ -43,6 +43,10 @@ struct Simd {
   }
 };
 
+// Values of T in one 64-byte cache line.
+template <typename T>
+constexpr int64_t kLineValues = 64 / sizeof(T);
+
 // Makes v opaque to the optimiser, so a loaded vector that feeds several FMAs stays one register
 // load instead of being folded into each FMA as a memory operand (which doubles the loads).
 template <typename V>
