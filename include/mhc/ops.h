@@ -85,7 +85,8 @@ void check_post_args(const torch::Tensor& x, const torch::Tensor& y, const torch
 // Wall-clock time spent inside the connection ops' CPU implementations (pre, post and their
 // backward halves: kernels and output allocations; autograd's bookkeeping excluded), summed over
 // calls while enabled, from any thread. `mhc bench train` reports it as the connection's measured
-// share of a training step. Off by default: then an op call costs one relaxed atomic load.
+// share of a training step, `mhc bench layer --json` as the part of a sublayer's time inside the
+// ops. Off by default: then an op call costs one relaxed atomic load.
 namespace op_clock {
 void enable(bool on);
 void reset();

@@ -16,9 +16,10 @@
 // and dφ = vᵀ·dg: 3 × 2·P·K·m per token) at the measured FMA peak give the FMA bound; the fused
 // path can meet neither bound alone, so bound_ratio = fused / max(copy bound, FMA bound) says how
 // far it is from the machine. On a GPU every timing ends with a device synchronisation (and the
-// FMA bound is not computed). --json adds <timed>_ops_ms: of the timed path's time, the part inside
-// the connection's ops on the CPU (mhc::op_clock: kernels and output allocations); the rest is
-// autograd's bookkeeping around them.
+// FMA bound is not computed). On the CPU --json adds <timed>_ops_ms: of the timed path's time, the
+// part inside the connection's ops (mhc::op_clock: kernels, output allocations and, under bf16
+// storage, the conversions); the rest is autograd's bookkeeping around them. The CUDA ops have no
+// such clock (their time is the device's), so there it is null.
 //
 // --boundary times two consecutive sublayers instead (F = identity for both), as a stack runs them,
 // with the post of the first and the pre of the second as one op (mhc::boundary), against the same
@@ -138,17 +139,17 @@ Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int
   const torch::Tensor x = torch::randn({N, n, C}, on_device).requires_grad_(true);
   const torch::Tensor dout = torch::randn({N, n, C}, on_device);
   const Sublayer identity = [](const torch::Tensor& h) { return h; };
-  // One forward + backward: its wall-clock seconds, and those spent inside the ops into *ops_s.
-  auto step = [&](const std::function<torch::Tensor()>& forward, torch::nn::Module& module, double* ops_s) {
+  // One forward + backward: its wall-clock seconds, and those spent inside the ops into *op_seconds.
+  auto step = [&](const std::function<torch::Tensor()>& forward, torch::nn::Module& module, double* op_seconds) {
     finish(device);
     op_clock::reset();
-    op_clock::enable(ops_s != nullptr);
+    op_clock::enable(op_seconds != nullptr);
     const auto t0 = Clock::now();
     forward().backward(dout);
     finish(device);
     const double s = seconds_since(t0);
     op_clock::enable(false);
-    if (ops_s) *ops_s = op_clock::seconds();
+    if (op_seconds) *op_seconds = op_clock::seconds();
     x.mutable_grad() = torch::Tensor();
     module.zero_grad();
     return s;
@@ -259,7 +260,10 @@ int bench_layer(const std::vector<std::string>& argv) {
               << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
               << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
               << ", \"" << timed << "_ms\": " << r.fused_s * 1e3 << ", \"" << other << "_ms\": " << r.reference_s * 1e3
-              << ", \"" << timed << "_ops_ms\": " << r.ops_s * 1e3 << ", \"speedup\": " << speedup << ", \"" << timed << "_tokens_per_s\": " << tps << ", \"" << timed
+              << ", \"" << timed << "_ops_ms\": ";
+          if (device.is_cpu()) out << r.ops_s * 1e3;
+          else out << "null";
+          out << ", \"speedup\": " << speedup << ", \"" << timed << "_tokens_per_s\": " << tps << ", \"" << timed
               << "_gb_per_s\": " << gbs
               << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3
               << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3

@@ -1,6 +1,6 @@
 // The CPU implementation of the mhc ops: the framework-free kernels of src/kernels/cpu on LibTorch
 // tensors (bf16 storage through fp32 copies), each call timed by the op clock when it is on
-// (mhc/ops.h: `mhc bench train` reports the connection's share of a step from it).
+// (mhc/ops.h: `mhc bench train` and `mhc bench layer --json` report it).
 #include <torch/library.h>
 #include <torch/torch.h>
 
