@@ -29,6 +29,11 @@ inline const char* scenario_name(Scenario s) {
   return s == Scenario::random ? "random" : s == Scenario::large_logits ? "large_logits" : "zero_rows";
 }
 
+// Tokens [t0, t1) of a per-token tensor (dim 0), a leaf of its own that requires grad as t does.
+inline Tensor token_rows(const Tensor& t, int64_t t0, int64_t t1) {
+  return t.detach().slice(0, t0, t1).clone().requires_grad_(t.requires_grad());
+}
+
 struct Inputs {
   Tensor x, phi, bias, alpha;  // the op's inputs
   Tensor w_branch;             // [C] weights of the sublayer F(h) = tanh(h ⊙ w)
@@ -46,8 +51,7 @@ struct Inputs {
   }
   // Tokens [t0, t1) of the per-token tensors (x, dout, dH_pre), the same parameters.
   Inputs tokens(int64_t t0, int64_t t1) const {
-    auto rows = [&](const Tensor& t) { return t.detach().slice(0, t0, t1).clone().requires_grad_(t.requires_grad()); };
-    return {rows(x), phi, bias, alpha, w_branch, rows(dout), rows(dH_pre)};
+    return {token_rows(x, t0, t1), phi, bias, alpha, w_branch, token_rows(dout, t0, t1), token_rows(dH_pre, t0, t1)};
   }
   // x, phi, the sublayer's weight and dout rounded to bf16 values (still float64), so that a
   // bf16-storage run and its fp64 reference start from exactly the same numbers.
@@ -85,6 +89,14 @@ struct Outputs {
   std::vector<std::string> names;
   std::vector<Tensor> values;  // forward outputs, then gradients
 };
+
+// Output i of runs on consecutive chunks of tokens, joined along the tokens: what one run on all of
+// them gives for a per-token output.
+inline Tensor joined(const std::vector<Outputs>& parts, size_t i) {
+  std::vector<Tensor> pieces;
+  for (const Outputs& part : parts) pieces.push_back(part.values[i]);
+  return torch::cat(pieces);
+}
 
 // One sublayer, pre → F → post, forward and backward, by the fused ops or the reference.
 // Also exercises a gradient flowing into H_pre directly (as a diagnostic loss would).

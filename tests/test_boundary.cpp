@@ -24,7 +24,7 @@ struct TwoSublayers {
             c(dH_pre, coefficients)};
   }
   TwoSublayers tokens(int64_t t0, int64_t t1) const {
-    return {first.tokens(t0, t1), phi, bias, alpha, w_branch, dH_pre.detach().slice(0, t0, t1).clone()};
+    return {first.tokens(t0, t1), phi, bias, alpha, w_branch, token_rows(dH_pre, t0, t1)};
   }
   TwoSublayers rounded_to_bf16() const {
     auto r = [](const Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_(t.requires_grad()); };
@@ -221,9 +221,7 @@ TEST(Boundary, StreamedOutputsEqualCachedOnes) {
     parts.push_back(run_two(in.tokens(t0, std::min(N, t0 + chunk)), Variant::mhc, 20, Path::boundary));
   for (size_t i = 0; i < whole.names.size(); ++i) {
     if (whole.values[i].dim() == 0 || whole.values[i].size(0) != N) continue;  // parameter gradients: sums
-    std::vector<Tensor> pieces;
-    for (const Outputs& part : parts) pieces.push_back(part.values[i]);
-    EXPECT_TRUE(torch::equal(whole.values[i], torch::cat(pieces))) << whole.names[i];
+    EXPECT_TRUE(torch::equal(whole.values[i], joined(parts, i))) << whole.names[i];
   }
 }
 

@@ -153,9 +153,7 @@ TEST(FusedOps, StreamedOutputsEqualCachedOnes) {
       const auto at = std::find(whole.names.begin(), whole.names.end(), name);
       ASSERT_NE(at, whole.names.end()) << name;
       const size_t i = at - whole.names.begin();
-      std::vector<Tensor> pieces;
-      for (const Outputs& part : parts) pieces.push_back(part.values[i]);
-      EXPECT_TRUE(torch::equal(whole.values[i], torch::cat(pieces))) << what << " " << name;
+      EXPECT_TRUE(torch::equal(whole.values[i], joined(parts, i))) << what << " " << name;
     }
   }
 }
