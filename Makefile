@@ -1,20 +1,25 @@
 # The README's two commands: `make run` (the main job) and `make test`. Each installs what it
-# needs first (scripts/setup.sh is idempotent: a second run only checks), then builds in build/.
+# needs first (scripts/setup.sh is idempotent: a second run only checks), then builds in build/:
+# `run` only the tool, `test` everything.
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: run test build setup bench-docs python-package clean
+.PHONY: run test build configure setup bench-docs python-package cuda-wheel clean
 
 # The default job: mHC (n = 4) on the Brown corpus, tiny preset; ends with the validation loss and a sample.
-run: build
+run: configure
+	cmake --build $(BUILD) -j $(JOBS) --target mhc_launcher
 	$(BUILD)/mhc train --out runs/default --overwrite
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-build: setup
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+build: configure
 	cmake --build $(BUILD) -j $(JOBS)
+
+# Against the project environment's torch (.venv, made by setup; -DMHC_PYTHON=… picks another).
+configure: setup
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
 
 setup:
 	bash scripts/setup.sh
@@ -26,6 +31,10 @@ bench-docs: build
 # Copies the built library into the Python package, so that `pip install ./python` carries it.
 python-package: build
 	cp $(BUILD)/libmhc.so $(BUILD)/libmhc.torch-version python/mhc/
+
+# libmhc with the CUDA ops against the torch 2.14.1 CUDA wheel, compiled, linked and loaded here.
+cuda-wheel: setup
+	bash scripts/cuda_wheel_build.sh
 
 clean:
 	rm -rf $(BUILD)

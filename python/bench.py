@@ -4,7 +4,7 @@ alternating repetition by repetition, median after warm-up; on a GPU every timin
 synchronisation. GB/s counts the bytes the fused path must move, (8n + 5)·C storage values per token
 (see src/cli/bench_layer.cpp), against the device's copy bandwidth (one large copy, read + write).
 
-    PYTHONPATH=python /usr/bin/python3 python/bench.py --variant residual,hc,mhc,mhc-lite --dim 512,1024 --markdown
+    PYTHONPATH=python .venv/bin/python python/bench.py --variant residual,hc,mhc,mhc-lite --dim 512,1024 --markdown
     PYTHONPATH=python python python/bench.py --device cuda --dtype bfloat16 --tokens 16384 --dim 1280,4096
 """
 import argparse

@@ -9,6 +9,7 @@
 set -euo pipefail
 mhc=${1:-build/mhc}
 steps=${2:-40}
+python=${MHC_PYTHON:-$(dirname "$0")/../.venv/bin/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 common=(--steps "$steps" --eval-every 0 --eval-batches 1 --ckpt-every 0 --sample-tokens 0 --diag-every 0 --batch 16)
@@ -23,7 +24,7 @@ for k in 1 2; do
 done
 
 median() {  # median KEY RUN_DIR…: over the steps after the fifth of all those runs
-  /usr/bin/python3 - "$@" <<'PY'
+  "$python" - "$@" <<'PY'
 import json, statistics, sys
 key = sys.argv[1]
 print("%.0f" % statistics.median(json.loads(l)[key] for d in sys.argv[2:] for l in list(open(d + "/metrics.jsonl"))[5:]))
@@ -35,7 +36,7 @@ pair=$(( $(median tokens_per_s "$work"/pair-a-*) + $(median tokens_per_s "$work"
 threads=$(median tokens_per_s "$work"/threads-*)
 two_step=$(median step_ms "$work"/two-*)
 all_reduce=$(median all_reduce_ms "$work"/two-*)
-of() { /usr/bin/python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
+of() { "$python" -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
 
 cat <<SECTION
 
@@ -51,7 +52,7 @@ Machine: $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(
 | configuration | tokens/s | vs 1 rank x 1 thread |
 |---|---|---|
 | 1 rank x 1 thread | $one | 1.00x |
-| 2 ranks x 1 thread (\`mhc launch --nproc 2\`, global batch 32) | $two | $(of "$two" "$one")x: scaling efficiency $(/usr/bin/python3 -c "print('%.0f%%' % (50 * $two / $one))") |
+| 2 ranks x 1 thread (\`mhc launch --nproc 2\`, global batch 32) | $two | $(of "$two" "$one")x: scaling efficiency $("$python" -c "print('%.0f%%' % (50 * $two / $one))") |
 | two independent 1-thread runs side by side (no communication; sum) | $pair | $(of "$pair" "$one")x |
 | 1 rank x 2 threads | $threads | $(of "$threads" "$one")x |
 

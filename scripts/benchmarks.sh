@@ -105,13 +105,13 @@ cat <<SECTION
 ## The same ops from Python, vs an independent pure-PyTorch implementation
 
 \`python/bench.py --variant residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --markdown\`
-(with Debian's \`/usr/bin/python3\` and \`PYTHONPATH=python\`). The pure-PyTorch side is
+(with the project environment's \`.venv/bin/python\` and \`PYTHONPATH=python\`). The pure-PyTorch side is
 \`python/tests/pure_torch.py\`, written from DESIGN.md alone; F = identity as above. Run with
 glibc told to keep freed memory (\`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736\`), the policy
 \`mhc\` sets for itself: without it every fresh activation-sized tensor is page-faulted in anew.
 
 SECTION
-MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 PYTHONPATH="$(dirname "$0")/../python" /usr/bin/python3 "$(dirname "$0")/../python/bench.py" \
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 PYTHONPATH="$(dirname "$0")/../python" "${MHC_PYTHON:-$(dirname "$0")/../.venv/bin/python}" "$(dirname "$0")/../python/bench.py" \
   --variant residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --markdown
 
 cat <<SECTION

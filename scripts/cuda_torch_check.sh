@@ -8,9 +8,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-build-torch-cuda}
-python=${PYTHON:-python3}
-prefix=$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cmake -S "$root" -B "$out" -G Ninja -DMHC_OPS_ONLY=ON -DMHC_CUDA=on -DCMAKE_PREFIX_PATH="$prefix" > "$out.cmake.log" ||
+python=$(command -v "${PYTHON:-python3}")
+cmake -S "$root" -B "$out" -G Ninja -DMHC_OPS_ONLY=ON -DMHC_CUDA=on -DMHC_PYTHON="$python" > "$out.cmake.log" ||
   { tail -20 "$out.cmake.log"; exit 1; }
 ninja -C "$out"
 export MHC_LIBRARY=$out/libmhc.so PYTHONPATH=$root/python

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """The plots of `mhc analyze` and `mhc compare`, drawn with matplotlib from the files they write.
 
     plots.py analyze ANALYSIS_JSON OUT_DIR       gain_vs_depth.png, h_res_mean.png, sinkhorn_error.png,
@@ -12,7 +12,7 @@
 Runs named VARIANT-seedS are seeds of one variant: drawn as their mean with a band for the spread,
 min–max below 3 seeds and mean ± the sample standard deviation from 3 (the rule of `mhc compare`).
 
-Run by the `mhc` tool with Debian's /usr/bin/python3 (python3-matplotlib); never from inside training.
+Run by the `mhc` tool with the project environment's Python (.venv, matplotlib); never from inside training.
 Each PNG is written to a temporary name and renamed, so a reader never sees half an image.
 """
 import json

@@ -3,7 +3,7 @@
 safetensors: prints each tensor's name, dtype and shape, then checks the SHA-256 that mhc stores
 in the metadata against the whole file (with those 64 digits read as zeros).
 
-    /usr/bin/python3 scripts/read_safetensors.py runs/default/latest
+    python3 scripts/read_safetensors.py runs/default/latest
 """
 import hashlib
 import json

@@ -18,7 +18,7 @@ base=$(readlink -f "$work/base/latest")
 # edit DST PYTHON: a copy of the base checkpoint at DST after PYTHON has changed `header` (the JSON
 # header; `meta` is its metadata) — drop(name) removes a tensor — re-signed with a valid checksum.
 edit() {
-  /usr/bin/python3 - "$base" "$@" <<'PY'
+  "$python" - "$base" "$@" <<'PY'
 import hashlib, json, struct, sys
 src, dst, code = sys.argv[1:4]
 f = open(src, "rb").read()
@@ -47,7 +47,7 @@ PY
 
 # flip FILE TEXT NEW: FILE with the first TEXT of its header overwritten by NEW (same length), not re-signed.
 flip() {
-  /usr/bin/python3 - "$@" <<'PY'
+  "$python" - "$@" <<'PY'
 import sys
 path, old, new = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
 f = bytearray(open(path, "rb").read())
@@ -59,7 +59,7 @@ PY
 }
 
 all_finite() {
-  /usr/bin/python3 - "$src/scripts" "$1" <<'PY'
+  "$python" - "$src/scripts" "$1" <<'PY'
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, read_safetensors
@@ -123,9 +123,9 @@ c = json.loads(meta['config']); c['dim'] = 4096; c['layers'] = 64; meta['config'
   # Format 1 (header outside the checksum) is refused as such.
   edit "$work/old.safetensors" "meta['format'] = 'mhc-checkpoint-1'"
   expect_error "checkpoint $work/old.safetensors has the old format mhc-checkpoint-1, whose header is not under its checksum" eval --ckpt "$work/old.safetensors"
-  /usr/bin/python3 "$src/scripts/read_safetensors.py" "$base" > "$work/py.txt" 2>&1 && grep -q "^sha256 ok" "$work/py.txt" ||
+  "$python" "$src/scripts/read_safetensors.py" "$base" > "$work/py.txt" 2>&1 && grep -q "^sha256 ok" "$work/py.txt" ||
     fail "python reader on the base checkpoint: $(cat "$work/py.txt")"
-  ! /usr/bin/python3 "$src/scripts/read_safetensors.py" "$work/step.safetensors" > /dev/null 2>&1 ||
+  ! "$python" "$src/scripts/read_safetensors.py" "$work/step.safetensors" > /dev/null 2>&1 ||
     fail "python reader accepted a checkpoint whose header was altered"
 fi
 

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Exits non-zero unless every argument is a complete, valid PNG image: the signature, every chunk's
 CRC, an IHDR with a non-empty size first, image data that inflates to exactly the size the header
 implies, and IEND last. Standard library only. Usage: check_png.py FILE..."""

@@ -6,6 +6,7 @@ set -u
 mhc=$1
 src=$2
 only=${3:-all}
+python=${MHC_PYTHON:-$src/.venv/bin/python}  # the project environment's (ctest passes the configured one)
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 failures=0

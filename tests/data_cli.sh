@@ -95,12 +95,12 @@ if want analyze; then
   [ "$(wc -l < "$work/analyze.err")" -eq 1 ] &&
     grep -Eq "^warning: [0-9]+ of [0-9]+ diagnostic values are not finite \(in .*diag.*\)" "$work/analyze.err" ||
     fail "analyze of overflowing weights: stderr: $(cat "$work/analyze.err")"
-  pngs_valid() { /usr/bin/python3 "$src/tests/check_png.py" "$@"; }
+  pngs_valid() { "$python" "$src/tests/check_png.py" "$@"; }
   pngs_valid "$work/analyze-1e30/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error,streams}.png ||
     fail "analyze of overflowing weights: missing or invalid plots"
   # What is finite is kept: the single-layer gains and the effective ranks of the sublayers before
   # the overflow.
-  /usr/bin/python3 -c '
+  "$python" -c '
 import json, math, sys
 a = json.load(open(sys.argv[1]))
 for key in ("fwd_gain_max", "effective_rank"):

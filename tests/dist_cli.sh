@@ -32,11 +32,9 @@ fi
 
 if want torchrun; then
   reference 10
-  # --redirects 1 --tee 1: Debian's torchrun 1.13 under Python 3.11 crashes on its defaults (its
-  # Std flag parser loses Std.NONE, which 3.11's Flag iteration skips); these values avoid it.
-  if /usr/bin/python3 -m torch.distributed.run --no_python --nproc_per_node 2 --master_port "$(free_port)" \
-      --redirects 1 --tee 1 "$mhc" train "${small[@]}" --steps 10 --out "$work/torchrun" > "$work/torchrun.log" 2>&1; then
-    grep -Eq "^(\[default0\]:)?parameters identical on all 2 ranks" "$work/torchrun.log" || fail "torchrun: parameters not identical"
+  if "$python" -m torch.distributed.run --no_python --nproc_per_node 2 --master_port "$(free_port)" \
+      "$mhc" train "${small[@]}" --steps 10 --out "$work/torchrun" > "$work/torchrun.log" 2>&1; then
+    grep -q "^parameters identical on all 2 ranks" "$work/torchrun.log" || fail "torchrun: parameters not identical"
     same_losses "$work/torchrun" "$work/one-10" || fail "torchrun: losses differ from the single rank's"
   else
     fail "torchrun: $(grep -m1 -i error "$work/torchrun.log")"
@@ -94,7 +92,7 @@ if want rendezvous; then
   timeout 60 "$mhc" launch --nproc 2 --master-port "$port" -- train "${small[@]}" --dist-timeout 5 --out "$work/lone" \
     > /dev/null 2> "$work/silent-launch.err" && fail "rendezvous: mhc launch on a taken port exited 0"
   took_at_most 8 "$t0" "rendezvous: mhc launch on a port another program holds"
-  grep -Eq "^error: rank 0 cannot host the rendezvous store at 127\.0\.0\.1:$port .*Address already in use" \
+  grep -Eiq "^error: rank 0 cannot host the rendezvous store at 127\.0\.0\.1:$port .*address already in use" \
     "$work/silent-launch.err" || fail "rendezvous: mhc launch on a taken port: $(cat "$work/silent-launch.err")"
   kill "$listener_pid"
 fi

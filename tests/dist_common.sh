@@ -1,11 +1,11 @@
 # What the distributed CLI scripts (dist_cli.sh, pipeline_cli.sh) share; sourced after
 # cli_common.sh, with `small` (the training flags of a small run) set before any function is called.
 
-free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # same_losses A B [FIRST] [TOLERANCE]: metrics.jsonl losses from step FIRST on agree within
 # TOLERANCE relative (default 1e-5).
 same_losses() {
-  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "${3:-1}" "${4:-1e-5}" <<'PY'
+  "$python" - "$1/metrics.jsonl" "$2/metrics.jsonl" "${3:-1}" "${4:-1e-5}" <<'PY'
 import json, sys
 a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
 first, tolerance = int(sys.argv[3]), float(sys.argv[4])
@@ -18,7 +18,7 @@ PY
 # start_silent_listener: a program on a free port that accepts connections and never answers (in
 # this shell, so that the exit trap ends it); sets listener_port and listener_pid.
 start_silent_listener() {
-  /usr/bin/python3 -c '
+  "$python" -c '
 import socket, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
 print(s.getsockname()[1]); sys.stdout.close()

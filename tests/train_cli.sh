@@ -11,8 +11,8 @@ source "$(dirname "$0")/cli_common.sh"
 small=(--data "$work/text.txt" --data-dir "$work/data" --tokenizer byte --dim 32 --layers 2 --heads 2 --seq-len 32
        --batch 4 --threads 2 --eval-every 10 --eval-batches 2 --sample-tokens 0 --warmup 5 --out "$work/default-out")
 
-pngs_valid() { /usr/bin/python3 "$src/tests/check_png.py" "$@"; }
-losses() { /usr/bin/python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1])))' "$1"; }
+pngs_valid() { "$python" "$src/tests/check_png.py" "$@"; }
+losses() { "$python" -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1])))' "$1"; }
 
 if want variants; then
   for v in "residual" "hc --streams 2" "mhc --streams 4 --sinkhorn-iters 5" "mhc-lite --streams 3" "kromhc --streams 8" \
@@ -68,7 +68,7 @@ if want resume; then
   echo "$err" | grep -q "^error: mhc train: --resume $work/split contradicts the checkpoint: variant (checkpoint mhc, given hc), dim (checkpoint 32, given 64)$" ||
     fail "contradicting resume: $err"
   # The checkpoint is standard safetensors: Python's standard library and NumPy read it.
-  /usr/bin/python3 "$src/scripts/read_safetensors.py" "$work/split/latest" > "$work/py.txt" 2>&1 &&
+  "$python" "$src/scripts/read_safetensors.py" "$work/split/latest" > "$work/py.txt" 2>&1 &&
     grep -q "^model/blocks.0.attn.qkv.weight float32 (96, 32)" "$work/py.txt" && grep -q "^sha256 ok" "$work/py.txt" ||
     fail "python reader: $(cat "$work/py.txt")"
 fi
@@ -146,7 +146,7 @@ if want diag; then
     fail "diag: --diag-every 5: $(tail -1 "$work/diag.log")"
   [ "$(losses "$work/nodiag/metrics.jsonl")" = "$(losses "$work/diag/metrics.jsonl")" ] ||
     fail "diag: the losses differ with --diag-every 5"
-  diag_steps() { /usr/bin/python3 -c 'import json,sys; print(" ".join(str(j["step"]) for j in map(json.loads, open(sys.argv[1])) if "diag" in j))' "$1"; }
+  diag_steps() { "$python" -c 'import json,sys; print(" ".join(str(j["step"]) for j in map(json.loads, open(sys.argv[1])) if "diag" in j))' "$1"; }
   [ "$(diag_steps "$work/diag/metrics.jsonl")" = "5 10 12" ] || fail "diag: diagnostics at steps '$(diag_steps "$work/diag/metrics.jsonl")', want '5 10 12'"
   [ -z "$(diag_steps "$work/nodiag/metrics.jsonl")" ] || fail "diag: --diag-every 0 still logged diagnostics"
   # The collapse alarm: silent with its defaults on a healthy mHC run, even diagnosing every step;
@@ -162,7 +162,7 @@ if want diag; then
     grep -q "^warning: stream collapse at step 3: effective rank [0-9.]* < 5 for 3 diagnostics in a row" "$work/alarm.log" ||
     fail "diag: forced alarm: $(grep -i collapse "$work/alarm.log")"
   [ "$(losses "$work/nodiag/metrics.jsonl")" = "$(losses "$work/alarm/metrics.jsonl")" ] || fail "diag: the losses differ with the alarm on"
-  collapse() { /usr/bin/python3 -c 'import json,sys; print(" ".join("%d:%d" % (j["collapse"]["streak"], j["collapse"]["alarm"]) for j in map(json.loads, open(sys.argv[1])) if "collapse" in j))' "$1"; }
+  collapse() { "$python" -c 'import json,sys; print(" ".join("%d:%d" % (j["collapse"]["streak"], j["collapse"]["alarm"]) for j in map(json.loads, open(sys.argv[1])) if "collapse" in j))' "$1"; }
   [ "$(collapse "$work/alarm/metrics.jsonl")" = "1:0 2:0 3:1 4:1 5:1 6:1 7:1 8:1 9:1 10:1 11:1 12:1" ] ||
     fail "diag: forced alarm records: $(collapse "$work/alarm/metrics.jsonl")"
   "$mhc" train "${small[@]}" --steps 12 "${forced[@]}" --stop-after 6 --out "$work/alarm-split" > /dev/null 2>&1 &&
@@ -177,7 +177,7 @@ if want diag; then
   grep -q "^streams, means over sublayers 1..L-1: effective rank .*: not collapsed" "$work/analyze.txt" ||
     fail "analyze: no collapse verdict in: $(cat "$work/analyze.txt")"
   pngs_valid "$work/diag/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error,streams}.png || fail "analyze: missing or invalid plots"
-  /usr/bin/python3 -c '
+  "$python" -c '
 import json, sys
 a = json.load(open(sys.argv[1]))
 assert a["diag"]["sublayer"] == ["attn 0", "mlp 0", "attn 1", "mlp 1"], a["diag"]["sublayer"]
@@ -212,7 +212,7 @@ if want compare; then
     pngs_valid "$work/cmp/"{val_loss,grad_norm,gain_vs_depth,gain_over_steps,streams_vs_depth,streams_over_steps}.png ||
       fail "compare: missing or invalid plots"
     # mHC-lite's composite maps are doubly stochastic by construction: both gains 1 within 1e-4.
-    /usr/bin/python3 -c '
+    "$python" -c '
 import json, sys
 last = [json.loads(l) for l in open(sys.argv[1])][-1]["diag"]
 for key in ("composite_fwd_max", "composite_bwd_max"):
@@ -226,7 +226,7 @@ for key in ("composite_fwd_max", "composite_bwd_max"):
   # KromHC and identity-HC side by side; KromHC's composite maps are exact like mHC-lite's.
   if "$mhc" compare "${cmp_args[@]}" --variant kromhc,ihc --out "$work/cmp-exact" > "$work/compare-exact.log" 2>&1; then
     [ "$(grep -cE '^\| (kromhc|ihc) \|' "$work/cmp-exact/report.md")" -eq 4 ] || fail "compare kromhc,ihc: $(cat "$work/cmp-exact/report.md")"
-    /usr/bin/python3 -c '
+    "$python" -c '
 import json, sys
 last = [json.loads(l) for l in open(sys.argv[1])][-1]["diag"]
 assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max") for g in last[key]), last
@@ -261,11 +261,10 @@ assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max
 fi
 
 # within_bf16 A B: every step's loss in run B is within bf16's unit roundoff (2^-8, relative) of
-# run A's — no worse than rounding the fp32 loss itself to bf16 once. (The precision section's runs
-# differ by 2e-4; accumulating the products in bf16, as LibTorch 1.13's CPU bf16 GEMM does, makes
-# it 4.4e-3.)
+# run A's — no worse than rounding the fp32 loss itself to bf16 once. (Accumulating the products
+# in bf16, as LibTorch 1.13's CPU bf16 GEMM did, made the precision section's gap 4.4e-3.)
 within_bf16() {
-  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
+  "$python" - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
 import json, sys
 a, b = ([json.loads(l)["loss"] for l in open(f)] for f in sys.argv[1:3])
 assert len(a) == len(b) >= 20, f"{len(a)} vs {len(b)} steps"
@@ -282,7 +281,7 @@ if want precision; then
   "$mhc" train "${precise[@]}" --dtype bfloat16 --out "$work/bf16" > "$work/bf16.log" 2>&1 || fail "bf16 run failed: $(tail -1 "$work/bf16.log")"
   gap=$(within_bf16 "$work/fp32" "$work/bf16") || fail "bf16 does not track fp32: $gap"
   echo "cpu bf16 vs fp32: $gap"
-  /usr/bin/python3 "$src/scripts/read_safetensors.py" "$work/bf16/latest" > "$work/bf16-tensors.txt" 2>&1
+  "$python" "$src/scripts/read_safetensors.py" "$work/bf16/latest" > "$work/bf16-tensors.txt" 2>&1
   grep -q "^model/blocks.0.mlp_hc.phi float32" "$work/bf16-tensors.txt" && ! grep "^model/" "$work/bf16-tensors.txt" | grep -vq " float32 " ||
     fail "bf16 run's checkpoint: $(grep '^model/' "$work/bf16-tensors.txt" | grep -v ' float32 ' | head -1)"
   expect_error "--dtype 'half' is not supported \(accepted: float32, bfloat16\)" train "${precise[@]}" --dtype half

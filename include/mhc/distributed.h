@@ -1,7 +1,7 @@
 // Data-parallel training on torch's own c10d: rendezvous through a c10d TCPStore, collectives
 // through a c10d process group (Gloo on CPU), behind the few operations the trainer needs. The
-// c10d and Gloo headers stay in src/train/distributed.cpp: their class hierarchy differs between
-// LibTorch 1.13 and 2.x, and nothing else should depend on it.
+// c10d and Gloo headers stay in src/train/distributed.cpp: they are torch's internals, which change
+// between releases, and they need Gloo's own headers, so nothing else should depend on them.
 //
 // A process learns its place from the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK,
 // MASTER_ADDR, MASTER_PORT), so `torchrun --no-python … mhc train` and `mhc launch` both work.

@@ -1,6 +1,7 @@
 // `mhc`: the project's one command-line tool (libmhc_cli.so, started by launcher.cpp). Each
 // subcommand takes its own flags (`mhc SUBCOMMAND --help`). Errors are one line on stderr and exit
 // status 2 for bad input, 1 for failures.
+#include <c10/util/Logging.h>
 #include <malloc.h>
 
 #include <iostream>
@@ -42,6 +43,7 @@ const char* kUsage =
 
 // Called by the `mhc` launcher (launcher.cpp) once the thread pools' environment is set.
 extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** argv) {
+  c10::initLogging();  // reads TORCH_CPP_LOG_LEVEL (the launcher's default: fatal only); torch's Python does this on import
   keep_freed_memory();
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {

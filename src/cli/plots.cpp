@@ -15,7 +15,7 @@ namespace mhc::cli {
 
 void run_plots(const std::vector<std::string>& args) {
   const char* python = std::getenv("MHC_PYTHON");
-  std::vector<std::string> command = {python && *python ? python : "/usr/bin/python3", MHC_PLOT_SCRIPT};
+  std::vector<std::string> command = {python && *python ? python : MHC_DEFAULT_PYTHON, MHC_PLOT_SCRIPT};
   command.insert(command.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : command) argv.push_back(a.data());
@@ -33,7 +33,7 @@ void run_plots(const std::vector<std::string>& args) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
     throw std::runtime_error("plotting failed: `" + shown + "` exited with status " +
                              std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)) +
-                             " (matplotlib missing? scripts/setup.sh installs python3-matplotlib)");
+                             " (matplotlib missing? scripts/setup.sh installs it in .venv)");
 }
 
 }  // namespace mhc::cli

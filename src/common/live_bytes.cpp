@@ -3,7 +3,6 @@
 #include "mhc/live_bytes.h"
 
 #include <c10/core/CPUAllocator.h>
-#include <torch/version.h>
 
 #include <atomic>
 #include <cstring>
@@ -33,20 +32,11 @@ void free_allocation(void* context) {
   delete a;
 }
 
-// LibTorch 2.3 made Allocator::allocate non-const and added the pure virtual copy_data.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
-#define MHC_ALLOCATOR_2_3 1
-#define MHC_ALLOCATE_CONST
-#else
-#define MHC_ALLOCATOR_2_3 0
-#define MHC_ALLOCATE_CONST const
-#endif
-
 class CountingAllocator final : public c10::Allocator {
  public:
   explicit CountingAllocator(c10::Allocator* inner) : inner_(inner) {}
 
-  c10::DataPtr allocate(size_t bytes) MHC_ALLOCATE_CONST override {
+  c10::DataPtr allocate(size_t bytes) override {
     c10::DataPtr inner = inner_->allocate(bytes);
     void* data = inner.get();
     const c10::Device device = inner.device();
@@ -55,9 +45,7 @@ class CountingAllocator final : public c10::Allocator {
   }
   // Raw allocations (no DataPtr to carry the size) are not offered.
   c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
-#if MHC_ALLOCATOR_2_3
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
-#endif
 
  private:
   c10::Allocator* inner_;

@@ -1,6 +1,4 @@
 // The GPT of mhc/model.h: pre-norm sublayers wrapped by the residual family's connections.
-#include <torch/version.h>
-
 #include <cmath>
 #include <stdexcept>
 
@@ -22,14 +20,10 @@ torch::nn::Linear linear(int64_t in, int64_t out, double std) {
 }
 
 // y = x·Wᵀ in x's dtype. Under bf16 the fp32 master weight is rounded for each use (autograd carries
-// its gradient back to the master in fp32) and the products accumulate in fp32, as tensor cores
-// do. On the CPU the product is taken in fp32 on the rounded operands: LibTorch 1.13's CPU bf16
-// GEMM accumulates in bf16, and a 4096-term sum of positive terms comes out 75% short.
+// its gradient back to the master in fp32); the GEMM accumulates in fp32 on the CPU as on tensor
+// cores (python/tests/test_platform.py checks the CPU's).
 Tensor project(const torch::nn::Linear& layer, const Tensor& x) {
-  if (x.scalar_type() != torch::kBFloat16) return torch::linear(x, layer->weight.to(x.scalar_type()));
-  const Tensor w = layer->weight.to(torch::kBFloat16);
-  if (x.is_cuda()) return torch::linear(x, w);
-  return torch::linear(x.to(torch::kFloat), w.to(torch::kFloat)).to(torch::kBFloat16);
+  return torch::linear(x, layer->weight.to(x.scalar_type()));
 }
 
 }  // namespace
@@ -100,16 +94,7 @@ Tensor AttentionImpl::forward(const Tensor& h) {
     return torch::cat({halves[0] * cos - halves[1] * sin, halves[0] * sin + halves[1] * cos}, -1);
   };
   const Tensor q = rotate(qkv[0]), k = rotate(qkv[1]), v = qkv[2];
-#if TORCH_VERSION_MAJOR >= 2
   const Tensor y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
-#else
-  // LibTorch 1.13 has no public fused attention: the textbook form, masked before the softmax, in
-  // fp32 under bf16 storage (see project()).
-  const auto math = coefficient_dtype(h.scalar_type());
-  const Tensor future = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(h.device())).triu(1);
-  const Tensor scores = torch::matmul(q.to(math), k.to(math).transpose(-2, -1)).mul_(1.0 / std::sqrt(static_cast<double>(D)));
-  const Tensor y = torch::matmul(scores.masked_fill_(future, -INFINITY).softmax(-1), v.to(math)).to(h.scalar_type());
-#endif
   return project(out_, y.transpose(1, 2).reshape({B, T, C}));
 }
 

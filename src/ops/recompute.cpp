@@ -12,6 +12,8 @@
 #include <cmath>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
+#include <utility>
 
 #include "mhc/ops.h"
 
@@ -125,7 +127,7 @@ struct FreedStates {
 StreamGroup::StreamGroup(const Tensor& start)
     : freed_(std::make_shared<FreedStates>()),
       last_(start),
-      active_(torch::GradMode::is_enabled() && at::SavedTensorDefaultHooks::get_stack().empty()) {
+      active_(torch::GradMode::is_enabled() && at::SavedTensorDefaultHooks::get_tls_state().stack.empty()) {
   freed_->start = start.detach();
 }
 
@@ -157,6 +159,18 @@ void StreamGroup::add(const Tensor& x_next, const Tensor& y, const Tensor& H_pos
 namespace {
 
 using torch::autograd::variable_list;
+
+// A new autograd node in the smart pointer this torch's autograd holds nodes in: torch 2.13 moved
+// them from std::shared_ptr to c10::intrusive_ptr (pytorch/pytorch#181782); Tensor::grad_fn()'s
+// type says which.
+template <class NodeT, class... Args>
+auto new_node(Args&&... args) {
+  using Handle = decltype(std::declval<const Tensor&>().grad_fn());
+  if constexpr (std::is_same_v<Handle, std::shared_ptr<torch::autograd::Node>>)
+    return std::make_shared<NodeT>(std::forward<Args>(args)...);
+  else
+    return c10::make_intrusive<NodeT>(std::forward<Args>(args)...);
+}
 
 // The backward of checkpoint(): re-runs the segment with a graph and differentiates it.
 struct CheckpointBackward : torch::autograd::Node {
@@ -205,7 +219,7 @@ Tensor checkpoint(const std::function<Tensor(const Tensor&)>& segment, const Ten
     torch::NoGradGuard no_graph;
     out = segment(x);
   }
-  auto node = std::shared_ptr<CheckpointBackward>(new CheckpointBackward(segment, x), torch::autograd::deleteNode);
+  auto node = new_node<CheckpointBackward>(segment, x);
   node->set_next_edges(torch::autograd::collect_next_edges(x));
   torch::autograd::set_history(out, node);
   return out;
