@@ -53,6 +53,10 @@ foreach(library ${pip_libraries})
 endforeach()
 list(APPEND CMAKE_LIBRARY_PATH "${pip_links}")
 find_package(CUDAToolkit REQUIRED)
+# A CUDA torch's CMake package also runs the old FindCUDA, which guesses the toolkit from the first
+# nvcc on PATH (/usr/local/bin/nvcc here, a link): give it the one CMake compiles with.
+get_filename_component(cuda_root "${CUDAToolkit_BIN_DIR}" DIRECTORY)
+set(CUDA_TOOLKIT_ROOT_DIR "${cuda_root}" CACHE PATH "The CUDA toolkit of CMAKE_CUDA_COMPILER")
 
 foreach(header cublas_v2.h cusparse.h cusolverDn.h)
   string(MAKE_C_IDENTIFIER "MHC_${header}_DIR" variable)

@@ -93,7 +93,7 @@ then mHC-lite at n = 4 (its limit is 5) for comparison, same columns as above. K
 exactly doubly stochastic from 2·log₂n logits (mHC's: n², approximately); the projection's
 columns, and so its FMA bound, grow as 2n + 2·log₂n against mHC's 2n + n². At n = 16 mHC's
 projection has 288 columns (phi is 9.4 MiB at C = 512), and there the fused path only matches
-the reference's OpenBLAS GEMM: the time is the projection's, not Sinkhorn–Knopp's (it barely
+the reference's GEMM (torch's MKL): the time is the projection's, not Sinkhorn–Knopp's (it barely
 moves with \`--sinkhorn-iters 0\`), and bringing those GEMMs to the FMA bound is issue 14's work.
 
 SECTION

@@ -3,10 +3,29 @@
 # and no GPU: compiled, linked (cuBLAS and the rest from the wheel's NVIDIA packages, nvcc and
 # cudart from the CUDA toolkit), loaded in that torch, and put through the Python tests, whose CUDA
 # cases report skipped without a GPU. The environment is .venv-cuda (5.4 GB, made on first use).
-#   bash scripts/cuda_wheel_build.sh [BUILD_DIR]      (default: build-cuda-wheel; make cuda-wheel)
+#
+# It takes about 10 minutes on 2 cores, so the test suite runs it (ctest's cuda.torch_wheel) only
+# when what it compiles has changed since the last build that passed: a passing run writes the
+# SHA-256 of those files to tests/cuda_wheel.sha256, which is committed with them.
+#   bash scripts/cuda_wheel_build.sh [--if-changed] [BUILD_DIR]   (default: build-cuda-wheel; make cuda-wheel)
+#   --if-changed: exit 77 (skipped) at once when the files' hash equals tests/cuda_wheel.sha256
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if_changed=false
+[ "${1:-}" = --if-changed ] && { if_changed=true; shift; }
 out=${1:-$root/build-cuda-wheel}
+stamp=$root/tests/cuda_wheel.sha256
+
+# What the ops-only CUDA build reads: the kernels, the ops and their headers, the build files.
+sources_hash() {
+  (cd "$root" && git ls-files -z -- src/kernels src/ops src/common/errors.cpp include cmake CMakeLists.txt \
+     scripts/cuda_wheel_build.sh scripts/venv.sh | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+hash=$(sources_hash)
+if $if_changed && [ "$hash" = "$(cat "$stamp" 2>/dev/null)" ]; then
+  echo "cuda_wheel_build: the CUDA build's sources are those of the last passing build ($hash): skipped"
+  exit 77
+fi
 source "$root/scripts/venv.sh"
 ensure_venv "$root/.venv-cuda" torch==2.14.1 numpy==2.4.6 pytest==9.2.0
 python=$root/.venv-cuda/bin/python
@@ -25,3 +44,5 @@ print(f"loaded {mhc._library.find_library()} in torch {torch.__version__} (CUDA 
 assert kernels == ["CPU", "CUDA"], kernels
 PY
 "$python" -m pytest -q -p no:cacheprovider -rs "$root/python/tests"
+echo "$hash" > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
+echo "cuda_wheel_build: passed; $stamp holds $hash (commit it with the sources)"
