@@ -22,7 +22,8 @@ print(torch.__version__.split('+')[0]); print(torch.utils.cmake_prefix_path)
 print(os.path.dirname(torch.__file__)); print(sysconfig.get_paths()['purelib'])"
   OUTPUT_VARIABLE torch_facts ERROR_VARIABLE torch_error RESULT_VARIABLE torch_status OUTPUT_STRIP_TRAILING_WHITESPACE)
 if(NOT torch_status EQUAL 0)
-  string(REGEX REPLACE ".*\n([^\n]+)\n?$" "\\1" torch_error "${torch_error}")
+  string(STRIP "${torch_error}" torch_error)
+  string(REGEX REPLACE ".*\n" "" torch_error "${torch_error}")  # the last line: Python's exception
   message(FATAL_ERROR "${MHC_PYTHON} cannot import torch (${torch_error}): run `bash scripts/setup.sh`")
 endif()
 string(REPLACE "\n" ";" torch_facts "${torch_facts}")
