@@ -3,6 +3,7 @@
 # `run` only the tool, `test` everything.
 BUILD ?= build
 JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
 
 .PHONY: run test build configure setup bench-docs python-package cuda-wheel clean
 
@@ -17,9 +18,9 @@ test: build
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Against the project environment's torch (.venv, made by setup; -DMHC_PYTHON=… picks another).
+# Against the project environment's torch (.venv, made by setup; CMAKE_FLAGS=-DMHC_PYTHON=… picks another).
 configure: setup
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
 
 setup:
 	bash scripts/setup.sh

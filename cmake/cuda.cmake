@@ -2,10 +2,11 @@
 # (MHC_CUDA=auto), so a machine without a GPU still compiles every CUDA source; MHC_CUDA=on
 # requires it, off skips it.
 #
-# cuBLAS (and, for the CUDA binding's torch headers, cuSPARSE and cuSOLVER headers) come from the
-# CUDA toolkit where it has them, and otherwise from NVIDIA's pip packages in the Python
-# environment (site-packages/nvidia/cu*/, which scripts/setup.sh installs and a CUDA torch wheel
-# brings): a toolkit of nvcc and cudart alone is enough.
+# The CUDA libraries (cuBLAS; cudart; for the CUDA binding's torch headers, cuSPARSE's and
+# cuSOLVER's headers) come from NVIDIA's pip packages in the Python environment where it has them
+# (site-packages/nvidia/*/, which scripts/setup.sh installs and a CUDA torch wheel brings: the
+# libraries that torch loads at run time), and otherwise from the CUDA toolkit. So a toolkit of
+# nvcc and cudart alone is enough.
 #
 # Sets MHC_HAVE_CUDA, and MHC_CUDA_LIBRARY_INCLUDE_DIRS: the folders of the CUDA library headers
 # that the kernels and torch's CUDA headers include.
@@ -28,10 +29,12 @@ if(NOT CMAKE_CUDA_COMPILER)
   message(STATUS "CUDA: no nvcc, the CUDA sources are not compiled")
   return()
 endif()
+set(MHC_CUDA_ARCH 90 CACHE STRING "CUDA architecture to compile for (90: H100 / H200)")
 # torch's CMake asks nvcc for its default architectures, which without a GPU start at one nvcc 13
-# refuses (compute_50): name ours.
+# refuses (compute_50): name ours (90 -> 9.0).
 if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
-  set(ENV{TORCH_CUDA_ARCH_LIST} 9.0)
+  string(REGEX REPLACE "([0-9])$" ".\\1" arch_dotted "${MHC_CUDA_ARCH}")
+  set(ENV{TORCH_CUDA_ARCH_LIST} "${arch_dotted}")
 endif()
 enable_language(CUDA)
 
@@ -42,6 +45,7 @@ enable_language(CUDA)
 set(MHC_CUDA_LIBRARY_INCLUDE_DIRS)
 file(GLOB pip_libraries "${MHC_SITE_PACKAGES}/nvidia/*/lib/lib*.so.*")
 set(pip_links "${CMAKE_BINARY_DIR}/nvidia_pip_libraries")
+file(REMOVE_RECURSE "${pip_links}")  # none of another environment's
 foreach(library ${pip_libraries})
   get_filename_component(name "${library}" NAME)
   string(REGEX REPLACE "\\.so\\..*$" ".so" plain "${name}")

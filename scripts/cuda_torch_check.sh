@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-build-torch-cuda}
-python=$(command -v "${PYTHON:-python3}")
+python=$(command -v "${PYTHON:-python3}") || { echo "cuda_torch_check: no ${PYTHON:-python3} on PATH" >&2; exit 1; }
 cmake -S "$root" -B "$out" -G Ninja -DMHC_OPS_ONLY=ON -DMHC_CUDA=on -DMHC_PYTHON="$python" > "$out.cmake.log" ||
   { tail -20 "$out.cmake.log"; exit 1; }
 ninja -C "$out"

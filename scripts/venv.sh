@@ -1,11 +1,15 @@
 # Sourced by scripts/setup.sh and scripts/cuda_wheel_build.sh: ensure_venv DIR PACKAGE==VERSION…
-# makes the virtual environment DIR on Debian's Python if it is missing, and pip-installs the
+# makes the virtual environment DIR on Debian's Python if it is missing or broken (a creation cut
+# short leaves a python without pip), and pip-installs the
 # pinned packages it lacks (a local build such as torch's 2.13.0+cpu counts as 2.13.0). A second
 # call with nothing missing only reads pip's list.
 ensure_venv() {
   local venv=$1
   shift
-  [ -x "$venv/bin/python" ] || { echo "setup: creating $venv"; /usr/bin/python3 -m venv "$venv"; }
+  if ! "$venv/bin/python" -m pip --version > /dev/null 2>&1; then
+    echo "setup: creating $venv"
+    /usr/bin/python3 -m venv --clear "$venv"
+  fi
   if [ -n "$(missing_pins "$venv" "$@")" ]; then
     echo "setup: installing $* into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "is ignored" || true

@@ -11,9 +11,9 @@ failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
 # fake_python NAME VERSION: a stand-in interpreter that answers the configure step's question
-# (torch's version, CMake prefix, package folder, site-packages) as a torch VERSION would.
+# (torch's version, CMake prefix, package folder) as a torch VERSION would.
 fake_python() {
-  printf '#!/bin/sh\nprintf "%s\\n/nowhere/share/cmake\\n/nowhere/torch\\n/nowhere/site-packages\\n"\n' "$2" > "$work/$1"
+  printf '#!/bin/sh\nprintf "%s\\n/nowhere/share/cmake\\n/nowhere/torch\\n"\n' "$2" > "$work/$1"
   chmod +x "$work/$1"
 }
 # refused PATTERN -D…: configuring with those flags fails, and CMake's message says PATTERN.

@@ -1,6 +1,6 @@
 // The seam between mhc and SentencePiece. Debian's libsentencepiece carries its own copy of
-// protobuf and exports it; LibTorch loads the system libprotobuf, and with both in one symbol
-// namespace the process crashes while initialising. So SentencePiece lives in a plugin,
+// protobuf and exports it; libtorch_cpu exports another, and with both in one symbol namespace
+// the process crashes while initialising. So SentencePiece lives in a plugin,
 // libmhc_sentencepiece.so, opened with dlopen(RTLD_LOCAL | RTLD_DEEPBIND): its own protobuf binds
 // to itself, and mhc reaches it only through this abstract class (virtual calls need no symbols).
 #pragma once

@@ -161,13 +161,14 @@ namespace {
 using torch::autograd::variable_list;
 
 // A new autograd node in the smart pointer this torch's autograd holds nodes in: torch 2.13 moved
-// them from std::shared_ptr to c10::intrusive_ptr (pytorch/pytorch#181782); Tensor::grad_fn()'s
-// type says which.
+// them from std::shared_ptr, released through deleteNode (which frees long chains without deep
+// recursion), to c10::intrusive_ptr (pytorch/pytorch#181782). Tensor::grad_fn()'s type says which;
+// the unqualified deleteNode is looked up (by argument-dependent lookup) only where it is used.
 template <class NodeT, class... Args>
 auto new_node(Args&&... args) {
-  using Handle = decltype(std::declval<const Tensor&>().grad_fn());
+  using Handle = std::decay_t<decltype(std::declval<const Tensor&>().grad_fn())>;
   if constexpr (std::is_same_v<Handle, std::shared_ptr<torch::autograd::Node>>)
-    return std::make_shared<NodeT>(std::forward<Args>(args)...);
+    return std::shared_ptr<NodeT>(new NodeT(std::forward<Args>(args)...), [](NodeT* node) { deleteNode(node); });
   else
     return c10::make_intrusive<NodeT>(std::forward<Args>(args)...);
 }
