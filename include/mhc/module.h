@@ -47,7 +47,11 @@ struct Parameters {
   torch::Tensor phi, bias, alpha;
 };
 
-// The DESIGN.md §2 initial values (float32, CPU). Throws std::invalid_argument on a bad n.
+// Throws std::invalid_argument naming the first option out of its range: n for the variant, C and
+// the sublayer index (negative would favour no stream), sinkhorn_iters.
+void check(const HyperConnectionOptions& options);
+
+// The DESIGN.md §2 initial values (float32, CPU) of checked options.
 Parameters initial_parameters(const HyperConnectionOptions& options);
 
 class HyperConnectionImpl : public torch::nn::Module {

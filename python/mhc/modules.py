@@ -51,12 +51,10 @@ class HyperConnection(nn.Module):
     def __init__(self, variant: str, streams: int, dim: int, sublayer_index: int = 0, sinkhorn_iters: int = 20,
                  stream_logit: float = 1.0, res_off_logit: float = -8.0):
         super().__init__()
-        if variant == "mhc-v4" and sinkhorn_iters < 1:
-            raise ValueError(f"mhc-v4 needs sinkhorn_iters in [1, 100] (its softmax is the first normalisation), "
-                             f"got {sinkhorn_iters}")
         self.variant, self.streams, self.dim, self.sinkhorn_iters = variant, streams, dim, sinkhorn_iters
+        # Checks every option (n, C, sublayer_index, sinkhorn_iters) as the C++ module does.
         phi, bias, alpha = torch.ops.mhc.initial_parameters(variant, streams, dim, sublayer_index, stream_logit,
-                                                            res_off_logit)
+                                                            res_off_logit, sinkhorn_iters)
         if variant == "residual":  # no parameters; empty buffers still follow .to(device)
             for name, t in (("phi", phi), ("bias", bias), ("alpha", alpha)):
                 self.register_buffer(name, t, persistent=False)
@@ -216,14 +214,17 @@ class HyperHead(nn.Module):
         if not 1 <= streams <= 16 or dim < 1:
             raise ValueError(f"HyperHead takes 1 to 16 streams of width C >= 1, got n = {streams}, C = {dim}")
         self.streams, self.dim = streams, dim
-        self.phi = nn.Parameter(torch.zeros(streams * dim, streams))
-        self.bias = nn.Parameter(torch.zeros(streams))
-        self.alpha = nn.Parameter(torch.full((1,), 0.01))
+        fp32 = dict(dtype=torch.float32)  # the masters, whatever torch's default dtype
+        self.phi = nn.Parameter(torch.zeros(streams * dim, streams, **fp32))
+        self.bias = nn.Parameter(torch.zeros(streams, **fp32))
+        self.alpha = nn.Parameter(torch.full((1,), 0.01, **fp32))
 
     def weights(self, x: Tensor) -> Tensor:
         """x [..., n, C] -> w [..., n]."""
         if x.dim() < 2 or x.shape[-2:] != (self.streams, self.dim):
             raise ValueError(f"HyperHead: x must be [..., {self.streams}, {self.dim}], got {list(x.shape)}")
+        if x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+            raise ValueError(f"HyperHead: x must be float32, float64 or bfloat16, got {x.dtype}")
         like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
         v = x.to(like["dtype"]).reshape(-1, self.streams * self.dim)
         r = torch.sqrt(v.pow(2).mean(-1, keepdim=True) + self.EPS)

@@ -383,6 +383,46 @@ def test_stack_bad_input_is_a_one_line_error():
         stack(x0, mlps[:4])
 
 
+@pytest.mark.parametrize("args, message", [
+    (("mhc", 4, 8, -1), r"mhc.initial_parameters: sublayer_index \(the sublayer's place in the stack\) must be at "
+                        r"least 0, got -1"),
+    (("mhc", 4, 0), r"mhc.initial_parameters: dim \(the width C\) must be at least 1, got 0"),
+    (("mhc", 4, -3), r"mhc.initial_parameters: dim \(the width C\) must be at least 1, got -3"),
+    (("mhc", 4, 8, 0, 101), r"mhc.initial_parameters: sinkhorn_iters must be in \[0, 100\], got 101"),
+    (("mhc", 4, 8, 0, -1), r"mhc.initial_parameters: sinkhorn_iters must be in \[0, 100\], got -1"),
+    (("mhc-v4", 4, 8, 0, 0), r"mhc.initial_parameters: mhc-v4 needs sinkhorn_iters in \[1, 100\] \(its softmax is "
+                             r"the first normalisation\), got 0"),
+])
+def test_connection_options_are_checked_at_construction(args, message):
+    # Issue 35, items 3 and 17: refused when built, in one line, not later with a raw message
+    # (a negative index used to leave no stream favoured: C++ % keeps the sign).
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        mhc.HyperConnection(*args)
+
+
+def test_modules_under_a_float64_default_dtype():
+    # Issue 35, item 15: the parameters are fp32 masters whatever torch's default dtype is.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        phi, bias, alpha = torch.ops.mhc.initial_parameters("mhc", 4, 8)
+        hc, head = mhc.HyperConnection("mhc", 4, 8), mhc.HyperHead(4, 8)
+        stack, mlps, x0 = make_stack("mhc", 4)
+        assert {t.dtype for t in (phi, bias, alpha, hc.phi, head.phi, stack.connections[0].phi)} == {torch.float32}
+        x = torch.randn(2, 3, 4, 8)  # float64, the default now: the ops run in fp64
+        assert hc(x, lambda h: h).dtype == torch.float64 and head(x).dtype == torch.float64
+        assert stack(x0, mlps).dtype == x0.dtype
+    finally:
+        torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16])
+def test_hyper_head_refuses_other_dtypes(dtype):
+    # Issue 35, item 18.
+    with pytest.raises(ValueError, match=rf"^HyperHead: x must be float32, float64 or bfloat16, got {dtype}$"):
+        mhc.HyperHead(4, 8)(torch.ones(2, 4, 8, dtype=dtype))
+
+
 def test_readme_examples_run():
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)

@@ -14,22 +14,35 @@ BiasInit BiasInit::named(const std::string& name) {
   throw std::invalid_argument("unknown bias init '" + name + "' (accepted: paper, zero)");
 }
 
+void check(const HyperConnectionOptions& o) {
+  check_streams(o.variant(), o.streams());
+  if (o.dim() < 1) throw std::invalid_argument("dim (the width C) must be at least 1, got " + std::to_string(o.dim()));
+  if (o.sublayer_index() < 0)
+    throw std::invalid_argument("sublayer_index (the sublayer's place in the stack) must be at least 0, got " +
+                                std::to_string(o.sublayer_index()));
+  if (o.sinkhorn_iters() < 0 || o.sinkhorn_iters() > kMaxSinkhornIters)
+    throw std::invalid_argument("sinkhorn_iters must be in [0, " + std::to_string(kMaxSinkhornIters) + "], got " +
+                                std::to_string(o.sinkhorn_iters()));
+  if (o.variant() == Variant::mhc_v4 && o.sinkhorn_iters() < 1)
+    throw std::invalid_argument("mhc-v4 needs sinkhorn_iters in [1, " + std::to_string(kMaxSinkhornIters) +
+                                "] (its softmax is the first normalisation), got 0");
+}
+
 Parameters initial_parameters(const HyperConnectionOptions& o) {
+  check(o);
   const int64_t n = o.streams(), C = o.dim();
   const Layout l = layout(o.variant(), n, C);
   const int64_t lead = o.sublayer_index() % n;  // the stream this sublayer reads and writes first
-  Parameters p{torch::zeros({l.proj_rows, l.proj_cols}), torch::zeros({l.bias_size}), torch::zeros({l.alpha_size})};
+  // float32 whatever torch's default dtype: these are the fp32 masters (DESIGN.md §1).
+  const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32);
+  Parameters p{torch::zeros({l.proj_rows, l.proj_cols}, fp32), torch::zeros({l.bias_size}, fp32),
+               torch::zeros({l.alpha_size}, fp32)};
   initial_bias_and_alpha(o.variant(), n, lead, o.bias_init().stream_logit, o.bias_init().res_off_logit,
                          p.bias.data_ptr<float>(), p.alpha.data_ptr<float>());
   return p;
 }
 
 HyperConnectionImpl::HyperConnectionImpl(const HyperConnectionOptions& options) : options_(options) {
-  TORCH_CHECK_VALUE(options.sinkhorn_iters() >= 0 && options.sinkhorn_iters() <= kMaxSinkhornIters,
-                    "sinkhorn_iters must be in [0, ", kMaxSinkhornIters, "], got ", options.sinkhorn_iters());
-  TORCH_CHECK_VALUE(options.variant() != Variant::mhc_v4 || options.sinkhorn_iters() >= 1,
-                    "mhc-v4 needs sinkhorn_iters in [1, ", kMaxSinkhornIters,
-                    "] (its softmax is the first normalisation), got 0");
   Parameters p;
   try {
     p = initial_parameters(options);
@@ -244,12 +257,13 @@ Tensor HyperHeadImpl::forward(const Tensor& x) {
 // definition rather than a second copy of DESIGN.md §2.
 TORCH_LIBRARY_FRAGMENT(mhc, m) {
   m.def("initial_parameters(str variant, int streams, int dim, int sublayer_index=0, float stream_logit=1.0,"
-        " float res_off_logit=-8.0) -> (Tensor phi, Tensor bias, Tensor alpha)",
+        " float res_off_logit=-8.0, int sinkhorn_iters=20) -> (Tensor phi, Tensor bias, Tensor alpha)",
         [](c10::string_view variant, int64_t streams, int64_t dim, int64_t sublayer_index, double stream_logit,
-           double res_off_logit) {
+           double res_off_logit, int64_t sinkhorn_iters) {
           try {
             const auto o = mhc::HyperConnectionOptions(mhc::parse_variant(std::string(variant)), streams, dim)
                                .sublayer_index(sublayer_index)
+                               .sinkhorn_iters(sinkhorn_iters)
                                .bias_init({stream_logit, res_off_logit});
             const mhc::Parameters p = mhc::initial_parameters(o);
             return std::make_tuple(p.phi, p.bias, p.alpha);
