@@ -25,6 +25,11 @@ expect_error "mhc: unknown command 'trian' \(accepted: train, sample, eval, anal
 expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train, memory, pipeline\)" bench layers
 expect_error "--recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)" bench memory --recompute none,fast
 expect_error "mhc bench memory: unknown --preset 'huge' \(accepted: deep, small, tiny\)" bench memory --preset huge
+# Issue 35, item 4: without the plain residual's no-recomputation row every ratio was NaN or wrong.
+expect_error "mhc bench memory: every row is measured against the plain residual without recomputation, so --variant must include residual and --recompute none \(got --variant mhc,hc --recompute none\)" \
+  bench memory --preset tiny --variant mhc,hc --recompute none
+expect_error "mhc bench memory: .*\(got --variant mhc,residual --recompute streams,blocks\)" \
+  bench memory --preset tiny --variant mhc,residual --recompute streams,blocks
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --variant, .*--json" bench layer --widht 8
 expect_error "unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)" bench layer --variant mhc,sinkhorn
 expect_error "--tokens must be a whole number in \[1, [0-9]+\], got 'many'" bench layer --tokens many

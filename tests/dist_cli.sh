@@ -69,6 +69,11 @@ if want errors; then
   expect_failure 1 "rank 1 cannot reach the rendezvous store at 127.0.0.1:1 \(MASTER_ADDR:MASTER_PORT\) within 2 s" \
     RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 -- train "${small[@]}" --dist-timeout 2 --out "$work/e"
   expect_failure 2 "mhc launch: give the command after --" -- launch --nproc 2
+  # Only training runs as one job of several ranks; refused before any rank starts.
+  expect_failure 2 "mhc launch: the command after -- must be train, got 'bench pipeline' \(mhc bench pipeline --stages S starts its own ranks\)" \
+    -- launch --nproc 2 -- bench pipeline --stages 2 --preset tiny
+  expect_failure 2 "mhc launch: the command after -- must be train, got 'sample'" -- launch -- sample --ckpt "$work/none"
+  expect_failure 2 "mhc launch: the command after -- must be train, got 'launch'" -- launch -- launch -- train
   expect_failure 2 "mhc compare runs in one process" RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 -- compare "${small[@]}" --out "$work/e"
 fi
 

@@ -257,6 +257,10 @@ assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max
   fi
   expect_error "mhc compare: --variant: unknown variant 'foo' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)" compare --variant mhc,foo
   expect_error "mhc compare: --variant lists 'hc' twice" compare --residual hc,mhc,hc
+  # Issue 35, item 22: every variant's settings are checked before the first run trains.
+  expect_error "kromhc takes n = 2\^a·3\^b streams \(2, 3, 4, 6, 8, 9, 12 or 16\), got n = 5" \
+    compare "${cmp_args[@]}" --variant residual,kromhc --streams 5 --out "$work/cmp-early"
+  [ -z "$(ls -A "$work/cmp-early" 2>/dev/null)" ] || fail "compare --streams 5: trained $(ls "$work/cmp-early") before refusing"
   expect_error "mhc compare: $work/cmp/mhc holds a run with other settings: lr \(checkpoint 0.003, given 0.001\)" compare "${cmp_args[@]}" --variant mhc --lr 0.001
 fi
 

@@ -7,6 +7,7 @@
 // buffers, AdamW's moments): what the forward pass saves for the backward pass and the backward
 // pass's transients. The n streams' cost is the difference to the plain residual under the same
 // policy (the plain residual has no connection; `streams` leaves it unchanged).
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <iostream>
@@ -71,11 +72,19 @@ int bench_memory(const std::vector<std::string>& argv) {
   const int warmup = static_cast<int>(a.integer("warmup", 1, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
   std::vector<Recompute> modes;
   for (const auto& name : a.list("recompute")) modes.push_back(parse_recompute(name));
+  // Every row is set against the plain residual without recomputation (issue 35, item 4: without
+  // that row the ratios were NaN, or set against whatever came first).
+  const std::vector<std::string> variants = a.list("variant");
+  if (std::find(variants.begin(), variants.end(), "residual") == variants.end() ||
+      std::find(modes.begin(), modes.end(), Recompute::none) == modes.end())
+    throw std::invalid_argument("mhc bench memory: every row is measured against the plain residual without "
+                                "recomputation, so --variant must include residual and --recompute none (got --variant " +
+                                a.str("variant") + " --recompute " + a.str("recompute") + ")");
   torch::set_num_threads(threads);
   live_bytes::install();  // before any model: every tensor of the steps is counted
 
   std::vector<BenchModel> models;
-  for (const auto& name : a.list("variant")) models.emplace_back(s, name, a.str("streams"));
+  for (const auto& name : variants) models.emplace_back(s, name, a.str("streams"));
   const GPTConfig base = models.front().model->config();
   const int64_t L = 2 * base.layers, tokens_per_step = s.integer("batch", 1, 1 << 20) * base.seq_len;
   const torch::Tensor tokens = random_tokens(s);
@@ -109,7 +118,7 @@ int bench_memory(const std::vector<std::string>& argv) {
       if (r.variant == variant && r.mode == mode) return &r;
     return nullptr;
   };
-  const Row& baseline = rows.front();  // the first variant, first policy: the plain residual, none
+  const Row& baseline = *find("residual", Recompute::none);
   const bool md = a.on("markdown"), json = a.on("json");
   const double element = static_cast<double>(c10::elementSize(base.dtype)), MiB = 1024.0 * 1024.0;
   if (!json)

@@ -415,7 +415,10 @@ int compare(const std::vector<std::string>& argv) {
   for (const auto& spec : train::setting_specs())
     if (!spec.run) fixed_names.push_back(spec.name);
 
+  // Every run's settings, each checked (n for its variant, …) before the first run starts, so
+  // that a bad one is not found after the others have trained (issue 35, item 22).
   std::vector<Run> runs;
+  std::vector<train::Settings> settings;
   for (int64_t k = 0; k < seeds; ++k) {
     for (const std::string& variant : variants) {
       Run run;
@@ -425,27 +428,31 @@ int compare(const std::vector<std::string>& argv) {
       std::map<std::string, std::string> overrides = {
           {"variant", variant}, {"seed", std::to_string(first_seed + k)}, {"out", run.dir}};
       if (variant == "residual") overrides["streams"] = "1";
-      const train::Settings s = fresh_settings(a, overrides);
-      s.model_config(2);
+      settings.push_back(fresh_settings(a, overrides));
+      settings.back().model_config(2);
       runs.push_back(run);
-
-      std::string resume_from;
-      if (fs::exists(fs::path(run.dir) / train::kLatestCheckpoint)) {
-        resume_from = train::resolve_checkpoint(run.dir);
-        const train::RunInfo info = train::read_run_info(resume_from);
-        if (const std::string d = differences(info.settings, s, fixed_names); !d.empty())
-          throw std::invalid_argument("mhc compare: " + run.dir + " holds a run with other settings: " + d +
-                                      " (choose another --out, or delete that folder)");
-        if (info.step >= s.integer("steps", 1, INT64_MAX)) {
-          std::cout << "compare: " << run.name << ": reusing the finished run in " << run.dir << std::endl;
-          continue;
-        }
-        std::cout << "compare: " << run.name << ": resuming " << run.dir << " at step " << info.step << std::endl;
-      } else {
-        replace_earlier_run(run.dir, /*overwrite=*/true);  // checkpoints without `latest`: never a finished run
-      }
-      if (const int status = train::run_training(s, resume_from); status != 0) return status;
     }
+  }
+
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const Run& run = runs[i];
+    const train::Settings& s = settings[i];
+    std::string resume_from;
+    if (fs::exists(fs::path(run.dir) / train::kLatestCheckpoint)) {
+      resume_from = train::resolve_checkpoint(run.dir);
+      const train::RunInfo info = train::read_run_info(resume_from);
+      if (const std::string d = differences(info.settings, s, fixed_names); !d.empty())
+        throw std::invalid_argument("mhc compare: " + run.dir + " holds a run with other settings: " + d +
+                                    " (choose another --out, or delete that folder)");
+      if (info.step >= s.integer("steps", 1, INT64_MAX)) {
+        std::cout << "compare: " << run.name << ": reusing the finished run in " << run.dir << std::endl;
+        continue;
+      }
+      std::cout << "compare: " << run.name << ": resuming " << run.dir << " at step " << info.step << std::endl;
+    } else {
+      replace_earlier_run(run.dir, /*overwrite=*/true);  // checkpoints without `latest`: never a finished run
+    }
+    if (const int status = train::run_training(s, resume_from); status != 0) return status;
   }
 
   for (Run& run : runs) read_metrics(run);
