@@ -123,6 +123,25 @@ c = json.loads(meta['config']); c['dim'] = 4096; c['layers'] = 64; meta['config'
   # Format 1 (header outside the checksum) is refused as such.
   edit "$work/old.safetensors" "meta['format'] = 'mhc-checkpoint-1'"
   expect_error "checkpoint $work/old.safetensors has the old format mhc-checkpoint-1, whose header is not under its checksum" eval --ckpt "$work/old.safetensors"
+  # Issue 35, item 5: one header entry whose shape nests 100,000 arrays deep, not re-signed (the
+  # checksum is checked after the header is parsed) — one line, within seconds, in bounded memory.
+  "$python" - "$base" "$work/deep.safetensors" <<'PY'
+import struct, sys
+f = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack("<Q", f[:8])
+deep = b',"deep":{"dtype":"F32","shape":' + b"[" * 100000 + b"]" * 100000 + b',"data_offsets":[0,0]}'
+header = f[8 : 8 + n].rstrip()[:-1] + deep + b"}"
+header += b" " * (-len(header) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(header)) + header + f[8 + n :])
+PY
+  for command in eval sample analyze; do
+    t0=$(date +%s.%N)
+    err=$( (ulimit -v 8000000; "$mhc" "$command" --ckpt "$work/deep.safetensors" 2>&1 >/dev/null); echo "status $?")
+    [ "$(printf '%s\n' "$err" | head -1)" = "error: checkpoint $work/deep.safetensors is unreadable: its header's JSON nested deeper than 64 levels" ] &&
+      [ "$(printf '%s\n' "$err" | tail -1)" = "status 2" ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 2 ] ||
+      fail "$command of a 100,000-deep header: $err"
+    awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { exit !(b - a < 10) }' || fail "$command of a 100,000-deep header took over 10 s"
+  done
   "$python" "$src/scripts/read_safetensors.py" "$base" > "$work/py.txt" 2>&1 && grep -q "^sha256 ok" "$work/py.txt" ||
     fail "python reader on the base checkpoint: $(cat "$work/py.txt")"
   ! "$python" "$src/scripts/read_safetensors.py" "$work/step.safetensors" > /dev/null 2>&1 ||

@@ -1,6 +1,8 @@
 // The safetensors reader shared by the checkpoints and the DeepSeek-V4 import (safetensors.h).
 #include "safetensors.h"
 
+#include "json.h"
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -37,9 +39,11 @@ nlohmann::json parse_header(const std::string& label, const std::string& path, c
     unreadable(label, path, "header length beyond the end of the file (truncated?)");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(head.substr(8, *header_size));
+    header = parse_bounded_json(head.substr(8, *header_size));
   } catch (const nlohmann::json::exception&) {
     unreadable(label, path, "its header is not valid JSON");
+  } catch (const std::invalid_argument& e) {
+    unreadable(label, path, "its header's " + std::string(e.what()));
   }
   if (!header.is_object()) unreadable(label, path, "its header is not a JSON object");
   return header;

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "../common/json.h"
 #include "mhc/files.h"
 #include "mhc/parse.h"
 #include "mhc/train.h"
@@ -144,7 +145,7 @@ std::string Settings::to_json() const {
 
 Settings Settings::from_json(const std::string& json) {
   Settings s;
-  const auto j = nlohmann::json::parse(json);
+  const auto j = parse_bounded_json(json);
   for (const auto& spec : setting_specs()) {
     const std::string& key = !j.contains(spec.name) && !spec.old_name.empty() && j.contains(spec.old_name)
                                  ? spec.old_name : spec.name;
