@@ -52,13 +52,13 @@ Outputs run_two(const TwoSublayers& in, Variant variant, int64_t t, Path path) {
     first = reference::pre(a.x, a.phi, a.bias, a.alpha, variant, t);
     x1 = reference::post(a.x, torch::tanh(first.h * a.w_branch), first.H_post, first.H_res);
     second = reference::pre(x1, in.phi, in.bias, in.alpha, variant, t);
-    second.x_post = x1;
+    second.x_next = x1;
   } else {
     first = mhc::pre_joint(a.x, a.phi, a.bias, a.alpha, variant, t);
     const Tensor y0 = torch::tanh(first.h * a.w_branch);
     if (path == Path::boundary) {
       second = mhc::boundary(first.x_post, y0, first.H_post, first.H_res, in.phi, in.bias, in.alpha, variant, t);
-      x1 = second.x_post;
+      x1 = second.x_next;
     } else {
       x1 = mhc::post(first.x_post, y0, first.H_post, first.H_res);
       second = mhc::pre_joint(x1, in.phi, in.bias, in.alpha, variant, t);
@@ -66,7 +66,8 @@ Outputs run_two(const TwoSublayers& in, Variant variant, int64_t t, Path path) {
   }
   const Tensor y1 = torch::tanh(second.h * in.w_branch);
   const Tensor x2 = path == Path::reference ? reference::post(x1, y1, second.H_post, second.H_res)
-                                            : mhc::post(second.x_post, y1, second.H_post, second.H_res);
+                                            : mhc::post(path == Path::boundary ? second.x_next : second.x_post, y1,
+                                                        second.H_post, second.H_res);
   const Tensor loss = (x2 * a.dout).sum() + (first.H_pre * a.dH_pre).sum() + (second.H_pre * in.dH_pre).sum() +
                       (x1 * a.dout).sum() / 3;  // x1's gradient from outside the pair, too
   loss.backward();
@@ -154,7 +155,7 @@ TEST(Boundary, Gradcheck) {
                                          torch::randn({N, n}, f64), torch::randn({N, n}, f64), torch::randn({N, n, n}, f64)};
     auto loss = [&] {
       const PreOutput o = mhc::boundary(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5], inputs[6], variant, t);
-      const std::vector<Tensor> outs = {o.x_post, o.h, o.H_pre, o.H_post, o.H_res};
+      const std::vector<Tensor> outs = {o.x_next, o.h, o.H_pre, o.H_post, o.H_res};
       Tensor s = torch::zeros({}, f64);
       for (size_t i = 0; i < outs.size(); ++i) s = s + (outs[i] * weights[i]).sum();
       return s;

@@ -62,12 +62,13 @@ class HyperConnectionImpl : public torch::nn::Module {
   // as post should read it: passed to post instead of x, its gradient joins the one through pre
   // inside pre's backward kernel (one pass over dx fewer; the values are the same).
   PreOutput pre(const torch::Tensor& x);
-  // x [..., n, C] (best: mix.x_post), y [..., C], the coefficients from pre(x) -> x_next [..., n, C].
+  // x [..., n, C] (best: mix.x_post, or mix.x_next where mix came from boundary), y [..., C], the
+  // coefficients mix from pre(x) or boundary -> x_next [..., n, C].
   torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const PreOutput& mix);
   // This connection's pre of the state the sublayer before it makes, post(x, y, before's H_post and
-  // H_res), as one op (mhc::boundary): x [..., n, C] (best: before.x_post), y [..., C] that
-  // sublayer's output -> this sublayer's h and coefficients, and x_post = x_next [..., n, C], the
-  // state itself, which this sublayer's post then reads.
+  // H_res), as one op (mhc::boundary): x [..., n, C] (best: what that sublayer's post would read,
+  // before.x_post or before.x_next), y [..., C] that sublayer's output -> this sublayer's h and
+  // coefficients, and x_next [..., n, C], the state itself, which this sublayer's post then reads.
   PreOutput boundary(const torch::Tensor& x, const torch::Tensor& y, const PreOutput& before);
   // post(x, sublayer(pre(x).h), …): one whole sublayer update; stores the coefficients it used in
   // *mix when given (the diagnostics read them).
@@ -131,6 +132,8 @@ torch::Tensor reduce_streams(const torch::Tensor& x);
 // hc_head_base, α [1] hc_head_scale. It starts at φ = 0, b = 0, α = 0.01: w = 1/2 + eps for every
 // stream, the plain sum scaled by a constant that the final RMSNorm removes. Plain LibTorch ops
 // (one [n·C] × [n] product per token; autograd gives the backward); math in float32 under bf16.
+// Python's mhc.HyperHead runs the same functions as ops (torch.ops.mhc.hyper_head_initial_parameters,
+// hyper_head_weights, hyper_head).
 class HyperHeadImpl : public torch::nn::Module {
  public:
   HyperHeadImpl(int64_t streams, int64_t dim);
@@ -139,9 +142,6 @@ class HyperHeadImpl : public torch::nn::Module {
   // The weights w [..., n] (for diagnostics).
   torch::Tensor weights(const torch::Tensor& x);
   torch::Tensor phi, bias, alpha;
-
- private:
-  int64_t streams_, dim_;
 };
 TORCH_MODULE(HyperHead);
 

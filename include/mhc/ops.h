@@ -39,10 +39,12 @@ struct PreOutput {
   torch::Tensor H_res;   // [N, n, n]
   // From pre_joint: x again, for the post of the same sublayer (an alias of x). Its gradient is
   // added inside pre's backward kernel instead of autograd summing x's two gradients. (Undefined
-  // from pre; HyperConnection::pre gives x itself on the reference path.) From boundary: x_next,
-  // the state the post made and this pre read, which the next post reads in turn; its gradient
-  // from there is likewise added inside boundary's backward kernel.
+  // from pre and boundary; HyperConnection::pre gives x itself on the reference path.)
   torch::Tensor x_post;  // [N, n, C]
+  // From boundary: x_next, the state its post made and its pre read, which the post of the same
+  // sublayer reads in turn; its gradient from there is likewise added inside boundary's backward
+  // kernel. (Undefined from pre and pre_joint.)
+  torch::Tensor x_next;  // [N, n, C]
 };
 
 PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
@@ -51,7 +53,7 @@ PreOutput pre_joint(const torch::Tensor& x, const torch::Tensor& phi, const torc
                     const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
-// pre(post(x, y, H_post, H_res), phi, bias, alpha, …), with x_post = post's output x_next.
+// pre(post(x, y, H_post, H_res), phi, bias, alpha, …), with post's output in x_next.
 PreOutput boundary(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res, const torch::Tensor& phi, const torch::Tensor& bias,
                    const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);

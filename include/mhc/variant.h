@@ -61,6 +61,19 @@ Layout layout(Variant variant, int64_t n, int64_t C);
 // Checks n (and names what is accepted); throws std::invalid_argument.
 void check_streams(Variant variant, int64_t n);
 
+// The Sinkhorn–Knopp iteration counts t a variant takes, [min, max], and why min is above 0 (null
+// where it is not): mhc-v4 needs t ≥ 1, its softmax being the first normalisation; every other
+// variant takes t in [0, kMaxSinkhornIters] (and those without Sinkhorn–Knopp ignore it).
+struct SinkhornIters {
+  int64_t min, max;
+  const char* why_min;
+};
+SinkhornIters sinkhorn_iters_range(Variant variant);
+
+// Checks t against sinkhorn_iters_range(variant); throws std::invalid_argument naming t and the
+// range ("mhc-v4 needs sinkhorn_iters in [1, 100] (its softmax is the first normalisation), got 0").
+void check_sinkhorn_iters(Variant variant, int64_t t);
+
 // The expected shapes of phi, bias and alpha in words, for error messages ("[n*C, 2n + n*n] for mhc").
 struct ShapeNames {
   const char* phi;

@@ -32,10 +32,12 @@ class Mix(NamedTuple):
     H_pre: Tensor   # [..., n]
     H_post: Tensor  # [..., n]
     H_res: Tensor   # [..., n, n], row k is the destination stream
-    # x as post should read it (torch.ops.mhc.pre_joint's alias of x): passed to post instead of x,
-    # its gradient joins the one through pre inside pre's backward kernel. From boundary(): the state
-    # x_next itself, likewise.
+    # From pre(): x as post should read it (torch.ops.mhc.pre_joint's alias of x): passed to post
+    # instead of x, its gradient joins the one through pre inside pre's backward kernel.
     x_post: Optional[Tensor] = None  # [..., n, C]
+    # From boundary(): the state x_next its post made and its pre read, which the post of the same
+    # sublayer reads in turn (its gradient from there likewise joins inside the boundary's kernel).
+    x_next: Optional[Tensor] = None  # [..., n, C]
 
 
 class HyperConnection(nn.Module):
@@ -83,7 +85,7 @@ class HyperConnection(nn.Module):
                                      x_post.view(x.shape))
 
     def post(self, x: Tensor, y: Tensor, mix: Mix) -> Tensor:
-        """x [..., n, C] (best: mix.x_post), y [..., C] -> x_next [..., n, C]."""
+        """x [..., n, C] (best: mix.x_post, or mix.x_next from boundary()), y [..., C] -> x_next [..., n, C]."""
         self._check(x, "post")
         if y.shape != x.shape[:-2] + x.shape[-1:]:
             raise ValueError(f"HyperConnection.post: y must be {list(x.shape[:-2] + x.shape[-1:])}, got {list(y.shape)}")
@@ -94,8 +96,9 @@ class HyperConnection(nn.Module):
 
     def boundary(self, x: Tensor, y: Tensor, before: Mix):
         """This connection's pre of the state the sublayer before it makes, post(x, y, before), as
-        one op (torch.ops.mhc.boundary: fused on the CPU): x [..., n, C] (best: before.x_post),
-        y [..., C] -> (h [..., C], Mix), the Mix's x_post being that state x_next [..., n, C]."""
+        one op (torch.ops.mhc.boundary: fused on the CPU): x [..., n, C] (best: what the sublayer
+        before's post would read, before.x_post or before.x_next), y [..., C] -> (h [..., C], Mix),
+        the Mix's x_next being that state [..., n, C]."""
         self._check(x, "boundary")
         if y.shape != x.shape[:-2] + x.shape[-1:]:
             raise ValueError(f"HyperConnection.boundary: y must be {list(x.shape[:-2] + x.shape[-1:])}, "
@@ -106,7 +109,7 @@ class HyperConnection(nn.Module):
             x.reshape(-1, n, C), y.reshape(-1, C), before.H_post.reshape(-1, n), before.H_res.reshape(-1, n, n),
             self.phi.to(**like), self.bias.to(**like), self.alpha.to(**like), self.variant, self.sinkhorn_iters)
         return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
-                                     x_next.view(x.shape))
+                                     x_next=x_next.view(x.shape))
 
     def forward(self, x: Tensor, branch: Callable[[Tensor], Tensor]) -> Tensor:
         h, mix = self.pre(x)
@@ -174,18 +177,21 @@ class HyperConnectionStack(nn.Module):
 
     def _run(self, x: Tensor, sublayers, start: int, stop: int, after=None) -> Tensor:
         """Sublayers [start, stop): the first pre, then post of l and pre of l + 1 as one op at every
-        inner boundary, then the last post; after(l, mix, y, x_next) follows each sublayer."""
+        inner boundary, then the last post; after(l, mix, y, x_next) follows each sublayer. The C++
+        forward_stack's loop (run_sublayers, src/ops/module.cpp), which Python cannot call: its
+        sublayers are Python callables, and neither an op nor a torch.classes method takes one."""
         h, mix = self.connections[start].pre(x)
+        post_input = mix.x_post  # what sublayer l's post reads: pre's x_post, then each boundary's x_next
         for l in range(start, stop):
             y = sublayers[l](h)
             if l + 1 < stop:
-                h, following = self.connections[l + 1].boundary(mix.x_post, y, mix)
-                x = following.x_post
+                h, following = self.connections[l + 1].boundary(post_input, y, mix)
+                x = following.x_next
             else:
-                following, x = None, self.connections[l].post(mix.x_post, y, mix)
+                following, x = None, self.connections[l].post(post_input, y, mix)
             if after is not None:
                 after(l, mix, y, x)
-            mix = following
+            mix, post_input = following, x
         return x
 
 
@@ -204,33 +210,26 @@ class HyperHead(nn.Module):
     (DESIGN.md §9): out = Σ_j w_j·x_j with per-token weights w = σ(α·(v·φ)/r + b) + 1e-6, v the
     token's n×C state flattened, r = sqrt(mean(v²) + 1e-6). φ [n·C, n] is V4's hc_head_fn
     transposed, b [n] hc_head_base, α [1] hc_head_scale. It starts at φ = 0, b = 0, α = 0.01: every
-    weight 1/2 + 1e-6, the plain sum scaled by a constant that the final RMSNorm removes. Plain
-    tensor ops (autograd gives the backward), as the C++ mhc::HyperHead."""
-
-    EPS = 1e-6  # V4's hc_eps; the RMS eps is the same number
+    weight 1/2 + 1e-6, the plain sum scaled by a constant that the final RMSNorm removes. The C++
+    mhc::HyperHead's initialisation and math, as ops (torch.ops.mhc.hyper_head_*: plain tensor ops,
+    autograd gives the backward)."""
 
     def __init__(self, streams: int, dim: int):
         super().__init__()
-        if not 1 <= streams <= 16 or dim < 1:
-            raise ValueError(f"HyperHead takes 1 to 16 streams of width C >= 1, got n = {streams}, C = {dim}")
-        self.streams, self.dim = streams, dim
-        fp32 = dict(dtype=torch.float32)  # the masters, whatever torch's default dtype
-        self.phi = nn.Parameter(torch.zeros(streams * dim, streams, **fp32))
-        self.bias = nn.Parameter(torch.zeros(streams, **fp32))
-        self.alpha = nn.Parameter(torch.full((1,), 0.01, **fp32))
+        phi, bias, alpha = torch.ops.mhc.hyper_head_initial_parameters(streams, dim)  # checks n and C
+        self.phi, self.bias, self.alpha = nn.Parameter(phi), nn.Parameter(bias), nn.Parameter(alpha)
 
     def weights(self, x: Tensor) -> Tensor:
         """x [..., n, C] -> w [..., n]."""
-        if x.dim() < 2 or x.shape[-2:] != (self.streams, self.dim):
-            raise ValueError(f"HyperHead: x must be [..., {self.streams}, {self.dim}], got {list(x.shape)}")
-        if x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
-            raise ValueError(f"HyperHead: x must be float32, float64 or bfloat16, got {x.dtype}")
-        like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
-        v = x.to(like["dtype"]).reshape(-1, self.streams * self.dim)
-        r = torch.sqrt(v.pow(2).mean(-1, keepdim=True) + self.EPS)
-        z = self.alpha.to(**like) * ((v @ self.phi.to(**like)) / r) + self.bias.to(**like)
-        return (torch.sigmoid(z) + self.EPS).view(*x.shape[:-1])
+        return torch.ops.mhc.hyper_head_weights(_head_input(x), self.phi, self.bias, self.alpha)
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., n, C] -> [..., C]."""
-        return (self.weights(x).unsqueeze(-1) * x.to(coefficient_dtype(x.dtype))).sum(-2).to(x.dtype)
+        return torch.ops.mhc.hyper_head(_head_input(x), self.phi, self.bias, self.alpha)
+
+
+def _head_input(x: Tensor) -> Tensor:
+    """x, refused (with Python's name for its dtype) unless its dtype is one the head computes in."""
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        raise ValueError(f"HyperHead: x must be float32, float64 or bfloat16, got {x.dtype}")
+    return x

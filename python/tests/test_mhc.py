@@ -258,7 +258,7 @@ def test_stack_recompute_is_bit_identical(variant, n):
 
 def record_states(stack):
     """The states the connections read, in order (x_0, x_1, ...): the first one's pre reads x_0, and
-    each later one's boundary makes the state it reads (its Mix's x_post)."""
+    each later one's boundary makes the state it reads (its Mix's x_next)."""
     seen = []
     first = stack.connections[0]
     first.pre = (lambda pre: lambda x: (seen.append(x), pre(x))[1])(first.pre)
@@ -266,7 +266,7 @@ def record_states(stack):
     def recording(boundary):
         def run(x, y, before):
             h, mix = boundary(x, y, before)
-            seen.append(mix.x_post)
+            seen.append(mix.x_next)
             return h, mix
         return run
 

@@ -1,5 +1,6 @@
 // Names of the residual family, and its per-variant facts (stream limits, parameter layouts,
-// initial values) dispatched to each variant's header in variants/ (see include/mhc/variant.h).
+// initial values) dispatched to each variant's header in variants/, and the Sinkhorn–Knopp
+// iteration counts each variant takes (see include/mhc/variant.h).
 #include "mhc/variant.h"
 
 #include <stdexcept>
@@ -45,6 +46,22 @@ using kernels::with_variant;
 
 void check_streams(Variant variant, int64_t n) {
   with_variant(variant, [&](auto k) { VariantMath<decltype(k)::value>::check_streams(n); });
+}
+
+SinkhornIters sinkhorn_iters_range(Variant variant) {
+  if (variant == Variant::mhc_v4) return {1, kMaxSinkhornIters, "its softmax is the first normalisation"};
+  return {0, kMaxSinkhornIters, nullptr};
+}
+
+void check_sinkhorn_iters(Variant variant, int64_t t) {
+  const SinkhornIters range = sinkhorn_iters_range(variant);
+  if (t < 0 || t > range.max)
+    throw std::invalid_argument("sinkhorn_iters must be in [0, " + std::to_string(range.max) + "], got " +
+                                std::to_string(t));
+  if (t < range.min)
+    throw std::invalid_argument(std::string(variant_name(variant)) + " needs sinkhorn_iters in [" +
+                                std::to_string(range.min) + ", " + std::to_string(range.max) + "] (" + range.why_min +
+                                "), got " + std::to_string(t));
 }
 
 Layout layout(Variant variant, int64_t n, int64_t C) {

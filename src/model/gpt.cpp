@@ -56,12 +56,12 @@ void GPTConfig::check() const {
     bad(std::string("activation dtype ") + c10::toString(dtype) + " is not supported (accepted: float32, bfloat16)");
   if (recompute.every < 0)
     bad("recompute every " + std::to_string(recompute.every) + " sublayers: accepted are 0 (auto) or at least 1");
-  if (sinkhorn_iters < 0 || sinkhorn_iters > kMaxSinkhornIters)
-    bad("--sinkhorn-iters must be in [0, " + std::to_string(kMaxSinkhornIters) + "], got " +
-        std::to_string(sinkhorn_iters));
-  if (variant == Variant::mhc_v4 && sinkhorn_iters == 0)
-    bad("--sinkhorn-iters 0 with --variant mhc-v4: its softmax is the first normalisation (accepted: 1 to " +
-        std::to_string(kMaxSinkhornIters) + ")");
+  const SinkhornIters iters = sinkhorn_iters_range(variant);
+  if (sinkhorn_iters < 0 || sinkhorn_iters > iters.max)
+    bad("--sinkhorn-iters must be in [0, " + std::to_string(iters.max) + "], got " + std::to_string(sinkhorn_iters));
+  if (sinkhorn_iters < iters.min)
+    bad("--sinkhorn-iters " + std::to_string(sinkhorn_iters) + " with --variant " + variant_name(variant) + ": " +
+        iters.why_min + " (accepted: " + std::to_string(iters.min) + " to " + std::to_string(iters.max) + ")");
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim) { weight = register_parameter("weight", torch::ones({dim})); }

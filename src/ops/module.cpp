@@ -1,4 +1,6 @@
-// HyperConnection module: parameters, DESIGN.md §2 initialisation, and the pre/post front end.
+// HyperConnection module: parameters, DESIGN.md §2 initialisation, and the pre/post front end; the
+// stack of them, and DeepSeek-V4's HyperHead. The initialisations and the head's math are ops too
+// (end of file), so that the Python modules (python/mhc/modules.py) run these definitions.
 #include "mhc/module.h"
 
 #include <optional>
@@ -20,12 +22,7 @@ void check(const HyperConnectionOptions& o) {
   if (o.sublayer_index() < 0)
     throw std::invalid_argument("sublayer_index (the sublayer's place in the stack) must be at least 0, got " +
                                 std::to_string(o.sublayer_index()));
-  if (o.sinkhorn_iters() < 0 || o.sinkhorn_iters() > kMaxSinkhornIters)
-    throw std::invalid_argument("sinkhorn_iters must be in [0, " + std::to_string(kMaxSinkhornIters) + "], got " +
-                                std::to_string(o.sinkhorn_iters()));
-  if (o.variant() == Variant::mhc_v4 && o.sinkhorn_iters() < 1)
-    throw std::invalid_argument("mhc-v4 needs sinkhorn_iters in [1, " + std::to_string(kMaxSinkhornIters) +
-                                "] (its softmax is the first normalisation), got 0");
+  check_sinkhorn_iters(o.variant(), o.sinkhorn_iters());
 }
 
 Parameters initial_parameters(const HyperConnectionOptions& o) {
@@ -83,8 +80,9 @@ PreOutput HyperConnectionImpl::shaped_like(const PreOutput& flat, const Tensor& 
     s.insert(s.end(), tail.begin(), tail.end());
     return s;
   };
-  return {flat.h.view(with({C})), flat.H_pre.view(with({n})), flat.H_post.view(with({n})),
-          flat.H_res.view(with({n, n})), flat.x_post.view(x.sizes())};
+  auto state = [&](const Tensor& t) { return t.defined() ? t.view(x.sizes()) : t; };  // x_post or x_next
+  return {flat.h.view(with({C})),       flat.H_pre.view(with({n})), flat.H_post.view(with({n})),
+          flat.H_res.view(with({n, n})), state(flat.x_post),          state(flat.x_next)};
 }
 
 Tensor HyperConnectionImpl::post(const Tensor& x, const Tensor& y, const PreOutput& mix) {
@@ -152,12 +150,13 @@ Tensor run_sublayers(const std::vector<HyperConnection>& connections, const std:
   if (begin == end) return x;
   auto connection = [&](int64_t l) { return connections[l]; };  // a holder of its own: its -> is not const
   PreOutput mix = connection(begin)->pre(x);
+  Tensor post_input = mix.x_post;  // what sublayer l's post reads: pre's x_post, then each boundary's x_next
   for (int64_t l = begin; l < end; ++l) {
     const Tensor y = sublayers[l](mix.h);
-    PreOutput next = l + 1 < end ? connection(l + 1)->boundary(mix.x_post, y, mix) : PreOutput{};
-    const Tensor x_next = l + 1 < end ? next.x_post : connection(l)->post(mix.x_post, y, mix);
+    PreOutput next = l + 1 < end ? connection(l + 1)->boundary(post_input, y, mix) : PreOutput{};
+    const Tensor x_next = l + 1 < end ? next.x_next : connection(l)->post(post_input, y, mix);
     if (after) after(l, x, mix, y, x_next);
-    x = x_next;
+    x = post_input = x_next;
     mix = std::move(next);
   }
   return x;
@@ -227,34 +226,58 @@ Tensor expand_streams(const Tensor& e, int64_t n) {
 
 Tensor reduce_streams(const Tensor& x) { return x.sum(-2); }
 
-HyperHeadImpl::HyperHeadImpl(int64_t streams, int64_t dim) : streams_(streams), dim_(dim) {
+namespace {
+
+// HyperHead's initial φ = 0, b = 0, α = 0.01 for n streams of width C, float32 whatever torch's
+// default dtype (they are the fp32 masters).
+Parameters hyper_head_initial_parameters(int64_t streams, int64_t dim) {
   TORCH_CHECK_VALUE(streams >= 1 && streams <= kMaxStreams && dim >= 1, "HyperHead takes 1 to ", kMaxStreams,
                     " streams of width C >= 1, got n = ", streams, ", C = ", dim);
-  phi = register_parameter("phi", torch::zeros({streams * dim, streams}));
-  bias = register_parameter("bias", torch::zeros({streams}));
-  alpha = register_parameter("alpha", torch::full({1}, 0.01));
+  const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32);
+  return {torch::zeros({streams * dim, streams}, fp32), torch::zeros({streams}, fp32), torch::full({1}, 0.01, fp32)};
 }
 
-Tensor HyperHeadImpl::weights(const Tensor& x) {
-  TORCH_CHECK_VALUE(x.dim() >= 2 && x.size(-2) == streams_ && x.size(-1) == dim_, "HyperHead: x must be [..., ",
-                    streams_, ", ", dim_, "] (n streams of width C), got ", x.sizes());
+// HyperHead's weights w [..., n] of x [..., n, C] from its parameters (n and C from φ [n·C, n]).
+Tensor hyper_head_weights(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
+  TORCH_CHECK_VALUE(phi.dim() == 2 && phi.size(1) >= 1 && phi.size(0) % phi.size(1) == 0,
+                    "HyperHead: phi must be [n·C, n], got ", phi.sizes());
+  const int64_t n = phi.size(1), C = phi.size(0) / n;
+  TORCH_CHECK_VALUE(x.dim() >= 2 && x.size(-2) == n && x.size(-1) == C, "HyperHead: x must be [..., ", n, ", ", C,
+                    "], got ", x.sizes());
   const auto math = coefficient_dtype(x.scalar_type());
   auto sizes = x.sizes().vec();
   sizes.pop_back();  // [..., n]
-  const Tensor v = x.to(math).reshape({-1, streams_ * dim_});
+  const Tensor v = x.to(math).reshape({-1, n * C});
   const Tensor r = (v.square().mean(-1, true) + kRmsEps).sqrt();
   const Tensor z = alpha.to(v.device(), math) * (v.matmul(phi.to(v.device(), math)) / r) + bias.to(v.device(), math);
   return (z.sigmoid() + kDeepSeekV4Eps).view(sizes);
 }
 
-Tensor HyperHeadImpl::forward(const Tensor& x) {
-  return (weights(x).unsqueeze(-1) * x.to(coefficient_dtype(x.scalar_type()))).sum(-2).to(x.scalar_type());
+// HyperHead's output [..., C]: Σ_j w_j·x_j.
+Tensor hyper_head(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
+  return (hyper_head_weights(x, phi, bias, alpha).unsqueeze(-1) * x.to(coefficient_dtype(x.scalar_type())))
+      .sum(-2)
+      .to(x.scalar_type());
 }
+
+}  // namespace
+
+HyperHeadImpl::HyperHeadImpl(int64_t streams, int64_t dim) {
+  const Parameters p = hyper_head_initial_parameters(streams, dim);
+  phi = register_parameter("phi", p.phi);
+  bias = register_parameter("bias", p.bias);
+  alpha = register_parameter("alpha", p.alpha);
+}
+
+Tensor HyperHeadImpl::weights(const Tensor& x) { return hyper_head_weights(x, phi, bias, alpha); }
+
+Tensor HyperHeadImpl::forward(const Tensor& x) { return hyper_head(x, phi, bias, alpha); }
 
 }  // namespace mhc
 
-// The initialisation as an op too, so the Python front end builds its parameters from this one
-// definition rather than a second copy of DESIGN.md §2.
+// The initialisations and HyperHead's math as ops too, so the Python front end builds and runs its
+// modules on these definitions rather than second copies (DESIGN.md §2, §9). The head's ops are
+// plain tensor ops: autograd differentiates through them on any device.
 TORCH_LIBRARY_FRAGMENT(mhc, m) {
   m.def("initial_parameters(str variant, int streams, int dim, int sublayer_index=0, float stream_logit=1.0,"
         " float res_off_logit=-8.0, int sinkhorn_iters=20) -> (Tensor phi, Tensor bias, Tensor alpha)",
@@ -271,4 +294,11 @@ TORCH_LIBRARY_FRAGMENT(mhc, m) {
             TORCH_CHECK_VALUE(false, "mhc.initial_parameters: ", e.what());
           }
         });
+  m.def("hyper_head_initial_parameters(int streams, int dim) -> (Tensor phi, Tensor bias, Tensor alpha)",
+        [](int64_t streams, int64_t dim) {
+          const mhc::Parameters p = mhc::hyper_head_initial_parameters(streams, dim);
+          return std::make_tuple(p.phi, p.bias, p.alpha);
+        });
+  m.def("hyper_head_weights(Tensor x, Tensor phi, Tensor bias, Tensor alpha) -> Tensor", mhc::hyper_head_weights);
+  m.def("hyper_head(Tensor x, Tensor phi, Tensor bias, Tensor alpha) -> Tensor", mhc::hyper_head);
 }

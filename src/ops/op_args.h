@@ -74,11 +74,38 @@ const T* ptr_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+// The ops' C++ signatures, one per op as TORCH_LIBRARY declares it (op_schema.cpp): the types of
+// the dispatcher's handles, and of each backend's implementations that the templates below compose.
+using torch::Tensor;
+using PreFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                         c10::string_view, int64_t);
+using PreJointFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                      const Tensor&, c10::string_view, int64_t);
+using PreFwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                            const Tensor&, c10::string_view, int64_t);
+using PreBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view, int64_t,
+    const c10::optional<Tensor>&);
+using PostFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
+using PostBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                             const Tensor&);
+// boundary_fwd's and boundary_bwd's seven outputs.
+using BoundaryForward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using BoundaryBackward = BoundaryForward;
+using BoundaryFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                      const Tensor&, const Tensor&, const Tensor&,
+                                                                      const Tensor&, c10::string_view, int64_t);
+using BoundaryFwdFn = BoundaryForward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                      const Tensor&, const Tensor&, c10::string_view, int64_t);
+using BoundaryBwdFn = BoundaryBackward(const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
+                                       const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&,
+                                       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                       const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
+                                       int64_t);
+
 // `pre` is `pre_fwd` without the two tensors saved for the backward: pre_from<pre_fwd_BACKEND>.
-using PreFwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                                torch::Tensor>(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                               const torch::Tensor&, c10::string_view, int64_t);
-template <PreFwdKernel* pre_fwd>
+template <PreFwdFn* pre_fwd>
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> pre_from(const torch::Tensor& x,
                                                                                 const torch::Tensor& phi,
                                                                                 const torch::Tensor& bias,
@@ -89,7 +116,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> pre_from(
 }
 
 // `pre_joint` without autograd (inference mode): pre's outputs and x_post, an alias of x.
-template <PreFwdKernel* pre_fwd>
+template <PreFwdFn* pre_fwd>
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> pre_joint_from(
     const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias, const torch::Tensor& alpha,
     c10::string_view variant, int64_t t) {
@@ -97,23 +124,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
   return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), x.alias()};
 }
 
-// The kernels of each backend that the boundary ops are composed of, where they are not fused.
-using PostKernel = torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
-using PreBwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>(
-    const torch::Tensor&, const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
-    const c10::optional<torch::Tensor>&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-    const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, c10::string_view, int64_t,
-    const c10::optional<torch::Tensor>&);
-using PostBwdKernel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>(
-    const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
-
-// boundary_fwd's and boundary_bwd's seven outputs.
-using BoundaryForward = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                                   torch::Tensor, torch::Tensor>;
-using BoundaryBackward = BoundaryForward;
-
-// boundary_fwd as post then pre_fwd: (x_next, h, H_pre, H_post_next, H_res_next, proj, rms).
-template <PostKernel* post, PreFwdKernel* pre_fwd>
+// boundary_fwd as post then pre_fwd, where a backend does not fuse them: (x_next, h, H_pre,
+// H_post_next, H_res_next, proj, rms).
+template <PostFn* post, PreFwdFn* pre_fwd>
 BoundaryForward boundary_fwd_from(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                                   const torch::Tensor& H_res, const torch::Tensor& phi, const torch::Tensor& bias,
                                   const torch::Tensor& alpha, c10::string_view variant, int64_t t) {
@@ -124,7 +137,7 @@ BoundaryForward boundary_fwd_from(const torch::Tensor& x, const torch::Tensor& y
 
 // boundary_bwd as pre_bwd (x_next's gradient, with dx_next from its other use added) then post_bwd:
 // (dx, dy, dH_post, dH_res, dphi, dbias, dalpha).
-template <PreBwdKernel* pre_bwd, PostBwdKernel* post_bwd>
+template <PreBwdFn* pre_bwd, PostBwdFn* post_bwd>
 BoundaryBackward boundary_bwd_from(const torch::Tensor& dh, const c10::optional<torch::Tensor>& dH_pre,
                                    const c10::optional<torch::Tensor>& dH_post_next,
                                    const c10::optional<torch::Tensor>& dH_res_next,
@@ -140,10 +153,7 @@ BoundaryBackward boundary_bwd_from(const torch::Tensor& dh, const c10::optional<
 }
 
 // `boundary` is `boundary_fwd` without the saved proj and rms.
-using BoundaryFwdKernel = BoundaryForward(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                          const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                          const torch::Tensor&, c10::string_view, int64_t);
-template <BoundaryFwdKernel* boundary_fwd>
+template <BoundaryFwdFn* boundary_fwd>
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> boundary_from(
     const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post, const torch::Tensor& H_res,
     const torch::Tensor& phi, const torch::Tensor& bias, const torch::Tensor& alpha, c10::string_view variant,

@@ -65,11 +65,11 @@ Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, co
   check_storage(op, x);
   for (auto [name, t] : {std::pair{"phi", &phi}, {"bias", &bias}, {"alpha", &alpha}})
     check_like(op, name, *t, x, coefficient_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(sinkhorn_iters >= 0 && sinkhorn_iters <= kMaxSinkhornIters, op,
-                    ": sinkhorn_iters must be in [0, ", kMaxSinkhornIters, "], got ", sinkhorn_iters);
-  TORCH_CHECK_VALUE(variant != Variant::mhc_v4 || sinkhorn_iters >= 1, op,
-                    ": mhc-v4 needs sinkhorn_iters in [1, ", kMaxSinkhornIters,
-                    "] (its softmax is the first normalisation), got 0");
+  try {
+    check_sinkhorn_iters(variant, sinkhorn_iters);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, op, ": ", e.what());
+  }
   const int64_t n = x.size(1), C = x.size(2);
   TORCH_CHECK_VALUE(C >= 1, op, ": x's width C must be at least 1, got shape ", shape_of(x));
   Layout l;

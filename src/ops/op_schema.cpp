@@ -22,32 +22,7 @@ using ops::variant_or_throw;
 namespace {
 
 // ------------------------------------------------------------------------- dispatcher handles
-using PreFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                         const Tensor&, c10::string_view, int64_t);
-using PreFwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                                            const Tensor&, const Tensor&,
-                                                                            c10::string_view, int64_t);
-using PreJointFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                   const Tensor&, c10::string_view, int64_t);
-using PreBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
-    int64_t, const c10::optional<Tensor>&);
-using PostFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
-using PostBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                             const Tensor&, const Tensor&);
-
-using BoundaryFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                     const Tensor&, const Tensor&, const Tensor&,
-                                                                     const Tensor&, c10::string_view, int64_t);
-using BoundaryFwdFn = ops::BoundaryForward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                           const Tensor&, const Tensor&, c10::string_view, int64_t);
-using BoundaryBwdFn = ops::BoundaryBackward(const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
-                                            const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
-                                            int64_t);
-
+// A registered op, called through the dispatcher with its signature Fn (op_args.h's *Fn).
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
@@ -96,7 +71,7 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& phi, const Tensor& bias,
                                const Tensor& alpha, c10::string_view variant, int64_t t, bool joint) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto fwd = op<PreFwdFn>("mhc::pre_fwd");
+    static auto fwd = op<ops::PreFwdFn>("mhc::pre_fwd");
     auto [h, H_pre, H_post, H_res, proj, rms] = fwd.call(x, phi, bias, alpha, variant, t);
     ctx->save_for_backward({x, phi, bias, alpha, proj, rms});
     ctx->saved_data["variant"] = std::string(variant);
@@ -120,7 +95,7 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
           {s[0], s[1], s[2], s[3]}, grads, /*non_tensor_args=*/3);
     }
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto bwd = op<PreBwdFn>("mhc::pre_bwd");
+    static auto bwd = op<ops::PreBwdFn>("mhc::pre_bwd");
     const Tensor dh = grads[0].defined() ? grads[0] : torch::zeros({s[0].size(0), s[0].size(2)}, s[0].options());
     const c10::optional<Tensor> dx_post = joint && grads[4].defined() ? c10::optional<Tensor>(grads[4]) : c10::nullopt;
     auto [dx, dphi, dbias, dalpha] = bwd.call(dh, grads[1], grads[2], grads[3], s[0], s[1], s[2], s[3], s[4], s[5],
@@ -135,7 +110,7 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, const Tensor& H_post,
                         const Tensor& H_res) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto fwd = op<PostFn>("mhc::post");
+    static auto fwd = op<ops::PostFn>("mhc::post");
     ctx->save_for_backward({x, y, H_post, H_res});
     return fwd.call(x, y, H_post, H_res);
   }
@@ -147,7 +122,7 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
           [](const variable_list& in) { return variable_list{reference::post(in[0], in[1], in[2], in[3])}; }, s, grads,
           /*non_tensor_args=*/0);
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto bwd = op<PostBwdFn>("mhc::post_bwd");
+    static auto bwd = op<ops::PostBwdFn>("mhc::post_bwd");
     auto [dx, dy, dH_post, dH_res] = bwd.call(grads[0], s[0], s[1], s[2], s[3]);
     return {dx, dy, dH_post, dH_res};
   }
@@ -162,7 +137,7 @@ class BoundaryFunction : public torch::autograd::Function<BoundaryFunction> {
                                const Tensor& H_res, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
                                c10::string_view variant, int64_t t) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto fwd = op<BoundaryFwdFn>("mhc::boundary_fwd");
+    static auto fwd = op<ops::BoundaryFwdFn>("mhc::boundary_fwd");
     auto [x_next, h, H_pre, H_post_next, H_res_next, proj, rms] = fwd.call(x, y, H_post, H_res, phi, bias, alpha, variant, t);
     ctx->save_for_backward({x, y, H_post, H_res, phi, bias, alpha, x_next, proj, rms});
     ctx->saved_data["variant"] = std::string(variant);
@@ -178,12 +153,12 @@ class BoundaryFunction : public torch::autograd::Function<BoundaryFunction> {
       return differentiable_backward(
           [&](const variable_list& in) {
             const PreOutput o = reference::boundary(in[0], in[1], in[2], in[3], in[4], in[5], in[6], variant, t);
-            return variable_list{o.x_post, o.h, o.H_pre, o.H_post, o.H_res};
+            return variable_list{o.x_next, o.h, o.H_pre, o.H_post, o.H_res};
           },
           {s[0], s[1], s[2], s[3], s[4], s[5], s[6]}, grads, /*non_tensor_args=*/2);
     }
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto bwd = op<BoundaryBwdFn>("mhc::boundary_bwd");
+    static auto bwd = op<ops::BoundaryBwdFn>("mhc::boundary_bwd");
     const Tensor& x_next = s[7];
     const Tensor dh = grads[1].defined() ? grads[1] : torch::zeros({x_next.size(0), x_next.size(2)}, x_next.options());
     auto [dx, dy, dH_post, dH_res, dphi, dbias, dalpha] =
@@ -223,29 +198,29 @@ Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, con
 
 PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
               int64_t sinkhorn_iters) {
-  static auto handle = op<PreFn>("mhc::pre");
+  static auto handle = op<ops::PreFn>("mhc::pre");
   auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
-  return {h, H_pre, H_post, H_res, Tensor()};
+  return {h, H_pre, H_post, H_res, Tensor(), Tensor()};
 }
 
 PreOutput pre_joint(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
                     int64_t sinkhorn_iters) {
-  static auto handle = op<PreJointFn>("mhc::pre_joint");
+  static auto handle = op<ops::PreJointFn>("mhc::pre_joint");
   auto [h, H_pre, H_post, H_res, x_post] = handle.call(x, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
-  return {h, H_pre, H_post, H_res, x_post};
+  return {h, H_pre, H_post, H_res, x_post, Tensor()};
 }
 
 Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
-  static auto handle = op<PostFn>("mhc::post");
+  static auto handle = op<ops::PostFn>("mhc::post");
   return handle.call(x, y, H_post, H_res);
 }
 
 PreOutput boundary(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res, const Tensor& phi,
                    const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters) {
-  static auto handle = op<BoundaryFn>("mhc::boundary");
+  static auto handle = op<ops::BoundaryFn>("mhc::boundary");
   auto [x_next, h, H_pre, H_post_next, H_res_next] =
       handle.call(x, y, H_post, H_res, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
-  return {h, H_pre, H_post_next, H_res_next, x_next};
+  return {h, H_pre, H_post_next, H_res_next, Tensor(), x_next};
 }
 
 }  // namespace mhc

@@ -174,7 +174,7 @@ PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bi
   const Coefficients c = coefficients(x, projection_weights(phi_master, x_stored.scalar_type()), bias, alpha, variant,
                                       sinkhorn_iters);
   const Tensor h = (c.H_pre.unsqueeze(-1) * x).sum(1).to(x_stored.scalar_type());
-  return {h, c.H_pre, c.H_post, c.H_res, Tensor()};
+  return {h, c.H_pre, c.H_post, c.H_res, Tensor(), Tensor()};
 }
 
 Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
@@ -186,7 +186,7 @@ PreOutput boundary(const Tensor& x, const Tensor& y, const Tensor& H_post, const
                    const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters) {
   const Tensor x_next = reference::post(x, y, H_post, H_res);
   PreOutput out = reference::pre(x_next, phi, bias, alpha, variant, sinkhorn_iters);
-  out.x_post = x_next;
+  out.x_next = x_next;
   return out;
 }
 

@@ -107,7 +107,7 @@ template <typename T>
 void boundary_backward(const PostInputs<T>& post, const PostGradients<T>& post_grads, const PreBackwardParams<T>& pre);
 
 // The FMA throughput of `threads` threads in GFLOP/s (2 per multiply-add, 32-byte vectors): the
-// arithmetic ceiling of the projection GEMMs (peak.cpp).
+// arithmetic ceiling of the projection GEMMs (peak.cpp; public as mhc::cpu_fma_peak_gflops, mhc/machine.h).
 double fma_peak_gflops(int threads);
 
 }  // namespace mhc::cpu

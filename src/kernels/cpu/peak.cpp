@@ -1,6 +1,7 @@
 // The machine's arithmetic ceiling for the CPU kernels: fused multiply-adds per second on 32-byte
 // vectors, every thread busy, no memory traffic. `mhc bench layer` divides a case's projection
-// FLOPs by it (the FMA bound), beside the copy bound for its bytes.
+// FLOPs by it (the FMA bound), beside the copy bound for its bytes, through the op library's
+// mhc::cpu_fma_peak_gflops (mhc/machine.h).
 #include <omp.h>
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // Helpers shared by the CPU kernels: a 32-byte vector type, the thread count (and the compile-time
-// stream count of ../coefficients.h).
+// stream count of ../streams.h).
 //
 // GCC's vector extensions keep the kernels portable (AVX2 with -march=native, SSE pairs
 // otherwise) while letting us hold accumulators in registers explicitly.
@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "../coefficients.h"
+#include "../streams.h"
 
 namespace mhc::cpu {
 

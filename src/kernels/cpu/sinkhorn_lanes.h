@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../variants/mhc.h"
 #include "simd.h"
 
 namespace mhc::cpu {

@@ -1,9 +1,9 @@
 // What every variant's per-token coefficient math shares (DESIGN.md §2–3): the per-call view of
-// the parameters, one token's coefficients, the compile-time stream count, and the σ family —
-// mHC, mHC-lite, KromHC, identity-HC (every variant whose H_pre and H_post are σ and 2σ of
-// α·g/r + b, differing only in H_res), written once with the H_res map as a parameter. A few dozen
-// numbers per token, so plain scalar code, compiled for the CPU kernels and, under nvcc, for the
-// CUDA kernels (MHC_HD): both backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_v4.h,
+// the parameters, one token's coefficients, and the σ family — mHC, mHC-lite, KromHC, identity-HC
+// (every variant whose H_pre and H_post are σ and 2σ of α·g/r + b, differing only in H_res),
+// written once with the H_res map as a parameter. A few dozen numbers per token, so plain scalar
+// code, compiled for the CPU kernels and, under nvcc, for the CUDA kernels (MHC_HD, ../streams.h,
+// with the compile-time stream count): both backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_v4.h,
 // mhc_lite.h, kromhc.h, ihc.h) specialises VariantMath; ../coefficients.h turns the runtime variant into it.
 #pragma once
 
@@ -12,38 +12,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
+#include "../streams.h"
 #include "mhc/variant.h"
 
-#ifdef __CUDACC__
-#define MHC_HD __host__ __device__
-#else
-#define MHC_HD
-#endif
-
 namespace mhc::kernels {
-
-// Calls f(std::integral_constant<int, n>{}) for the runtime stream count n ≤ Most: per-token loops
-// over streams unroll fully, and their accumulators stay in registers, when n is a constant.
-template <int Most = kMaxStreams, int N = 1, typename F>
-MHC_HD void with_streams(int n, F&& f) {
-  if constexpr (N < Most) {
-    if (n != N) return with_streams<Most, N + 1>(n, f);
-  }
-  return f(std::integral_constant<int, N>{});
-}
-
-// The streams up to which per-token coefficient loops are unrolled (with_unrolled_streams).
-constexpr int kUnrolledStreams = 8;
-
-// f(std::integral_constant<int, n>{}) for n ≤ kUnrolledStreams, else f(n): code written over
-// `auto N` unrolls where n is small and stays one loop where it is not.
-template <typename F>
-MHC_HD void with_unrolled_streams(int n, F&& f) {
-  if (n <= kUnrolledStreams) return with_streams<kUnrolledStreams>(n, f);
-  return f(n);
-}
 
 // What the coefficient math of one call needs (a view: the permutation table lives elsewhere).
 template <typename T>
