@@ -9,6 +9,10 @@
     plots.py depth OUT_PNG NAME=RUN_DIR ...      the final composite gain vs the number of blocks, per
                                                  variant (RUN_DIR/config.json gives both)
 
+compare and depth read the runs' metrics.jsonl, whose keys the C++ run log defines alone
+(src/train/run_log.cpp, log_keys()): `mhc` passes them as `--log-keys JSON` before the command, and
+`mhc train --print-log-keys` prints them for a script that runs this one itself.
+
 Runs named VARIANT-seedS are seeds of one variant: drawn as their mean with a band for the spread,
 min–max below 3 seeds and mean ± the sample standard deviation from 3 (the rule of `mhc compare`).
 
@@ -219,6 +223,10 @@ def streams_vs_depth(groups, n, title, path):
 
 # ---- compare ---------------------------------------------------------------------------------------
 
+# The keys of a metrics.jsonl line by role ("step", "loss", "val_loss", "grad_norm", "diagnostics",
+# "collapse"), from --log-keys.
+LOG = {}
+
 
 def read_metrics(run_dir):
     lines = []
@@ -274,17 +282,17 @@ def by_variant(metrics):
 
 def over_steps(runs, value):
     """The steps every seed logged value(line) at (not None), and each seed's values there."""
-    per_seed = [{j["step"]: value(j) for j in m if value(j) is not None} for m in runs]
+    per_seed = [{j[LOG["step"]]: value(j) for j in m if value(j) is not None} for m in runs]
     steps = sorted(set.intersection(*(set(p) for p in per_seed)))
     return steps, [[p[s] for s in steps] for p in per_seed]
 
 
 def last_diags(runs):
     """Each seed's last diagnostics record, and the step of the first seed's; None without any."""
-    lasts = [[j for j in m if "diag" in j][-1:] for m in runs]
+    lasts = [[j for j in m if LOG["diagnostics"] in j][-1:] for m in runs]
     if not all(lasts):
         return None, None
-    return [l[0]["diag"] for l in lasts], lasts[0][0]["step"]
+    return [l[0][LOG["diagnostics"]] for l in lasts], lasts[0][0][LOG["step"]]
 
 
 def has_streams(seeds):
@@ -306,8 +314,8 @@ def compare(out, runs):
         decorate(ax, title, "step", ylabel)
         save(fig, os.path.join(out, path))
 
-    over_training("val_loss.png", lambda j: j.get("val_loss"), "validation loss", "validation loss (nats)")
-    over_training("grad_norm.png", lambda j: j.get("grad_norm"), "gradient norm",
+    over_training("val_loss.png", lambda j: j.get(LOG["val_loss"]), "validation loss", "validation loss (nats)")
+    over_training("grad_norm.png", lambda j: j.get(LOG["grad_norm"]), "gradient norm",
                   "global L2 gradient norm before clipping (log scale)", log=True, markers=False)
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
@@ -325,7 +333,8 @@ def compare(out, runs):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
     for ax, key, title in ((axes[0], "fwd", "forward"), (axes[1], "bwd", "backward")):
         for variant, seeds in groups:
-            steps, rows = over_steps(seeds, lambda j: max(j["diag"]["composite_%s_max" % key]) if "diag" in j else None)
+            diag = LOG["diagnostics"]
+            steps, rows = over_steps(seeds, lambda j: max(j[diag]["composite_%s_max" % key]) if diag in j else None)
             if steps:
                 band(ax, steps, rows, variant)
         gain_axes(ax, "largest composite %s gain over depth,\nduring training" % title, "step",
@@ -346,7 +355,8 @@ def compare(out, runs):
             (axes[1], "largest_share", "largest stream share", "largest share (mean over sublayers 1…L−1)",
              "collapse-share")):
         for variant, seeds in with_streams:
-            steps, rows = over_steps(seeds, lambda j: j["collapse"][key] if "collapse" in j else None)
+            collapse = LOG["collapse"]
+            steps, rows = over_steps(seeds, lambda j: j[collapse][key] if collapse in j else None)
             if steps:
                 band(ax, steps, rows, variant)
         if hyper and setting in hyper[0]:  # run settings: the first run's stand for all
@@ -369,8 +379,8 @@ def depth(path, runs):
     points = {}  # variant -> {blocks: [gain of each seed]}
     for name, run_dir in runs:
         config = config_of(run_dir)
-        diags = [j for j in read_metrics(run_dir) if "diag" in j]
-        gain = max(max(diags[-1]["diag"]["composite_fwd_max"]), max(diags[-1]["diag"]["composite_bwd_max"])) \
+        diags = [j[LOG["diagnostics"]] for j in read_metrics(run_dir) if LOG["diagnostics"] in j]
+        gain = max(max(diags[-1]["composite_fwd_max"]), max(diags[-1]["composite_bwd_max"])) \
             if diags else 1.0  # the plain residual: the identity
         points.setdefault(variant_in(config), {}).setdefault(config["layers"], []).append(gain)
     fig, ax = plt.subplots(figsize=(7, 4.8))
@@ -393,6 +403,11 @@ def depth(path, runs):
 
 
 def main(argv):
+    if len(argv) >= 2 and argv[0] == "--log-keys":
+        LOG.update(json.loads(argv[1]))
+        argv = argv[2:]
+    if argv[:1] in (["compare"], ["depth"]) and not LOG:
+        sys.exit("plots.py %s: give --log-keys (`mhc train --print-log-keys` prints them)" % argv[0])
     if len(argv) == 3 and argv[0] == "analyze":
         analyze(argv[1], argv[2])
     elif len(argv) >= 3 and argv[0] == "compare":

@@ -39,7 +39,8 @@ for blocks in "${depths[@]}"; do
     "${flags[@]}" --out "$out/depth-$blocks"
   for variant in "${hyper[@]}"; do depth_runs+=("$variant=$out/depth-$blocks/$variant"); done
 done
-"${MHC_PYTHON:-.venv/bin/python}" scripts/plots.py depth "$out/depth.png" "${depth_runs[@]}"
+"${MHC_PYTHON:-.venv/bin/python}" scripts/plots.py --log-keys "$("$mhc" train --print-log-keys)" depth "$out/depth.png" \
+  "${depth_runs[@]}"
 
 mkdir -p "$docs"
 cp "$out/seeds/report.md" "$out/seeds"/*.png "$out/depth.png" "$docs/"

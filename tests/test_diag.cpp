@@ -10,6 +10,7 @@
 
 #include "mhc/diag.h"
 #include "mhc/ops.h"
+#include "mhc/run_log.h"
 
 namespace mhc::test {
 namespace {
@@ -218,7 +219,7 @@ TEST(StreamDiagnostics, DiagnoseReadsTheRecordedStates) {
     EXPECT_NEAR(s.pre_entropy, std::log(4.0), 1e-12);
     EXPECT_NEAR(s.post_entropy, std::log(4.0), 1e-12);
   }
-  const std::string json = diag::to_json(d);
+  const std::string json = diag::to_json(d).dump();
   for (const char* key : {"share_max", "share_min", "effective_rank", "h_res_to_identity", "h_res_to_uniform",
                           "pre_entropy", "post_entropy"})
     EXPECT_NE(json.find(std::string("\"") + key + "\""), std::string::npos) << key;
@@ -251,7 +252,7 @@ TEST(CollapseAlarm, OneDominantStreamTripsItAfterKDiagnostics) {
       << alarm.warning(50);
   EXPECT_FALSE(alarm.observe(dominant));  // warned once per episode, still firing
   EXPECT_TRUE(alarm.firing());
-  EXPECT_NE(alarm.to_json().find("\"streak\":6,\"alarm\":true"), std::string::npos) << alarm.to_json();
+  EXPECT_NE(alarm.to_json().dump().find("\"streak\":6,\"alarm\":true"), std::string::npos) << alarm.to_json();
   // One healthy diagnostic breaks the streak; the count starts again.
   EXPECT_FALSE(alarm.observe(summary_of(orthogonal_streams({1, 1, 1, 1}))));
   EXPECT_FALSE(alarm.firing());
@@ -278,13 +279,13 @@ TEST(CollapseAlarm, IdenticalStreamsTripItByRankAndOneStreamNever) {
 
 TEST(CollapseAlarm, AResumedRunContinuesTheStreakOfItsMetrics) {
   const std::string path = testing::TempDir() + "collapse_metrics.jsonl";
-  EXPECT_EQ(diag::collapse_streak(path + ".missing"), 0);
+  EXPECT_EQ(train::collapse_streak(path + ".missing"), 0);
   std::ofstream(path) << "{\"step\":10,\"collapse\":{\"streak\":1,\"alarm\":false}}\n"
                       << "{\"step\":15}\n"
                       << "{\"step\":20,\"collapse\":{\"streak\":2,\"alarm\":false}}\n"
                       << "{\"step\":21,\"loss\":";  // a line cut by a crash
-  EXPECT_EQ(diag::collapse_streak(path), 2);
-  diag::CollapseAlarm alarm({1.2, 0.9, 3}, diag::collapse_streak(path));
+  EXPECT_EQ(train::collapse_streak(path), 2);
+  diag::CollapseAlarm alarm({1.2, 0.9, 3}, train::collapse_streak(path));
   EXPECT_TRUE(alarm.observe(summary_of(orthogonal_streams({6, 1, 1, 1}))));  // the third in a row
 }
 

@@ -10,8 +10,9 @@
 #include "helpers.h"
 #include "mhc/live_bytes.h"
 #include "mhc/model.h"
+#include "mhc/optimizer.h"
 #include "mhc/recompute.h"
-#include "mhc/train.h"
+#include "mhc/trainer.h"
 
 namespace mhc::test {
 namespace {

@@ -12,8 +12,11 @@
 #include <nlohmann/json.hpp>
 
 #include "helpers.h"
+#include "mhc/checkpoint.h"
+#include "mhc/data.h"
 #include "mhc/files.h"
-#include "mhc/train.h"
+#include "mhc/optimizer.h"
+#include "mhc/settings.h"
 
 namespace fs = std::filesystem;
 

@@ -173,7 +173,7 @@ if want diag; then
 
   "$mhc" analyze --ckpt "$work/diag" > "$work/analyze.txt" 2>&1 || fail "analyze: $(tail -1 "$work/analyze.txt")"
   grep -q "^mlp 1 " "$work/analyze.txt" || fail "analyze: no row for sublayer 'mlp 1' in: $(cat "$work/analyze.txt")"
-  grep -q "^sublayer   share max  share min   eff rank" "$work/analyze.txt" || fail "analyze: no stream table in: $(cat "$work/analyze.txt")"
+  grep -q "^sublayer *share max *share min *eff rank" "$work/analyze.txt" || fail "analyze: no stream table in: $(cat "$work/analyze.txt")"
   grep -q "^streams, means over sublayers 1..L-1: effective rank .*: not collapsed" "$work/analyze.txt" ||
     fail "analyze: no collapse verdict in: $(cat "$work/analyze.txt")"
   pngs_valid "$work/diag/analysis/"{gain_vs_depth,h_res_mean,sinkhorn_error,streams}.png || fail "analyze: missing or invalid plots"

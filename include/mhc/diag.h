@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "mhc/data.h"
@@ -99,7 +100,7 @@ torch::Tensor probe_tokens(const data::WindowSampler& validation, int64_t window
 //    "row_error", "col_error", "min_entry", "pre_min", "pre_max", "post_min", "post_max",
 //    "share_max", "share_min", "effective_rank", "h_res_to_identity", "h_res_to_uniform",
 //    "pre_entropy", "post_entropy"}
-std::string to_json(const std::vector<SublayerDiagnostics>& diagnostics);
+nlohmann::ordered_json to_json(const std::vector<SublayerDiagnostics>& diagnostics);
 
 // The per-sublayer tables `mhc analyze` prints: signal gains, then stream diagnostics.
 std::string table(const std::vector<SublayerDiagnostics>& diagnostics);
@@ -145,7 +146,9 @@ class CollapseAlarm {
   bool firing() const { return streak_ >= thresholds_.after; }
   // The last summary and the alarm's state, as logged in metrics.jsonl under "collapse":
   //   {"effective_rank": …, "largest_share": …, "streak": k, "alarm": true|false}
-  std::string to_json() const;
+  nlohmann::ordered_json to_json() const;
+  // The streak in such a logged value (0 for null): where a resumed run's alarm continues counting.
+  static int64_t logged_streak(const nlohmann::ordered_json& logged);
   // The one-line training-log warning for the last summary, at `step`.
   std::string warning(int64_t step) const;
 
@@ -154,10 +157,6 @@ class CollapseAlarm {
   int64_t streak_;
   StreamSummary last_;
 };
-
-// The streak of the last "collapse" record in a metrics.jsonl (0 when there is none, or no file):
-// where a resumed run's alarm continues counting.
-int64_t collapse_streak(const std::string& metrics_path);
 
 // For each mHC (or mhc-v4) sublayer of the model, the doubly-stochastic error max(row, column) of H_res
 // recomputed from the recorded inputs with t Sinkhorn–Knopp iterations, for each t in `iterations`:

@@ -1,4 +1,4 @@
-// A run's checkpoint: what run_training writes into a Checkpoint (the file layer, mhc/train.h) and
+// A run's checkpoint: what run_training writes into a Checkpoint (the file layer, mhc/checkpoint.h) and
 // reads back, in one place (src/train/run_state.cpp), every key written next to where it is read
 // and checked. Tensors: model/<parameter>, adam_m/<parameter>, adam_v/<parameter>, tokenizer (its
 // bytes), rng/torch_cpu; metadata: step, data_position, bad_steps, adam_steps, tokenizer (its
@@ -11,9 +11,30 @@
 
 #include "mhc/data.h"
 #include "mhc/model.h"
-#include "mhc/train.h"
+#include "mhc/checkpoint.h"
+#include "mhc/optimizer.h"
+#include "mhc/settings.h"
 
 namespace mhc::train {
+
+// The settings and step of a checkpoint written by run_training, from its header alone.
+struct RunInfo {
+  Settings settings;
+  int64_t step = 0;
+};
+RunInfo read_run_info(const std::string& checkpoint_path);
+
+// What sampling and evaluation need from a finished run.
+struct LoadedRun {
+  Settings settings;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  GPT model{nullptr};
+  int64_t step = 0;
+};
+LoadedRun load_run(const std::string& checkpoint_path);
+// The run's corpus tokenized with its own tokenizer, which moves into the result (data_dir empty:
+// the run's).
+data::TokenizedCorpus run_corpus(LoadedRun& run, const std::string& data_dir, int threads);
 
 // What a run's checkpoint holds besides the weights, the AdamW moments and the RNG state.
 struct RunState : RunInfo {

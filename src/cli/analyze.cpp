@@ -12,7 +12,7 @@
 #include "commands.h"
 #include "mhc/diag.h"
 #include "mhc/files.h"
-#include "mhc/train.h"
+#include "mhc/run_state.h"
 #include "plots.h"
 #include "run_settings.h"
 
@@ -23,7 +23,7 @@ namespace mhc::cli {
 namespace {
 
 // Counts the numbers under `j` (all of them in *total) that are not finite: NaN and inf as such, or
-// as the null that nlohmann's dump() writes for them (diag::to_json's text has been through it).
+// as the null that nlohmann's dump() writes for them.
 int64_t non_finite_numbers(const nlohmann::ordered_json& j, int64_t* total) {
   if (j.is_null()) return ++*total, 1;
   if (j.is_number_float()) return ++*total, std::isfinite(j.get<double>()) ? 0 : 1;
@@ -49,6 +49,11 @@ void report_non_finite(const nlohmann::ordered_json& report) {
               << "): the probe overflows in the forward pass; they are null in analysis.json and left out of the plots\n";
 }
 
+enum class Source { run, deepseek_v4 };
+// Which source --ckpt or --deepseek-v4 names (exactly one), with each source's own flags only.
+Source checked_source(const Args& a);
+void analyze_run(const Args& a);
+
 }  // namespace
 
 int analyze(const std::vector<std::string>& argv) {
@@ -60,14 +65,23 @@ int analyze(const std::vector<std::string>& argv) {
          "(safetensors shards or a folder of them; only those tensors are read), on random probe states.");
   declare_checkpoint_flag(a);
   a.flag("deepseek-v4", "", "DeepSeek-V4 safetensors files or folders (comma-separated), native or Hugging Face names")
-      .flag("probe-tokens", "256", "--deepseek-v4: probe states, i.i.d. standard normal")
-      .flag("seed", "0", "--deepseek-v4: the probe states' seed")
+      .flag("probe-tokens", "256", "--deepseek-v4: probe states, i.i.d. standard normal", IntegerRange{1, 1 << 20})
+      .flag("seed", "0", "--deepseek-v4: the probe states' seed", IntegerRange{0, INT64_MAX})
       .flag("out", "", "where to write analysis.json and the plots (default: <run folder>/analysis; with "
             "--deepseek-v4: runs/deepseek-v4-analysis)")
-      .flag("probe-batch", "", "validation windows in the probe batch (default: the run's --diag-batch)")
+      .flag("probe-batch", "", "validation windows in the probe batch (default: the run's --diag-batch)",
+            train::setting_spec("diag-batch").range)
       .flag("data-dir", "", "where the corpus and token caches are (default: the run's)");
   declare_threads_flag(a);
   if (!a.parse(argv)) return 0;
+  if (checked_source(a) == Source::deepseek_v4) return analyze_deepseek_v4(a);
+  analyze_run(a);
+  return 0;
+}
+
+namespace {
+
+Source checked_source(const Args& a) {
   const bool v4 = !a.str("deepseek-v4").empty();
   if (v4 == !a.str("ckpt").empty())
     throw std::invalid_argument(std::string("mhc analyze: ") + (v4 ? "give --ckpt or --deepseek-v4, not both" :
@@ -78,15 +92,18 @@ int analyze(const std::vector<std::string>& argv) {
       throw std::invalid_argument(std::string("mhc analyze: --") + flag + " applies to " +
                                   (v4_flag ? "--deepseek-v4" : "--ckpt") + " only");
   }
-  if (v4) return analyze_deepseek_v4(a);
+  return v4 ? Source::deepseek_v4 : Source::run;
+}
+
+// The probe of a trained run: its tables on stdout, analysis.json and the plots.
+void analyze_run(const Args& a) {
   const RunToRead target = run_to_read(a);
   const std::string& path = target.checkpoint;
   const std::string out = a.str("out").empty() ? (fs::path(path).parent_path() / "analysis").string() : a.str("out");
   ensure_writable_dir(out);
 
   auto run = train::load_run(path);
-  const int64_t windows = a.str("probe-batch").empty() ? run.settings.integer("diag-batch", 1, 1 << 20)
-                                                       : a.integer("probe-batch", 1, 1 << 20);
+  const int64_t windows = a.str("probe-batch").empty() ? run.settings.integer("diag-batch") : a.integer("probe-batch");
   const auto corpus = train::run_corpus(run, a.str("data-dir"), target.threads);
   const data::WindowSampler val(corpus.val, run.model->config().seq_len, 0, "validation");
   const auto [tokens, targets] = val.ordered(0, std::min(windows, val.windows()));
@@ -112,15 +129,14 @@ int analyze(const std::vector<std::string>& argv) {
     std::cout << "the plain residual has no H_res to analyse: its residual map is the identity (x + F(x)), so every\n"
                  "single-layer and composite gain is exactly 1 and there is no doubly-stochastic error\n";
     write_analysis(out, report, /*plots=*/false);
-    return 0;
+    return;
   }
   const auto diagnostics = diag::diagnose(records);
   std::cout << diag::table(diagnostics);
   // The alarm's test of this one diagnostic, with the run's thresholds (a run written before they
   // existed gets the defaults).
-  const diag::CollapseThresholds thresholds{run.settings.real("collapse-rank", 0, 1e6),
-                                            run.settings.real("collapse-share", 0, 1),
-                                            run.settings.integer("collapse-after", 1, INT64_MAX)};
+  const diag::CollapseThresholds thresholds{run.settings.real("collapse-rank"), run.settings.real("collapse-share"),
+                                            run.settings.integer("collapse-after")};
   const diag::StreamSummary streams = diag::summarize_streams(diagnostics);
   const bool collapsed = diag::collapsed(streams, thresholds);
   std::cout << "\nstreams, means over sublayers 1..L-1: effective rank " << streams.effective_rank << ", largest share "
@@ -131,7 +147,7 @@ int analyze(const std::vector<std::string>& argv) {
   const std::vector<int64_t> iterations = {1, 2, 5, 10, 20, 50};
   nlohmann::json mean_h_res = nlohmann::json::array();
   for (const auto& r : records) mean_h_res.push_back(mean_matrix(r.mix.H_res));
-  report["diag"] = nlohmann::ordered_json::parse(diag::to_json(diagnostics));
+  report["diag"] = diag::to_json(diagnostics);
   report["stream_summary"] = {{"effective_rank", streams.effective_rank},
                        {"largest_share", streams.largest_share},
                        {"collapsed", collapsed},
@@ -141,8 +157,9 @@ int analyze(const std::vector<std::string>& argv) {
   report["sinkhorn"] = {{"iterations", iterations},
                         {"error", diag::sinkhorn_errors(run.model, records, iterations)}};
   write_analysis(out, report);
-  return 0;
 }
+
+}  // namespace
 
 nlohmann::json mean_matrix(const torch::Tensor& H_res) {
   const int64_t n = H_res.size(-1);

@@ -10,15 +10,15 @@
 
 namespace mhc::cli {
 
-Args& Args::flag(const std::string& name, const std::string& default_value, const std::string& help) {
+Args& Args::flag(const std::string& name, const std::string& default_value, const std::string& help, ValueRange range) {
   order_.push_back(name);
-  flags_[name] = {default_value, help, false};
+  flags_[name] = {default_value, help, false, range};
   return *this;
 }
 
 Args& Args::toggle(const std::string& name, const std::string& help) {
   order_.push_back(name);
-  flags_[name] = {"false", help, true};
+  flags_[name] = {"false", help, true, {}};
   return *this;
 }
 
@@ -101,14 +101,18 @@ std::string Args::unknown_flag_message(const std::string& name, const std::strin
   return head + " (accepted: " + known + ")";
 }
 
-double Args::real(const std::string& name, double min, double max) const {
-  return parse_real("--" + name, get(name).value, min, max);
-}
+double Args::real(const std::string& name) const { return parse_real("--" + name, get(name).value, get(name).range); }
 
 bool Args::on(const std::string& name) const { return get(name).value == "true"; }
 
-int64_t Args::integer(const std::string& name, int64_t min, int64_t max) const {
-  return parse_integer("--" + name, get(name).value, min, max);
+int64_t Args::integer(const std::string& name) const {
+  return parse_integer("--" + name, get(name).value, get(name).range);
+}
+
+std::vector<int64_t> Args::integers(const std::string& name) const {
+  std::vector<int64_t> out;
+  for (const std::string& item : list(name)) out.push_back(parse_integer("--" + name, item, get(name).range));
+  return out;
 }
 
 std::vector<std::string> Args::list(const std::string& name) const {

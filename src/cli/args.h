@@ -16,8 +16,9 @@ class Args {
  public:
   Args(std::string command, std::string summary) : command_(std::move(command)), summary_(std::move(summary)) {}
 
-  // Declare before parse(). A switch takes no value and defaults to false.
-  Args& flag(const std::string& name, const std::string& default_value, const std::string& help);
+  // Declare before parse(). A number's range is declared with its flag and read by integer() and
+  // real(). A switch takes no value and defaults to false.
+  Args& flag(const std::string& name, const std::string& default_value, const std::string& help, ValueRange range = {});
   Args& toggle(const std::string& name, const std::string& help);
   // --old_name is read as --name (an earlier spelling kept working); declare name first.
   Args& alias(const std::string& old_name, const std::string& name);
@@ -27,11 +28,12 @@ class Args {
   bool parse(const std::vector<std::string>& argv);
 
   std::string str(const std::string& name) const;
-  int64_t integer(const std::string& name, int64_t min, int64_t max) const;
-  double real(const std::string& name, double min, double max) const;
+  int64_t integer(const std::string& name) const;
+  double real(const std::string& name) const;
   bool on(const std::string& name) const;
-  // A comma-separated list ("512,1024").
+  // A comma-separated list ("512,1024"), and one of whole numbers, each in the flag's range.
   std::vector<std::string> list(const std::string& name) const;
+  std::vector<int64_t> integers(const std::string& name) const;
 
   std::string help() const;
   const std::string& command() const { return command_; }
@@ -49,6 +51,7 @@ class Args {
   struct Flag {
     std::string value, help;
     bool is_toggle;
+    ValueRange range;
   };
   const Flag& get(const std::string& name) const;
   std::string command_, summary_;
@@ -57,8 +60,5 @@ class Args {
   std::map<std::string, std::string> aliases_;  // old name -> name
   std::set<std::string> given_;
 };
-
-using mhc::parse_integer;
-using mhc::parse_real;
 
 }  // namespace mhc::cli

@@ -1,4 +1,5 @@
-// What the `mhc bench` commands share: wall-clock timing, the median, the machine's name.
+// What the `mhc bench` commands share: wall-clock timing, the median, the machine's name, and the
+// table style their flags choose.
 #pragma once
 
 #include <algorithm>
@@ -6,6 +7,9 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "args.h"
+#include "mhc/table.h"
 
 namespace mhc::cli {
 
@@ -24,6 +28,13 @@ inline std::string cpu_model() {
   for (std::string line; std::getline(f, line);)
     if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   return "unknown CPU";
+}
+
+// --json (one object per row) or --markdown (for docs/benchmarks.md), else aligned text; both at
+// once are refused.
+inline TableStyle table_style(const Args& a) {
+  if (a.on("json") && a.on("markdown")) throw std::invalid_argument(a.command() + ": choose one of --json, --markdown");
+  return a.on("json") ? TableStyle::json : a.on("markdown") ? TableStyle::markdown : TableStyle::text;
 }
 
 }  // namespace mhc::cli

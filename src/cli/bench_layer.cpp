@@ -34,17 +34,16 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
-#include <iomanip>
 #include <iostream>
-#include <sstream>
 
 #include "args.h"
 #include "bench_common.h"
 #include "commands.h"
-#include "../kernels/cpu/cpu_kernels.h"
+#include "mhc/machine.h"
 #include "mhc/module.h"
 #include "mhc/ops.h"
-#include "mhc/train.h"
+#include "mhc/settings.h"
+#include "run_settings.h"
 
 namespace mhc::cli {
 namespace {
@@ -177,6 +176,20 @@ Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int
           median(ops_s)};
 }
 
+// The rows' columns, named for the timed path and the one it is compared with; JSON keys as
+// scripts read them.
+Table layer_table(const std::string& timed, const std::string& other, TableStyle style) {
+  const Format ms = Format::fixed(2);
+  return Table({{"variant", "variant"}, {"n", "streams"}, {"C", "dim"}, {"tokens", "tokens"}, {"", "device"},
+                     {"", "dtype"}, {"", "threads"}, {timed + " ms", timed + "_ms", ms}, {other + " ms", other + "_ms", ms},
+                     {"", timed + "_ops_ms"}, {"speedup", "speedup", Format::ratio(1)},
+                     {timed + " tokens/s", timed + "_tokens_per_s", Format::fixed(0)},
+                     {timed + " GB/s", timed + "_gb_per_s", Format::fixed(1)}, {"% of copy", "", Format::percent(0)},
+                     {"", "copy_gb_per_s"}, {"copy-bound ms", "copy_bound_ms", ms}, {"", "fma_gflops"},
+                     {"FMA-bound ms", "fma_bound_ms", ms}, {timed + " / bound", "bound_ratio", Format::fixed(2)}},
+               style);
+}
+
 }  // namespace
 
 int bench_layer(const std::vector<std::string>& argv) {
@@ -185,32 +198,29 @@ int bench_layer(const std::vector<std::string>& argv) {
             "with --boundary, of two sublayers' with their boundary fused vs the unfused pair.");
   args.flag("variant", "mhc", std::string("variants, comma-separated (") + variant_names() + ")")
       .alias("kind", "variant")
-      .flag("tokens", "4096", "tokens N = batch x sequence")
-      .flag("streams", "4", "stream counts n, comma-separated (residual always uses 1)")
-      .flag("dim", "512", "widths C, comma-separated")
+      .flag("tokens", "4096", "tokens N = batch x sequence", IntegerRange{1, 1 << 24})
+      .flag("streams", "4", "stream counts n, comma-separated (residual always uses 1)", IntegerRange{1, kMaxStreams})
+      .flag("dim", "512", "widths C, comma-separated", IntegerRange{1, 1 << 20})
       .flag("device", "cpu", "where to run: cpu, cuda, cuda:N")
       .flag("dtype", "float32", "storage of x and y: float32, bfloat16 (parameters and coefficients stay float32)")
-      .flag("threads", std::to_string(omp_get_num_procs()), "CPU threads for the kernels and LibTorch")
-      .flag("sinkhorn-iters", "20", "Sinkhorn-Knopp iterations t (mhc, mhc-v4)")
-      .flag("warmup", "2", "untimed repetitions first")
-      .flag("reps", "7", "timed repetitions (median reported; at least 5)")
+      .flag("sinkhorn-iters", "20", "Sinkhorn-Knopp iterations t (mhc, mhc-v4)", train::setting_spec("sinkhorn-iters").range)
+      .flag("warmup", "2", "untimed repetitions first", IntegerRange{0, 1000})
+      .flag("reps", "7", "timed repetitions (median reported; at least 5)", IntegerRange{5, 10000})
       .toggle("boundary", "time two consecutive sublayers, post and pre fused at their boundary, against the unfused pair")
       .toggle("json", "one JSON object per case instead of a table")
       .toggle("markdown", "a Markdown table (for docs/benchmarks.md)");
+  declare_threads_flag(args);
   if (!args.parse(argv)) return 0;
+  const TableStyle style = table_style(args);
 
   std::vector<Variant> variants;
   for (const auto& k : args.list("variant")) variants.push_back(parse_variant(k));
-  std::vector<int64_t> dims;
-  for (const auto& d : args.list("dim")) dims.push_back(parse_integer("--dim", d, 1, 1 << 20));
-  std::vector<int64_t> stream_counts;
-  for (const auto& s : args.list("streams")) stream_counts.push_back(parse_integer("--streams", s, 1, kMaxStreams));
-  const int64_t N = args.integer("tokens", 1, 1 << 24);
-  const int threads = static_cast<int>(args.integer("threads", 1, 1024));
-  const int64_t t = args.integer("sinkhorn-iters", 0, kMaxSinkhornIters);
-  const int warmup = static_cast<int>(args.integer("warmup", 0, 1000));
-  const int reps = static_cast<int>(args.integer("reps", 5, 10000));
-  if (args.on("json") && args.on("markdown")) throw std::invalid_argument("mhc bench layer: choose one of --json, --markdown");
+  const std::vector<int64_t> dims = args.integers("dim"), stream_counts = args.integers("streams");
+  const int64_t N = args.integer("tokens");
+  const int threads = static_cast<int>(args.integer("threads"));
+  const int64_t t = args.integer("sinkhorn-iters");
+  const int warmup = static_cast<int>(args.integer("warmup"));
+  const int reps = static_cast<int>(args.integer("reps"));
   // The stream counts each variant runs at: every one asked for (each must be accepted), 1 for residual.
   auto streams_of = [&](Variant k) { return k == Variant::residual ? std::vector<int64_t>{1} : stream_counts; };
   for (Variant k : variants)
@@ -221,7 +231,7 @@ int bench_layer(const std::vector<std::string>& argv) {
 
   torch::set_num_threads(threads);
   const double copy_gbs = copy_bandwidth_gbs(device, threads);
-  const double fma_gflops = device.is_cpu() ? cpu::fma_peak_gflops(threads) : 0.0;
+  const double fma_gflops = device.is_cpu() ? cpu_fma_peak_gflops(threads) : 0.0;
   const std::string machine =
       device.is_cuda() ? gpu_model(device) + " (" + device.str() + ")" : cpu_model() + ", " + std::to_string(threads) + " threads";
   const std::string dtype_name = storage == torch::kBFloat16 ? "bfloat16" : "float32";
@@ -229,59 +239,29 @@ int bench_layer(const std::vector<std::string>& argv) {
   // Column names of the timed path and the one it is compared with.
   const std::string timed = boundary ? "boundary" : "fused", other = boundary ? "pair" : "reference";
 
-  std::ostream& out = std::cout;
-  out << std::fixed;
-  if (args.on("markdown")) {
-    out << "Machine: " << machine << "; copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s (read + write)";
-    if (fma_gflops > 0) out << ", FMA peak " << fma_gflops << " GFLOP/s";
-    out << ".\n"
-        << "N = " << N << " tokens, " << dtype_name << " storage, fwd+bwd of "
-        << (boundary ? "two sublayers (boundary fused vs the unfused pair)" : "one sublayer") << " with F = identity, median of "
-        << reps << ".\n\n"
-        << "| variant | n | C | " << timed << " ms | " << other << " ms | speedup | " << timed << " tokens/s | " << timed
-        << " GB/s | % of copy | copy-bound ms | FMA-bound ms | " << timed << " / bound |\n"
-        << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-  } else if (!args.on("json")) {
-    out << "machine: " << machine << " | copy bandwidth " << std::setprecision(1) << copy_gbs << " GB/s";
-    if (fma_gflops > 0) out << " | FMA peak " << fma_gflops << " GFLOP/s";
-    out << (boundary ? "\nvariant     n      C   tokens  bound. ms   pair ms  speedup   bound. tok/s  bound. GB/s  copy-bound  FMA-bound  bound./bound\n"
-                     : "\nvariant     n      C   tokens   fused ms    ref ms  speedup   fused tok/s   fused GB/s  copy-bound  FMA-bound  fused/bound\n");
+  if (style != TableStyle::json) {
+    std::cout << (style == TableStyle::markdown ? "Machine: " : "machine: ") << machine << "; copy bandwidth "
+              << Format::fixed(1)(copy_gbs) << " GB/s (read + write)"
+              << (fma_gflops > 0 ? ", FMA peak " + Format::fixed(1)(fma_gflops) + " GFLOP/s" : "") << ".\nN = " << N
+              << " tokens, " << dtype_name << " storage, fwd+bwd of "
+              << (boundary ? "two sublayers (boundary fused vs the unfused pair)" : "one sublayer")
+              << " with F = identity, median of " << reps << ".\n" << (style == TableStyle::markdown ? "\n" : "");
   }
+  const Table table = layer_table(timed, other, style);
+  std::cout << table.header() << std::flush;
   for (Variant variant : variants)
     for (int64_t n : streams_of(variant))
       for (int64_t C : dims) {
         const Result r = run_case(variant, N, n, C, t, warmup, reps, device, storage, boundary);
-        const double gbs = r.bytes / r.fused_s / 1e9, speedup = r.reference_s / r.fused_s, tps = N / r.fused_s;
+        const double gbs = r.bytes / r.fused_s / 1e9;
         const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
         const double fma_s = fma_gflops > 0 ? r.flops / (fma_gflops * 1e9) : 0.0;  // its projection at FMA peak
-        const double bound_ratio = r.fused_s / std::max(floor_s, fma_s);
-        if (args.on("json")) {
-          out << std::setprecision(6) << "{\"variant\": \"" << variant_name(variant) << "\", \"streams\": " << r.n
-              << ", \"dim\": " << C << ", \"tokens\": " << N << ", \"device\": \"" << device.str()
-              << "\", \"dtype\": \"" << dtype_name << "\", \"threads\": " << threads
-              << ", \"" << timed << "_ms\": " << r.fused_s * 1e3 << ", \"" << other << "_ms\": " << r.reference_s * 1e3
-              << ", \"" << timed << "_ops_ms\": ";
-          if (device.is_cpu()) out << r.ops_s * 1e3;
-          else out << "null";
-          out << ", \"speedup\": " << speedup << ", \"" << timed << "_tokens_per_s\": " << tps << ", \"" << timed
-              << "_gb_per_s\": " << gbs
-              << ", \"copy_gb_per_s\": " << copy_gbs << ", \"copy_bound_ms\": " << floor_s * 1e3
-              << ", \"fma_gflops\": " << fma_gflops << ", \"fma_bound_ms\": " << fma_s * 1e3
-              << ", \"bound_ratio\": " << bound_ratio << "}\n";
-        } else if (args.on("markdown")) {
-          out << "| " << variant_name(variant) << " | " << r.n << " | " << C << " | " << std::setprecision(2) << r.fused_s * 1e3
-              << " | " << r.reference_s * 1e3 << " | " << std::setprecision(1) << speedup << "x | "
-              << std::setprecision(0) << tps << " | " << std::setprecision(1) << gbs << " | " << std::setprecision(0)
-              << 100 * gbs / copy_gbs << "% | " << std::setprecision(2) << floor_s * 1e3 << " | " << fma_s * 1e3 << " | "
-              << bound_ratio << " |\n";
-        } else {
-          out << std::left << std::setw(9) << variant_name(variant) << std::right << std::setw(4) << r.n << std::setw(7) << C
-              << std::setw(9) << N << std::setprecision(2) << std::setw(11) << r.fused_s * 1e3 << std::setw(10)
-              << r.reference_s * 1e3 << std::setprecision(1) << std::setw(8) << speedup << "x" << std::setprecision(0)
-              << std::setw(14) << tps << std::setprecision(1) << std::setw(13) << gbs << std::setprecision(2)
-              << std::setw(12) << floor_s * 1e3 << std::setw(11) << fma_s * 1e3 << std::setw(13) << bound_ratio << "\n";
-        }
-        out.flush();
+        std::cout << table.row({variant_name(variant), r.n, C, N, device.str(), dtype_name, threads, r.fused_s * 1e3,
+                                r.reference_s * 1e3,
+                                device.is_cpu() ? nlohmann::ordered_json(r.ops_s * 1e3) : nlohmann::ordered_json(nullptr),
+                                r.reference_s / r.fused_s, N / r.fused_s, gbs, gbs / copy_gbs, copy_gbs, floor_s * 1e3,
+                                fma_gflops, fma_s * 1e3, r.fused_s / std::max(floor_s, fma_s)})
+                  << std::flush;
       }
   return 0;
 }

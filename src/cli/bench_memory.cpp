@@ -56,20 +56,75 @@ struct Row {
   std::vector<double> seconds;
 };
 
+const Row* find_row(const std::vector<Row>& rows, const std::string& variant, Recompute mode) {
+  for (const auto& r : rows)
+    if (r.variant == variant && r.mode == mode) return &r;
+  return nullptr;
+}
+
+// Steps every configuration in turn, `warmup` times unmeasured (the first step also allocates the
+// gradients and AdamW's moments), then `reps` times: each row's step times and its largest peak.
+// Row i belongs to models[i / modes].
+void measure(std::vector<BenchModel>& models, std::vector<Row>& rows, size_t modes, const torch::Tensor& tokens, int warmup,
+             int reps) {
+  for (int rep = 0; rep < warmup + reps; ++rep)
+    for (size_t i = 0; i < rows.size(); ++i) {
+      BenchModel& m = models[i / modes];
+      Row& row = rows[i];
+      RecomputeOptions r = m.model->config().recompute;
+      r.mode = row.mode;
+      m.model->set_recompute(r);
+      live_bytes::reset_peak();
+      const int64_t before = live_bytes::live();
+      const auto t0 = Clock::now();
+      m.step(tokens);
+      if (rep < warmup) continue;
+      row.seconds.push_back(seconds_since(t0));
+      row.activation_bytes = std::max(row.activation_bytes, static_cast<double>(live_bytes::peak() - before));
+      row.peak_bytes = std::max(row.peak_bytes, static_cast<double>(live_bytes::peak()));
+    }
+}
+
+// The rows' columns: JSON keys as scripts read them; MiB and ratios for people.
+Table memory_table(TableStyle style) {
+  const Format mib = Format::fixed(1).scaled(1.0 / (1024.0 * 1024.0)), ratio = Format::ratio(3);
+  return Table({{"variant", "variant"}, {"n", "streams"}, {"recompute", "recompute"}, {"L_r", "recompute_every"},
+                     {"", "preset"}, {"", "threads"}, {"", "reps"}, {"", "tokens_per_step"},
+                     {"activation MiB", "activation_bytes", mib}, {"KiB/token", "", Format::fixed(1)}, {"", "peak_bytes"},
+                     {"stream MiB", "stream_bytes", mib}, {"Eq. 20 resident MiB", "predicted_stream_resident_bytes", mib},
+                     {"Eq. 20 total MiB", "predicted_stream_bytes", mib},
+                     {"vs residual", "activation_ratio_to_residual", ratio}, {"step ms", "median_step_ms", Format::fixed(1)},
+                     {"time vs same variant, none", "time_ratio_to_none", ratio}, {"", "time_ratio_to_residual"}},
+               style);
+}
+
+// What the table measures, on what: the lines above it.
+std::string caption(const Args& a, const GPTConfig& base, int64_t tokens_per_step, int threads, int reps, TableStyle style) {
+  std::ostringstream s;
+  s << (style == TableStyle::markdown ? "Machine: " : "machine: ") << cpu_model() << ", " << threads << " threads. Preset "
+    << a.str("preset") << ": " << base.layers << " blocks (L = " << 2 * base.layers << " sublayers), C = " << base.dim << ", "
+    << tokens_per_step << " tokens per step; activation = peak live tensor bytes of a step minus those live at its start; "
+    << "stream memory = activation minus the plain residual's under the same policy; prediction: DESIGN.md §6 (Eq. 20), "
+    << "resident and resident + transient; median step of " << reps << ", configurations interleaved.\n"
+    << (style == TableStyle::markdown ? "\n" : "");
+  return s.str();
+}
+
 }  // namespace
 
 int bench_memory(const std::vector<std::string>& argv) {
   Args a("mhc bench memory",
          "Peak live tensor bytes of one training step for each variant and recomputation policy, with the DESIGN.md "
          "§6 prediction and the step time.");
-  declare_model_bench_flags(a, "3", "the median time and the largest peak are reported");
+  declare_model_bench_flags(a, "3", "the median time and the largest peak are reported", /*least_warmup=*/1);
   a.flag("recompute", "none,streams,blocks", "recomputation policies, comma-separated")
       .flag("recompute-every", "auto", "L_r: auto or a whole number >= 1");
   if (!a.parse(argv)) return 0;
   train::Settings s = model_bench_settings(a);
   s.values["recompute-every"] = a.str("recompute-every");
-  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
-  const int warmup = static_cast<int>(a.integer("warmup", 1, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
+  const TableStyle style = table_style(a);
+  const int threads = static_cast<int>(a.integer("threads"));
+  const int warmup = static_cast<int>(a.integer("warmup")), reps = static_cast<int>(a.integer("reps"));
   std::vector<Recompute> modes;
   for (const auto& name : a.list("recompute")) modes.push_back(parse_recompute(name));
   // Every row is set against the plain residual without recomputation (issue 35, item 4: without
@@ -86,7 +141,7 @@ int bench_memory(const std::vector<std::string>& argv) {
   std::vector<BenchModel> models;
   for (const auto& name : variants) models.emplace_back(s, name, a.str("streams"));
   const GPTConfig base = models.front().model->config();
-  const int64_t L = 2 * base.layers, tokens_per_step = s.integer("batch", 1, 1 << 20) * base.seq_len;
+  const int64_t L = 2 * base.layers, tokens_per_step = s.integer("batch") * base.seq_len;
   const torch::Tensor tokens = random_tokens(s);
   std::vector<Row> rows;
   for (const auto& m : models)
@@ -96,86 +151,33 @@ int bench_memory(const std::vector<std::string>& argv) {
       const int64_t n = m.model->config().streams;
       rows.push_back({m.variant, n, mode, mode == Recompute::none ? 0 : group_size(r, n, L), 0, 0, {}});
     }
-  for (int rep = 0; rep < warmup + reps; ++rep)
-    for (size_t i = 0; i < rows.size(); ++i) {
-      BenchModel& m = models[i / modes.size()];
-      Row& row = rows[i];
-      RecomputeOptions r = m.model->config().recompute;
-      r.mode = row.mode;
-      m.model->set_recompute(r);
-      live_bytes::reset_peak();
-      const int64_t before = live_bytes::live();
-      const auto t0 = Clock::now();
-      m.step(tokens);
-      if (rep < warmup) continue;  // the first step also allocates the gradients and AdamW's moments
-      row.seconds.push_back(seconds_since(t0));
-      row.activation_bytes = std::max(row.activation_bytes, static_cast<double>(live_bytes::peak() - before));
-      row.peak_bytes = std::max(row.peak_bytes, static_cast<double>(live_bytes::peak()));
-    }
+  measure(models, rows, modes.size(), tokens, warmup, reps);
 
-  auto find = [&](const std::string& variant, Recompute mode) -> const Row* {
-    for (const auto& r : rows)
-      if (r.variant == variant && r.mode == mode) return &r;
-    return nullptr;
-  };
-  const Row& baseline = *find("residual", Recompute::none);
-  const bool md = a.on("markdown"), json = a.on("json");
-  const double element = static_cast<double>(c10::elementSize(base.dtype)), MiB = 1024.0 * 1024.0;
-  if (!json)
-    std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ", " << threads << " threads. Preset "
-              << a.str("preset") << ": " << base.layers << " blocks (L = " << L << " sublayers), C = " << base.dim << ", "
-              << tokens_per_step << " tokens per step; activation = peak live tensor bytes of a step minus those live "
-              << "at its start; stream memory = activation minus the plain residual's under the same policy; "
-              << "prediction: DESIGN.md §6 (Eq. 20), resident and resident + transient; median step of " << reps
-              << ", configurations interleaved.\n"
-              << (md ? "\n| variant | n | recompute | L_r | activation MiB | KiB/token | vs residual | stream MiB | "
-                       "Eq. 20 resident MiB | Eq. 20 total MiB | step ms | time vs same variant, none |\n"
-                       "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-                     : "variant      n  recompute  L_r  activation MiB  KiB/token  vs residual  stream MiB  Eq.20 resident"
-                       "  Eq.20 total  step ms  time vs none\n");
+  if (style != TableStyle::json) std::cout << caption(a, base, tokens_per_step, threads, reps, style);
+  const Table table = memory_table(style);
+  std::cout << table.header();
+  const Row& baseline = *find_row(rows, "residual", Recompute::none);
+  const double element = static_cast<double>(c10::elementSize(base.dtype));
   for (const auto& row : rows) {
-    const Row* plain = find(baseline.variant, row.mode == Recompute::streams ? Recompute::none : row.mode);
-    const Row* none = find(row.variant, Recompute::none);
-    const int64_t n = row.streams;
+    const Row* plain = find_row(rows, baseline.variant, row.mode == Recompute::streams ? Recompute::none : row.mode);
+    const Row* none = find_row(rows, row.variant, Recompute::none);
     const double stream_bytes = plain ? row.activation_bytes - plain->activation_bytes : NAN;
     Prediction predicted;
     if (row.variant != baseline.variant) {
-      predicted = predicted_stream_elements(row.mode, n, base.dim, L, row.group);
+      predicted = predicted_stream_elements(row.mode, row.streams, base.dim, L, row.group);
       const double bytes = element * static_cast<double>(tokens_per_step);
       predicted.resident *= bytes, predicted.transient *= bytes;
     }
-    const double predicted_total = predicted.resident + predicted.transient;
-    const double ms = median(row.seconds) * 1e3, vs_none = none ? median(row.seconds) / median(none->seconds) : NAN;
-    const double vs_residual = row.activation_bytes / baseline.activation_bytes;
-    const std::string group = row.group ? std::to_string(row.group) : "-";
-    std::ostringstream line;
-    line << std::fixed;
-    if (json)
-      line << std::setprecision(6) << "{\"variant\": \"" << row.variant << "\", \"streams\": " << n
-           << ", \"recompute\": \"" << recompute_name(row.mode) << "\", \"recompute_every\": "
-           << (row.group ? std::to_string(row.group) : "null")
-           << ", \"preset\": \"" << a.str("preset") << "\", \"threads\": " << threads << ", \"reps\": " << reps
-           << ", \"tokens_per_step\": " << tokens_per_step << ", \"activation_bytes\": " << std::setprecision(0)
-           << row.activation_bytes << ", \"peak_bytes\": " << row.peak_bytes << ", \"stream_bytes\": " << stream_bytes
-           << ", \"predicted_stream_resident_bytes\": " << predicted.resident
-           << ", \"predicted_stream_bytes\": " << predicted_total << std::setprecision(6)
-           << ", \"activation_ratio_to_residual\": " << vs_residual << ", \"median_step_ms\": " << ms
-           << ", \"time_ratio_to_none\": " << vs_none << ", \"time_ratio_to_residual\": "
-           << median(row.seconds) / median(baseline.seconds) << "}";
-    else if (md)
-      line << "| " << row.variant << " | " << n << " | " << recompute_name(row.mode) << " | " << group << " | "
-           << std::setprecision(1) << row.activation_bytes / MiB << " | " << row.activation_bytes / 1024.0 / tokens_per_step
-           << " | " << std::setprecision(3) << vs_residual << "x | " << std::setprecision(1) << stream_bytes / MiB
-           << " | " << predicted.resident / MiB << " | " << predicted_total / MiB << " | " << ms << " | " << std::setprecision(3) << vs_none << "x |";
-    else
-      line << std::left << std::setw(10) << row.variant << std::right << std::setw(4) << n << std::setw(11)
-           << recompute_name(row.mode) << std::setw(5) << group << std::setprecision(1) << std::setw(16)
-           << row.activation_bytes / MiB << std::setw(11) << row.activation_bytes / 1024.0 / tokens_per_step
-           << std::setprecision(3) << std::setw(12) << vs_residual << "x" << std::setprecision(1) << std::setw(12)
-           << stream_bytes / MiB << std::setw(16) << predicted.resident / MiB << std::setw(13) << predicted_total / MiB
-           << std::setw(9) << ms << std::setprecision(3)
-           << std::setw(13) << vs_none << "x";
-    std::cout << line.str() << std::endl;
+    const double ms = median(row.seconds) * 1e3;
+    std::cout << table.row({row.variant, row.streams, recompute_name(row.mode),
+                            row.group ? nlohmann::ordered_json(row.group) : nlohmann::ordered_json(nullptr), a.str("preset"),
+                            threads, reps, tokens_per_step, static_cast<int64_t>(row.activation_bytes),
+                            row.activation_bytes / 1024.0 / static_cast<double>(tokens_per_step),
+                            static_cast<int64_t>(row.peak_bytes), stream_bytes, predicted.resident,
+                            predicted.resident + predicted.transient, row.activation_bytes / baseline.activation_bytes, ms,
+                            none ? median(row.seconds) / median(none->seconds) : NAN,
+                            median(row.seconds) / median(baseline.seconds)})
+              << std::flush;
   }
   return 0;
 }

@@ -3,6 +3,10 @@
 
 #include <stdexcept>
 
+#include "bench_common.h"
+#include "run_settings.h"
+#include "mhc/trainer.h"
+
 namespace mhc::cli {
 
 train::Settings preset_settings(const std::string& command, const std::string& preset) {
@@ -22,7 +26,7 @@ BenchModel::BenchModel(train::Settings s, const std::string& name, const std::st
   s.values["variant"] = name;
   s.values["streams"] = parse_variant(name) == Variant::residual ? "1" : streams;
   torch::manual_seed(0);
-  model = GPT(s.model_config(s.integer("vocab", 2, 1 << 20)));
+  model = GPT(s.model_config(s.integer("vocab")));
   std::vector<std::pair<std::string, torch::Tensor>> named;
   for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
   optimizer = std::make_unique<train::AdamW>(named, train::AdamW::Options{});
@@ -39,26 +43,25 @@ void BenchModel::step(const torch::Tensor& tokens) {
   train::train_step(*optimizer, parameters, [&] { return model->loss(x, y); }, 1, 1.0, 1e-4);
 }
 
-void declare_model_bench_flags(Args& a, const std::string& reps, const std::string& reps_help) {
+void declare_model_bench_flags(Args& a, const std::string& reps, const std::string& reps_help, int64_t least_warmup) {
   a.flag("preset", "small", "model and batch settings (see mhc train --help)")
       .flag("variant", "residual,hc,mhc,mhc-lite", "variants, comma-separated (the first is the baseline)")
       .alias("residual", "variant")
       .flag("streams", "4", "n for the hyper-connection variants")
-      .flag("threads", std::to_string(train::default_threads()), "CPU threads")
-      .flag("warmup", "1", "untimed steps per configuration first")
-      .flag("reps", reps, "measured steps per configuration (" + reps_help + ")")
+      .flag("warmup", "1", "untimed steps per configuration first", IntegerRange{least_warmup, 100})
+      .flag("reps", reps, "measured steps per configuration (" + reps_help + ")", IntegerRange{1, 1000})
       .toggle("markdown", "a Markdown table (for docs/benchmarks.md)")
       .toggle("json", "one JSON object per configuration instead of a table");
+  declare_threads_flag(a);
 }
 
 train::Settings model_bench_settings(const Args& a) {
-  if (a.on("json") && a.on("markdown")) throw std::invalid_argument(a.command() + ": choose one of --json, --markdown");
+  table_style(a);
   return preset_settings(a.command(), a.str("preset"));
 }
 
 torch::Tensor random_tokens(const train::Settings& s) {
-  return torch::randint(s.integer("vocab", 2, 1 << 20), {s.integer("batch", 1, 1 << 20), s.integer("seq-len", 1, 1 << 20) + 1},
-                        torch::kLong);
+  return torch::randint(s.integer("vocab"), {s.integer("batch"), s.integer("seq-len") + 1}, torch::kLong);
 }
 
 }  // namespace mhc::cli

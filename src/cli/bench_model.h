@@ -8,7 +8,8 @@
 
 #include "args.h"
 #include "mhc/model.h"
-#include "mhc/train.h"
+#include "mhc/optimizer.h"
+#include "mhc/settings.h"
 
 namespace mhc::cli {
 
@@ -29,8 +30,8 @@ struct BenchModel {
 
 // The flags the preset-model benchmarks share: --preset, --residual, --streams, --threads, --warmup,
 // --reps (`reps` measured steps per configuration, `reps_help` says what of them is reported),
-// --markdown and --json.
-void declare_model_bench_flags(Args& a, const std::string& reps, const std::string& reps_help);
+// --markdown and --json. `least_warmup`: 1 where the first step must not be measured.
+void declare_model_bench_flags(Args& a, const std::string& reps, const std::string& reps_help, int64_t least_warmup = 0);
 // The settings of the --preset that `a` names; throws if --markdown and --json are both given.
 train::Settings model_bench_settings(const Args& a);
 

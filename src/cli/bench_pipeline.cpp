@@ -34,7 +34,7 @@
 #include "mhc/distributed.h"
 #include "mhc/files.h"
 #include "mhc/pipeline.h"
-#include "mhc/train.h"
+#include "mhc/trainer.h"
 
 namespace fs = std::filesystem;
 
@@ -121,13 +121,47 @@ StepShares shares(const std::vector<Measured>& stages) {
   return out;
 }
 
+// Rank 0: its own encoded timelines and every other rank's (a length, then the numbers), by rank.
+std::vector<std::vector<double>> gather_timelines(dist::Group& world, const std::vector<double>& own) {
+  std::vector<std::vector<double>> per_rank = {own};
+  for (int r = 1; r < world.world_size(); ++r) {
+    const torch::Tensor length = torch::zeros({1}, torch::kLong);
+    world.receive(length, r, train::kFirstFreeTag).wait();
+    const torch::Tensor values = torch::empty({length.item<int64_t>()}, torch::kDouble);
+    world.receive(values, r, train::kFirstFreeTag + 1).wait();
+    per_rank.emplace_back(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+  }
+  return per_rank;
+}
+
+// The medians over `reps` steps of every stage's timelines: the step, each stage's busy time, the
+// bubble and the communication wait, and the bytes sent per step.
+nlohmann::ordered_json step_medians(const std::vector<std::vector<double>>& per_rank, int reps) {
+  std::vector<size_t> cursor(per_rank.size(), 0);
+  std::vector<double> bubble, communication, step;
+  std::vector<std::vector<double>> busy(per_rank.size());
+  int64_t bytes = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    std::vector<Measured> stages_of_step;
+    for (size_t r = 0; r < per_rank.size(); ++r) stages_of_step.push_back(decode(per_rank[r], cursor[r]));
+    const StepShares sh = shares(stages_of_step);
+    bubble.push_back(sh.bubble), communication.push_back(sh.communication), step.push_back(sh.step_seconds);
+    bytes = sh.bytes;
+    for (size_t r = 0; r < busy.size(); ++r) busy[r].push_back(sh.busy_seconds[r]);
+  }
+  std::vector<double> busy_ms;
+  for (const auto& b : busy) busy_ms.push_back(median(b) * 1e3);
+  return {{"step_ms", median(step) * 1e3}, {"stage_busy_ms", busy_ms}, {"bubble", median(bubble)},
+          {"comm_wait_share", median(communication)}, {"bytes_per_step", bytes}};
+}
+
 // One copy of the pipelined benchmark: every variant's stage, stepped in turn; rank 0 gathers the
 // timelines and writes the medians to `result`.
 void run_stage(const Args& a, const train::Settings& s, const dist::Environment& environment) {
-  const int64_t stages = a.integer("stages", 2, 64), m = a.integer("micro-batches", 1, 4096);
-  const int warmup = static_cast<int>(a.integer("warmup", 0, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
+  const int64_t stages = a.integer("stages"), m = a.integer("micro-batches");
+  const int warmup = static_cast<int>(a.integer("warmup")), reps = static_cast<int>(a.integer("reps"));
   const train::Schedule schedule = train::parse_schedule(a.str("schedule"));
-  torch::set_num_threads(static_cast<int>(a.integer("threads", 1, 1024)));
+  torch::set_num_threads(static_cast<int>(a.integer("threads")));
   dist::Group world(environment, std::chrono::milliseconds(120000), {});
   const train::PipelineLayout layout = train::PipelineLayout::of(environment.rank, environment.world_size, stages);
   if (layout.replicas != 1) throw std::invalid_argument("mhc bench pipeline: WORLD_SIZE must equal --stages");
@@ -171,41 +205,39 @@ void run_stage(const Args& a, const train::Settings& s, const dist::Environment&
   }
   nlohmann::ordered_json result = nlohmann::ordered_json::array();
   for (auto& v : variants) {
-    std::vector<std::vector<double>> per_rank = {v.encoded};
-    for (int r = 1; r < world.world_size(); ++r) {
-      const torch::Tensor length = torch::zeros({1}, torch::kLong);
-      world.receive(length, r, train::kFirstFreeTag).wait();
-      const torch::Tensor values = torch::empty({length.item<int64_t>()}, torch::kDouble);
-      world.receive(values, r, train::kFirstFreeTag + 1).wait();
-      per_rank.emplace_back(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
-    }
-    std::vector<size_t> cursor(per_rank.size(), 0);
-    std::vector<double> bubble, communication, step;
-    std::vector<std::vector<double>> busy(per_rank.size());
-    int64_t bytes = 0;
-    for (int rep = 0; rep < reps; ++rep) {
-      std::vector<Measured> stages_of_step;
-      for (size_t r = 0; r < per_rank.size(); ++r) stages_of_step.push_back(decode(per_rank[r], cursor[r]));
-      const StepShares sh = shares(stages_of_step);
-      bubble.push_back(sh.bubble), communication.push_back(sh.communication), step.push_back(sh.step_seconds);
-      bytes = sh.bytes;
-      for (size_t r = 0; r < busy.size(); ++r) busy[r].push_back(sh.busy_seconds[r]);
-    }
+    nlohmann::ordered_json medians = step_medians(gather_timelines(world, v.encoded), reps);
+    medians["bubble_theory"] = double(stages - 1) / double(m + stages - 1);  // GPipe's and 1F1B's alike
     result.push_back({{"variant", v.bench.variant},
                       {"streams", v.bench.model->config().streams},
-                      {"stage_first_blocks", v.stage->first_blocks()},
-                      {"step_ms", median(step) * 1e3},
-                      {"stage_busy_ms", [&] {
-                         std::vector<double> ms;
-                         for (const auto& b : busy) ms.push_back(median(b) * 1e3);
-                         return ms;
-                       }()},
-                      {"bubble", median(bubble)},
-                      {"bubble_theory", double(stages - 1) / double(m + stages - 1)},  // GPipe's and 1F1B's alike
-                      {"comm_wait_share", median(communication)},
-                      {"bytes_per_step", bytes}});
+                      {"stage_first_blocks", v.stage->first_blocks()}});
+    result.back().update(medians);
   }
   write_file_atomic(a.str("result"), result.dump());
+}
+
+// The rows' columns: JSON keys as scripts read them; milliseconds, shares and MB for people.
+Table pipeline_table(TableStyle style) {
+  const Format ms = Format::fixed(1), percent = Format::percent(1);
+  return Table({{"variant", "variant"}, {"n", "streams"}, {"", "preset"}, {"", "stages"}, {"", "micro_batches"},
+                     {"", "schedule"}, {"", "threads_per_stage"}, {"stages' first blocks", "stage_first_blocks"},
+                     {"pipelined step ms", "pipelined_step_ms", ms}, {"one-process step ms", "one_process_step_ms", ms},
+                     {"", "tokens_per_s"}, {"throughput vs one process", "throughput_vs_one_process", Format::ratio(2)},
+                     {"bubble", "bubble", percent}, {"theory", "bubble_theory", percent},
+                     {"communication wait", "comm_wait_share", percent},
+                     {"MB sent per step", "bytes_per_step", Format::fixed(1).scaled(1e-6)}, {"", "stage_busy_ms"}},
+               style);
+}
+
+// What the table measures, on what: the lines above it.
+std::string caption(const Args& a, const GPTConfig& c, int64_t windows, int64_t stages, int threads, int reps,
+                    TableStyle style) {
+  std::ostringstream s;
+  s << (style == TableStyle::markdown ? "Machine: " : "machine: ") << cpu_model() << ". Preset " << a.str("preset") << ": "
+    << c.layers << " blocks, C = " << c.dim << ", " << a.str("micro-batches") << " micro-batches of "
+    << windows / a.integer("micro-batches") << " x " << c.seq_len << " tokens per step; " << stages << " stages ("
+    << a.str("schedule") << ") x " << threads << " threads against one process x " << stages * threads
+    << " threads; median of " << reps << " steps, variants interleaved.\n" << (style == TableStyle::markdown ? "\n" : "");
+  return s.str();
 }
 
 }  // namespace
@@ -218,18 +250,19 @@ int bench_pipeline(const std::vector<std::string>& argv) {
   a.set("preset", "deep");  // 24 blocks: stages can be balanced to within one block
   a.set("variant", "residual,mhc");
   a.set("threads", "1");
-  a.flag("stages", "2", "pipeline stages, one process each")
-      .flag("micro-batches", "8", "m, micro-batches per step (each of the preset's --batch windows)")
+  a.flag("stages", "2", "pipeline stages, one process each", IntegerRange{2, 64})
+      .flag("micro-batches", "8", "m, micro-batches per step (each of the preset's --batch windows)", IntegerRange{1, 4096})
       .flag("schedule", "1f1b", "1f1b or gpipe")
       .flag("pipe-dtype", "auto", "the stream state between stages: auto (the activations' dtype), float32, bfloat16")
       .flag("result", "", "(set by the command for its copies) where rank 0 writes the pipelined measurements");
   if (!a.parse(argv)) return 0;
   const train::Settings s = model_bench_settings(a);
-  const int64_t stages = a.integer("stages", 2, 64), m = a.integer("micro-batches", 1, 4096);
-  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
+  const TableStyle style = table_style(a);
+  const int64_t stages = a.integer("stages"), m = a.integer("micro-batches");
+  const int threads = static_cast<int>(a.integer("threads"));
   train::parse_schedule(a.str("schedule"));
   train::parse_pipe_dtype(a.str("pipe-dtype"), torch::kFloat);  // bad values refused before anything runs
-  train::check_pipeline_stages(stages, s.integer("layers", 1, 1 << 20));
+  train::check_pipeline_stages(stages, s.integer("layers"));
   const dist::Environment environment = dist::Environment::read();
   if (environment.world_size > 1) {
     run_stage(a, s, environment);
@@ -244,7 +277,7 @@ int bench_pipeline(const std::vector<std::string>& argv) {
   std::vector<OneProcess> one;
   for (const auto& name : a.list("variant")) one.push_back({BenchModel(s, name, a.str("streams")), {}});
   const std::vector<torch::Tensor> tokens = micro_batches(s, m);
-  const int warmup = static_cast<int>(a.integer("warmup", 0, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
+  const int warmup = static_cast<int>(a.integer("warmup")), reps = static_cast<int>(a.integer("reps"));
   auto measure_one_process = [&] {
     torch::set_num_threads(static_cast<int>(stages) * threads);
     for (int rep = 0; rep < warmup + reps; ++rep)
@@ -273,49 +306,19 @@ int bench_pipeline(const std::vector<std::string>& argv) {
   if (status != 0) throw std::runtime_error("mhc bench pipeline: the pipelined run failed (status " + std::to_string(status) + ")");
 
   const auto results = nlohmann::json::parse(text);
-  const bool md = a.on("markdown"), json = a.on("json");
   const GPTConfig& c = one.front().bench.model->config();
-  const int64_t tokens_per_step = m * s.integer("batch", 1, 1 << 20) * c.seq_len;
-  if (!json)
-    std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ". Preset " << a.str("preset") << ": " << c.layers
-              << " blocks, C = " << c.dim << ", " << m << " micro-batches of " << s.integer("batch", 1, 1 << 20) << " x "
-              << c.seq_len << " tokens per step; " << stages << " stages (" << a.str("schedule") << ") x " << threads
-              << " threads against one process x " << stages * threads << " threads; median of " << reps
-              << " steps, variants interleaved.\n"
-              << (md ? "\n| variant | n | stages' first blocks | pipelined step ms | one-process step ms | throughput vs one "
-                       "process | bubble | theory | communication wait | MB sent per step |\n|---|---|---|---|---|---|---|---|---|---|\n"
-                     : "variant      n  first blocks  pipelined ms  one-process ms  throughput  bubble  theory  comm wait  MB/step\n");
+  const int64_t tokens_per_step = m * s.integer("batch") * c.seq_len;
+  if (style != TableStyle::json) std::cout << caption(a, c, m * s.integer("batch"), stages, threads, reps, style);
+  const Table table = pipeline_table(style);
+  std::cout << table.header();
   for (size_t i = 0; i < one.size(); ++i) {
     const auto& r = results.at(i);
     const double piped = r.at("step_ms").get<double>(), alone = median(one[i].seconds) * 1e3;
-    std::string firsts;
-    for (const auto& f : r.at("stage_first_blocks")) firsts += (firsts.empty() ? "" : ",") + std::to_string(f.get<int64_t>());
-    const double mb = r.at("bytes_per_step").get<double>() / 1e6;
-    std::ostringstream line;
-    line << std::fixed;
-    if (json)
-      line << std::setprecision(6) << "{\"variant\": \"" << one[i].bench.variant << "\", \"streams\": " << r.at("streams")
-           << ", \"preset\": \"" << a.str("preset") << "\", \"stages\": " << stages << ", \"micro_batches\": " << m
-           << ", \"schedule\": \"" << a.str("schedule") << "\", \"threads_per_stage\": " << threads
-           << ", \"stage_first_blocks\": [" << firsts << "], \"pipelined_step_ms\": " << piped
-           << ", \"one_process_step_ms\": " << alone << ", \"tokens_per_s\": " << tokens_per_step / piped * 1e3
-           << ", \"throughput_vs_one_process\": " << alone / piped << ", \"bubble\": " << r.at("bubble").get<double>()
-           << ", \"bubble_theory\": " << r.at("bubble_theory").get<double>()
-           << ", \"comm_wait_share\": " << r.at("comm_wait_share").get<double>()
-           << ", \"bytes_per_step\": " << r.at("bytes_per_step").get<int64_t>()
-           << ", \"stage_busy_ms\": " << r.at("stage_busy_ms").dump() << "}";
-    else if (md)
-      line << "| " << one[i].bench.variant << " | " << r.at("streams") << " | " << firsts << " | " << std::setprecision(1)
-           << piped << " | " << alone << " | " << std::setprecision(2) << alone / piped << "x | " << std::setprecision(1)
-           << 100 * r.at("bubble").get<double>() << "% | " << 100 * r.at("bubble_theory").get<double>() << "% | "
-           << 100 * r.at("comm_wait_share").get<double>() << "% | " << mb << " |";
-    else
-      line << std::left << std::setw(10) << one[i].bench.variant << std::right << std::setw(4) << r.at("streams").get<int64_t>()
-           << std::setw(14) << firsts << std::setprecision(1) << std::setw(14) << piped << std::setw(16) << alone
-           << std::setprecision(2) << std::setw(11) << alone / piped << "x" << std::setprecision(1) << std::setw(7)
-           << 100 * r.at("bubble").get<double>() << "%" << std::setw(7) << 100 * r.at("bubble_theory").get<double>() << "%"
-           << std::setw(10) << 100 * r.at("comm_wait_share").get<double>() << "%" << std::setw(9) << mb;
-    std::cout << line.str() << std::endl;
+    std::cout << table.row({one[i].bench.variant, r.at("streams"), a.str("preset"), stages, m, a.str("schedule"), threads,
+                            r.at("stage_first_blocks"), piped, alone, tokens_per_step / piped * 1e3, alone / piped,
+                            r.at("bubble"), r.at("bubble_theory"), r.at("comm_wait_share"),
+                            r.at("bytes_per_step"), r.at("stage_busy_ms")})
+              << std::flush;
   }
   return 0;
 }

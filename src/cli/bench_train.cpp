@@ -10,7 +10,7 @@
 #include "bench_common.h"
 #include "bench_model.h"
 #include "commands.h"
-#include "mhc/train.h"
+#include "mhc/trainer.h"
 
 namespace mhc::cli {
 
@@ -19,9 +19,10 @@ int bench_train(const std::vector<std::string>& argv) {
   declare_model_bench_flags(a, "5", "the median is reported");
   if (!a.parse(argv)) return 0;
   const train::Settings s = model_bench_settings(a);
-  const int threads = static_cast<int>(a.integer("threads", 1, 1024));
-  const int warmup = static_cast<int>(a.integer("warmup", 0, 100)), reps = static_cast<int>(a.integer("reps", 1, 1000));
-  const int64_t batch = s.integer("batch", 1, 1 << 20);
+  const TableStyle style = table_style(a);
+  const int threads = static_cast<int>(a.integer("threads"));
+  const int warmup = static_cast<int>(a.integer("warmup")), reps = static_cast<int>(a.integer("reps"));
+  const int64_t batch = s.integer("batch");
   torch::set_num_threads(threads);
 
   struct Timed {
@@ -42,42 +43,30 @@ int bench_train(const std::vector<std::string>& argv) {
     }
   op_clock::enable(false);
 
-  const bool md = a.on("markdown"), json = a.on("json");
   const double base = median(variants.front().seconds);
   // On a shared, noisy host the fastest step is the steadier estimate of a variant's own cost;
   // both ratios are to the first variant (the plain residual by default).
   const double base_fastest = *std::min_element(variants.front().seconds.begin(), variants.front().seconds.end());
-  if (!json)
-    std::cout << (md ? "Machine: " : "machine: ") << cpu_model() << ", " << threads << " threads. Preset " << a.str("preset")
-              << ": " << c.layers << " blocks, C = " << c.dim << ", " << batch << " x " << c.seq_len
-              << " tokens per step, vocab " << c.vocab << "; median of " << reps << " steps, variants interleaved.\n"
-              << (md ? "\n| variant | n | median step ms | fastest step ms | tokens/s (median) | median ratio | fastest ratio |"
-                       " in the connection's ops |\n|---|---|---|---|---|---|---|---|\n"
-                     : "variant      n  median ms  fastest ms   tokens/s  median ratio  fastest ratio  connection ops\n");
+  if (style != TableStyle::json)
+    std::cout << (style == TableStyle::markdown ? "Machine: " : "machine: ") << cpu_model() << ", " << threads
+              << " threads. Preset " << a.str("preset") << ": " << c.layers << " blocks, C = " << c.dim << ", " << batch
+              << " x " << c.seq_len << " tokens per step, vocab " << c.vocab << "; median of " << reps
+              << " steps, variants interleaved.\n" << (style == TableStyle::markdown ? "\n" : "");
+  const Format ms = Format::fixed(1);
+  const Table table({{"variant", "variant"}, {"n", "streams"}, {"", "preset"}, {"", "threads"}, {"", "reps"},
+                     {"median step ms", "median_step_ms", ms}, {"fastest step ms", "fastest_step_ms", ms},
+                     {"tokens/s (median)", "tokens_per_s", Format::fixed(0)}, {"median ratio", "median_ratio", Format::ratio(3)},
+                     {"fastest ratio", "fastest_ratio", Format::ratio(3)}, {"", "connection_ops_ms"},
+                     {"in the connection's ops", "connection_share", Format::percent(1)}},
+                    style);
+  std::cout << table.header();
   for (const auto& v : variants) {
     const double m = median(v.seconds), f = *std::min_element(v.seconds.begin(), v.seconds.end());
     std::vector<double> shares;
     for (size_t i = 0; i < v.seconds.size(); ++i) shares.push_back(v.op_seconds[i] / v.seconds[i]);
-    const double share = median(shares);
-    std::ostringstream line;
-    line << std::fixed;
-    if (json)
-      line << std::setprecision(6) << "{\"variant\": \"" << v.bench.variant << "\", \"streams\": " << v.bench.model->config().streams
-           << ", \"preset\": \"" << a.str("preset") << "\", \"threads\": " << threads << ", \"reps\": " << reps
-           << ", \"median_step_ms\": " << m * 1e3 << ", \"fastest_step_ms\": " << f * 1e3
-           << ", \"tokens_per_s\": " << batch * c.seq_len / m << ", \"median_ratio\": " << m / base
-           << ", \"fastest_ratio\": " << f / base_fastest << ", \"connection_ops_ms\": " << median(v.op_seconds) * 1e3
-           << ", \"connection_share\": " << share << "}";
-    else if (md)
-      line << "| " << v.bench.variant << " | " << v.bench.model->config().streams << " | " << std::setprecision(1) << m * 1e3 << " | "
-           << f * 1e3 << " | " << std::setprecision(0) << batch * c.seq_len / m << " | " << std::setprecision(3) << m / base
-           << "x | " << f / base_fastest << "x | " << std::setprecision(1) << 100 * share << "% |";
-    else
-      line << std::left << std::setw(10) << v.bench.variant << std::right << std::setw(4) << v.bench.model->config().streams
-           << std::setprecision(1) << std::setw(11) << m * 1e3 << std::setw(12) << f * 1e3 << std::setprecision(0)
-           << std::setw(11) << batch * c.seq_len / m << std::setprecision(3) << std::setw(13) << m / base << "x"
-           << std::setw(14) << f / base_fastest << "x" << std::setprecision(1) << std::setw(15) << 100 * share << "%";
-    std::cout << line.str() << std::endl;
+    std::cout << table.row({v.bench.variant, v.bench.model->config().streams, a.str("preset"), threads, reps, m * 1e3, f * 1e3,
+                            batch * c.seq_len / m, m / base, f / base_fastest, median(v.op_seconds) * 1e3, median(shares)})
+              << std::flush;
   }
   return 0;
 }

@@ -1,5 +1,6 @@
 // The subcommands of `mhc`, one function each, taking the arguments after the subcommand's name
-// and returning the process exit status. Bad input throws std::invalid_argument (or c10::Error).
+// and returning the process exit status. Bad input throws std::invalid_argument (or
+// c10::ValueError, TypeError, IndexError: exit status 2); other errors are failures (exit status 1).
 #pragma once
 
 #include <string>

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -54,57 +55,32 @@ int free_port() {
   return ntohs(address.sin_port);
 }
 
-}  // namespace
-
-int launch(const std::vector<std::string>& argv) {
-  const auto dashes = std::find(argv.begin(), argv.end(), "--");
-  Args a("mhc launch",
-         "Run `mhc COMMAND …` as N local ranks of one data-parallel job (what torchrun --no-python does):\n"
-         "  mhc launch --nproc 2 -- train --preset small --threads 1");
-  a.flag("nproc", "2", "ranks to start on this machine")
-      .flag("master-addr", "127.0.0.1", "the rendezvous host (rank 0 hosts the store)")
-      .flag("master-port", "0", "the rendezvous port (0: a free one)");
-  if (!a.parse({argv.begin(), dashes})) return 0;
-  const std::vector<std::string> command(dashes == argv.end() ? dashes : dashes + 1, argv.end());
-  if (command.empty())
-    throw std::invalid_argument("mhc launch: give the command after --, e.g. mhc launch --nproc 2 -- train --steps 100");
-  // Training is the one command that several ranks run as one job. `mhc bench pipeline --stages S`
-  // starts its own stages through this function, with the --result file it reads back; given by
-  // hand (issue 35, item 21) it would run whole in every rank and fail only at the end.
-  const bool stages_of_bench_pipeline = command.size() >= 2 && command[0] == "bench" && command[1] == "pipeline" &&
-                                        std::find(command.begin(), command.end(), "--result") != command.end();
-  if (command[0] != "train" && !stages_of_bench_pipeline)
-    throw std::invalid_argument("mhc launch: the command after -- must be train, got '" + command[0] +
-                                (command[0] == "bench" && command.size() >= 2 ? " " + command[1] : "") +
-                                "' (mhc bench pipeline --stages S starts its own ranks)");
-  const int ranks = static_cast<int>(a.integer("nproc", 1, 1024));
-  const int port = a.integer("master-port", 0, 65535) == 0 ? free_port() : static_cast<int>(a.integer("master-port", 0, 65535));
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-
-  std::map<std::string, std::string> shared_environment;
+// The environment every rank shares: the launcher's, with the rendezvous of the job.
+std::map<std::string, std::string> ranks_environment(int ranks, const std::string& master_addr, int port) {
+  std::map<std::string, std::string> shared;
   for (char** e = environ; *e; ++e) {
     const std::string entry = *e;
-    shared_environment[entry.substr(0, entry.find('='))] = entry.substr(entry.find('=') + 1);
+    shared[entry.substr(0, entry.find('='))] = entry.substr(entry.find('=') + 1);
   }
-  shared_environment["WORLD_SIZE"] = shared_environment["LOCAL_WORLD_SIZE"] = std::to_string(ranks);
-  shared_environment["MASTER_ADDR"] = a.str("master-addr");
-  shared_environment["MASTER_PORT"] = std::to_string(port);
-  shared_environment.erase("TORCHELASTIC_USE_AGENT_STORE");  // rank 0 hosts the store here
+  shared["WORLD_SIZE"] = shared["LOCAL_WORLD_SIZE"] = std::to_string(ranks);
+  shared["MASTER_ADDR"] = master_addr;
+  shared["MASTER_PORT"] = std::to_string(port);
+  shared.erase("TORCHELASTIC_USE_AGENT_STORE");  // rank 0 hosts the store here
+  return shared;
+}
 
-  // The signals the launcher acts on stay blocked and are taken by sigwaitinfo/sigtimedwait, so
-  // that none is lost between two checks; the ranks start with the mask the launcher had.
-  sigset_t watched, previous;
-  sigemptyset(&watched);
-  for (const int signal : {SIGCHLD, SIGINT, SIGTERM}) sigaddset(&watched, signal);
-  sigprocmask(SIG_BLOCK, &watched, &previous);
+// Starts `mhc COMMAND…` once per rank with its RANK and the signal mask `mask`: pid -> rank. When
+// one cannot start, the others are stopped and std::runtime_error names the rank.
+std::map<pid_t, int> start_ranks(int ranks, const std::map<std::string, std::string>& shared,
+                                 const std::vector<std::string>& command, const sigset_t& mask) {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   posix_spawnattr_t attributes;
   posix_spawnattr_init(&attributes);
-  posix_spawnattr_setsigmask(&attributes, &previous);
+  posix_spawnattr_setsigmask(&attributes, &mask);
   posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
-
-  std::map<pid_t, int> running;  // pid -> rank
+  std::map<pid_t, int> running;
   for (int rank = 0; rank < ranks; ++rank) {
-    auto environment = shared_environment;
+    auto environment = shared;
     environment["RANK"] = environment["LOCAL_RANK"] = std::to_string(rank);
     std::vector<std::string> entries, arguments = {self};
     for (const auto& [k, v] : environment) entries.push_back(k + "=" + v);
@@ -117,13 +93,17 @@ int launch(const std::vector<std::string>& argv) {
     if (const int error = posix_spawn(&pid, self.c_str(), nullptr, &attributes, args.data(), envp.data()); error != 0) {
       signal_all(running, SIGTERM);
       posix_spawnattr_destroy(&attributes);
-      sigprocmask(SIG_SETMASK, &previous, nullptr);
       throw std::runtime_error("mhc launch: cannot start rank " + std::to_string(rank) + ": " + std::strerror(error));
     }
     running[pid] = rank;
   }
   posix_spawnattr_destroy(&attributes);
+  return running;
+}
 
+// Waits for every rank; the first to fail stops the others (SIGTERM, then SIGKILL after the grace),
+// and SIGINT/SIGTERM to the launcher are passed on. Returns the first failure's status, or 0.
+int wait_for_ranks(std::map<pid_t, int>& running, const sigset_t& watched) {
   int first_failure = 0;
   std::optional<Clock::time_point> kill_at;  // while the other ranks of a failed one are in their grace
   while (!running.empty()) {
@@ -155,6 +135,50 @@ int launch(const std::vector<std::string>& argv) {
       kill_at.reset();
     }
   }
+  return first_failure;
+}
+
+}  // namespace
+
+int launch(const std::vector<std::string>& argv) {
+  const auto dashes = std::find(argv.begin(), argv.end(), "--");
+  Args a("mhc launch",
+         "Run `mhc COMMAND …` as N local ranks of one data-parallel job (what torchrun --no-python does):\n"
+         "  mhc launch --nproc 2 -- train --preset small --threads 1");
+  a.flag("nproc", "2", "ranks to start on this machine", IntegerRange{1, 1024})
+      .flag("master-addr", "127.0.0.1", "the rendezvous host (rank 0 hosts the store)")
+      .flag("master-port", "0", "the rendezvous port (0: a free one)", IntegerRange{0, 65535});
+  if (!a.parse({argv.begin(), dashes})) return 0;
+  const std::vector<std::string> command(dashes == argv.end() ? dashes : dashes + 1, argv.end());
+  if (command.empty())
+    throw std::invalid_argument("mhc launch: give the command after --, e.g. mhc launch --nproc 2 -- train --steps 100");
+  // Training is the one command that several ranks run as one job. `mhc bench pipeline --stages S`
+  // starts its own stages through this function, with the --result file it reads back; given by
+  // hand (issue 35, item 21) it would run whole in every rank and fail only at the end.
+  const bool stages_of_bench_pipeline = command.size() >= 2 && command[0] == "bench" && command[1] == "pipeline" &&
+                                        std::find(command.begin(), command.end(), "--result") != command.end();
+  if (command[0] != "train" && !stages_of_bench_pipeline)
+    throw std::invalid_argument("mhc launch: the command after -- must be train, got '" + command[0] +
+                                (command[0] == "bench" && command.size() >= 2 ? " " + command[1] : "") +
+                                "' (mhc bench pipeline --stages S starts its own ranks)");
+  const int ranks = static_cast<int>(a.integer("nproc"));
+  const int port = a.integer("master-port") == 0 ? free_port() : static_cast<int>(a.integer("master-port"));
+  const std::map<std::string, std::string> environment = ranks_environment(ranks, a.str("master-addr"), port);
+
+  // The signals the launcher acts on stay blocked and are taken by sigwaitinfo/sigtimedwait, so
+  // that none is lost between two checks; the ranks start with the mask the launcher had.
+  sigset_t watched, previous;
+  sigemptyset(&watched);
+  for (const int signal : {SIGCHLD, SIGINT, SIGTERM}) sigaddset(&watched, signal);
+  sigprocmask(SIG_BLOCK, &watched, &previous);
+  std::map<pid_t, int> running;
+  try {
+    running = start_ranks(ranks, environment, command, previous);
+  } catch (...) {
+    sigprocmask(SIG_SETMASK, &previous, nullptr);
+    throw;
+  }
+  const int first_failure = wait_for_ranks(running, watched);
   sigprocmask(SIG_SETMASK, &previous, nullptr);
   return first_failure;
 }

@@ -22,6 +22,13 @@ void keep_freed_memory() {
   mallopt(M_TRIM_THRESHOLD, -1);
 }
 
+// LibTorch says bad input with ValueError, TypeError and IndexError (TORCH_CHECK_VALUE, …); any
+// other error of its own is a failure, not the user's.
+bool is_bad_input(const c10::Error& e) {
+  return dynamic_cast<const c10::ValueError*>(&e) || dynamic_cast<const c10::TypeError*>(&e) ||
+         dynamic_cast<const c10::IndexError*>(&e);
+}
+
 const char* kUsage =
     "usage: mhc COMMAND [flags]\n"
     "\n"
@@ -72,7 +79,7 @@ extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** 
     return 2;
   } catch (const c10::Error& e) {
     std::cerr << "error: " << mhc::error_message(e) << "\n";
-    return 2;
+    return is_bad_input(e) ? 2 : 1;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

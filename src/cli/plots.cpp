@@ -9,13 +9,16 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "mhc/run_log.h"
+
 extern char** environ;
 
 namespace mhc::cli {
 
 void run_plots(const std::vector<std::string>& args) {
   const char* python = std::getenv("MHC_PYTHON");
-  std::vector<std::string> command = {python && *python ? python : MHC_DEFAULT_PYTHON, MHC_PLOT_SCRIPT};
+  std::vector<std::string> command = {python && *python ? python : MHC_DEFAULT_PYTHON, MHC_PLOT_SCRIPT, "--log-keys",
+                                      train::log_keys().dump()};
   command.insert(command.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : command) argv.push_back(a.data());

@@ -7,7 +7,8 @@
 
 namespace mhc::cli {
 
-// Runs `python3 scripts/plots.py ARGS…` (python: $MHC_PYTHON, by default the Python the build was
+// Runs `python3 scripts/plots.py --log-keys JSON ARGS…`, the keys of metrics.jsonl from the run log
+// (mhc/run_log.h) that defines them (python: $MHC_PYTHON, by default the Python the build was
 // configured with, the project environment's, which has matplotlib once scripts/setup.sh ran).
 // Throws std::runtime_error naming the command when it cannot start or fails.
 void run_plots(const std::vector<std::string>& args);

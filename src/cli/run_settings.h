@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "args.h"
-#include "mhc/train.h"
+#include "mhc/settings.h"
 
 namespace mhc::cli {
 
-// Declares --preset, --config and one flag per training setting (mhc/train.h setting_specs()).
+// Declares --preset, --config and one flag per training setting (mhc/settings.h setting_specs()).
 void declare_training_flags(Args& a);
 // A fresh run's settings: the defaults < the preset < --config FILE.toml < the flags given, with
 // `overrides` counting as given flags. The plain residual gets one stream unless --streams is given.

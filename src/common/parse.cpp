@@ -37,4 +37,16 @@ double parse_real(const std::string& flag, const std::string& text, double min, 
   return v;
 }
 
+int64_t parse_integer(const std::string& flag, const std::string& text, const ValueRange& range) {
+  const auto* r = std::get_if<IntegerRange>(&range);
+  if (!r) throw std::logic_error(flag + " is read as a whole number but was not declared with an integer range");
+  return parse_integer(flag, text, r->min, r->max);
+}
+
+double parse_real(const std::string& flag, const std::string& text, const ValueRange& range) {
+  const auto* r = std::get_if<RealRange>(&range);
+  if (!r) throw std::logic_error(flag + " is read as a number but was not declared with a real range");
+  return parse_real(flag, text, r->min, r->max);
+}
+
 }  // namespace mhc

@@ -9,7 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mhc/format.h"
 #include "mhc/ops.h"
+#include "mhc/table.h"
 
 namespace mhc::diag {
 
@@ -119,7 +121,7 @@ Tensor probe_tokens(const data::WindowSampler& validation, int64_t windows) {
   return validation.ordered(0, std::min(windows, validation.windows())).first;
 }
 
-std::string to_json(const std::vector<SublayerDiagnostics>& diagnostics) {
+nlohmann::ordered_json to_json(const std::vector<SublayerDiagnostics>& diagnostics) {
   nlohmann::ordered_json j;
   auto column = [&](const char* key, auto value) {
     nlohmann::json values = nlohmann::json::array();
@@ -150,49 +152,38 @@ std::string to_json(const std::vector<SublayerDiagnostics>& diagnostics) {
   column("h_res_to_uniform", [](const D& d) { return d.uniform_distance; });
   column("pre_entropy", [](const D& d) { return d.pre_entropy; });
   column("post_entropy", [](const D& d) { return d.post_entropy; });
-  return j.dump();
+  return j;
 }
 
 std::string table(const std::vector<SublayerDiagnostics>& diagnostics) {
-  std::ostringstream s;
-  auto number = [&](double v, int width) {
-    std::ostringstream c;
-    if (v != 0 && (std::abs(v) < 1e-3 || std::abs(v) >= 1e5)) c << std::scientific << std::setprecision(2) << v;
-    else c << std::fixed << std::setprecision(5) << v;
-    s << std::setw(width) << c.str();
-  };
-  s << "gains of H_res (single) and of P_l = H_res^(L-1)...H_res^(l) (composite), max and mean over probe tokens;\n"
-       "doubly-stochastic error of H_res: max over tokens of |row sum - 1|, |column sum - 1|, and the smallest entry\n\n";
-  s << std::left << std::setw(9) << "sublayer" << std::right;
-  for (const char* h : {"fwd max", "fwd mean", "bwd max", "bwd mean", "P fwd max", "P fwd mean", "P bwd max",
-                        "P bwd mean", "row err", "col err", "min entry"})
-    s << std::setw(11) << h;
-  s << std::setw(19) << "H_pre range" << std::setw(19) << "H_post range" << "\n";
-  for (const auto& d : diagnostics) {
-    s << std::left << std::setw(9) << d.name << std::right;
-    for (double v : {d.forward_gain.max, d.forward_gain.mean, d.backward_gain.max, d.backward_gain.mean,
-                     d.composite_forward_gain.max, d.composite_forward_gain.mean, d.composite_backward_gain.max,
-                     d.composite_backward_gain.mean, d.error.row, d.error.column, d.error.min_entry})
-      number(v, 11);
-    number(d.pre_min, 10), number(d.pre_max, 9), number(d.post_min, 10), number(d.post_max, 9);
-    s << "\n";
-  }
-  s << "\nstream use, means over probe tokens: each stream's share ||x_i||^2 / sum_j ||x_j||^2 of the input state\n"
-       "(largest and smallest over streams), the state's effective rank (1: one signal in n copies, n: n orthogonal\n"
-       "streams), the Frobenius distance of H_res from I and from J/n, the entropy (nats) of |H_pre| and |H_post|\n"
-       "normalised to sum to 1 (ln n: every stream weighted alike)\n\n";
-  s << std::left << std::setw(9) << "sublayer" << std::right;
+  const Format number = Format::readable(5);
+  std::vector<Column> gain_columns = {{"sublayer"}};
+  for (const char* h : {"fwd max", "fwd mean", "bwd max", "bwd mean", "P fwd max", "P fwd mean", "P bwd max", "P bwd mean",
+                        "row err", "col err", "min entry", "H_pre min", "H_pre max", "H_post min", "H_post max"})
+    gain_columns.push_back({h, "", number});
+  const Table gains(gain_columns, TableStyle::text);
+  std::string out =
+      "gains of H_res (single) and of P_l = H_res^(L-1)...H_res^(l) (composite), max and mean over probe tokens;\n"
+      "doubly-stochastic error of H_res: max over tokens of |row sum - 1|, |column sum - 1|, and the smallest entry\n\n" +
+      gains.header();
+  for (const auto& d : diagnostics)
+    out += gains.row({d.name, d.forward_gain.max, d.forward_gain.mean, d.backward_gain.max, d.backward_gain.mean,
+                      d.composite_forward_gain.max, d.composite_forward_gain.mean, d.composite_backward_gain.max,
+                      d.composite_backward_gain.mean, d.error.row, d.error.column, d.error.min_entry, d.pre_min, d.pre_max,
+                      d.post_min, d.post_max});
+  std::vector<Column> stream_columns = {{"sublayer"}};
   for (const char* h : {"share max", "share min", "eff rank", "|H-I|", "|H-J/n|", "H_pre ent", "H_post ent"})
-    s << std::setw(11) << h;
-  s << "\n";
-  for (const auto& d : diagnostics) {
-    s << std::left << std::setw(9) << d.name << std::right;
-    for (double v : {d.share_max, d.share_min, d.effective_rank, d.identity_distance, d.uniform_distance, d.pre_entropy,
-                     d.post_entropy})
-      number(v, 11);
-    s << "\n";
-  }
-  return s.str();
+    stream_columns.push_back({h, "", number});
+  const Table streams(stream_columns, TableStyle::text);
+  out += "\nstream use, means over probe tokens: each stream's share ||x_i||^2 / sum_j ||x_j||^2 of the input state\n"
+         "(largest and smallest over streams), the state's effective rank (1: one signal in n copies, n: n orthogonal\n"
+         "streams), the Frobenius distance of H_res from I and from J/n, the entropy (nats) of |H_pre| and |H_post|\n"
+         "normalised to sum to 1 (ln n: every stream weighted alike)\n\n" +
+         streams.header();
+  for (const auto& d : diagnostics)
+    out += streams.row({d.name, d.share_max, d.share_min, d.effective_rank, d.identity_distance, d.uniform_distance,
+                        d.pre_entropy, d.post_entropy});
+  return out;
 }
 
 StreamSummary summarize_streams(const std::vector<SublayerDiagnostics>& diagnostics) {
@@ -221,12 +212,13 @@ bool CollapseAlarm::observe(const StreamSummary& summary) {
   return streak_ == thresholds_.after;
 }
 
-std::string CollapseAlarm::to_json() const {
-  return nlohmann::ordered_json{{"effective_rank", last_.effective_rank},
-                                {"largest_share", last_.largest_share},
-                                {"streak", streak_},
-                                {"alarm", firing()}}
-      .dump();
+nlohmann::ordered_json CollapseAlarm::to_json() const {
+  return {{"effective_rank", last_.effective_rank}, {"largest_share", last_.largest_share}, {"streak", streak_},
+          {"alarm", firing()}};
+}
+
+int64_t CollapseAlarm::logged_streak(const nlohmann::ordered_json& logged) {
+  return logged.is_object() ? logged.value("streak", int64_t{0}) : 0;
 }
 
 std::string CollapseAlarm::warning(int64_t step) const {
@@ -240,16 +232,6 @@ std::string CollapseAlarm::warning(int64_t step) const {
   s << " for " << streak_ << " diagnostics in a row (means over sublayers, n = " << last_.streams
     << "; metrics.jsonl \"collapse\")";
   return s.str();
-}
-
-int64_t collapse_streak(const std::string& metrics_path) {
-  std::ifstream in(metrics_path);
-  int64_t streak = 0;
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_discarded() && j.contains("collapse")) streak = j["collapse"].value("streak", int64_t{0});
-  }
-  return streak;
 }
 
 std::vector<std::vector<double>> sinkhorn_errors(GPT& model, const std::vector<SublayerRecord>& records,

@@ -11,7 +11,7 @@
 
 #include "../common/safetensors.h"
 #include "mhc/files.h"
-#include "mhc/train.h"
+#include "mhc/checkpoint.h"
 
 namespace fs = std::filesystem;
 

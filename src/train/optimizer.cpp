@@ -2,7 +2,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "mhc/train.h"
+#include "mhc/optimizer.h"
 
 namespace mhc::train {
 

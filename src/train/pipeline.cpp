@@ -8,7 +8,7 @@
 #include <limits>
 #include <map>
 
-#include "mhc/train.h"
+#include "mhc/optimizer.h"
 
 namespace mhc::train {
 

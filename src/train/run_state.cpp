@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mhc/files.h"
+#include "mhc/format.h"
 
 namespace fs = std::filesystem;
 
@@ -56,10 +57,10 @@ int64_t metadata_count(const std::string& path, const std::map<std::string, std:
   return value;
 }
 
-// A positive whole-number setting of the checkpoint's config.
+// A whole-number setting of the checkpoint's config, in its range.
 int64_t config_count(const std::string& path, const Settings& settings, const std::string& name) {
   try {
-    return settings.integer(name, 1, INT64_MAX);
+    return settings.integer(name);
   } catch (const std::invalid_argument& e) {
     refuse(path, std::string("metadata 'config': ") + e.what());
   }
@@ -176,8 +177,8 @@ RunState load_run_state(const std::string& path, const Checkpoint& c) {
     if (name.rfind("model/", 0) == 0) held += t.numel();
   const double least = least_parameters(s.model_config(state.tokenizer->vocab_size()));
   if (least > static_cast<double>(held))
-    refuse(path, "metadata 'config' describes a model of at least " + short_count(least) + " parameters, but its model/ tensors hold " +
-                     short_count(static_cast<double>(held)));
+    refuse(path, "metadata 'config' describes a model of at least " + Format::count()(least) + " parameters, but its model/ tensors hold " +
+                     Format::count()(static_cast<double>(held)));
   return state;
 }
 
@@ -204,6 +205,12 @@ LoadedRun load_run(const std::string& checkpoint_path) {
   restore_model(run.model, c, checkpoint_path);
   run.step = state.step;
   return run;
+}
+
+data::TokenizedCorpus run_corpus(LoadedRun& run, const std::string& data_dir, int threads) {
+  const Settings& s = run.settings;
+  return data::tokenize_corpus(s.str("data"), data_dir.empty() ? s.str("data-dir") : data_dir, s.str("tokenizer"),
+                               s.integer("vocab"), threads, std::move(run.tokenizer));
 }
 
 }  // namespace mhc::train

@@ -9,9 +9,10 @@
 #include <thread>
 
 #include "../common/json.h"
+#include "mhc/data.h"
 #include "mhc/files.h"
 #include "mhc/parse.h"
-#include "mhc/train.h"
+#include "mhc/settings.h"
 
 namespace mhc::train {
 
@@ -33,74 +34,83 @@ torch::ScalarType parse_dtype(const std::string& name) {
   throw std::invalid_argument("--dtype '" + name + "' is not supported (accepted: float32, bfloat16)");
 }
 
+// A count with no bound of its own (a step number, an interval in steps).
+constexpr int64_t kNoLimit = INT64_MAX;
+
 int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 const std::vector<SettingSpec>& setting_specs() {
   static const std::vector<SettingSpec> specs = {
       // what is trained
-      {"variant", "mhc", "residual variant: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc (also --residual)", 's', false, {},
+      {"variant", "mhc", "residual variant: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc (also --residual)", {}, false, {},
        "residual"},
-      {"streams", "4", "n, the number of residual streams (residual: always 1)", 'i', false},
-      {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc, mhc-v4)", 'i', false},
-      {"bias-init", "paper", "initial connection logits: paper, zero", 's', false},
+      {"streams", "4", "n, the number of residual streams (residual: always 1)", IntegerRange{1, kMaxStreams}, false},
+      {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc, mhc-v4)", IntegerRange{0, kMaxSinkhornIters}, false},
+      {"bias-init", "paper", "initial connection logits: paper, zero", {}, false},
       {"head", "sum", "end of the stream stack: sum (of the streams) or hyper (DeepSeek-V4's learned per-token "
-       "weighted sum)", 's', false, "sum"},
-      {"layers", "4", "transformer blocks (each = attention + MLP sublayer)", 'i', false},
-      {"dim", "128", "C, the width of each stream", 'i', false},
-      {"heads", "4", "attention heads (must divide --dim)", 'i', false},
-      {"seq-len", "128", "tokens per training window", 'i', false},
+       "weighted sum)", {}, false, "sum"},
+      {"layers", "4", "transformer blocks (each = attention + MLP sublayer)", IntegerRange{1, 1024}, false},
+      {"dim", "128", "C, the width of each stream", IntegerRange{2, 1 << 16}, false},
+      {"heads", "4", "attention heads (must divide --dim)", IntegerRange{1, 1 << 12}, false},
+      {"seq-len", "128", "tokens per training window", IntegerRange{1, 1 << 20}, false},
       // on what
       {"data", "brown", "'brown' (the Brown corpus) or a UTF-8 text file or folder of them (at most " +
-       byte_count_text(data::kMaxCorpusBytes) + " in all)", 's', false},
-      {"tokenizer", "bpe", "bpe (SentencePiece, trained on the training split) or byte", 's', false},
-      {"vocab", "4096", "BPE vocabulary size", 'i', false},
+       byte_count_text(data::kMaxCorpusBytes) + " in all)", {}, false},
+      {"tokenizer", "bpe", "bpe (SentencePiece, trained on the training split) or byte", {}, false},
+      {"vocab", "4096", "BPE vocabulary size", IntegerRange{2, 1 << 20}, false},
       // how
-      {"steps", "400", "optimizer steps (the cosine schedule ends here)", 'i', false},
-      {"batch", "16", "windows per micro-batch, over all ranks (each takes batch / WORLD_SIZE)", 'i', false},
-      {"accum", "1", "micro-batches per optimizer step (gradient accumulation)", 'i', false},
-      {"lr", "0.003", "peak learning rate", 'f', false},
-      {"min-lr", "0.0003", "learning rate at the end of the cosine", 'f', false},
-      {"warmup", "40", "linear warmup steps", 'i', false},
-      {"weight-decay", "0.1", "AdamW decoupled weight decay (matrices only)", 'f', false},
-      {"beta1", "0.9", "AdamW beta1", 'f', false},
-      {"beta2", "0.95", "AdamW beta2", 'f', false},
-      {"clip", "1.0", "gradient clipping by global norm (0: off)", 'f', false},
-      {"seed", "1337", "seed of the initialisation and the data order", 'i', false},
-      {"dtype", "float32", "activations: float32, or bfloat16 (fp32 master weights, coefficients and loss)", 's', false,
+      {"steps", "400", "optimizer steps (the cosine schedule ends here)", IntegerRange{1, int64_t(1) << 40}, false},
+      {"batch", "16", "windows per micro-batch, over all ranks (each takes batch / WORLD_SIZE)", IntegerRange{1, 1 << 20}, false},
+      {"accum", "1", "micro-batches per optimizer step (gradient accumulation)", IntegerRange{1, 1 << 20}, false},
+      {"lr", "0.003", "peak learning rate", RealRange{0, 1e30}, false},
+      {"min-lr", "0.0003", "learning rate at the end of the cosine", RealRange{0, 1e30}, false},
+      {"warmup", "40", "linear warmup steps", IntegerRange{0, kNoLimit}, false},
+      {"weight-decay", "0.1", "AdamW decoupled weight decay (matrices only)", RealRange{0, 1e3}, false},
+      {"beta1", "0.9", "AdamW beta1", RealRange{0, 0.999999}, false},
+      {"beta2", "0.95", "AdamW beta2", RealRange{0, 0.999999}, false},
+      {"clip", "1.0", "gradient clipping by global norm (0: off)", RealRange{0, 1e30}, false},
+      {"seed", "1337", "seed of the initialisation and the data order", IntegerRange{0, kNoLimit}, false},
+      {"dtype", "float32", "activations: float32, or bfloat16 (fp32 master weights, coefficients and loss)", {}, false,
        "float32"},
       // run settings (a resumed run may change them)
-      {"out", "runs/default", "output folder: config.json, metrics.jsonl, checkpoints", 's', true},
-      {"data-dir", "data", "where the corpus is installed and token caches are kept", 's', true},
-      {"device", "cpu", "where the model trains: cpu, cuda, cuda:N", 's', true},
-      {"threads", std::to_string(default_threads()), "CPU threads", 'i', true},
+      {"out", "runs/default", "output folder: config.json, metrics.jsonl, checkpoints", {}, true},
+      {"data-dir", "data", "where the corpus is installed and token caches are kept", {}, true},
+      {"device", "cpu", "where the model trains: cpu, cuda, cuda:N", {}, true},
+      {"threads", std::to_string(default_threads()), "CPU threads", IntegerRange{1, 1024}, true},
       {"recompute", "none", "what the backward pass rebuilds instead of keeping: none; streams (the connections' "
-       "n-stream states, F not re-run; a no-op for the plain residual); blocks (whole groups of sublayers, F included)", 's', true},
+       "n-stream states, F not re-run; a no-op for the plain residual); blocks (whole groups of sublayers, F included)", {}, true},
       {"recompute-every", "auto", "L_r, sublayers per recomputed group: auto (streams: the stack in equal groups of at "
-       "most 12; blocks: round(sqrt(n·L/(n+2))), L sublayers) or a whole number >= 1", 's', true},
-      {"eval-every", "50", "validation every N steps (0: only at the end)", 'i', true},
-      {"eval-batches", "8", "validation batches per evaluation (0: the whole split)", 'i', true},
-      {"diag-every", "10", "signal-gain diagnostics into metrics.jsonl every N steps and at the end (0: never)", 'i', true},
-      {"diag-batch", "4", "validation windows in the diagnostics' fixed probe batch", 'i', true},
+       "most 12; blocks: round(sqrt(n·L/(n+2))), L sublayers) or a whole number >= 1", {}, true},
+      {"eval-every", "50", "validation every N steps (0: only at the end)", IntegerRange{0, kNoLimit}, true},
+      {"eval-batches", "8", "validation batches per evaluation (0: the whole split)", IntegerRange{0, 1 << 30}, true},
+      {"diag-every", "10", "signal-gain diagnostics into metrics.jsonl every N steps and at the end (0: never)", IntegerRange{0, kNoLimit}, true},
+      {"diag-batch", "4", "validation windows in the diagnostics' fixed probe batch", IntegerRange{1, 1 << 20}, true},
       {"collapse-rank", "1.2", "stream-collapse alarm: a diagnostic counts as collapsed when the streams' effective "
-       "rank (1 to n, mean over sublayers) is below this (0: never)", 'f', true},
+       "rank (1 to n, mean over sublayers) is below this (0: never)", RealRange{0, 1e6}, true},
       {"collapse-share", "0.9", "... or when the largest stream's share of the state's energy (1/n to 1) is above this "
-       "(1: never)", 'f', true},
+       "(1: never)", RealRange{0, 1}, true},
       {"collapse-after", "5", "collapsed diagnostics in a row that fire the alarm: one warning line, \"alarm\": true "
-       "in metrics.jsonl", 'i', true},
-      {"ckpt-every", "100", "checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)", 'i', true},
-      {"keep", "2", "checkpoints kept (older ones are deleted)", 'i', true},
-      {"stop-after", "0", "stop with a checkpoint after this step (0: run all --steps)", 'i', true},
-      {"max-bad-steps", "5", "stop after this many non-finite steps in a row", 'i', true},
-      {"sample-tokens", "48", "tokens sampled at the end of training (0: none)", 'i', true},
-      {"dist-timeout", "120", "seconds any rank may wait for another in a collective before exiting with an error", 'f', true},
+       "in metrics.jsonl", IntegerRange{1, kNoLimit}, true},
+      {"ckpt-every", "100", "checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)", IntegerRange{0, kNoLimit}, true},
+      {"keep", "2", "checkpoints kept (older ones are deleted)", IntegerRange{1, 1 << 20}, true},
+      {"stop-after", "0", "stop with a checkpoint after this step (0: run all --steps)", IntegerRange{0, kNoLimit}, true},
+      {"max-bad-steps", "5", "stop after this many non-finite steps in a row", IntegerRange{1, 1 << 20}, true},
+      {"sample-tokens", "48", "tokens sampled at the end of training (0: none)", IntegerRange{0, 1 << 20}, true},
+      {"dist-timeout", "120", "seconds any rank may wait for another in a collective before exiting with an error", RealRange{0.001, 1e6}, true},
       {"pipeline-stages", "1", "S, pipeline stages: the blocks split into S contiguous stages balanced by cost, one rank "
-       "each (WORLD_SIZE = S x data-parallel replicas; micro-batches: --accum)", 'i', true},
+       "each (WORLD_SIZE = S x data-parallel replicas; micro-batches: --accum)", IntegerRange{1, 1 << 20}, true},
       {"schedule", "1f1b", "pipeline schedule: 1f1b (one forward, one backward: at most S micro-batches in flight) or "
-       "gpipe (every forward, then every backward)", 's', true},
+       "gpipe (every forward, then every backward)", {}, true},
       {"pipe-dtype", "auto", "dtype of the stream state and its gradient between pipeline stages: auto (the "
-       "activations' --dtype), float32 or bfloat16 (the coefficients never travel)", 's', true},
+       "activations' --dtype), float32 or bfloat16 (the coefficients never travel)", {}, true},
   };
   return specs;
+}
+
+const SettingSpec& setting_spec(const std::string& name) {
+  for (const auto& spec : setting_specs())
+    if (spec.name == name) return spec;
+  throw std::logic_error("no setting named " + name);
 }
 
 const std::map<std::string, std::map<std::string, std::string>>& presets() {
@@ -124,20 +134,18 @@ const std::string& Settings::str(const std::string& name) const {
   return it->second;
 }
 
-int64_t Settings::integer(const std::string& name, int64_t min, int64_t max) const {
-  return parse_integer("--" + name, str(name), min, max);
+int64_t Settings::integer(const std::string& name) const {
+  return parse_integer("--" + name, str(name), setting_spec(name).range);
 }
 
-double Settings::real(const std::string& name, double min, double max) const {
-  return parse_real("--" + name, str(name), min, max);
-}
+double Settings::real(const std::string& name) const { return parse_real("--" + name, str(name), setting_spec(name).range); }
 
 std::string Settings::to_json() const {
   nlohmann::ordered_json j;
   for (const auto& spec : setting_specs()) {
     const std::string& v = str(spec.name);
-    if (spec.type == 'i') j[spec.name] = std::stoll(v);
-    else if (spec.type == 'f') j[spec.name] = std::stod(v);
+    if (std::holds_alternative<IntegerRange>(spec.range)) j[spec.name] = std::stoll(v);
+    else if (std::holds_alternative<RealRange>(spec.range)) j[spec.name] = std::stod(v);
     else j[spec.name] = v;
   }
   return j.dump(2) + "\n";
@@ -167,14 +175,14 @@ GPTConfig Settings::model_config(int64_t vocab) const {
   GPTConfig c;
   c.vocab = vocab;
   c.variant = parse_variant(str("variant"));
-  c.streams = integer("streams", 1, kMaxStreams);
-  c.sinkhorn_iters = integer("sinkhorn-iters", 0, kMaxSinkhornIters);
+  c.streams = integer("streams");
+  c.sinkhorn_iters = integer("sinkhorn-iters");
   c.bias_init = BiasInit::named(str("bias-init"));
   c.head = parse_stream_head(str("head"));
-  c.layers = integer("layers", 1, 1024);
-  c.dim = integer("dim", 2, 1 << 16);
-  c.heads = integer("heads", 1, 1 << 12);
-  c.seq_len = integer("seq-len", 1, 1 << 20);
+  c.layers = integer("layers");
+  c.dim = integer("dim");
+  c.heads = integer("heads");
+  c.seq_len = integer("seq-len");
   c.dtype = parse_dtype(str("dtype"));
   c.recompute.mode = parse_recompute(str("recompute"));
   const std::string& every = str("recompute-every");

@@ -3,9 +3,10 @@
 
 #include <exception>
 
+#include "mhc/checkpoint.h"
 #include "mhc/files.h"
 #include "mhc/parse.h"
-#include "mhc/train.h"
+#include "mhc/settings.h"
 
 namespace mhc::fuzz {
 
@@ -24,8 +25,8 @@ bool read_config(const std::string& path) {
   for (const auto& spec : train::setting_specs()) {
     const auto it = values.find(spec.name);
     if (it == values.end()) continue;
-    if (spec.type == 'i') parse_integer("--" + spec.name, it->second, INT64_MIN, INT64_MAX);
-    if (spec.type == 'f') parse_real("--" + spec.name, it->second, -1e300, 1e300);
+    if (std::holds_alternative<IntegerRange>(spec.range)) parse_integer("--" + spec.name, it->second, spec.range);
+    if (std::holds_alternative<RealRange>(spec.range)) parse_real("--" + spec.name, it->second, spec.range);
   }
   return true;
 }
@@ -51,7 +52,7 @@ bool read_as(Reader reader, const std::string& bytes, const std::string& scratch
 std::vector<std::string> valid_inputs(Reader reader, const std::string& scratch_path) {
   if (reader == Reader::config)
     return {"residual = \"mhc-lite\"\nstreams = 3\nlr = 0.001\n",
-            "# a run\ndim = 64\nlayers = 2\nheads = 2\nbeta2 = 9.5e-1\nclip = 0\ndata = 'text.txt'\nseed = -1\n",
+            "# a run\ndim = 64\nlayers = 2\nheads = 2\nbeta2 = 9.5e-1\nclip = 0\ndata = 'text.txt'\nseed = 0\n",
             "steps = 100\nwarmup = 10\nmin-lr = 1e-5\nweight-decay = 0.0\ndtype = \"bfloat16\"\ndist-timeout = 1.5\n"};
   torch::manual_seed(0);
   train::Checkpoint small;

@@ -7,7 +7,7 @@
 #include <exception>
 #include <string>
 
-#include "mhc/train.h"
+#include "mhc/checkpoint.h"
 
 int main(int argc, char** argv) {
   if (argc != 4) {
