@@ -170,6 +170,10 @@ c = json.loads(meta['config']); c['dim'] = 'wide'; meta['config'] = json.dumps(c
   check "metadata 'step' is not a string" "meta['step'] = 4"
   check "tensor 'tokenizer': 'data_offsets' is not two byte offsets" "header['tokenizer']['data_offsets'] = [str(o) for o in header['tokenizer']['data_offsets']]"
   check "tensor 'tokenizer': 'shape' holds -1, not a size" "header['tokenizer']['shape'] = [-1]"
+  # A dimension of 2^64 - 1 read as int64 was "negative dimension -1", naming neither file nor tensor
+  # (issue 35, item 19).
+  check "tensor 'tokenizer': 'shape' holds 18446744073709551615, larger than a dimension can be \(at most 9223372036854775807\)" \
+    "header['tokenizer']['shape'] = [2**64 - 1]"
   printf '\x02\x00\x00\x00\x00\x00\x00\x00[]' > "$work/array.safetensors"
   expect_error "checkpoint $work/array.safetensors is unreadable: its header is not a JSON object" eval --ckpt "$work/array.safetensors"
 fi

@@ -130,6 +130,15 @@ if want settings; then
   for rank in 0 1; do
     [ "$(cat "$work/alike.$rank.status")" -eq 0 ] || fail "settings: --lr 0.001 vs 1e-3: rank $rank: $(cat "$work/alike.$rank.err")"
   done
+  # Run settings that decide which steps the ranks meet after must agree too (issue 35, item 11):
+  # they used to deadlock until the timeout, then blame a live rank.
+  t0=$(date +%s.%N)
+  two_ranks stops --stop-after 1 -- --stop-after 2
+  took_at_most 10 "$t0" "settings: ranks given --stop-after 1 and 2 (--dist-timeout 20)"
+  for rank in 0 1; do
+    [ "$(cat "$work/stops.$rank.status")" -eq 2 ] || fail "settings: --stop-after: rank $rank exited $(cat "$work/stops.$rank.status"), not 2"
+    one_error_line "$work/stops.$rank.err" "settings: --stop-after, rank $rank" "^error: --stop-after is 1 on rank 0.* but 2 on rank 1"
+  done
 fi
 
 if want launcher; then
@@ -150,6 +159,21 @@ if want launcher; then
   for pid in $ranks; do kill -0 "$pid" 2>/dev/null && fail "launcher: rank pid $pid left running"; done
   grep -q "^mhc launch: rank 1 exited with status 137; stopping the other ranks" "$work/launched.log" ||
     fail "launcher: $(tail -2 "$work/launched.log")"
+
+  # The launcher dies (SIGKILL: no handler runs): its ranks die with it, as torchrun's workers do,
+  # instead of training on as orphans that hold the --out lock (issue 35, item 14).
+  "$mhc" launch --nproc 2 -- train "${small[@]}" --steps 100000 --dist-timeout 30 --out "$work/orphans" \
+    > "$work/orphans.log" 2>&1 &
+  launcher=$!
+  for _ in $(seq 1 600); do [ -f "$work/orphans/metrics.jsonl" ] && [ "$(wc -l < "$work/orphans/metrics.jsonl")" -ge 3 ] && break; sleep 0.1; done
+  ranks=$(ps -o pid= --ppid "$launcher")
+  [ -n "$ranks" ] || fail "launcher death: no ranks found under the launcher"
+  kill -KILL "$launcher"
+  wait "$launcher" 2>/dev/null || true
+  for pid in $ranks; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    ! kill -0 "$pid" 2>/dev/null || fail "launcher death: rank pid $pid still running 10 s after the launcher's SIGKILL"
+  done
 fi
 
 echo "dist_cli ($only): $failures failed"

@@ -164,6 +164,26 @@ TEST(Recompute, StackGradientsAreBitIdenticalForEveryVariant) {
   }
 }
 
+// A parameter changed in place between the forward and the backward pass (an optimizer step):
+// autograd refuses it without recomputation, and so must `blocks`, whose backward pass would re-run
+// the segment with the new values (issue 35, item 1: wrong gradients, max error 154.7 against 13.6).
+TEST(Recompute, BlocksRefuseAParameterChangedInPlaceSinceTheForwardPass) {
+  for (Recompute mode : {Recompute::none, Recompute::blocks}) {
+    SCOPED_TRACE(recompute_name(mode));
+    const Stack stack(Variant::mhc, 40, 4, 8, 4);
+    const Tensor loss = stack.forward({mode, 2});
+    {
+      torch::NoGradGuard no_grad;
+      stack.connections->connections[1]->phi.add_(0.5);
+    }
+    const std::string error = error_of([&] { loss.backward(); });
+    EXPECT_NE(error.find(mode == Recompute::blocks ? "was modified in place after the forward pass (version"
+                                                   : "modified by an inplace operation"),
+              std::string::npos)
+        << error;
+  }
+}
+
 TEST(Recompute, RetainedGraphsRunTheBackwardPassTwice) {
   const Stack stack(Variant::mhc, 40, 4, 24, 6);
   const auto reference = stack.gradients({}, 2);

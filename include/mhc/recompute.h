@@ -91,9 +91,11 @@ class StreamGroup : public torch::CustomClassHolder {
 // the backward pass (F included), then differentiated. Parameters used inside the segment get their
 // gradients accumulated by that inner backward, as with PyTorch's reentrant checkpoint, so the
 // backward pass must be a plain backward(): torch::autograd::grad, backward(inputs) and
-// create_graph are refused with one line. The segment must be deterministic, and x is not to be
-// changed in place before the backward pass (a version check says so). With grad mode off it is
+// create_graph are refused with one line. The segment must be deterministic, and neither x nor the
+// `watched` tensors (the parameters it reads) are to be changed in place before the backward pass:
+// version checks refuse it, as autograd refuses it without recomputation. With grad mode off it is
 // segment(x).
-torch::Tensor checkpoint(const std::function<torch::Tensor(const torch::Tensor&)>& segment, const torch::Tensor& x);
+torch::Tensor checkpoint(const std::function<torch::Tensor(const torch::Tensor&)>& segment, const torch::Tensor& x,
+                         std::vector<torch::Tensor> watched = {});
 
 }  // namespace mhc

@@ -161,8 +161,11 @@ class HyperConnectionStack(nn.Module):
         every = torch.ops.mhc.recompute_group_size(recompute, self.streams, L, recompute_every or 0)
         if recompute == "blocks" and torch.is_grad_enabled():
             for start in range(0, L, every):
-                x = torch.utils.checkpoint.checkpoint(self._run, x, sublayers, start, min(L, start + every),
-                                                      use_reentrant=False)
+                stop = min(L, start + every)
+                watched = [p for c in self.connections[start:stop] for p in c.parameters()]
+                watched += [p for f in sublayers[start:stop] if isinstance(f, nn.Module) for p in f.parameters()]
+                x = torch.utils.checkpoint.checkpoint(self._run, x, sublayers, start, stop, use_reentrant=False)
+                x = _UnchangedSinceForward.apply(x, watched, [p._version for p in watched])
             return x
         if recompute == "none" or self.variant == "residual" or not torch.is_grad_enabled():
             return self._run(x, sublayers, 0, L)
@@ -193,6 +196,28 @@ class HyperConnectionStack(nn.Module):
                 after(l, mix, y, x)
             mix, post_input = following, x
         return x
+
+
+class _UnchangedSinceForward(torch.autograd.Function):
+    """The identity on a recomputed segment's output, whose backward (which runs before the segment
+    is recomputed) refuses parameters changed in place since the forward pass: the recomputation
+    would use the new values and give wrong gradients silently, where autograd's own version check,
+    without recomputation, refuses."""
+
+    @staticmethod
+    def forward(ctx, x, watched, versions):
+        ctx.watched, ctx.versions = watched, versions
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        for p, version in zip(ctx.watched, ctx.versions):
+            if p._version != version:
+                raise RuntimeError(f"recompute='blocks': a parameter of shape {list(p.shape)} that the segment re-runs "
+                                   f"with was modified in place after the forward pass (version {version}, now "
+                                   f"{p._version}): the backward pass would re-run the segment with the new values and "
+                                   "give wrong gradients; run the backward pass first")
+        return grad, None, None
 
 
 def expand_streams(e: Tensor, streams: int) -> Tensor:

@@ -240,6 +240,14 @@ def test_analyze_bad_files_are_one_line_errors(tmp_path):
     assert error_of(bf16) == ("error: --deepseek-v4: layers.0.hc_ffn_scale has dtype BF16, expected F32 (DeepSeek-V4 "
                               "keeps its hyper-connection tensors in float32)")
     assert error_of({"unrelated": torch.zeros(3)}).startswith("error: --deepseek-v4: no DeepSeek-V4 hyper-connection tensors")
+    # Two names for one sublayer's part: refused, not one of them read silently (issue 35, item 2).
+    twice = error_of(dict(state, **{"layers.01.hc_attn_fn": state["layers.1.hc_attn_fn"]}))
+    assert twice.startswith("error: --deepseek-v4: tensors layers.") and "layers.01.hc_attn_fn" in twice and \
+        "layers.1.hc_attn_fn" in twice and twice.endswith(" name the same sublayer's fn (one name each, please)"), twice
+    # A layer index of 200,000 digits: one line, not a crash in a recursive regex (issue 35, item 8).
+    long_name = error_of(dict(state, **{"layers." + "1" * 200_000 + ".hc_attn_fn": torch.zeros(1)}))
+    assert long_name == "error: --deepseek-v4: tensor layers." + "1" * 33 + "…: layer index out of range", \
+        long_name[:200]
     path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")  # a damaged header length: refused, nothing allocated
     code, _, log, _ = analyze(tmp_path, path)
     assert code != 0 and log.strip().splitlines()[-1] == (

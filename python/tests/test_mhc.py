@@ -256,6 +256,26 @@ def test_stack_recompute_is_bit_identical(variant, n):
             assert all(torch.equal(a, b) for a, b in zip(reference, got)), (recompute, every)
 
 
+@pytest.mark.parametrize("recompute", ["none", "blocks"])
+def test_stack_refuses_parameters_changed_before_backward(recompute):
+    """An in-place change between forward and backward (an optimizer step) is refused with recompute
+    as without it; `blocks` used to re-run the segment with the new values and give wrong gradients
+    (issue 35, item 1: max error 154.7 against a largest true gradient of 13.6)."""
+    stack, mlps, x0 = make_stack("mhc", 4, C=8, L=4)
+    out = stack(x0.clone().requires_grad_(), mlps, recompute, 2)
+    with torch.no_grad():
+        stack.connections[1].phi.add_(0.5)
+    match = "modified in place after the forward pass" if recompute == "blocks" else "modified by an inplace operation"
+    with pytest.raises(RuntimeError, match=match):
+        out.square().sum().backward()
+    # The same for a sublayer's own weights (an nn.Module).
+    out = stack(x0.clone().requires_grad_(), mlps, recompute, 2)
+    with torch.no_grad():
+        mlps[2][0].weight.add_(0.5)
+    with pytest.raises(RuntimeError, match=match):
+        out.square().sum().backward()
+
+
 def record_states(stack):
     """The states the connections read, in order (x_0, x_1, ...): the first one's pre reads x_0, and
     each later one's boundary makes the state it reads (its Mix's x_next)."""

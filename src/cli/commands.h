@@ -11,6 +11,9 @@ namespace mhc::cli {
 int analyze(const std::vector<std::string>& argv);
 int compare(const std::vector<std::string>& argv);
 int launch(const std::vector<std::string>& argv);
+// In a rank that `mhc launch` started: the rank dies with the launcher (a parent-death signal), as
+// torchrun's workers do, so that no orphan trains on holding the run folder's lock. Elsewhere: nothing.
+void die_with_launcher();
 int bench_layer(const std::vector<std::string>& argv);
 int bench_train(const std::vector<std::string>& argv);
 int bench_memory(const std::vector<std::string>& argv);

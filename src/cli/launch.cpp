@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +32,9 @@ extern char** environ;
 namespace mhc::cli {
 
 namespace {
+
+// Set for the ranks to the launcher's PID: the parent whose death they follow.
+constexpr const char* kLauncherPidVariable = "MHC_LAUNCHER_PID";
 
 using Clock = std::chrono::steady_clock;
 
@@ -66,6 +70,7 @@ std::map<std::string, std::string> ranks_environment(int ranks, const std::strin
   shared["MASTER_ADDR"] = master_addr;
   shared["MASTER_PORT"] = std::to_string(port);
   shared.erase("TORCHELASTIC_USE_AGENT_STORE");  // rank 0 hosts the store here
+  shared[kLauncherPidVariable] = std::to_string(::getpid());  // the ranks die with this process
   return shared;
 }
 
@@ -139,6 +144,15 @@ int wait_for_ranks(std::map<pid_t, int>& running, const sigset_t& watched) {
 }
 
 }  // namespace
+
+void die_with_launcher() {
+  const char* launcher = std::getenv(kLauncherPidVariable);
+  if (launcher == nullptr) return;
+  // SIGTERM: the ranks stop together after the step (with a checkpoint) as on any stop request.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // The launcher may have died before the line above: then the rank's parent is already another.
+  if (std::to_string(::getppid()) != launcher) std::_Exit(128 + SIGTERM);
+}
 
 int launch(const std::vector<std::string>& argv) {
   const auto dashes = std::find(argv.begin(), argv.end(), "--");

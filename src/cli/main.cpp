@@ -52,6 +52,7 @@ const char* kUsage =
 extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** argv) {
   c10::initLogging();  // reads TORCH_CPP_LOG_LEVEL (the launcher's default: fatal only); torch's Python does this on import
   keep_freed_memory();
+  mhc::cli::die_with_launcher();
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout << kUsage;

@@ -88,6 +88,8 @@ Entry entry_of(const std::string& label, const std::string& path, const std::str
   if (shape == entry.end() || !shape->is_array()) bad("shape", "is missing or not a list");
   for (const auto& d : *shape) {
     if (!d.is_number_unsigned()) bad("shape", "holds " + d.dump() + ", not a size");
+    if (d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      bad("shape", "holds " + d.dump() + ", larger than a dimension can be (at most " + std::to_string(INT64_MAX) + ")");
     out.shape.push_back(d.get<int64_t>());
   }
   const auto offsets = entry.find("data_offsets");

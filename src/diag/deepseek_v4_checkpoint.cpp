@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
-#include <regex>
+#include <optional>
+#include <string_view>
+#include <tuple>
 #include <sstream>
 #include <stdexcept>
 
@@ -25,9 +27,6 @@ struct Located {
   size_t file = 0;
   safetensors::Entry entry;
 };
-
-// One connection's (or the head's) three tensors, keyed "fn", "base", "scale".
-using Parts = std::map<std::string, Located>;
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::ostringstream s;
@@ -66,121 +65,200 @@ std::string head_name(bool native, const std::string& part) {
   return native ? "hc_head_" + part : "model.hc_head.hc_" + part;
 }
 
+// ---- Names: a hyper-connection tensor's place, read without regex (a name of 200,000 digits
+// overflowed std::regex's recursion) ----
+
+constexpr size_t kMaxLayerDigits = 6;
+
+// What a tensor's name says: the layer (-1: the head), "attn" or "ffn", the part, the naming.
+struct Place {
+  int64_t layer;
+  std::string kind, part;
+  bool native;
+  bool operator<(const Place& o) const { return std::tie(layer, kind, part) < std::tie(o.layer, o.kind, o.part); }
+};
+
+bool take(std::string_view& s, std::string_view prefix) {
+  if (s.substr(0, prefix.size()) != prefix) return false;
+  s.remove_prefix(prefix.size());
+  return true;
+}
+
+// One of `words` at the front of s, taken; empty when none is.
+std::string take_one_of(std::string_view& s, std::initializer_list<std::string_view> words) {
+  for (std::string_view w : words)
+    if (take(s, w)) return std::string(w);
+  return "";
+}
+
+// The layer index at the front of s, taken; nullopt without digits. Throws past kMaxLayerDigits.
+std::optional<int64_t> take_layer(std::string_view& s, const std::string& name) {
+  size_t digits = 0;
+  while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
+  if (digits == 0) return std::nullopt;
+  if (digits > kMaxLayerDigits) throw std::invalid_argument("--deepseek-v4: tensor " + name.substr(0, 40) +
+                                                           "…: layer index out of range");
+  const int64_t layer = std::stoll(std::string(s.substr(0, digits)));
+  s.remove_prefix(digits);
+  return layer;
+}
+
+// layers.{l}.hc_{attn|ffn}_{part}, model.layers.{l}.{attn|ffn}_hc.{part}, hc_head_{part},
+// model.hc_head.hc_{part}; nullopt for any other name (a tensor never read).
+std::optional<Place> place_of(const std::string& name) {
+  std::string_view s = name;
+  Place p{-1, "", "", true};
+  if (take(s, "hc_head_")) {
+  } else if (take(s, "model.hc_head.hc_")) {
+    p.native = false;
+  } else {
+    p.native = !take(s, "model.");
+    if (!take(s, "layers.")) return std::nullopt;
+    const std::optional<int64_t> layer = take_layer(s, name);
+    if (!layer || !take(s, p.native ? ".hc_" : ".")) return std::nullopt;
+    p.layer = *layer;
+    p.kind = take_one_of(s, {"attn", "ffn"});
+    if (p.kind.empty() || !take(s, p.native ? "_" : "_hc.")) return std::nullopt;
+  }
+  p.part = take_one_of(s, {"fn", "base", "scale"});
+  if (p.part.empty() || !s.empty()) return std::nullopt;
+  return p;
+}
+
+// ---- The index: where each part of each sublayer is ----
+
+// Every hyper-connection tensor of the shards, by place, and which naming they use.
+struct Found {
+  std::vector<safetensors::Index> indexes;  // one per file
+  std::map<Place, Located> parts;
+  bool native = true;
+};
+
+Found find_connections(const std::vector<std::string>& files) {
+  Found found;
+  std::map<Place, std::string> name_of, file_of;  // the name and file each place was first seen with
+  int native = 0, hf = 0;
+  for (size_t f = 0; f < files.size(); ++f) {
+    found.indexes.push_back(safetensors::read_index(kLabel, files[f]));
+    for (const auto& e : found.indexes.back().entries) {
+      const std::optional<Place> place = place_of(e.name);
+      if (!place) continue;  // not a hyper-connection tensor: never read
+      (place->native ? native : hf)++;
+      if (const auto seen = name_of.find(*place); seen != name_of.end()) {
+        // Two spellings of one place ("layers.01" and "layers.1") would make one of them win silently.
+        if (seen->second != e.name)
+          throw std::invalid_argument("--deepseek-v4: tensors " + seen->second + " and " + e.name +
+                                      " name the same sublayer's " + place->part + " (one name each, please)");
+        // Model-parallel shards may each hold a copy of a tensor that is not split: the first is read.
+        const Located& first = found.parts.at(*place);
+        if (first.entry.type != e.type || first.entry.shape != e.shape)
+          throw std::invalid_argument("--deepseek-v4: tensor " + e.name + " is in both " + file_of.at(*place) + " and " +
+                                      files[f] + ", with different dtypes or shapes");
+        continue;
+      }
+      name_of[*place] = e.name, file_of[*place] = files[f];
+      if (e.type != torch::kFloat)
+        throw std::invalid_argument("--deepseek-v4: " + e.name + " has dtype " + safetensors::dtype_name(e.type) +
+                                    ", expected F32 (DeepSeek-V4 keeps its hyper-connection tensors in float32)");
+      found.parts[*place] = {f, e};
+    }
+  }
+  if (found.parts.empty() || found.parts.rbegin()->first.layer < 0)
+    throw std::invalid_argument("--deepseek-v4: no DeepSeek-V4 hyper-connection tensors (layers.{l}.hc_attn_fn, … or "
+                                "model.layers.{l}.attn_hc.fn, …) in " + std::to_string(files.size()) + " file(s)");
+  if (native > 0 && hf > 0)
+    throw std::invalid_argument("--deepseek-v4: the files mix native names (layers.{l}.hc_attn_fn) and Hugging Face "
+                                "names (model.layers.{l}.attn_hc.fn)");
+  found.native = native > 0;
+  return found;
+}
+
+// ---- Reading the parts ----
+
+class Reader {
+ public:
+  Reader(DeepSeekV4Checkpoint& out, const Found& found) : out_(out), found_(found) {}
+
+  // One sublayer's fn, base and scale; the first sublayer sets n and C.
+  void read_sublayer(int64_t layer, const std::string& kind) {
+    const Located& fn = need({layer, kind, "fn", true}, part_name(found_.native, layer, kind, "fn"));
+    const Located& base = need({layer, kind, "base", true}, part_name(found_.native, layer, kind, "base"));
+    const Located& scale = need({layer, kind, "scale", true}, part_name(found_.native, layer, kind, "scale"));
+    if (out_.streams == 0) set_streams_and_width(fn, base);
+    const int64_t n = out_.streams, C = out_.width;
+    check_shapes({{&fn, {(2 + n) * n, n * C}}, {&base, {(2 + n) * n}}, {&scale, {3}}},
+                 " (n = " + std::to_string(n) + " streams of width C = " + std::to_string(C) + ", from " +
+                     part_name(found_.native, 0, "attn", "*") + ")");
+    DeepSeekV4Sublayer s;
+    s.name = kind + " " + std::to_string(layer);
+    s.tensor_name = fn.entry.name;
+    s.v4 = {read(fn), read(base), read(scale)};
+    s.params = from_deepseek_v4(s.v4.fn, s.v4.base, s.v4.scale);
+    out_.sublayers.push_back(std::move(s));
+  }
+
+  // The head's fn, base and scale, when the shards hold any of them.
+  void read_head() {
+    if (found_.parts.begin()->first.layer >= 0) return;
+    const int64_t n = out_.streams, C = out_.width;
+    const Located& fn = need({-1, "", "fn", true}, head_name(found_.native, "fn"));
+    const Located& base = need({-1, "", "base", true}, head_name(found_.native, "base"));
+    const Located& scale = need({-1, "", "scale", true}, head_name(found_.native, "scale"));
+    check_shapes({{&fn, {n, n * C}}, {&base, {n}}, {&scale, {1}}},
+                 " (n = " + std::to_string(n) + " streams of width C = " + std::to_string(C) + ")");
+    out_.head = {read(fn), read(base), read(scale)};
+  }
+
+ private:
+  const Located& need(const Place& place, const std::string& name) const {
+    const auto it = found_.parts.find(place);
+    if (it == found_.parts.end()) throw std::invalid_argument("--deepseek-v4: tensor " + name + " is missing");
+    return it->second;
+  }
+
+  void set_streams_and_width(const Located& fn, const Located& base) {
+    const int64_t n = base.entry.shape.size() == 1 ? deepseek_v4_streams(base.entry.shape[0]) : 0;
+    if (n == 0)
+      throw std::invalid_argument("--deepseek-v4: " + base.entry.name + " has shape " + shape_text(base.entry.shape) +
+                                  ", expected [(2+n)·n] for n in [1, " + std::to_string(kMaxStreams) + "]");
+    const auto& s = fn.entry.shape;
+    if (s.size() != 2 || s[0] != (2 + n) * n || s[1] < n || s[1] % n != 0)
+      throw std::invalid_argument("--deepseek-v4: " + fn.entry.name + " has shape " + shape_text(s) + ", expected [" +
+                                  std::to_string((2 + n) * n) + ", n·C] for n = " + std::to_string(n) + " (from " +
+                                  base.entry.name + ")");
+    out_.streams = n, out_.width = s[1] / n;
+  }
+
+  static void check_shapes(const std::vector<std::pair<const Located*, std::vector<int64_t>>>& expected,
+                           const std::string& why) {
+    for (const auto& [at, want] : expected)
+      if (at->entry.shape != want)
+        throw std::invalid_argument("--deepseek-v4: " + at->entry.name + " has shape " + shape_text(at->entry.shape) +
+                                    ", expected " + shape_text(want) + why);
+  }
+
+  torch::Tensor read(const Located& at) {
+    out_.bytes_read += at.entry.end - at.entry.begin;
+    return safetensors::read_tensor(kLabel, out_.files[at.file], found_.indexes[at.file], at.entry);
+  }
+
+  DeepSeekV4Checkpoint& out_;
+  const Found& found_;
+};
+
 }  // namespace
 
 DeepSeekV4Checkpoint read_deepseek_v4(const std::vector<std::string>& paths) {
   DeepSeekV4Checkpoint out;
   out.files = shard_files(paths);
-  static const std::regex native_layer(R"(layers\.(\d+)\.hc_(attn|ffn)_(fn|base|scale))"),
-      hf_layer(R"(model\.layers\.(\d+)\.(attn|ffn)_hc\.(fn|base|scale))"), native_head(R"(hc_head_(fn|base|scale))"),
-      hf_head(R"(model\.hc_head\.hc_(fn|base|scale))");
-
-  std::vector<safetensors::Index> indexes;
-  std::map<std::pair<int64_t, std::string>, Parts> layers;  // (layer, "attn" | "ffn") -> parts
-  Parts head;
-  std::map<std::string, std::string> seen;  // tensor name -> its file
-  int native = 0, hf = 0;
-  for (size_t f = 0; f < out.files.size(); ++f) {
-    indexes.push_back(safetensors::read_index(kLabel, out.files[f]));
-    for (const auto& e : indexes.back().entries) {
-      std::smatch m;
-      Parts* parts = nullptr;
-      std::string part;
-      if (std::regex_match(e.name, m, native_layer) || std::regex_match(e.name, m, hf_layer)) {
-        (e.name[0] == 'l' ? native : hf)++;
-        if (m[1].length() > 6) throw std::invalid_argument("--deepseek-v4: tensor " + e.name + ": layer index out of range");
-        parts = &layers[{std::stoll(m[1].str()), m[2].str()}];
-        part = m[3].str();
-      } else if (std::regex_match(e.name, m, native_head) || std::regex_match(e.name, m, hf_head)) {
-        (e.name[0] == 'h' ? native : hf)++;
-        parts = &head;
-        part = m[1].str();
-      } else {
-        continue;  // not a hyper-connection tensor: never read
-      }
-      // Model-parallel shards may each hold a copy of a tensor that is not split: the first is read.
-      if (const auto dup = seen.find(e.name); dup != seen.end()) {
-        const Located& first = (*parts)[part];
-        if (first.entry.type != e.type || first.entry.shape != e.shape)
-          throw std::invalid_argument("--deepseek-v4: tensor " + e.name + " is in both " + dup->second + " and " +
-                                      out.files[f] + ", with different dtypes or shapes");
-        continue;
-      }
-      seen[e.name] = out.files[f];
-      if (e.type != torch::kFloat)
-        throw std::invalid_argument("--deepseek-v4: " + e.name + " has dtype " + safetensors::dtype_name(e.type) +
-                                    ", expected F32 (DeepSeek-V4 keeps its hyper-connection tensors in float32)");
-      (*parts)[part] = {f, e};
-    }
-  }
-  if (layers.empty())
-    throw std::invalid_argument("--deepseek-v4: no DeepSeek-V4 hyper-connection tensors (layers.{l}.hc_attn_fn, … or "
-                                "model.layers.{l}.attn_hc.fn, …) in " + std::to_string(out.files.size()) + " file(s)");
-  if (native > 0 && hf > 0)
-    throw std::invalid_argument("--deepseek-v4: the files mix native names (layers.{l}.hc_attn_fn) and Hugging Face "
-                                "names (model.layers.{l}.attn_hc.fn)");
-  const bool is_native = native > 0;
-  out.naming = is_native ? "native" : "Hugging Face";
-
-  auto read = [&](const Located& at) {
-    out.bytes_read += at.entry.end - at.entry.begin;
-    return safetensors::read_tensor(kLabel, out.files[at.file], indexes[at.file], at.entry);
-  };
-  auto need = [&](const Parts& parts, const std::string& part, const std::string& name) -> const Located& {
-    const auto it = parts.find(part);
-    if (it == parts.end()) throw std::invalid_argument("--deepseek-v4: tensor " + name + " is missing");
-    return it->second;
-  };
+  const Found found = find_connections(out.files);
+  out.naming = found.native ? "native" : "Hugging Face";
   // Every layer 0 … L−1 has both sublayers, each all three tensors, of one n and C.
-  const int64_t L = layers.rbegin()->first.first + 1;
+  Reader reader(out, found);
+  const int64_t L = found.parts.rbegin()->first.layer + 1;
   for (int64_t l = 0; l < L; ++l)
-    for (const std::string kind : {"attn", "ffn"}) {
-      const auto it = layers.find({l, kind});
-      const Parts empty;
-      const Parts& parts = it == layers.end() ? empty : it->second;
-      const Located& fn = need(parts, "fn", part_name(is_native, l, kind, "fn"));
-      const Located& base = need(parts, "base", part_name(is_native, l, kind, "base"));
-      const Located& scale = need(parts, "scale", part_name(is_native, l, kind, "scale"));
-      if (out.streams == 0) {  // n and C from the first sublayer
-        const int64_t n = base.entry.shape.size() == 1 ? deepseek_v4_streams(base.entry.shape[0]) : 0;
-        if (n == 0)
-          throw std::invalid_argument("--deepseek-v4: " + base.entry.name + " has shape " + shape_text(base.entry.shape) +
-                                      ", expected [(2+n)·n] for n in [1, " + std::to_string(kMaxStreams) + "]");
-        const auto& s = fn.entry.shape;
-        if (s.size() != 2 || s[0] != (2 + n) * n || s[1] < n || s[1] % n != 0)
-          throw std::invalid_argument("--deepseek-v4: " + fn.entry.name + " has shape " + shape_text(s) + ", expected [" +
-                                      std::to_string((2 + n) * n) + ", n·C] for n = " + std::to_string(n) + " (from " +
-                                      base.entry.name + ")");
-        out.streams = n, out.width = s[1] / n;
-      }
-      const int64_t n = out.streams, C = out.width;
-      const std::string from = " (n = " + std::to_string(n) + " streams of width C = " + std::to_string(C) + ", from " +
-                               part_name(is_native, 0, "attn", "*") + ")";
-      for (const auto& [at, want] : {std::pair{&fn, std::vector<int64_t>{(2 + n) * n, n * C}},
-                                     {&base, std::vector<int64_t>{(2 + n) * n}}, {&scale, std::vector<int64_t>{3}}})
-        if (at->entry.shape != want)
-          throw std::invalid_argument("--deepseek-v4: " + at->entry.name + " has shape " + shape_text(at->entry.shape) +
-                                      ", expected " + shape_text(want) + from);
-      DeepSeekV4Sublayer s;
-      s.name = std::string(kind) + " " + std::to_string(l);
-      s.tensor_name = fn.entry.name;
-      s.v4 = {read(fn), read(base), read(scale)};
-      s.params = from_deepseek_v4(s.v4.fn, s.v4.base, s.v4.scale);
-      out.sublayers.push_back(std::move(s));
-    }
-  if (!head.empty()) {
-    const int64_t n = out.streams, C = out.width;
-    const Located& fn = need(head, "fn", head_name(is_native, "fn"));
-    const Located& base = need(head, "base", head_name(is_native, "base"));
-    const Located& scale = need(head, "scale", head_name(is_native, "scale"));
-    for (const auto& [at, want] : {std::pair{&fn, std::vector<int64_t>{n, n * C}}, {&base, std::vector<int64_t>{n}},
-                                   {&scale, std::vector<int64_t>{1}}})
-      if (at->entry.shape != want)
-        throw std::invalid_argument("--deepseek-v4: " + at->entry.name + " has shape " + shape_text(at->entry.shape) +
-                                    ", expected " + shape_text(want) + " (n = " + std::to_string(n) +
-                                    " streams of width C = " + std::to_string(C) + ")");
-    out.head = {read(fn), read(base), read(scale)};
-  }
+    for (const std::string kind : {"attn", "ffn"}) reader.read_sublayer(l, kind);
+  reader.read_head();
   return out;
 }
 

@@ -177,11 +177,14 @@ Tensor forward_stack(const std::vector<HyperConnection>& connections, const std:
     for (int64_t start = 0; start < L; start += every) {
       // The backward pass runs the segment again: it owns copies of what it calls.
       const int64_t stop = std::min(L, start + every);
+      std::vector<Tensor> watched;  // F's own parameters are the caller's: a Sublayer is only a function
+      for (int64_t l = start; l < stop && !connections.empty(); ++l)
+        for (const Tensor& p : connections[l]->parameters()) watched.push_back(p);
       x = checkpoint(
           [connections, sublayers, start, stop](const Tensor& in) {
             return run_sublayers(connections, sublayers, in, start, stop, nullptr);
           },
-          x);
+          x, std::move(watched));
     }
     return x;
   }

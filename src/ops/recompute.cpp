@@ -175,8 +175,21 @@ auto new_node(Args&&... args) {
 
 // The backward of checkpoint(): re-runs the segment with a graph and differentiates it.
 struct CheckpointBackward : torch::autograd::Node {
-  CheckpointBackward(std::function<Tensor(const Tensor&)> segment, const Tensor& input)
-      : segment(std::move(segment)), input(input, /*is_output=*/false), input_requires_grad(input.requires_grad()) {}
+  CheckpointBackward(std::function<Tensor(const Tensor&)> segment, const Tensor& input, std::vector<Tensor> watched)
+      : segment(std::move(segment)), input(input, /*is_output=*/false), input_requires_grad(input.requires_grad()),
+        watched(std::move(watched)) {
+    for (const Tensor& t : this->watched) versions.push_back(t._version());
+  }
+
+  // Autograd's version check sees only saved tensors; the segment's parameters are read again
+  // instead, so a change made in place since the forward pass (an optimizer step) is refused here.
+  void check_watched_unchanged() const {
+    for (size_t i = 0; i < watched.size(); ++i)
+      TORCH_CHECK(watched[i]._version() == versions[i], "mhc.checkpoint (--recompute blocks): a parameter of shape ",
+                  watched[i].sizes(), " that the segment re-runs with was modified in place after the forward pass "
+                  "(version ", versions[i], ", now ", watched[i]._version(), "): the backward pass would re-run the "
+                  "segment with the new values and give wrong gradients; run the backward pass first");
+  }
 
   variable_list apply(variable_list&& grads) override {
     TORCH_CHECK(segment, "mhc.checkpoint: the segment's backward ran already and its input was released "
@@ -189,6 +202,7 @@ struct CheckpointBackward : torch::autograd::Node {
     TORCH_CHECK(!torch::GradMode::is_enabled(), "mhc.checkpoint (--recompute blocks) does not support "
                                                 "create_graph=True; use --recompute none or streams");
     if (!grads[0].defined()) return {Tensor()};
+    check_watched_unchanged();
     const Tensor x = input.unpack().detach().requires_grad_(input_requires_grad);  // checks the version
     Tensor out;
     {
@@ -202,25 +216,27 @@ struct CheckpointBackward : torch::autograd::Node {
   }
 
   // Called by the engine once the outer graph is not retained.
-  void release_variables() override { segment = nullptr, input.reset_data(); }
+  void release_variables() override { segment = nullptr, input.reset_data(), watched.clear(), versions.clear(); }
 
   std::string name() const override { return "mhc::CheckpointBackward"; }
 
   std::function<Tensor(const Tensor&)> segment;
   torch::autograd::SavedVariable input;  // the segment's input, kept in place of its activations
   bool input_requires_grad;
+  std::vector<Tensor> watched;     // the parameters the segment reads
+  std::vector<uint32_t> versions;  // theirs at the forward pass
 };
 
 }  // namespace
 
-Tensor checkpoint(const std::function<Tensor(const Tensor&)>& segment, const Tensor& x) {
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& segment, const Tensor& x, std::vector<Tensor> watched) {
   if (!torch::GradMode::is_enabled()) return segment(x);
   Tensor out;
   {
     torch::NoGradGuard no_graph;
     out = segment(x);
   }
-  auto node = new_node<CheckpointBackward>(segment, x);
+  auto node = new_node<CheckpointBackward>(segment, x, std::move(watched));
   node->set_next_edges(torch::autograd::collect_next_edges(x));
   torch::autograd::set_history(out, node);
   return out;

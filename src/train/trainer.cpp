@@ -25,7 +25,9 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // What defines the run must agree on every rank (run settings such as --out may differ), and so
-// must the pipeline's layout; numbers in config.json's form, so that 0.001 and 1e-3 agree.
+// must the pipeline's layout and the run settings that decide which steps the ranks meet after
+// (a stop, an evaluation, a probe, a checkpoint): ranks that disagree on them would wait for each
+// other until the timeout. Numbers in config.json's form, so that 0.001 and 1e-3 agree.
 dist::Group::SharedSettings shared_settings(const Settings& s) {
   dist::Group::SharedSettings shared;
   const auto config = nlohmann::json::parse(s.to_json());
@@ -34,7 +36,9 @@ dist::Group::SharedSettings shared_settings(const Settings& s) {
       const auto& value = config.at(spec.name);
       shared.emplace_back("--" + spec.name, value.is_string() ? value.get<std::string>() : value.dump());
     }
-  for (const char* name : {"pipeline-stages", "schedule", "pipe-dtype"}) shared.emplace_back(std::string("--") + name, s.str(name));
+  for (const char* name : {"pipeline-stages", "schedule", "pipe-dtype", "stop-after", "eval-every", "diag-every", "ckpt-every",
+                           "max-bad-steps"})
+    shared.emplace_back(std::string("--") + name, s.str(name));
   return shared;
 }
 
