@@ -72,8 +72,17 @@ int64_t group_size(const RecomputeOptions& options, int64_t streams, int64_t sub
 // ones, and the one after them that a fused boundary's backward also reads), for
 // k·(k − 1)/2 re-runs of post per group (recompute.cpp says why). With grad mode off, or a state
 // not requiring grad, it frees nothing: no backward pass will come; nor under saved-tensor hooks.
-// `use_reference` says that this post ran reference::post, so the rebuild does too. The Python package's stack uses it as
-// torch.classes.mhc.StreamGroup (the fused rebuild).
+// `use_reference` says that this post ran reference::post, so the rebuild does too. The Python
+// package's stack uses it as torch.classes.mhc._StreamGroup (the fused rebuild): a private name,
+// since it releases the data of the states it is given (it refuses a leaf).
+//
+// A backward pass may also reach a released state by a path that skips the hook: a loss on a
+// sublayer's output inside a group, or an in-place change of the stack's output. The fused ops'
+// backward then rebuilds it first (rebuild_if_released), so such programs get `none`'s gradients.
+// The saved state `x` of a fused op's backward, its data rebuilt first if a StreamGroup released
+// it and no hook has rebuilt it yet. Throws c10::Error (one line) when its group's inputs are gone.
+void rebuild_if_released(const torch::Tensor& x);
+
 struct FreedStates;
 class StreamGroup : public torch::CustomClassHolder {
  public:

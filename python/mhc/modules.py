@@ -169,12 +169,12 @@ class HyperConnectionStack(nn.Module):
             return x
         if recompute == "none" or self.variant == "residual" or not torch.is_grad_enabled():
             return self._run(x, sublayers, 0, L)
-        groups = [torch.classes.mhc.StreamGroup(x)]
+        groups = [torch.classes.mhc._StreamGroup(x)]
 
         def after(l, mix, y, x_next):
             groups[-1].add(x_next, y, mix.H_post, mix.H_res)  # frees the previous state, unless it is the group's input
             if (l + 1) % every == 0 and l + 1 < L:
-                groups.append(torch.classes.mhc.StreamGroup(x_next))
+                groups.append(torch.classes.mhc._StreamGroup(x_next))
 
         return self._run(x, sublayers, 0, L, after)
 

@@ -276,6 +276,47 @@ def test_stack_refuses_parameters_changed_before_backward(recompute):
         out.square().sum().backward()
 
 
+@pytest.mark.parametrize("program", ["aux_loss", "in_place_output"])
+def test_streams_recompute_serves_any_backward_path(program):
+    """A backward pass that reaches a released state without passing the next state's hook: a loss
+    on a middle sublayer's output, or an in-place change of the stack's output. Both used to fail
+    with "data is not allocated yet" (issue 35, item 6); they give `none`'s gradients."""
+    stack, mlps, x0 = make_stack("mhc", 4, C=8, L=6)
+    params = list(stack.parameters()) + [p for m in mlps for p in m.parameters()]
+
+    def run(recompute):
+        for p in params:
+            p.grad = None
+        outs = []
+        sublayers = [(lambda m: lambda h: (outs.append(m(h)), outs[-1])[1])(m) for m in mlps]
+        x = x0.clone().requires_grad_()
+        out = stack(x, sublayers, recompute, 3)
+        if program == "aux_loss":
+            loss = outs[2].square().mean()
+        else:
+            out += 1
+            loss = out.square().sum()
+        loss.backward()
+        return [x.grad] + [p.grad for p in params]
+
+    reference = run("none")
+    got = run("streams")
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(reference, got))
+
+
+def test_stream_group_is_private_and_refuses_a_callers_tensor():
+    """The group releases the data of the states it is given, so a public class would empty a
+    caller's tensor under it (issue 35, item 9): it is the stack's own, and refuses leaves."""
+    with pytest.raises(RuntimeError):
+        torch.classes.mhc.StreamGroup
+    x = torch.randn(2, 4, 8, requires_grad=True)
+    group = torch.classes.mhc._StreamGroup(x * 1)
+    mine = torch.randn(2, 4, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="x_next must be a state the stack's ops made"):
+        group.add(mine, torch.randn(2, 8), torch.randn(2, 4), torch.randn(2, 4, 4))
+    assert torch.isfinite(mine).all()  # still the caller's
+
+
 def record_states(stack):
     """The states the connections read, in order (x_0, x_1, ...): the first one's pre reads x_0, and
     each later one's boundary makes the state it reads (its Mix's x_next)."""

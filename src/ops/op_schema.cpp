@@ -12,6 +12,7 @@
 
 #include "mhc/deepseek_v4.h"
 #include "mhc/ops.h"
+#include "mhc/recompute.h"
 #include "op_args.h"
 
 namespace mhc {
@@ -83,6 +84,7 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
+    rebuild_if_released(s[0]);
     const bool joint = ctx->saved_data["joint"].toBool();
     if (torch::GradMode::is_enabled()) {  // create_graph: a gradient that is itself differentiable
       const Variant variant = variant_or_throw(ctx->saved_data["variant"].toStringRef());
@@ -117,6 +119,7 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
+    rebuild_if_released(s[0]);
     if (torch::GradMode::is_enabled())  // create_graph, as in PreFunction
       return differentiable_backward(
           [](const variable_list& in) { return variable_list{reference::post(in[0], in[1], in[2], in[3])}; }, s, grads,
@@ -147,6 +150,7 @@ class BoundaryFunction : public torch::autograd::Function<BoundaryFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
+    rebuild_if_released(s[0]), rebuild_if_released(s[7]);  // x, and x_next (the state it made)
     const int64_t t = ctx->saved_data["t"].toInt();
     if (torch::GradMode::is_enabled()) {  // create_graph, as in PreFunction
       const Variant variant = variant_or_throw(ctx->saved_data["variant"].toStringRef());

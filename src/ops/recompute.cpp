@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -80,6 +82,22 @@ bool owns_its_storage(const Tensor& t) {
 
 }  // namespace
 
+struct FreedStates;
+
+namespace {
+
+// Each released state's storage -> its group and index, for rebuild_if_released. A group removes
+// its entries when it is done or destroyed (a storage's address is reused after it is freed).
+struct Released {
+  std::weak_ptr<FreedStates> group;
+  const FreedStates* owner;  // the group, while its weak_ptr can no longer be locked (its destructor)
+  size_t index;
+};
+std::mutex released_mutex;
+std::unordered_map<const c10::StorageImpl*, Released> released_states;
+
+}  // namespace
+
 // What one group keeps to rebuild its freed states, shared by the hooks on its states. Every tensor
 // is a detached alias (no graph edges, so no reference cycle through the hooks), dropped as soon as
 // the backward pass is past the sublayers that need it.
@@ -93,6 +111,7 @@ bool owns_its_storage(const Tensor& t) {
 // of post per group instead of k − 1; post is the cheapest op of a sublayer.
 struct FreedStates {
   Tensor start;                           // x_{l0}
+  std::vector<const c10::StorageImpl*> registered;  // in released_states
   std::vector<Tensor> freed;              // freed[i] = x_{l0+1+i}, its data released until rebuilt
   std::vector<Tensor> ys, H_post, H_res;  // post j's inputs, which make x_{l0+1+j} from x_{l0+j}
   std::vector<bool> use_reference;        // whether post j ran the reference
@@ -104,22 +123,63 @@ struct FreedStates {
     return use_reference[j] ? reference::post(flat, y, hp, hr) : mhc::post(flat, y, hp, hr);
   }
 
+  FreedStates() = default;
+  FreedStates(const FreedStates&) = delete;
+  FreedStates& operator=(const FreedStates&) = delete;
+  ~FreedStates() { forget(); }
+
+  void forget() {
+    const std::lock_guard<std::mutex> lock(released_mutex);
+    for (const c10::StorageImpl* storage : registered) {
+      const auto it = released_states.find(storage);
+      if (it != released_states.end() && it->second.owner == this) released_states.erase(it);
+    }
+    registered.clear();
+  }
+
+  // Rebuilds freed[i] (x_{l0+1+i}) from the group's input, if it is still released.
+  void rebuild(size_t i) {
+    Tensor& target = freed[i];
+    if (!target.defined() || target.storage().nbytes() != 0) return;
+    torch::NoGradGuard no_grad;
+    Tensor x = start;
+    for (size_t j = 0; j <= i; ++j) {
+      TORCH_CHECK(j < ys.size() && ys[j].defined(), "recompute='streams': a released stream state is read by a backward "
+                  "pass after its group's inputs were dropped (a second backward pass over part of the graph?); use "
+                  "recompute='none' or 'blocks' for such a program");
+      x = post(j, x);
+    }
+    adopt_data(target, x);
+  }
+
   // Called when the gradient of x_{l0+m} (m ≥ 2) is complete, so the ops that took it as an input
   // are done, and just before sublayer l0+m−1's post (alone, or in the boundary op that also
   // reads x_{l0+m} as the state it made) reads x_{l0+m−1}.
   void reached(size_t m) {
     if (m - 1 < freed.size()) freed[m - 1] = Tensor();
     ys[m - 1] = H_post[m - 1] = H_res[m - 1] = Tensor();
-    Tensor& target = freed[m - 2];
-    if (target.defined() && target.storage().nbytes() == 0) {  // not rebuilt yet (a second backward finds it kept)
-      torch::NoGradGuard no_grad;
-      Tensor x = start;
-      for (size_t j = 0; j + 2 <= m; ++j) x = post(j, x);
-      adopt_data(target, x);
+    rebuild(m - 2);  // unless rebuilt already (a second backward finds it kept)
+    if (m == 2) {  // the group is done
+      forget();
+      start = Tensor(), freed.clear(), ys.clear(), H_post.clear(), H_res.clear(), use_reference.clear();
     }
-    if (m == 2) *this = FreedStates{};  // the group is done
   }
 };
+
+void rebuild_if_released(const Tensor& x) {
+  if (!x.defined() || x.storage().nbytes() != 0 || x.numel() == 0) return;
+  Released at;
+  {
+    const std::lock_guard<std::mutex> lock(released_mutex);
+    const auto it = released_states.find(x.storage().unsafeGetStorageImpl());
+    TORCH_CHECK(it != released_states.end(), "a stream state's data was released and nothing can rebuild it");
+    at = it->second;
+  }
+  const std::shared_ptr<FreedStates> group = at.group.lock();
+  TORCH_CHECK(group, "recompute='streams': a released stream state is read after its group was done; use "
+              "recompute='none' or 'blocks' for such a program");
+  group->rebuild(at.index);
+}
 
 // Saved-tensor hooks (torch.autograd.graph.saved_tensors_hooks, non-reentrant checkpointing, CPU
 // offloading) may keep the saved states elsewhere or re-run this forward pass for a graph whose
@@ -140,12 +200,22 @@ void StreamGroup::add(const Tensor& x_next, const Tensor& y, const Tensor& H_pos
                     "and H_res [..., n, n], got ", x_next.sizes(), ", ", y.sizes(), ", ", H_post.sizes(), ", ", H_res.sizes());
   active_ = active_ && x_next.requires_grad();
   if (!active_) return;  // no backward pass will come: nothing to free
+  // The group releases the data of the states it is given: a caller's own tensor (a leaf) would be
+  // emptied under the caller. The states come from the connections' post or boundary ops.
+  TORCH_CHECK_VALUE(x_next.grad_fn() != nullptr, "mhc._StreamGroup.add: x_next must be a state the stack's ops made "
+                    "(it is a leaf: a tensor of the caller's own, whose data the group would release)");
   const size_t m = freed_->ys.size() + 1;  // x_next is x_{l0+m}
   if (m >= 2) {                           // the previous state is an inner one, consumed by now
     TORCH_CHECK_VALUE(owns_its_storage(last_), "mhc.StreamGroup.add: state ", m - 1,
                       " must own its storage, as post returns it (got a view of shape ", last_.sizes(), ")");
     freed_->freed.push_back(last_.detach());
     release_data(last_);
+    {
+      const std::lock_guard<std::mutex> lock(released_mutex);
+      const c10::StorageImpl* storage = last_.storage().unsafeGetStorageImpl();
+      released_states[storage] = {freed_, freed_.get(), freed_->freed.size() - 1};
+      freed_->registered.push_back(storage);
+    }
     x_next.register_hook([freed = freed_, m](const Tensor&) {
       if (!freed->ys.empty()) freed->reached(m);
     });
@@ -254,7 +324,9 @@ TORCH_LIBRARY_FRAGMENT(mhc, m) {
             TORCH_CHECK_VALUE(false, e.what());
           }
         });
-  m.class_<mhc::StreamGroup>("StreamGroup")
+  // The stack's own (python/mhc/modules.py): it releases the data of the states it is given, so it
+  // is registered under a private name, and refuses a caller's own tensor.
+  m.class_<mhc::StreamGroup>("_StreamGroup")
       .def(torch::init<at::Tensor>())
       .def("add", [](const c10::intrusive_ptr<mhc::StreamGroup>& self, const at::Tensor& x_next, const at::Tensor& y,
                      const at::Tensor& H_post, const at::Tensor& H_res) { self->add(x_next, y, H_post, H_res); });
