@@ -170,6 +170,10 @@ c = json.loads(meta['config']); c['dim'] = 'wide'; meta['config'] = json.dumps(c
   check "metadata 'step' is not a string" "meta['step'] = 4"
   check "tensor 'tokenizer': 'data_offsets' is not two byte offsets" "header['tokenizer']['data_offsets'] = [str(o) for o in header['tokenizer']['data_offsets']]"
   check "tensor 'tokenizer': 'shape' holds -1, not a size" "header['tokenizer']['shape'] = [-1]"
+  # Every dtype the format defines is parsed; one that torch cannot hold is named (issue 35, item 7).
+  check "tensor 'tokenizer': 'dtype' is not a safetensors dtype: \"F7\"" "header['tokenizer']['dtype'] = 'F7'"
+  check "tensor 'tokenizer' has dtype F4, which no checkpoint holds" "
+header['tokenizer']['dtype'] = 'F4'; header['tokenizer']['shape'] = [2 * header['tokenizer']['shape'][0]]"
   # A dimension of 2^64 - 1 read as int64 was "negative dimension -1", naming neither file nor tensor
   # (issue 35, item 19).
   check "tensor 'tokenizer': 'shape' holds 18446744073709551615, larger than a dimension can be \(at most 9223372036854775807\)" \

@@ -44,5 +44,16 @@ if ! "$mhc" bench layer --device cuda --tokens 8 --dim 8 --reps 5 > /dev/null 2>
   expect_error "--device cuda: no CUDA GPU is usable here" bench layer --device cuda
 fi
 
+# Names a JSON file will hold must be UTF-8: refused before any work, with the bad byte shown
+# (issue 35, item 16; they used to fail late with nlohmann's raw type_error.316).
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+bad=$'runs/bad\xffname'
+expect_error "--out 'runs/bad\\\\xffname' is not valid UTF-8 \\(it is written into a JSON file" train --out "$bad" --steps 1
+expect_error "--data 'bad\\\\xfe.txt' is not valid UTF-8" train --data $'bad\xfe.txt' --out "$scratch/run" --steps 1
+expect_error "--out '.*\\\\xff.*' is not valid UTF-8" compare --out "$scratch/"$'\xff' --steps 1
+printf 'x' > "$scratch/"$'shard\xff.safetensors'
+expect_error "--deepseek-v4: the shard '.*shard\\\\xff.safetensors' is not valid UTF-8" analyze --deepseek-v4 "$scratch"
+
 echo "$((checks - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -26,4 +26,8 @@ double parse_real(const std::string& flag, const std::string& text, double min, 
 int64_t parse_integer(const std::string& flag, const std::string& text, const ValueRange& range);
 double parse_real(const std::string& flag, const std::string& text, const ValueRange& range);
 
+// Text that a JSON file will hold (a path in config.json or analysis.json) must be UTF-8: throws
+// std::invalid_argument "WHAT 'TEXT' is not valid UTF-8 (…)", the invalid bytes shown as \xNN.
+void require_utf8(const std::string& what, const std::string& text);
+
 }  // namespace mhc

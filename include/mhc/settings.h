@@ -52,6 +52,9 @@ class Settings {
   double real(const std::string& name) const;
   // config.json: typed values (numbers as numbers).
   std::string to_json() const;
+  // Every text setting (paths: --out, --data, --data-dir) is UTF-8, as config.json must hold it;
+  // throws std::invalid_argument naming the flag. Checked before a run does any work.
+  void require_utf8() const;
   static Settings from_json(const std::string& json);
   // The model the settings describe (vocab from the tokenizer); throws std::invalid_argument.
   GPTConfig model_config(int64_t vocab) const;

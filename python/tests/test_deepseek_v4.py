@@ -158,17 +158,20 @@ def write_safetensors(path, tensors, big_bytes=0):
     if big_bytes:
         header["layers.0.ffn.experts.0.w1.weight"] = {"dtype": "U8", "shape": [big_bytes], "data_offsets": [0, big_bytes]}
         offset = big_bytes
-    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float64: "F64"}
-    for name, t in tensors.items():
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
+    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float64: "F64", torch.float8_e4m3fn: "F8_E4M3",
+             torch.bool: "BOOL", torch.int8: "I8", torch.uint16: "U16"}
+    # A tensor, or (dtype name, shape, bytes) for a dtype torch lacks (the packed F4).
+    raw = {name: t if isinstance(t, tuple) else (names[t.dtype], list(t.shape), t.contiguous().view(torch.uint8).numpy().tobytes())
+           for name, t in tensors.items()}
+    for name, (dtype, shape, data) in raw.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
     blob = json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         f.seek(big_bytes, os.SEEK_CUR)
-        for t in tensors.values():
-            f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
+        for _, _, data in raw.values():
+            f.write(data)
 
 
 def analyze(tmp_path, *paths, extra=()):
@@ -220,11 +223,13 @@ def test_analyze_bad_files_are_one_line_errors(tmp_path):
     state = v4_checkpoint()
     path = tmp_path / "v4.safetensors"
 
+    last_peak_kib = [0]
+
     def error_of(tensors, truncate=0):
         write_safetensors(path, tensors)
         if truncate:
             os.truncate(path, path.stat().st_size - truncate)
-        code, _, log, _ = analyze(tmp_path, path)
+        code, last_peak_kib[0], log, _ = analyze(tmp_path, path)
         assert code != 0, log
         lines = log.strip().splitlines()
         return lines[-1]
@@ -240,12 +245,17 @@ def test_analyze_bad_files_are_one_line_errors(tmp_path):
     assert error_of(bf16) == ("error: --deepseek-v4: layers.0.hc_ffn_scale has dtype BF16, expected F32 (DeepSeek-V4 "
                               "keeps its hyper-connection tensors in float32)")
     assert error_of({"unrelated": torch.zeros(3)}).startswith("error: --deepseek-v4: no DeepSeek-V4 hyper-connection tensors")
+    # Weights that are not finite: the tensor is named (issue 35, item 20), not "the probe overflows".
+    nan = dict(state, **{"layers.1.hc_ffn_base": torch.full_like(state["layers.1.hc_ffn_base"], float("nan"))})
+    assert error_of(nan) == (f"error: --deepseek-v4: tensor layers.1.hc_ffn_base in {path} holds values that are not "
+                             "finite (NaN or inf): a damaged checkpoint")
     # Two names for one sublayer's part: refused, not one of them read silently (issue 35, item 2).
     twice = error_of(dict(state, **{"layers.01.hc_attn_fn": state["layers.1.hc_attn_fn"]}))
     assert twice.startswith("error: --deepseek-v4: tensors layers.") and "layers.01.hc_attn_fn" in twice and \
         "layers.1.hc_attn_fn" in twice and twice.endswith(" name the same sublayer's fn (one name each, please)"), twice
     # A layer index of 200,000 digits: one line, not a crash in a recursive regex (issue 35, item 8).
     long_name = error_of(dict(state, **{"layers." + "1" * 200_000 + ".hc_attn_fn": torch.zeros(1)}))
+    assert last_peak_kib[0] * 1024 < 400 << 20, f"peak RSS {last_peak_kib[0]} KiB"
     assert long_name == "error: --deepseek-v4: tensor layers." + "1" * 33 + "…: layer index out of range", \
         long_name[:200]
     path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")  # a damaged header length: refused, nothing allocated
@@ -253,6 +263,54 @@ def test_analyze_bad_files_are_one_line_errors(tmp_path):
     assert code != 0 and log.strip().splitlines()[-1] == (
         f"error: safetensors file {path} is unreadable: header length 1099511627776 bytes, over the format's limit of "
         "100000000 (not safetensors, or damaged)"), log
+
+
+@needs_cli
+def test_analyze_skips_tensors_of_any_dtype(tmp_path):
+    """V4 ships FP8 weights: a shard holding tensors of every safetensors dtype that the analysis
+    never reads (FP8, BOOL, I8, U16, the packed 4-bit F4) is read, only its connections (issue 35,
+    item 7)."""
+    state = v4_checkpoint()
+    others = {"layers.0.ffn.experts.0.w1.weight": torch.ones(4, 8).to(torch.float8_e4m3fn),
+              "layers.0.ffn.gate.mask": torch.zeros(3, dtype=torch.bool),
+              "layers.0.attn.scale_q": torch.ones(5, dtype=torch.int8),
+              "layers.0.attn.index": torch.arange(6, dtype=torch.int32).to(torch.uint16),
+              "layers.0.ffn.experts.0.w2.weight": ("F4", [2, 4], bytes(4))}
+    write_safetensors(tmp_path / "v4.safetensors", dict(others, **state))
+    code, _, log, out = analyze(tmp_path, tmp_path / "v4.safetensors")
+    assert code == 0, log
+    report = json.loads((out / "analysis.json").read_text())
+    assert report["tensor_bytes_read"] == sum(t.numel() * 4 for t in state.values())
+
+
+@needs_cli
+def test_analyze_memory_is_bounded_by_what_it_reads(tmp_path):
+    """What the headers claim does not decide the memory (issue 35, item 12): a sparse file whose
+    connection tensor claims 2.3 GB is refused before a byte of it is read, and twenty links to one
+    file are read once."""
+    C = 6_000_000  # fn [24, 4·C] float32: 2.3e9 bytes, a hole on disk
+    header = {"layers.0.hc_attn_fn": {"dtype": "F32", "shape": [24, 4 * C], "data_offsets": [0, 24 * 4 * C * 4]}}
+    blob = json.dumps(header).encode()
+    sparse = tmp_path / "sparse.safetensors"
+    with open(sparse, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.truncate(8 + len(blob) + 24 * 4 * C * 4)
+    code, peak_kib, log, _ = analyze(tmp_path, sparse)
+    assert code != 0 and log.strip().splitlines()[-1] == (
+        f"error: --deepseek-v4: the headers claim {24 * 4 * C * 4} bytes of hyper-connection tensors, above the limit "
+        f"of {2 << 30} (DeepSeek-V4's take about 0.34 GB)"), log
+    assert peak_kib * 1024 < 400 << 20, f"peak RSS {peak_kib} KiB"
+
+    state = v4_checkpoint()
+    links = tmp_path / "links"
+    links.mkdir()
+    write_safetensors(tmp_path / "v4.safetensors", state)
+    for k in range(20):
+        (links / f"shard-{k:02d}.safetensors").symlink_to(tmp_path / "v4.safetensors")
+    code, _, log, out = analyze(tmp_path, links)
+    assert code == 0, log
+    report = json.loads((out / "analysis.json").read_text())
+    assert len(report["files"]) == 1 and report["tensor_bytes_read"] == sum(t.numel() * 4 for t in state.values())
 
 
 @needs_cli

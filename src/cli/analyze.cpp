@@ -64,7 +64,8 @@ int analyze(const std::vector<std::string>& argv) {
          "With --deepseek-v4 PATH instead of --ckpt: the same for a DeepSeek-V4 checkpoint's hyper-connections\n"
          "(safetensors shards or a folder of them; only those tensors are read), on random probe states.");
   declare_checkpoint_flag(a);
-  a.flag("deepseek-v4", "", "DeepSeek-V4 safetensors files or folders (comma-separated), native or Hugging Face names")
+  a.flag("deepseek-v4", "", "DeepSeek-V4 safetensors files or folders (comma-separated), native or Hugging Face "
+         "names; each distinct file read once, at most 100 MB of header each and 2 GiB of connection tensors in all")
       .flag("probe-tokens", "256", "--deepseek-v4: probe states, i.i.d. standard normal", IntegerRange{1, 1 << 20})
       .flag("seed", "0", "--deepseek-v4: the probe states' seed", IntegerRange{0, INT64_MAX})
       .flag("out", "", "where to write analysis.json and the plots (default: <run folder>/analysis; with "
@@ -99,6 +100,7 @@ Source checked_source(const Args& a) {
 void analyze_run(const Args& a) {
   const RunToRead target = run_to_read(a);
   const std::string& path = target.checkpoint;
+  require_utf8("--ckpt", path);  // analysis.json names it
   const std::string out = a.str("out").empty() ? (fs::path(path).parent_path() / "analysis").string() : a.str("out");
   ensure_writable_dir(out);
 

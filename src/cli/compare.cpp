@@ -134,8 +134,8 @@ int compare(const std::vector<std::string>& argv) {
                                 " (accepted: 1); pipeline mhc train instead");
   const std::vector<std::string> variants = compared_variants(a);
   const int64_t seeds = a.integer("seeds");
-  ensure_writable_dir(a.str("out"));
   const std::vector<PlannedRun> planned = plan_runs(a, variants, seeds);
+  ensure_writable_dir(a.str("out"));
   std::vector<Run> runs;
   for (const PlannedRun& p : planned) {
     if (const int status = train_run(p); status != 0) return status;

@@ -57,6 +57,7 @@ Settings fresh_settings(const Args& a, const std::map<std::string, std::string>&
   for (const auto& [k, v] : overrides) s.values[k] = v;
   // The plain residual has one stream by definition; only an explicit --streams can contradict it.
   if (s.str("variant") == "residual" && !a.given("streams")) s.values["streams"] = "1";
+  s.require_utf8();
   return s;
 }
 

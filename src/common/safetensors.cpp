@@ -14,16 +14,21 @@ namespace mhc::safetensors {
 // The safetensors format's own bound on the header, so that a damaged length allocates nothing large.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
-const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
-  static const std::vector<std::pair<torch::ScalarType, std::string>> names = {
-      {torch::kFloat, "F32"}, {torch::kDouble, "F64"}, {torch::kBFloat16, "BF16"}, {torch::kHalf, "F16"},
-      {torch::kLong, "I64"},  {torch::kInt, "I32"},    {torch::kByte, "U8"}};
-  return names;
+const std::vector<FileDtype>& file_dtypes() {
+  static const std::vector<FileDtype> dtypes = {
+      {"BOOL", 8, torch::kBool},         {"U8", 8, torch::kByte},          {"I8", 8, torch::kChar},
+      {"F8_E5M2", 8, torch::kFloat8_e5m2}, {"F8_E4M3", 8, torch::kFloat8_e4m3fn}, {"F8_E8M0", 8, torch::kFloat8_e8m0fnu},
+      {"I16", 16, torch::kShort},        {"U16", 16, torch::kUInt16},      {"F16", 16, torch::kHalf},
+      {"BF16", 16, torch::kBFloat16},    {"I32", 32, torch::kInt},         {"U32", 32, torch::kUInt32},
+      {"F32", 32, torch::kFloat},        {"F64", 64, torch::kDouble},      {"I64", 64, torch::kLong},
+      {"U64", 64, torch::kUInt64},       {"C64", 64, torch::kComplexFloat},
+      {"F4", 4, std::nullopt},           {"F6_E2M3", 6, std::nullopt},     {"F6_E3M2", 6, std::nullopt}};
+  return dtypes;
 }
 
 std::string dtype_name(torch::ScalarType type) {
-  for (const auto& [t, name] : dtype_names())
-    if (t == type) return name;
+  for (const FileDtype& d : file_dtypes())
+    if (d.type == type) return d.name;
   throw std::invalid_argument(std::string("cannot store a tensor of dtype ") + c10::toString(type) + " as safetensors");
 }
 
@@ -77,13 +82,13 @@ Entry entry_of(const std::string& label, const std::string& path, const std::str
     unreadable(label, path, "tensor '" + name + "': '" + key + "' " + what);
   };
   if (!entry.is_object()) unreadable(label, path, "tensor '" + name + "' is not a JSON object");
-  Entry out{name, torch::kFloat, {}, 0, 0};
+  Entry out{name, "", 0, std::nullopt, {}, 0, 0};
   const auto dtype = entry.find("dtype");
   if (dtype == entry.end() || !dtype->is_string()) bad("dtype", "is missing or not a string");
-  const auto known = std::find_if(dtype_names().begin(), dtype_names().end(),
-                                  [&](const auto& d) { return d.second == dtype->get<std::string>(); });
-  if (known == dtype_names().end()) bad("dtype", "is unsupported: " + dtype->dump());
-  out.type = known->first;
+  const auto known = std::find_if(file_dtypes().begin(), file_dtypes().end(),
+                                  [&](const FileDtype& d) { return d.name == dtype->get<std::string>(); });
+  if (known == file_dtypes().end()) bad("dtype", "is not a safetensors dtype: " + dtype->dump());
+  out.dtype = known->name, out.bits = known->bits, out.type = known->type;
   const auto shape = entry.find("shape");
   if (shape == entry.end() || !shape->is_array()) bad("shape", "is missing or not a list");
   for (const auto& d : *shape) {
@@ -115,10 +120,10 @@ std::vector<Entry> entries(const std::string& label, const std::string& path, co
   for (const auto& e : out) {
     if (e.begin != expected_offset || e.end < e.begin || e.end > data_size)
       unreadable(label, path, "tensor '" + e.name + "' lies outside the file (truncated?)");
-    uint64_t bytes = c10::elementSize(e.type);
+    uint64_t bits = static_cast<uint64_t>(e.bits);  // packed sub-byte dtypes fill whole bytes
     for (const int64_t d : e.shape)
-      if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes)) bytes = UINT64_MAX;
-    if (bytes != e.end - e.begin)
+      if (__builtin_mul_overflow(bits, static_cast<uint64_t>(d), &bits)) bits = UINT64_MAX;
+    if (bits % 8 != 0 || bits / 8 != e.end - e.begin)
       unreadable(label, path, "tensor '" + e.name + "' has the wrong byte count for its dtype and shape");
     expected_offset = e.end;
   }
@@ -136,7 +141,8 @@ Index read_index(const std::string& label, const std::string& path) {
 }
 
 torch::Tensor read_tensor(const std::string& label, const std::string& path, const Index& index, const Entry& entry) {
-  torch::Tensor t = torch::empty(entry.shape, torch::TensorOptions().dtype(entry.type));
+  if (!entry.type) unreadable(label, path, "tensor '" + entry.name + "' has dtype " + entry.dtype + ", which torch cannot hold");
+  torch::Tensor t = torch::empty(entry.shape, torch::TensorOptions().dtype(*entry.type));
   std::ifstream in(path, std::ios::binary);
   in.seekg(static_cast<std::streamoff>(index.data_begin + entry.begin));
   in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(entry.end - entry.begin));

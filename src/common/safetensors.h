@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,9 +17,16 @@
 
 namespace mhc::safetensors {
 
-// The dtypes read and written, with their safetensors names ("F32", "BF16", …).
-const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names();
-// Throws std::invalid_argument for a dtype outside dtype_names().
+// Every dtype the format defines: its name ("F32", "F8_E4M3", "F4", …), its width in bits, and the
+// torch dtype it reads as, where torch has one (the packed 4- and 6-bit floats have none). A file
+// holding any of them is read; only a tensor whose dtype torch lacks cannot be.
+struct FileDtype {
+  const char* name;
+  int bits;
+  std::optional<torch::ScalarType> type;
+};
+const std::vector<FileDtype>& file_dtypes();
+// The name a torch dtype is written under; throws std::invalid_argument for one the format lacks.
 std::string dtype_name(torch::ScalarType type);
 
 [[noreturn]] void unreadable(const std::string& label, const std::string& path, const std::string& why);
@@ -34,7 +42,9 @@ nlohmann::json read_header(const std::string& label, const std::string& path, ui
 
 struct Entry {
   std::string name;
-  torch::ScalarType type;
+  std::string dtype;                        // the file's name for it
+  int bits;                                 // per element
+  std::optional<torch::ScalarType> type;    // none: torch has no such dtype (read_tensor refuses it)
   std::vector<int64_t> shape;
   uint64_t begin, end;  // byte range in the data section
 };
@@ -50,7 +60,7 @@ struct Index {
 };
 Index read_index(const std::string& label, const std::string& path);
 
-// One tensor's bytes, read from the file at its offsets.
+// One tensor's bytes, read from the file at its offsets; refuses a dtype torch lacks, naming it.
 torch::Tensor read_tensor(const std::string& label, const std::string& path, const Index& index, const Entry& entry);
 
 }  // namespace mhc::safetensors

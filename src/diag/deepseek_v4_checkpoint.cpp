@@ -2,16 +2,20 @@
 // (mhc/deepseek_v4_checkpoint.h).
 #include "mhc/deepseek_v4_checkpoint.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string_view>
 #include <tuple>
 #include <sstream>
 #include <stdexcept>
 
 #include "../common/safetensors.h"
+#include "mhc/parse.h"
 #include "mhc/variant.h"
 
 namespace fs = std::filesystem;
@@ -34,6 +38,21 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s.str();
 }
 
+// Each file once, by device and inode (links and a second path to one file are not read again),
+// the first name of each kept.
+std::vector<std::string> distinct_files(const std::vector<std::string>& files) {
+  std::vector<std::string> distinct;
+  std::set<std::pair<dev_t, ino_t>> seen;
+  for (const std::string& file : files) {
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0) throw std::invalid_argument("--deepseek-v4: cannot read " + file);
+    if (!seen.insert({st.st_dev, st.st_ino}).second) continue;
+    require_utf8("--deepseek-v4: the shard", file);  // analysis.json names it
+    distinct.push_back(file);
+  }
+  return distinct;
+}
+
 std::vector<std::string> shard_files(const std::vector<std::string>& paths) {
   std::vector<std::string> files;
   for (const std::string& path : paths) {
@@ -53,7 +72,7 @@ std::vector<std::string> shard_files(const std::vector<std::string>& paths) {
   }
   std::sort(files.begin(), files.end());
   files.erase(std::unique(files.begin(), files.end()), files.end());
-  return files;
+  return distinct_files(files);
 }
 
 // The name a sublayer's part has under the checkpoint's naming.
@@ -158,7 +177,7 @@ Found find_connections(const std::vector<std::string>& files) {
       }
       name_of[*place] = e.name, file_of[*place] = files[f];
       if (e.type != torch::kFloat)
-        throw std::invalid_argument("--deepseek-v4: " + e.name + " has dtype " + safetensors::dtype_name(e.type) +
+        throw std::invalid_argument("--deepseek-v4: " + e.name + " has dtype " + e.dtype +
                                     ", expected F32 (DeepSeek-V4 keeps its hyper-connection tensors in float32)");
       found.parts[*place] = {f, e};
     }
@@ -170,6 +189,12 @@ Found find_connections(const std::vector<std::string>& files) {
     throw std::invalid_argument("--deepseek-v4: the files mix native names (layers.{l}.hc_attn_fn) and Hugging Face "
                                 "names (model.layers.{l}.attn_hc.fn)");
   found.native = native > 0;
+  uint64_t bytes = 0;  // what the headers claim the connections take, before a byte of it is read
+  for (const auto& [place, at] : found.parts) bytes += at.entry.end - at.entry.begin;
+  if (bytes > kMaxConnectionBytes)
+    throw std::invalid_argument("--deepseek-v4: the headers claim " + std::to_string(bytes) + " bytes of hyper-connection "
+                                "tensors, above the limit of " + std::to_string(kMaxConnectionBytes) + " (DeepSeek-V4's "
+                                "take about 0.34 GB)");
   return found;
 }
 
@@ -237,9 +262,14 @@ class Reader {
                                     ", expected " + shape_text(want) + why);
   }
 
+  // A part's values; one that is not finite is named here, not found later as an overflowing probe.
   torch::Tensor read(const Located& at) {
     out_.bytes_read += at.entry.end - at.entry.begin;
-    return safetensors::read_tensor(kLabel, out_.files[at.file], found_.indexes[at.file], at.entry);
+    const torch::Tensor t = safetensors::read_tensor(kLabel, out_.files[at.file], found_.indexes[at.file], at.entry);
+    if (!torch::isfinite(t).all().item<bool>())
+      throw std::invalid_argument("--deepseek-v4: tensor " + at.entry.name + " in " + out_.files[at.file] +
+                                  " holds values that are not finite (NaN or inf): a damaged checkpoint");
+    return t;
   }
 
   DeepSeekV4Checkpoint& out_;

@@ -141,7 +141,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     corrupt(path, "checksum mismatch (the file was truncated or modified)");
 
   for (const auto& e : entries) {
-    torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.type));
+    if (!e.type) corrupt(path, "tensor '" + e.name + "' has dtype " + e.dtype + ", which no checkpoint holds");
+    torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(*e.type));
     if (e.end > e.begin) std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
     out.tensors[e.name] = t;
   }

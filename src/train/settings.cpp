@@ -151,6 +151,11 @@ std::string Settings::to_json() const {
   return j.dump(2) + "\n";
 }
 
+void Settings::require_utf8() const {
+  for (const auto& spec : setting_specs())
+    if (std::holds_alternative<std::monostate>(spec.range)) mhc::require_utf8("--" + spec.name, str(spec.name));
+}
+
 Settings Settings::from_json(const std::string& json) {
   Settings s;
   const auto j = parse_bounded_json(json);
