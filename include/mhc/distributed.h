@@ -99,6 +99,12 @@ class Group {
   void barrier();
   // Whether every rank holds the same bytes (compared through the store by their SHA-256).
   bool same_everywhere(const std::vector<torch::Tensor>& tensors);
+  // Rank 0's own work that the others wait out (evaluation, diagnostics, a checkpoint, the
+  // tokenizer): every rank calls it at the same point; rank 0 runs `work` while a heartbeat in the
+  // store says it is alive, and the others wait until it is done however long it takes. Only a
+  // heartbeat that stops for the timeout (rank 0 dead or stalled) makes them throw, naming rank 0
+  // and `what`. In a world of one: work().
+  void leader_work(const std::string& what, const std::function<void()>& work);
 
  private:
   struct State;

@@ -3,6 +3,7 @@
 // parameter tensors, and failures turned into one line that names the ranks that did not answer.
 // Every step of the rendezvous ends by --dist-timeout, even against a port that never answers.
 #include "mhc/distributed.h"
+#include "group_state.h"
 
 #include <algorithm>
 #include <future>
@@ -22,8 +23,6 @@ namespace mhc::dist {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 // Large enough that a model of a few million parameters is one bucket, small enough that the
 // flattened copy never doubles a large model's memory at once.
 constexpr int64_t kBucketBytes = 32 << 20;
@@ -38,26 +37,6 @@ std::string seconds(std::chrono::milliseconds t) {
   std::ostringstream s;
   s << t.count() / 1000.0 << " s";
   return s.str();
-}
-
-// Runs `step` on a thread of its own and waits for it until `deadline`. c10d's store client waits
-// without any timeout on a peer that accepts connections and never answers (another program on
-// MASTER_PORT, a stopped rank 0), and a blocked call cannot be cancelled: it is abandoned and
-// `timed_out` thrown (the process is on its way out with that error). The step may outlive the
-// caller: it must own what it uses.
-template <typename Result>
-Result within(Clock::time_point deadline, const std::string& timed_out, std::function<Result()> step) {
-  std::promise<Result> promise;
-  std::future<Result> result = promise.get_future();
-  std::thread([step = std::move(step), promise = std::move(promise)]() mutable {
-    try {
-      promise.set_value(step());
-    } catch (...) {
-      promise.set_exception(std::current_exception());
-    }
-  }).detach();
-  if (result.wait_until(deadline) == std::future_status::timeout) throw std::runtime_error(timed_out);
-  return result.get();
 }
 
 // Posts this rank's key `prefix` + rank (holding `value`), then waits until every rank has posted
@@ -139,12 +118,6 @@ Environment Environment::read(const std::function<const char*(const char*)>& get
   return e;
 }
 
-struct Group::State {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
-  int64_t digests = 0;  // same_everywhere() calls so far: each uses fresh store keys
-  std::map<std::string, int> subgroups_made;  // by members: subgroup() calls so far
-};
 
 Group::Group(const Environment& environment, std::chrono::milliseconds timeout, const SharedSettings& shared_settings)
     : environment_(environment), timeout_(timeout), state_(std::make_unique<State>()), names_(identity(world_size())) {

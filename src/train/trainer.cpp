@@ -145,14 +145,14 @@ void TrainingRun::claim_folder() {
   remove_temporaries(o_.out);
 }
 
-// Rank 0 trains the tokenizer and writes the token cache; the others then read it.
+// Rank 0 trains the tokenizer and writes the token cache (however long it takes: the others wait
+// on its heartbeat); the others then read it.
 void TrainingRun::read_data() {
   auto tokenize = [&] {
     return data::tokenize_corpus(settings_.str("data"), settings_.str("data-dir"), settings_.str("tokenizer"),
                                  settings_.integer("vocab"), o_.threads, std::move(state_.tokenizer));
   };
-  if (leader_) corpus_ = tokenize();
-  group_->barrier();
+  group_->leader_work("preparing the data", [&] { corpus_ = tokenize(); });
   if (!leader_) corpus_ = tokenize();
   train_windows_.emplace(corpus_.train, o_.seq_len, o_.seed, "training");
   val_windows_.emplace(corpus_.val, o_.seq_len, o_.seed, "validation");
@@ -250,8 +250,14 @@ int TrainingRun::run() {
     // Rank 0 evaluates, probes and checkpoints the whole model: the other stages' parts first.
     if (pipeline_ && (due.evaluation || due.diagnostics || due.checkpoint))
       pipeline_->gather_to_leader(due.checkpoint ? optimizer_.get() : nullptr);
-    if (leader_) after_step(r, lr, seconds, due);
-    else if (bad_in_row_ >= o_.max_bad_steps) return 1;  // rank 0 reports it
+    // Rank 0's evaluation, probe or checkpoint may take longer than --dist-timeout: the others wait it
+    // out on its heartbeat.
+    if (due.evaluation || due.diagnostics || due.checkpoint)
+      group_->leader_work("evaluating, probing or checkpointing after step " + std::to_string(step_),
+                          [&] { after_step(r, lr, seconds, due); });
+    else if (leader_)
+      after_step(r, lr, seconds, due);
+    if (!leader_ && bad_in_row_ >= o_.max_bad_steps) return 1;  // rank 0 reports it
   }
   return finish(stopping, signals);
 }
@@ -338,6 +344,7 @@ int TrainingRun::finish(bool stopping, const StopOnSignals& signals) {
 }  // namespace
 
 TrainingOptions TrainingOptions::read(const Settings& s) {
+  s.require_utf8();
   TrainingOptions o;
   o.out = s.str("out"), o.device_name = s.str("device"), o.dtype_name = s.str("dtype");
   o.threads = static_cast<int>(s.integer("threads"));
