@@ -24,11 +24,30 @@ import math
 import os
 import sys
 
-import matplotlib
+# Exit statuses `mhc` tells apart: matplotlib missing, or a plot that could not be drawn (the line
+# on stderr says why).
+MISSING_MATPLOTLIB, PLOT_FAILED = 4, 3
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter  # noqa: E402
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (the backend must be chosen first)
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter
+except ImportError as e:
+    sys.stderr.write("plots.py: matplotlib cannot be imported in %s (%s)\n" % (sys.executable, e))
+    sys.exit(MISSING_MATPLOTLIB)
+
+# A stack of any depth gives plots of bounded size and time: at most this many heat maps of H_res
+# and lines of the Sinkhorn–Knopp sweep, evenly spaced over depth (the first and the last included).
+MAX_HEAT_MAPS, MAX_SWEEP_LINES = 32, 64
+
+
+def evenly_spaced(count, at_most):
+    """Indices 0 … count-1, or at_most of them evenly spaced, the first and the last included."""
+    if count <= at_most:
+        return list(range(count))
+    return sorted({round(k * (count - 1) / (at_most - 1)) for k in range(at_most)})
 
 # Per variant: colour, marker, line style (mHC and mHC-lite often coincide: the styles keep both visible).
 STYLES = {"residual": ("tab:gray", "", "-"), "hc": ("tab:red", "o", "-"), "mhc": ("tab:blue", "s", "-"),
@@ -127,31 +146,36 @@ def analyze(analysis_path, out):
     what = "%s, n = %d, %s, %d probe tokens" % (variant, a["streams"], when, a["probe_tokens"])
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+    marker = 3 if L <= 200 else 0  # thousands of markers only hide the lines
     for ax, key, title in ((axes[0], "fwd", "forward gain (max |row sum|)"), (axes[1], "bwd", "backward gain (max |column sum|)")):
-        ax.plot(depth, d["composite_%s_max" % key], "o-", markersize=3, label="composite P_l, max over tokens")
-        ax.plot(depth, d["composite_%s_mean" % key], "s--", markersize=3, label="composite P_l, mean over tokens")
-        ax.plot(depth, d["%s_gain_max" % key], "^:", markersize=3, label="single H_res^(l), max over tokens")
+        ax.plot(depth, d["composite_%s_max" % key], "o-", markersize=marker, label="composite P_l, max over tokens")
+        ax.plot(depth, d["composite_%s_mean" % key], "s--", markersize=marker, label="composite P_l, mean over tokens")
+        ax.plot(depth, d["%s_gain_max" % key], "^:", markersize=marker, label="single H_res^(l), max over tokens")
         gain_axes(ax, "%s\n%s" % (title, what))
     save(fig, os.path.join(out, "gain_vs_depth.png"))
 
     mats = a["mean_h_res"]
-    cols = min(8, L)
-    rows = math.ceil(L / cols)
+    shown = evenly_spaced(L, MAX_HEAT_MAPS)
+    cols = min(8, len(shown))
+    rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.2, 1.6 * rows + 0.8), squeeze=False)
     entries = [v for m in mats for r in m for v in r]
     lo = min(finite(entries), default=0.0)
     hi = max(finite(entries), default=1.0)
     image = None
-    for l in range(rows * cols):
-        ax = axes[l // cols][l % cols]
+    for k in range(rows * cols):
+        ax = axes[k // cols][k % cols]
         ax.set_xticks([])
         ax.set_yticks([])
-        if l >= L:
+        if k >= len(shown):
             ax.axis("off")
             continue
+        l = shown[k]
         image = ax.imshow(mats[l], vmin=min(lo, 0.0), vmax=max(hi, 1.0), cmap="viridis")
         ax.set_title(d["sublayer"][l], fontsize=8)
-    fig.suptitle("mean H_res per sublayer over probe tokens (row = destination stream, column = source; %s)" % what, fontsize=9)
+    which = "" if len(shown) == L else ", %d of %d sublayers evenly spaced" % (len(shown), L)
+    fig.suptitle("mean H_res per sublayer over probe tokens (row = destination stream, column = source%s; %s)"
+                 % (which, what), fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.8, label="H_res entry (mixing weight)")
     save(fig, os.path.join(out, "h_res_mean.png"))
 
@@ -160,8 +184,8 @@ def analyze(analysis_path, out):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if variant in ("mhc", "mhc-v4"):
         cmap = plt.get_cmap("viridis")
-        for l, errors in enumerate(s["error"]):
-            ax.plot(t, [max(e, 1e-12) for e in errors], color=cmap(l / max(L - 1, 1)), linewidth=0.8, alpha=0.8)
+        for l in evenly_spaced(L, MAX_SWEEP_LINES):
+            ax.plot(t, [max(e, 1e-12) for e in s["error"][l]], color=cmap(l / max(L - 1, 1)), linewidth=0.8, alpha=0.8)
         worst = [max(finite(e[k] for e in s["error"]), default=math.nan) for k in range(len(t))]
         ax.plot(t, [max(w, 1e-12) for w in worst], "k-o", linewidth=2, label="worst sublayer")
         ax.axvline(a["sinkhorn_iters"], color="tab:red", linestyle="--", label="trained with t = %d" % a["sinkhorn_iters"])
@@ -419,4 +443,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except Exception as e:  # one line that names the cause, for `mhc` to point at
+        sys.stderr.write("plots.py: cannot draw the plots: %s: %s\n" % (type(e).__name__, e))
+        sys.exit(PLOT_FAILED)

@@ -33,10 +33,13 @@ void run_plots(const std::vector<std::string>& args) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    throw std::runtime_error("plotting failed: `" + shown + "` exited with status " +
-                             std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)) +
-                             " (matplotlib missing? scripts/setup.sh installs it in .venv)");
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  // plots.py's statuses (scripts/plots.py): 4, matplotlib missing; 3, a plot failed, its line above says why.
+  throw std::runtime_error("plotting failed: `" + shown + "` exited with status " + std::to_string(code) +
+                           (code == 4   ? " (matplotlib is missing there; scripts/setup.sh installs it in .venv)"
+                            : code == 3 ? " (its line above says why)"
+                                        : ""));
 }
 
 }  // namespace mhc::cli
