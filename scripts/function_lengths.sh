@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Lists the functions longer than a limit (default 80 lines) in the C++ and CUDA sources outside the
-# tests, longest first, as "LINES FILE FUNCTION", from universal-ctags' start and end lines. A
-# lambda is counted in the function that holds it; the CUDA kernels are left out (one kernel is
-# one launch, by design).
+# Lists the functions longer than a limit (default 80 lines) in the C++ sources outside the tests,
+# longest first, as "LINES FILE FUNCTION", from universal-ctags' start and end lines (scripts/setup.sh
+# installs it). A lambda is counted in the function that holds it; the CUDA kernels are left out
+# (one kernel is one launch, by design).
 #   bash scripts/function_lengths.sh [LIMIT]
 set -euo pipefail
 limit=${1:-80}
 cd "$(dirname "$0")/.."
-ctags --languages=C++ --langmap=C++:+.cu --kinds-C++=f --fields=+ne -o - -R src include |
+ctags-universal --languages=C++ --langmap=C++:+.cu --kinds-C++=f --fields=+ne -o - -R src include |
   awk -F'\t' -v limit="$limit" '
     $1 ~ /^__anon/ || $2 ~ /\/cuda\// { next }
     { line = ""; end = ""

