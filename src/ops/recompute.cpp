@@ -167,7 +167,9 @@ struct FreedStates {
 };
 
 void rebuild_if_released(const Tensor& x) {
-  if (!x.defined() || x.storage().nbytes() != 0 || x.numel() == 0) return;
+  // Traced tensors (fake, symbolic sizes: torch.compile, opcheck) hold no data to release.
+  if (!x.defined() || x.unsafeGetTensorImpl()->has_symbolic_sizes_strides() || !x.has_storage()) return;
+  if (x.storage().nbytes() != 0 || x.numel() == 0) return;
   Released at;
   {
     const std::lock_guard<std::mutex> lock(released_mutex);
