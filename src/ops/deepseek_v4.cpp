@@ -25,14 +25,15 @@ std::string shape_of(const Tensor& t) {
   return s.str();
 }
 
-// The order of V4's rows in phi's columns (and back: swapping (j, k) is its own inverse):
-// pre and post in place, res column 2n + k·n + j ← V4 row 2n + j·n + k.
-Tensor v4_order(int64_t n, const torch::Device& device) {
-  std::vector<int64_t> order(static_cast<size_t>((2 + n) * n));
-  for (int64_t m = 0; m < 2 * n; ++m) order[m] = m;
-  for (int64_t k = 0; k < n; ++k)
-    for (int64_t j = 0; j < n; ++j) order[2 * n + k * n + j] = 2 * n + j * n + k;
-  return torch::tensor(order, torch::kLong).to(device);
+// V4's rows of `t` along `dim` ([pre | post | res], res by (j = source, k = destination)) in the
+// order of phi's columns (res by (k, j)), and back: the res block's n×n pairs transposed, which is
+// its own inverse. Views and one concatenation, no index tensor: the op traces under torch.compile.
+Tensor swap_res_pairs(const Tensor& t, int64_t dim, int64_t n) {
+  std::vector<c10::SymInt> pairs = t.sym_sizes().vec(), flat = pairs;
+  pairs[dim] = n, pairs.insert(pairs.begin() + dim + 1, c10::SymInt(n));
+  flat[dim] = n * n;
+  const Tensor res = t.narrow_symint(dim, 2 * n, n * n).reshape_symint(pairs).transpose(dim, dim + 1).reshape_symint(flat);
+  return torch::cat({t.narrow_symint(dim, 0, 2 * n), res}, dim);
 }
 
 void check_dtype(const char* op, const char* name, const Tensor& t) {
@@ -73,16 +74,14 @@ ConnectionParams from_deepseek_v4(const Tensor& fn, const Tensor& base, const Te
   static const char* const names[3] = {"fn", "base", "scale"};
   check_connection("mhc.from_deepseek_v4", names, fn, base, scale, /*v4=*/true);
   const int64_t n = deepseek_v4_streams(base.size(0));
-  const Tensor order = v4_order(n, fn.device());
-  return {fn.index_select(0, order).t().contiguous(), base.index_select(0, order), scale.clone()};
+  return {swap_res_pairs(fn, 0, n).t().contiguous(), swap_res_pairs(base, 0, n), scale.clone()};
 }
 
 DeepSeekV4Params to_deepseek_v4(const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
   static const char* const names[3] = {"phi", "bias", "alpha"};
   check_connection("mhc.to_deepseek_v4", names, phi, bias, alpha, /*v4=*/false);
   const int64_t n = deepseek_v4_streams(bias.size(0));
-  const Tensor order = v4_order(n, phi.device());
-  return {phi.index_select(1, order).t().contiguous(), bias.index_select(0, order), alpha.clone()};
+  return {swap_res_pairs(phi, 1, n).t().contiguous(), swap_res_pairs(bias, 0, n), alpha.clone()};
 }
 
 }  // namespace mhc

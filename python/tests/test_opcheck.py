@@ -1,0 +1,64 @@
+"""torch.library.opcheck on every mhc op: the schema, the autograd registration, the fake kernel
+against the real one, and tracing with dynamic shapes (AOT dispatch), in fp32 and fp64, at ordinary
+and edge inputs (n = 1, odd C, logits of ±80). A failure here is what torch.compile would meet."""
+import pytest
+import torch
+from torch.library import opcheck
+
+import mhc  # noqa: F401  (loads the ops and their fake kernels)
+from test_mhc import make_inputs
+
+CASES = [("mhc", 4), ("mhc", 1), ("hc", 2), ("mhc-lite", 3), ("kromhc", 4), ("ihc", 4), ("mhc-v4", 4)]
+ops = torch.ops.mhc
+
+
+def inputs(variant, n, dtype, scale):
+    # mhc-v4 has mhc's parameter layout
+    x, phi, bias, alpha, _ = make_inputs("mhc" if variant == "mhc-v4" else variant, n, C=5, N=3, dtype=dtype)
+    with torch.no_grad():
+        bias.mul_(scale)  # ±80 logits: the saturated softmax and Sinkhorn paths
+    return x, phi, bias, alpha
+
+
+# Every case in both dtypes; the ±80 logits where they saturate a normalisation (σ and Sinkhorn–Knopp,
+# V4's softmax first). Each call traces the op (about 2 s here), so the grid is kept to what differs.
+GRID = [(v, n, dtype, 1.0) for v, n in CASES for dtype in (torch.float32, torch.float64)] + \
+       [("mhc", 4, torch.float32, 80.0), ("mhc-v4", 4, torch.float64, 80.0)]
+
+
+@pytest.mark.parametrize("variant,n,dtype,scale", GRID)
+def test_every_op_passes_opcheck(variant, n, dtype, scale):
+    x, phi, bias, alpha = inputs(variant, n, dtype, scale)
+    t = 5
+    C = x.shape[-1]
+    y = torch.randn(x.shape[0], C, dtype=dtype, requires_grad=True)
+    h, H_pre, H_post, H_res = ops.pre(x, phi, bias, alpha, variant, t)
+    H_post, H_res = H_post.detach().requires_grad_(), H_res.detach().requires_grad_()
+    opcheck(ops.pre.default, (x, phi, bias, alpha, variant, t))
+    opcheck(ops.pre_joint.default, (x, phi, bias, alpha, variant, t))
+    opcheck(ops.post.default, (x, y, H_post, H_res))
+    opcheck(ops.boundary.default, (x, y, H_post, H_res, phi, bias, alpha, variant, t))
+    # The backward ops, at the saved tensors their forward ops return.
+    with torch.no_grad():
+        _, _, _, _, proj, rms = ops.pre_fwd(x, phi, bias, alpha, variant, t)
+        x_next, _, _, _, _, proj_b, rms_b = ops.boundary_fwd(x, y, H_post, H_res, phi, bias, alpha, variant, t)
+    d = [torch.randn_like(v) for v in (h, H_pre, H_post, H_res, x)]
+    plain = [v.detach() for v in (x, phi, bias, alpha, y, H_post, H_res)]
+    xd, phid, biasd, alphad, yd, hpd, hrd = plain
+    opcheck(ops.pre_fwd.default, (xd, phid, biasd, alphad, variant, t))
+    opcheck(ops.pre_bwd.default, (d[0], d[1], d[2], d[3], xd, phid, biasd, alphad, proj, rms, variant, t, None))
+    opcheck(ops.post_bwd.default, (d[4], xd, yd, hpd, hrd))
+    opcheck(ops.boundary_fwd.default, (xd, yd, hpd, hrd, phid, biasd, alphad, variant, t))
+    opcheck(ops.boundary_bwd.default, (d[0], d[1], d[2], d[3], d[4], xd, yd, hpd, hrd, x_next, phid, biasd, alphad,
+                                       proj_b, rms_b, variant, t))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_deepseek_v4_conversions_pass_opcheck(dtype):
+    n, C = 4, 6
+    fn = torch.randn((2 + n) * n, n * C, dtype=dtype)
+    base = torch.randn((2 + n) * n, dtype=dtype)
+    scale = torch.rand(3, dtype=dtype) + 0.5
+    opcheck(ops.from_deepseek_v4.default, (fn, base, scale))
+    phi, bias, alpha = ops.from_deepseek_v4(fn, base, scale)
+    opcheck(ops.to_deepseek_v4.default, (phi, bias, alpha))
