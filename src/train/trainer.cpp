@@ -78,6 +78,7 @@ class TrainingRun {
   // What the step just taken is followed by (a stop is always followed by a checkpoint).
   struct Due {
     bool evaluation, diagnostics, checkpoint;
+    bool any() const { return evaluation || diagnostics || checkpoint; }
   };
   Due due_after(bool stopping) const;
   // Rank 0 after each step: evaluation, diagnostics, the metrics line, progress and a checkpoint.
@@ -248,11 +249,10 @@ int TrainingRun::run() {
     seconds_training_ += seconds;
     const Due due = due_after(stopping);
     // Rank 0 evaluates, probes and checkpoints the whole model: the other stages' parts first.
-    if (pipeline_ && (due.evaluation || due.diagnostics || due.checkpoint))
-      pipeline_->gather_to_leader(due.checkpoint ? optimizer_.get() : nullptr);
+    if (pipeline_ && due.any()) pipeline_->gather_to_leader(due.checkpoint ? optimizer_.get() : nullptr);
     // Rank 0's evaluation, probe or checkpoint may take longer than --dist-timeout: the others wait it
     // out on its heartbeat.
-    if (due.evaluation || due.diagnostics || due.checkpoint)
+    if (due.any())
       group_->leader_work("evaluating, probing or checkpointing after step " + std::to_string(step_),
                           [&] { after_step(r, lr, seconds, due); });
     else if (leader_)
