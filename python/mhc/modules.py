@@ -158,7 +158,11 @@ class HyperConnectionStack(nn.Module):
             raise ValueError(f"recompute {recompute!r} is not a recomputation policy (accepted: {', '.join(RECOMPUTE)})")
         if recompute_every is not None and recompute_every < 1:
             raise ValueError(f"recompute_every must be None (auto) or at least 1, got {recompute_every}")
-        every = torch.ops.mhc.recompute_group_size(recompute, self.streams, L, recompute_every or 0)
+        every = _group_size(recompute, self.streams, L, recompute_every or 0)
+        if recompute == "streams" and torch.compiler.is_compiling():
+            raise ValueError("recompute='streams' releases and refills the stream states' storage in place, from "
+                             "autograd hooks, which a compiled graph cannot express; under torch.compile use "
+                             "recompute='none' or 'blocks'")
         if recompute == "blocks" and torch.is_grad_enabled():
             for start in range(0, L, every):
                 stop = min(L, start + every)
@@ -196,6 +200,13 @@ class HyperConnectionStack(nn.Module):
                 after(l, mix, y, x)
             mix, post_input = following, x
         return x
+
+
+@torch.compiler.assume_constant_result
+def _group_size(recompute: str, streams: int, sublayers: int, every: int) -> int:
+    """L_r, from the library (torch.ops.mhc.recompute_group_size); a constant to torch.compile, which
+    cannot trace an op that returns an int."""
+    return torch.ops.mhc.recompute_group_size(recompute, streams, sublayers, every)
 
 
 class _UnchangedSinceForward(torch.autograd.Function):
