@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <future>
 #include <map>
-#include <sstream>
 #include <thread>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -32,12 +31,6 @@ constexpr int64_t kBucketBytes = 32 << 20;
 constexpr std::chrono::milliseconds kOwnTimeoutFirst{1000}, kPollEnds{300};
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
-
-std::string seconds(std::chrono::milliseconds t) {
-  std::ostringstream s;
-  s << t.count() / 1000.0 << " s";
-  return s.str();
-}
 
 // Posts this rank's key `prefix` + rank (holding `value`), then waits until every rank has posted
 // its own or `deadline` passes; returns the ranks absent by then, as their `names` "1, 3" (empty: none).

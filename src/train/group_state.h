@@ -6,6 +6,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -18,6 +19,13 @@
 namespace mhc::dist {
 
 using Clock = std::chrono::steady_clock;
+
+// "2.5 s": a timeout as the errors state it.
+inline std::string seconds(std::chrono::milliseconds t) {
+  std::ostringstream s;
+  s << t.count() / 1000.0 << " s";
+  return s.str();
+}
 
 struct Group::State {
   c10::intrusive_ptr<c10d::Store> store;

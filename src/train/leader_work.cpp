@@ -2,7 +2,6 @@
 // heartbeat, so that a busy rank 0 is not taken for a dead one.
 #include <condition_variable>
 #include <mutex>
-#include <sstream>
 
 #include "group_state.h"
 
@@ -40,12 +39,6 @@ class Heartbeat {
   std::thread thread_;  // last: started once the members it uses exist
 };
 
-std::string seconds_text(std::chrono::milliseconds t) {
-  std::ostringstream s;
-  s << t.count() / 1000.0 << " s";
-  return s.str();
-}
-
 }  // namespace
 
 void Group::leader_work(const std::string& what, const std::function<void()>& work) {
@@ -62,7 +55,7 @@ void Group::leader_work(const std::string& what, const std::function<void()>& wo
   }
   // Wait while the beat advances; each store call bounded (a stopped rank 0's store never answers).
   const std::string silent = "waiting for rank 0 (" + what + ") failed on rank " + std::to_string(rank()) + " of " +
-                             std::to_string(world_size()) + " (--dist-timeout " + seconds_text(timeout_) +
+                             std::to_string(world_size()) + " (--dist-timeout " + seconds(timeout_) +
                              "): rank 0 did not answer (dead or stalled: ";
   int64_t beats = -1;
   Clock::time_point last_beat = Clock::now();
