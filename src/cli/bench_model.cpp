@@ -1,8 +1,6 @@
 // The preset models that the training benchmarks step (see bench_model.h).
 #include "bench_model.h"
 
-#include <stdexcept>
-
 #include "bench_common.h"
 #include "run_settings.h"
 #include "mhc/trainer.h"
@@ -10,15 +8,10 @@
 namespace mhc::cli {
 
 train::Settings preset_settings(const std::string& command, const std::string& preset) {
-  const auto found = train::presets().find(preset);
-  if (found == train::presets().end()) {
-    std::string accepted;
-    for (const auto& [name, values] : train::presets()) accepted += (accepted.empty() ? "" : ", ") + name;
-    throw std::invalid_argument(command + ": unknown --preset '" + preset + "' (accepted: " + accepted + ")");
-  }
+  const std::map<std::string, std::string>& values = preset_values(command, preset);
   train::Settings s;
   for (const auto& spec : train::setting_specs()) s.values[spec.name] = spec.default_value;
-  for (const auto& [k, v] : found->second) s.values[k] = v;
+  for (const auto& [k, v] : values) s.values[k] = v;
   return s;
 }
 

@@ -34,6 +34,13 @@ std::string preset_names() {
 
 }  // namespace
 
+const std::map<std::string, std::string>& preset_values(const std::string& command, const std::string& name) {
+  const auto preset = train::presets().find(name);
+  if (preset == train::presets().end())
+    throw std::invalid_argument(command + ": unknown --preset '" + name + "' (accepted: " + preset_names() + ")");
+  return preset->second;
+}
+
 void declare_training_flags(Args& a) {
   a.flag("preset", "tiny", "starting settings: " + preset_names() + " (the defaults below are tiny's)");
   a.flag("config", "", "a TOML file of settings, applied over the preset");
@@ -44,12 +51,10 @@ void declare_training_flags(Args& a) {
 }
 
 Settings fresh_settings(const Args& a, const std::map<std::string, std::string>& overrides) {
-  const auto preset = train::presets().find(a.str("preset"));
-  if (preset == train::presets().end())
-    throw std::invalid_argument(a.command() + ": unknown --preset '" + a.str("preset") + "' (accepted: " + preset_names() + ")");
+  const std::map<std::string, std::string>& preset = preset_values(a.command(), a.str("preset"));
   Settings s;
   for (const auto& spec : train::setting_specs()) s.values[spec.name] = a.str(spec.name);
-  std::map<std::string, std::string> layered = preset->second;
+  std::map<std::string, std::string> layered = preset;
   if (!a.str("config").empty())
     for (const auto& [k, v] : train::read_toml(a.str("config"))) layered[k] = v;
   for (const auto& [k, v] : layered)

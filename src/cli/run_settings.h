@@ -11,6 +11,9 @@
 
 namespace mhc::cli {
 
+// What the preset `name` changes from the defaults; throws std::invalid_argument "COMMAND: unknown
+// --preset 'NAME' (accepted: deep, small, tiny)".
+const std::map<std::string, std::string>& preset_values(const std::string& command, const std::string& name);
 // Declares --preset, --config and one flag per training setting (mhc/settings.h setting_specs()).
 void declare_training_flags(Args& a);
 // A fresh run's settings: the defaults < the preset < --config FILE.toml < the flags given, with
