@@ -22,7 +22,7 @@ expect_error() {  # expect_error REGEX ARGS...
 }
 
 expect_error "mhc: unknown command 'trian' \(accepted: train, sample, eval, analyze, compare, launch, bench\)" trian
-expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train, memory, pipeline\)" bench layers
+expect_error "mhc bench: unknown benchmark 'layers' \(accepted: layer, train, memory, pipeline, decode\)" bench layers
 expect_error "--recompute 'fast' is not a recomputation policy \(accepted: none, streams, blocks\)" bench memory --recompute none,fast
 expect_error "mhc bench memory: unknown --preset 'huge' \(accepted: deep, small, tiny\)" bench memory --preset huge
 # Issue 35, item 4: without the plain residual's no-recomputation row every ratio was NaN or wrong.

@@ -27,6 +27,22 @@ if want variants; then
   done
   "$mhc" sample --ckpt "$work/variant-mhc" --prompt "line 5" --tokens 20 --seed 3 > "$work/sample.txt" 2>&1 &&
     grep -q "^line 5" "$work/sample.txt" || fail "sample: $(cat "$work/sample.txt")"
+  # The KV cache against the uncached path past the context (32 tokens), three sequences at once.
+  for cache in "" --no-cache; do
+    # shellcheck disable=SC2086
+    "$mhc" sample --ckpt "$work/variant-mhc" --prompt "line 5" --tokens 70 --temperature 0 --batch 3 $cache \
+      > "$work/sample$cache.txt" 2> "$work/sample$cache.err" || fail "sample $cache: $(cat "$work/sample$cache.err")"
+  done
+  cmp -s "$work/sample.txt" "$work/sample--no-cache.txt" || fail "sample: the cached and uncached texts differ"
+  grep -q "^sample: 210 tokens in .* tokens/s, KV cache, batch 3)" "$work/sample.err" || fail "sample: $(cat "$work/sample.err")"
+  expect_error "prompt 0 is empty \(accepted: at least one token\)" sample --ckpt "$work/variant-mhc" --prompt ""
+  expect_error "prompt 0 has 40 tokens, more than the model's context of 32 \(accepted: 1 to 32 tokens\)" \
+    sample --ckpt "$work/variant-mhc" --prompt "$(printf '%040d' 0)"
+  for bad in "--tokens -1" "--tokens 2000000" "--top-k -1" "--temperature 101" "--temperature nan" "--batch 0"; do
+    # shellcheck disable=SC2086
+    expect_error "${bad%% *} must be a (whole )?number in \[" sample --ckpt "$work/variant-mhc" $bad
+  done
+  expect_error "cannot read --prompt-file $work/no-prompts.txt: No such file" sample --ckpt "$work/variant-mhc" --prompt-file "$work/no-prompts.txt"
   "$mhc" eval --ckpt "$work/variant-mhc" > "$work/eval.txt" 2>&1 &&
     grep -Eq "^step 12: validation loss [0-9.]+ nats, perplexity [0-9.]+" "$work/eval.txt" || fail "eval: $(cat "$work/eval.txt")"
 fi

@@ -54,13 +54,50 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
+// The keys (rotated) and values one attention layer has seen, for each sequence of a batch
+// (DESIGN.md §12): [B, heads, seq_len, head_dim], in the activations' dtype.
+struct AttentionCache {
+  torch::Tensor keys, values;
+};
+
+// A batch of B sequences' KV cache for every attention layer of a GPT. Sequence b holds its first
+// lengths[b] positions; each sequence runs at its own position. A token's n-stream state needs no
+// cache: it depends only on its own path through the stack and the cached keys and values.
+struct KVCache {
+  KVCache(const GPTConfig& config, int64_t batch, torch::Device device);
+  int64_t batch() const { return static_cast<int64_t>(lengths.size()); }
+  int64_t capacity() const { return capacity_; }
+  std::vector<AttentionCache> layers;  // one per block
+  std::vector<int64_t> lengths;        // [B]
+
+ private:
+  int64_t capacity_;  // seq_len: rotary tables and the model's context end there
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const GPTConfig& config);
-  // h [B, T, C] -> [B, T, C]
+  // h [B, T, C] -> [B, T, C], causal over the T tokens.
   torch::Tensor forward(const torch::Tensor& h);
+  // forward() of sequence `row`'s first T tokens, h [1, T, C], that also stores their keys and
+  // values in cache rows [0, T).
+  torch::Tensor prefill(const torch::Tensor& h, AttentionCache& cache, int64_t row);
+  // One new token per sequence, h [B, 1, C], sequence b at position lengths[b] (positions: the same
+  // as an int64 tensor [B]): stores its key and value there and attends to the sequence's
+  // lengths[b] + 1 keys. -> [B, 1, C]
+  torch::Tensor decode(const torch::Tensor& h, AttentionCache& cache, const std::vector<int64_t>& lengths,
+                       const torch::Tensor& positions);
 
  private:
+  struct Projected {
+    torch::Tensor q, k, v;  // [B, heads, T, head_dim], q and k rotated
+  };
+  // qkv of h [B, T, C] with positions' rotations: cos and sin broadcastable to [B, heads, T, head_dim/2].
+  Projected project_rotated(const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin);
+  // The rotary tables on h's device and dtype.
+  void match_tables(const torch::Tensor& h);
+  // attention output y [B, heads, T, head_dim] -> [B, T, C]
+  torch::Tensor project_out(const torch::Tensor& y);
   int64_t heads_;
   RMSNorm norm_{nullptr};
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
@@ -108,6 +145,14 @@ class GPTImpl : public torch::nn::Module {
                            std::vector<SublayerRecord>* record = nullptr);
   torch::Tensor logits(const torch::Tensor& x);
   torch::Tensor loss_of(const torch::Tensor& logits, const torch::Tensor& targets);
+  // Inference with a KV cache (DESIGN.md §12), in inference mode (no autograd):
+  // prefill runs tokens [T] (1 <= T <= seq_len) as sequence `row`'s first T tokens, replacing what
+  // its cache held, -> logits [T, vocab]: forward()'s for those tokens, to fp32 rounding.
+  torch::Tensor prefill(const torch::Tensor& tokens, KVCache& cache, int64_t row);
+  // decode runs one new token per sequence, tokens [B], each at its sequence's next position (every
+  // sequence must have room: lengths[b] < seq_len) -> logits [B, vocab]. The connections' pre and
+  // post run as the fused boundary op between sublayers, with nothing saved for a backward.
+  torch::Tensor decode(const torch::Tensor& tokens, KVCache& cache);
   const GPTConfig& config() const { return config_; }
   // The recomputation policy is a run setting: it changes memory and time, never a result, so a
   // model may switch it between steps (a resumed run, `mhc bench memory`).
@@ -117,6 +162,10 @@ class GPTImpl : public torch::nn::Module {
   std::vector<HyperConnection> connections() const;
 
  private:
+  // How a block's attention sublayer runs: forward(), prefill() or decode() of block b.
+  using AttentionCall = std::function<torch::Tensor(Attention&, int64_t block, const torch::Tensor& h)>;
+  torch::Tensor run_blocks_with(const torch::Tensor& x, int64_t first, int64_t last, const AttentionCall& attend,
+                                const RecomputeOptions& recompute, std::vector<SublayerRecord>* record);
   GPTConfig config_;
   torch::nn::Embedding embed_{nullptr};
   std::vector<Block> blocks_;

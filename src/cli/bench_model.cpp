@@ -40,7 +40,7 @@ void declare_model_bench_flags(Args& a, const std::string& reps, const std::stri
   a.flag("preset", "small", "model and batch settings (see mhc train --help)")
       .flag("variant", "residual,hc,mhc,mhc-lite", "variants, comma-separated (the first is the baseline)")
       .alias("residual", "variant")
-      .flag("streams", "4", "n for the hyper-connection variants")
+      .flag("streams", "4", "n for the hyper-connection variants", IntegerRange{1, kMaxStreams})
       .flag("warmup", "1", "untimed steps per configuration first", IntegerRange{least_warmup, 100})
       .flag("reps", reps, "measured steps per configuration (" + reps_help + ")", IntegerRange{1, 1000})
       .toggle("markdown", "a Markdown table (for docs/benchmarks.md)")

@@ -18,6 +18,7 @@ int bench_layer(const std::vector<std::string>& argv);
 int bench_train(const std::vector<std::string>& argv);
 int bench_memory(const std::vector<std::string>& argv);
 int bench_pipeline(const std::vector<std::string>& argv);
+int bench_decode(const std::vector<std::string>& argv);
 int train(const std::vector<std::string>& argv);
 int sample(const std::vector<std::string>& argv);
 int eval(const std::vector<std::string>& argv);

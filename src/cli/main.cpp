@@ -43,6 +43,7 @@ const char* kUsage =
     "  bench train     training step time of every variant, as ratios to the plain residual\n"
     "  bench memory    peak activation bytes of a training step per variant and recomputation policy\n"
     "  bench pipeline  a training step over pipeline stages: bubble, bytes between stages, communication wait\n"
+    "  bench decode    generation with the KV cache: prefill and decode tokens/s of every variant vs the residual\n"
     "\n"
     "Run `mhc COMMAND --help` for the flags of a command.\n";
 
@@ -71,8 +72,9 @@ extern "C" __attribute__((visibility("default"))) int mhc_main(int argc, char** 
       if (args.size() >= 2 && args[1] == "train") return mhc::cli::bench_train({args.begin() + 2, args.end()});
       if (args.size() >= 2 && args[1] == "memory") return mhc::cli::bench_memory({args.begin() + 2, args.end()});
       if (args.size() >= 2 && args[1] == "pipeline") return mhc::cli::bench_pipeline({args.begin() + 2, args.end()});
+      if (args.size() >= 2 && args[1] == "decode") return mhc::cli::bench_decode({args.begin() + 2, args.end()});
       throw std::invalid_argument("mhc bench: unknown benchmark '" + (args.size() >= 2 ? args[1] : "") +
-                                  "' (accepted: layer, train, memory, pipeline)");
+                                  "' (accepted: layer, train, memory, pipeline, decode)");
     }
     throw std::invalid_argument("mhc: unknown command '" + args[0] + "' (accepted: train, sample, eval, analyze, compare, launch, bench)");
   } catch (const std::invalid_argument& e) {

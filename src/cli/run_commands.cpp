@@ -1,12 +1,17 @@
 // `mhc train`, `mhc sample` and `mhc eval`: a run's settings from the flags (run_settings.h), then
 // the trainer (mhc/trainer.h), or a trained run read back and asked for text or its loss.
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
 #include "args.h"
 #include "commands.h"
 #include "mhc/checkpoint.h"
+#include "mhc/files.h"
+#include "mhc/format.h"
+#include "mhc/parse.h"
 #include "mhc/run_log.h"
 #include "mhc/run_state.h"
 #include "mhc/sampling.h"
@@ -62,21 +67,85 @@ int train(const std::vector<std::string>& argv) {
   return train::run_training(s, resume_from, environment);
 }
 
+namespace {
+
+// The prompts' text: --prompt-file's lines (blank ones skipped), or --prompt once per --batch row.
+std::vector<std::string> prompt_texts(const Args& a) {
+  std::vector<std::string> texts;
+  if (a.str("prompt-file").empty()) return std::vector<std::string>(a.integer("batch"), a.str("prompt"));
+  std::istringstream lines(read_input_file(a.str("prompt-file"), "--prompt-file", 64 << 20));
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) {
+      require_utf8("--prompt-file line " + std::to_string(texts.size() + 1), line);
+      texts.push_back(line);
+    }
+  if (texts.empty()) throw std::invalid_argument("--prompt-file " + a.str("prompt-file") + " holds no prompt (accepted: one per line)");
+  return texts;
+}
+
+// Prints one sequence's text as its tokens arrive: the decoded text grows at its end, and only what
+// is new is written (a token can be part of a character, so whole decodes are compared).
+class StreamedText {
+ public:
+  StreamedText(const data::Tokenizer& tokenizer, std::vector<int32_t> prompt)
+      : tokenizer_(tokenizer), ids_(std::move(prompt)), shown_(tokenizer.decode(ids_)) {
+    std::cout << shown_ << std::flush;
+  }
+  void add(int32_t token) {
+    ids_.push_back(token);
+    const std::string text = tokenizer_.decode(ids_);
+    if (text.compare(0, shown_.size(), shown_) == 0) std::cout << text.substr(shown_.size()) << std::flush;
+    shown_ = text;
+  }
+
+ private:
+  const data::Tokenizer& tokenizer_;
+  std::vector<int32_t> ids_;
+  std::string shown_;
+};
+
+}  // namespace
+
 int sample(const std::vector<std::string>& argv) {
-  Args a("mhc sample", "Continue a prompt with a trained model.");
+  Args a("mhc sample",
+         "Continue prompts with a trained model, with a KV cache. When a sequence fills the context (--seq-len\n"
+         "of the run), its newest half is run again as a prompt and generation goes on.");
   declare_checkpoint_flag(a);
   a.flag("prompt", "The", "text to continue")
-      .flag("tokens", "100", "tokens to generate", IntegerRange{0, 1 << 20})
+      .flag("prompt-file", "", "a file of prompts, one per line (instead of --prompt)")
+      .flag("batch", "1", "sequences decoded together (with --prompt: that many samples of it)", IntegerRange{1, 256})
+      .flag("tokens", "100", "tokens to generate per sequence", IntegerRange{0, 1 << 20})
       .flag("temperature", "0.8", "softmax temperature (0: greedy)", RealRange{0, 100})
       .flag("top-k", "40", "sample among the k most likely tokens (0: all)", IntegerRange{0, 1 << 30})
-      .flag("seed", "1", "sampling seed", IntegerRange{0, INT64_MAX});
+      .flag("seed", "1", "sampling seed (sequence b uses seed + b)", IntegerRange{0, INT64_MAX});
+  a.toggle("no-cache", "run each sequence's whole window for every token (the reference path, slow)");
   declare_threads_flag(a);
   if (!a.parse(argv)) return 0;
+  const std::vector<std::string> texts = prompt_texts(a);
   auto run = train::load_run(run_to_read(a).checkpoint);
-  const auto ids = train::generate(run.model, run.tokenizer->encode_text(a.str("prompt")), a.integer("tokens"),
-                                   a.real("temperature"), a.integer("top-k"),
-                                   static_cast<uint64_t>(a.integer("seed")));
-  std::cout << run.tokenizer->decode(ids) << std::endl;
+  train::SamplingOptions options;
+  options.tokens = a.integer("tokens"), options.temperature = a.real("temperature"), options.top_k = a.integer("top-k");
+  options.seed = static_cast<uint64_t>(a.integer("seed")), options.kv_cache = !a.on("no-cache");
+  const auto batch = static_cast<size_t>(a.integer("batch"));
+  for (size_t first = 0; first < texts.size(); first += batch) {
+    std::vector<std::vector<int32_t>> prompts;
+    for (size_t i = first; i < std::min(texts.size(), first + batch); ++i) prompts.push_back(run.tokenizer->encode_text(texts[i]));
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::vector<int32_t>> sequences;
+    if (prompts.size() == 1) {  // one sequence: its text as it comes
+      StreamedText text(*run.tokenizer, prompts[0]);
+      sequences = train::generate(run.model, prompts, options, [&](int64_t, int32_t token) { text.add(token); });
+      std::cout << std::endl;
+    } else {
+      sequences = train::generate(run.model, prompts, options);
+      for (const auto& ids : sequences) std::cout << run.tokenizer->decode(ids) << "\n\n";
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double made = static_cast<double>(options.tokens) * static_cast<double>(prompts.size());
+    std::cerr << "sample: " << Format::automatic()(made) << " tokens in " << Format::significant(3)(seconds) << " s ("
+              << Format::fixed(0)(made / seconds) << " tokens/s, " << (options.kv_cache ? "KV cache" : "no cache")
+              << ", batch " << prompts.size() << ")" << std::endl;
+  }
   return 0;
 }
 

@@ -1,5 +1,7 @@
 // The GPT of mhc/model.h: pre-norm sublayers wrapped by the residual family's connections.
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
 #include "mhc/model.h"
@@ -83,19 +85,59 @@ AttentionImpl::AttentionImpl(const GPTConfig& c) : heads_(c.heads) {
   sin_ = angle.sin().to(torch::kFloat);
 }
 
-Tensor AttentionImpl::forward(const Tensor& h) {
+void AttentionImpl::match_tables(const Tensor& h) {
+  if (cos_.device() == h.device() && cos_.scalar_type() == h.scalar_type()) return;
+  c10::InferenceMode ordinary_tensors(false);  // the tables outlive a generation: training must be able to use them
+  cos_ = cos_.to(h.device(), h.scalar_type()), sin_ = sin_.to(h.device(), h.scalar_type());
+}
+
+AttentionImpl::Projected AttentionImpl::project_rotated(const Tensor& h, const Tensor& cos, const Tensor& sin) {
   const int64_t B = h.size(0), T = h.size(1), C = h.size(2), D = C / heads_;
   const auto qkv = project(qkv_, norm_(h)).view({B, T, 3, heads_, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
-  if (cos_.device() != h.device() || cos_.scalar_type() != h.scalar_type())
-    cos_ = cos_.to(h.device(), h.scalar_type()), sin_ = sin_.to(h.device(), h.scalar_type());
-  const Tensor cos = cos_.slice(0, 0, T), sin = sin_.slice(0, 0, T);
   auto rotate = [&](const Tensor& t) {
     const auto halves = t.chunk(2, -1);
     return torch::cat({halves[0] * cos - halves[1] * sin, halves[0] * sin + halves[1] * cos}, -1);
   };
-  const Tensor q = rotate(qkv[0]), k = rotate(qkv[1]), v = qkv[2];
-  const Tensor y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
-  return project(out_, y.transpose(1, 2).reshape({B, T, C}));
+  return {rotate(qkv[0]), rotate(qkv[1]), qkv[2]};
+}
+
+Tensor AttentionImpl::project_out(const Tensor& y) {
+  return project(out_, y.transpose(1, 2).reshape({y.size(0), y.size(2), -1}));
+}
+
+Tensor AttentionImpl::forward(const Tensor& h) {
+  match_tables(h);
+  const int64_t T = h.size(1);
+  const Projected p = project_rotated(h, cos_.slice(0, 0, T), sin_.slice(0, 0, T));
+  return project_out(at::scaled_dot_product_attention(p.q, p.k, p.v, {}, 0.0, /*is_causal=*/true));
+}
+
+Tensor AttentionImpl::prefill(const Tensor& h, AttentionCache& cache, int64_t row) {
+  match_tables(h);
+  const int64_t T = h.size(1);
+  const Projected p = project_rotated(h, cos_.slice(0, 0, T), sin_.slice(0, 0, T));
+  cache.keys[row].slice(1, 0, T).copy_(p.k[0]);
+  cache.values[row].slice(1, 0, T).copy_(p.v[0]);
+  return project_out(at::scaled_dot_product_attention(p.q, p.k, p.v, {}, 0.0, /*is_causal=*/true));
+}
+
+Tensor AttentionImpl::decode(const Tensor& h, AttentionCache& cache, const std::vector<int64_t>& lengths,
+                             const Tensor& positions) {
+  using torch::indexing::Slice;
+  match_tables(h);
+  const int64_t B = h.size(0), half = cos_.size(1);
+  const Projected p = project_rotated(h, cos_.index_select(0, positions).view({B, 1, 1, half}),
+                                      sin_.index_select(0, positions).view({B, 1, 1, half}));
+  const Tensor rows = torch::arange(B, positions.options());
+  cache.keys.index_put_({rows, Slice(), positions}, p.k.squeeze(2));
+  cache.values.index_put_({rows, Slice(), positions}, p.v.squeeze(2));
+  const auto [shortest, longest] = std::minmax_element(lengths.begin(), lengths.end());
+  const Tensor keys = cache.keys.slice(2, 0, *longest + 1), values = cache.values.slice(2, 0, *longest + 1);
+  // Sequences of different lengths: each attends to its own positions only.
+  std::optional<Tensor> mask;
+  if (*shortest != *longest)
+    mask = (torch::arange(*longest + 1, positions.options()).view({1, -1}) <= positions.view({-1, 1})).view({B, 1, 1, -1});
+  return project_out(at::scaled_dot_product_attention(p.q, keys, values, mask));
 }
 
 MLPImpl::MLPImpl(const GPTConfig& c) {
@@ -168,17 +210,69 @@ Tensor GPTImpl::embed(const Tensor& tokens) {
 }
 
 Tensor GPTImpl::run_blocks(const Tensor& x, int64_t first, int64_t last, std::vector<SublayerRecord>* record) {
+  return run_blocks_with(
+      x, first, last, [](Attention& attention, int64_t, const Tensor& h) { return attention->forward(h); },
+      config_.recompute, record);
+}
+
+Tensor GPTImpl::run_blocks_with(const Tensor& x, int64_t first, int64_t last, const AttentionCall& attend,
+                                const RecomputeOptions& recompute, std::vector<SublayerRecord>* record) {
   TORCH_CHECK_VALUE(0 <= first && first <= last && last <= config_.layers, "GPT: blocks [", first, ", ", last,
                     ") (accepted: 0 <= first <= last <= ", config_.layers, ")");
   std::vector<Sublayer> sublayers;  // attention of block `first`, its MLP, …
   std::vector<HyperConnection> connections;
   for (int64_t b = first; b < last; ++b) {
     const Block& block = blocks_[b];
-    sublayers.push_back([attention = block->attention](const Tensor& h) mutable { return attention->forward(h); });
+    sublayers.push_back([&attend, attention = block->attention, b](const Tensor& h) mutable { return attend(attention, b, h); });
     sublayers.push_back([mlp = block->mlp](const Tensor& h) mutable { return mlp->forward(h); });
     if (block->attention_connection) connections.push_back(block->attention_connection), connections.push_back(block->mlp_connection);
   }
-  return forward_stack(connections, sublayers, x, config_.recompute, record);
+  return forward_stack(connections, sublayers, x, recompute, record);
+}
+
+KVCache::KVCache(const GPTConfig& config, int64_t batch, torch::Device device) : capacity_(config.seq_len) {
+  if (batch < 1) throw std::invalid_argument("KV cache: batch must be at least 1, got " + std::to_string(batch));
+  const auto options = torch::TensorOptions().dtype(config.dtype).device(device);
+  for (int64_t l = 0; l < config.layers; ++l)
+    layers.push_back({torch::zeros({batch, config.heads, config.seq_len, config.dim / config.heads}, options),
+                      torch::zeros({batch, config.heads, config.seq_len, config.dim / config.heads}, options)});
+  lengths.assign(batch, 0);
+}
+
+Tensor GPTImpl::prefill(const Tensor& tokens, KVCache& cache, int64_t row) {
+  c10::InferenceMode inference;
+  if (tokens.dim() != 1 || tokens.size(0) < 1 || tokens.size(0) > config_.seq_len)
+    throw std::invalid_argument("GPT prefill: tokens must be [T] with 1 <= T <= " + std::to_string(config_.seq_len) +
+                                " (the context), got " + c10::str(tokens.sizes()));
+  if (row < 0 || row >= cache.batch())
+    throw std::invalid_argument("GPT prefill: sequence " + std::to_string(row) + " is not in the cache (accepted: 0 to " +
+                                std::to_string(cache.batch() - 1) + ")");
+  const Tensor x = run_blocks_with(
+      embed(tokens.view({1, -1})), 0, config_.layers,
+      [&](Attention& attention, int64_t b, const Tensor& h) { return attention->prefill(h, cache.layers[b], row); },
+      {}, nullptr);
+  cache.lengths[row] = tokens.size(0);
+  return logits(x)[0];
+}
+
+Tensor GPTImpl::decode(const Tensor& tokens, KVCache& cache) {
+  c10::InferenceMode inference;
+  if (tokens.dim() != 1 || tokens.size(0) != cache.batch())
+    throw std::invalid_argument("GPT decode: tokens must be [" + std::to_string(cache.batch()) +
+                                "] (one per sequence of the cache), got " + c10::str(tokens.sizes()));
+  for (int64_t b = 0; b < cache.batch(); ++b)
+    if (cache.lengths[b] >= config_.seq_len)
+      throw std::invalid_argument("GPT decode: sequence " + std::to_string(b) + " fills the context (" +
+                                  std::to_string(config_.seq_len) + " tokens): prefill a shorter window first");
+  const Tensor positions = torch::tensor(cache.lengths, torch::TensorOptions(torch::kLong).device(embed_->weight.device()));
+  const Tensor x = run_blocks_with(
+      embed(tokens.view({-1, 1})), 0, config_.layers,
+      [&](Attention& attention, int64_t b, const Tensor& h) {
+        return attention->decode(h, cache.layers[b], cache.lengths, positions);
+      },
+      {}, nullptr);
+  for (int64_t& length : cache.lengths) ++length;
+  return logits(x).select(1, 0);
 }
 
 Tensor GPTImpl::logits(const Tensor& x) {

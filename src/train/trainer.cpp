@@ -335,7 +335,9 @@ int TrainingRun::finish(bool stopping, const StopOnSignals& signals) {
                    Format::fixed(1)(std::exp(last_val_)));
   }
   if (o_.sample_tokens > 0) {
-    const auto ids = generate(model_, corpus_.tokenizer->encode_text("The"), o_.sample_tokens, 0.8, 40, o_.seed);
+    SamplingOptions sampling;
+    sampling.tokens = o_.sample_tokens, sampling.seed = o_.seed;
+    const auto ids = generate(model_, {corpus_.tokenizer->encode_text("The")}, sampling)[0];
     progress_.note("sample: " + corpus_.tokenizer->decode(ids));
   }
   return 0;
