@@ -223,7 +223,8 @@ Tensor GPTImpl::run_blocks_with(const Tensor& x, int64_t first, int64_t last, co
   std::vector<HyperConnection> connections;
   for (int64_t b = first; b < last; ++b) {
     const Block& block = blocks_[b];
-    sublayers.push_back([&attend, attention = block->attention, b](const Tensor& h) mutable { return attend(attention, b, h); });
+    // By value: with recomputation the backward calls the sublayers again, after this call returns.
+    sublayers.push_back([attend, attention = block->attention, b](const Tensor& h) mutable { return attend(attention, b, h); });
     sublayers.push_back([mlp = block->mlp](const Tensor& h) mutable { return mlp->forward(h); });
     if (block->attention_connection) connections.push_back(block->attention_connection), connections.push_back(block->mlp_connection);
   }
