@@ -56,6 +56,16 @@ std::vector<Case> all_cases() {
   cases.push_back({Variant::hc, 2, 2069, 20, Scenario::random});
   for (Variant v : {Variant::mhc, Variant::mhc_lite})
     for (Scenario s : {Scenario::random, Scenario::large_logits}) cases.push_back({v, 4, 13, 20, s, 133});
+  // Decode sizes: at most kDirectProjectionRows rows of the projection (N tokens × P rows each) read
+  // phi untransposed (projection_gemm.h), with a partial last vector of columns where W does not
+  // divide m (HC's 6, KromHC's 12) and several blocks of them (mHC at n = 16: 288 columns).
+  const std::vector<std::pair<Variant, int64_t>> decode = {{Variant::hc, 4},       {Variant::mhc, 4},
+                                                           {Variant::mhc, 16},     {Variant::mhc_v4, 4},
+                                                           {Variant::mhc_lite, 4}, {Variant::mhc_lite, 5},
+                                                           {Variant::kromhc, 4},   {Variant::ihc, 3}};
+  for (const auto& [variant, n] : decode)
+    for (int64_t tokens : {1, 2, 8})
+      for (int64_t C : {13, 64}) cases.push_back({variant, n, C, 20, Scenario::random, tokens});
   return cases;
 }
 

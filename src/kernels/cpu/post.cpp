@@ -13,11 +13,14 @@ namespace {
 
 // token(tok, nt, streams) for every token, split over the threads, with nt (non-temporal stores,
 // simd.h) and the stream count n as compile-time constants.
+// Tokens per thread at least: fewer are not worth a thread's start (decode runs one per sequence).
+constexpr int64_t kPostTileTokens = 16;
+
 template <typename F>
 void for_each_token(int64_t N, int n, int threads, bool non_temporal, F&& token) {
   with_flag(non_temporal, [&](auto nt) {
     with_streams(n, [&](auto streams) {
-#pragma omp parallel num_threads(thread_count(threads))
+#pragma omp parallel num_threads(thread_count(threads, (N + kPostTileTokens - 1) / kPostTileTokens))
       {
 #pragma omp for schedule(static)
         for (int64_t tok = 0; tok < N; ++tok) token(tok, nt, streams);

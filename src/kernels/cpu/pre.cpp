@@ -126,10 +126,12 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
   const CallVariant<T> v(p.in);
   const int n = p.in.n;
   const int64_t C = p.in.C, m = v.m, per_tile = tile_tokens(m), tiles = (p.in.N + per_tile - 1) / per_tile;
-  const std::vector<T> phiT = transpose_phi(p.in.phi, v.K, m, padded(m, kDotCols), staged_stride<T>(v.K));
+  const bool direct = p.in.N * v.P <= kDirectProjectionRows;
+  const std::vector<T> phiT =
+      direct ? std::vector<T>() : transpose_phi(p.in.phi, v.K, m, padded(m, kDotCols), staged_stride<T>(v.K));
   const bool nt_h = bypasses_cache(p.h, C, p.in.N * C);
 
-#pragma omp parallel num_threads(thread_count(p.in.threads))
+#pragma omp parallel num_threads(thread_count(p.in.threads, tiles))
   {
     std::vector<T> ss(per_tile * v.P);
     TileCoefficients<T> coefficients(v);
@@ -140,8 +142,11 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
       if (post) post_forward_tokens(x_next, *post, t0, t1, n, C);
       // Prefetched for the next tile: what it reads from memory (the post's x at a boundary).
       const T* next_read = (post ? post->x : p.in.x) + t1 * n * C;
-      project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data(),
-                   next_read, next_tokens * v.P);
+      if (direct)
+        project_rows_direct(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, p.in.phi, p.proj + t0 * v.P * m, ss.data());
+      else
+        project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data(),
+                     next_read, next_tokens * v.P);
       for (int64_t row = t0 * v.P; row < t1 * v.P; ++row)
         p.rms[row] = std::sqrt(ss[row - t0 * v.P] / T(v.K) + T(kRmsEps));
       coefficients.forward(t0, t1, p.proj, p.rms, p.H_pre, p.H_post, p.H_res);
@@ -289,8 +294,8 @@ void sum_partials(const BackwardCall<T>& call, const std::vector<T>& partials, i
 template <typename T>
 void backward_tiles(const PreBackwardParams<T>& p, const PostInputs<T>* post, const PostGradients<T>* post_grads) {
   const BackwardCall<T> call(p, post, post_grads);
-  const int threads = thread_count(p.in.threads);
   const int64_t tiles = (p.in.N + call.per_tile - 1) / call.per_tile;
+  const int threads = thread_count(p.in.threads, tiles);
   // Per-thread partial sums of dphi (padded, [K, mp]), dbias, dalpha; each thread's slice starts
   // on its own cache line so no two threads write one line.
   const int64_t partial_len = call.K * call.mp + call.l.bias_size + call.l.alpha_size;

@@ -222,6 +222,47 @@ void project_rows(const T* A, int64_t rows, int64_t K, int64_t m, const T* phiT,
 }
 
 template <typename T>
+void project_rows_direct(const T* A, int64_t rows, int64_t K, int64_t m, const T* phi, T* g, T* ss) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int kBlock = 4;  // vectors of columns held in registers across the pass over K
+  const int64_t vectors = (m + S::W - 1) / S::W;  // the last one partial where W does not divide m
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* a = A + r * K;
+    T* g_r = g + r * m;
+    for (int64_t first = 0; first < vectors; first += kBlock) {
+      const int nv = static_cast<int>(std::min<int64_t>(kBlock, vectors - first));
+      const T* phi_block = phi + first * S::W;
+      // Even and odd k in accumulators of their own: two chains of FMAs hide each other's latency.
+      // Rows k < K − 1 are loaded whole: a partial vector's extra lanes read row k + 1, inside phi,
+      // and are never stored; the last row is read lane by lane.
+      V even[kBlock] = {}, odd[kBlock] = {};
+      int64_t k = 0;
+      for (; k + 2 <= K - 1; k += 2) {
+        const V a0 = S::splat(a[k]), a1 = S::splat(a[k + 1]);
+        for (int i = 0; i < nv; ++i) {
+          even[i] += a0 * S::load(phi_block + k * m + i * S::W);
+          odd[i] += a1 * S::load(phi_block + (k + 1) * m + i * S::W);
+        }
+      }
+      for (; k < K; ++k)
+        for (int i = 0; i < nv; ++i)
+          for (int lane = 0; lane < S::W && (first + i) * S::W + lane < m; ++lane)
+            even[i][lane] += a[k] * phi_block[k * m + i * S::W + lane];
+      for (int i = 0; i < nv; ++i)
+        for (int lane = 0; lane < S::W && (first + i) * S::W + lane < m; ++lane)
+          g_r[(first + i) * S::W + lane] = even[i][lane] + odd[i][lane];
+    }
+    V squares = {};
+    int64_t k = 0;
+    for (; k + S::W <= K; k += S::W) squares += S::load(a + k) * S::load(a + k);
+    T sum_squares = horizontal_sum<T>(squares);
+    for (; k < K; ++k) sum_squares += a[k] * a[k];
+    ss[r] = sum_squares;
+  }
+}
+
+template <typename T>
 void project_rows_backward(const T* staged, const T* dg, int64_t rows, int64_t K, int64_t mp, const T* phiT_p, T* dA,
                            T* dphi_p) {
   const int64_t Ks = staged_stride<T>(K);
@@ -239,6 +280,8 @@ template void project_rows<float>(const float*, int64_t, int64_t, int64_t, const
                                   int64_t);
 template void project_rows<double>(const double*, int64_t, int64_t, int64_t, const double*, double*, double*,
                                    const double*, int64_t);
+template void project_rows_direct<float>(const float*, int64_t, int64_t, int64_t, const float*, float*, float*);
+template void project_rows_direct<double>(const double*, int64_t, int64_t, int64_t, const double*, double*, double*);
 template void project_rows_backward<float>(const float*, const float*, int64_t, int64_t, int64_t, const float*, float*,
                                            float*);
 template void project_rows_backward<double>(const double*, const double*, int64_t, int64_t, int64_t, const double*,

@@ -42,6 +42,13 @@ template <typename T>
 void project_rows(const T* A, int64_t rows, int64_t K, int64_t m, const T* phiT, T* g, T* ss, const T* next_A,
                   int64_t next_rows);
 
+// Few rows (decode: one token per sequence): transposing phi costs more than the product itself
+// (at n = 4, C = 512 it was a quarter of a one-token pre), so project_rows_direct reads phi [K, m]
+// as it is, one pass over phi for all the rows.
+constexpr int64_t kDirectProjectionRows = 8;
+template <typename T>
+void project_rows_direct(const T* A, int64_t rows, int64_t K, int64_t m, const T* phi, T* g, T* ss);
+
 // Backward of the projection for a tile: dA[r] = dg[r]·phi^T into a staged-layout buffer (rows
 // Ks apart: writing dx's own rows, nC floats apart, would map a row block's lines to one L1 set),
 // and dphi_p += A^T·dg (A staged). phiT_p is phi transposed and padded, [mp, staged_stride(K)].

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -129,5 +130,11 @@ using kernels::with_streams;
 
 // The kernels' `threads` argument: a positive count, or 0 for OpenMP's default.
 inline int thread_count(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
+// The threads worth starting for `pieces` of work (tiles of tokens): no more than there are. At
+// decode sizes (one tile) an op then runs on the calling thread alone, with no thread to wake and
+// wait for, which on a loaded machine cost milliseconds per op.
+inline int thread_count(int requested, int64_t pieces) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(thread_count(requested), pieces)));
+}
 
 }  // namespace mhc::cpu
