@@ -33,6 +33,10 @@ c10::TypedOperatorHandle<Fn> op(const char* name) {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// Each Function leaves the gradient of an output nothing used undefined (set_materialize_grads
+// false): the backward ops take those as optional, and zeros made for them here would be plain
+// tensors beside DTensor-sharded ones, which DTensor refuses (python/mhc/sharding.py).
+
 // The backward under create_graph = true (autograd runs a backward with grad mode on exactly then):
 // the fused backward kernels compute numbers, not a graph, so a gradient penalty would get a wrong
 // second derivative from them. Instead the reference (the same function, in differentiable LibTorch
@@ -73,6 +77,7 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
                                const Tensor& alpha, c10::string_view variant, int64_t t, bool joint) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto fwd = op<ops::PreFwdFn>("mhc::pre_fwd");
+    ctx->set_materialize_grads(false);
     auto [h, H_pre, H_post, H_res, proj, rms] = fwd.call(x, phi, bias, alpha, variant, t);
     ctx->save_for_backward({x, phi, bias, alpha, proj, rms});
     ctx->saved_data["variant"] = std::string(variant);
@@ -113,11 +118,13 @@ class PostFunction : public torch::autograd::Function<PostFunction> {
                         const Tensor& H_res) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto fwd = op<ops::PostFn>("mhc::post");
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({x, y, H_post, H_res});
     return fwd.call(x, y, H_post, H_res);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};  // x_next unused
     const auto s = ctx->get_saved_variables();
     rebuild_if_released(s[0]);
     if (torch::GradMode::is_enabled())  // create_graph, as in PreFunction
@@ -141,6 +148,7 @@ class BoundaryFunction : public torch::autograd::Function<BoundaryFunction> {
                                c10::string_view variant, int64_t t) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto fwd = op<ops::BoundaryFwdFn>("mhc::boundary_fwd");
+    ctx->set_materialize_grads(false);
     auto [x_next, h, H_pre, H_post_next, H_res_next, proj, rms] = fwd.call(x, y, H_post, H_res, phi, bias, alpha, variant, t);
     ctx->save_for_backward({x, y, H_post, H_res, phi, bias, alpha, x_next, proj, rms});
     ctx->saved_data["variant"] = std::string(variant);
