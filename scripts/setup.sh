@@ -35,7 +35,7 @@ fi
 # 2.14.1's CUDA build pins: the CUDA sources compile against them where the CUDA toolkit is nvcc
 # and cudart alone (cmake/cuda.cmake).
 python_packages=(
-  torch==2.13.0 numpy==2.4.6 pytest==9.2.0 matplotlib==3.11.2
+  torch==2.13.0 numpy==2.4.6 pytest==9.2.0 matplotlib==3.11.2 transformers==5.23.0 hyper-connections==0.4.11
   nvidia-cublas==13.1.1.3 nvidia-cusparse==12.6.3.3 nvidia-cusolver==12.0.4.66 nvidia-nvjitlink==13.5.37
 )
 source "$root/scripts/venv.sh"
