@@ -34,6 +34,10 @@ if want variants; then
       > "$work/sample$cache.txt" 2> "$work/sample$cache.err" || fail "sample $cache: $(cat "$work/sample$cache.err")"
   done
   cmp -s "$work/sample.txt" "$work/sample--no-cache.txt" || fail "sample: the cached and uncached texts differ"
+  # One sequence streams its text token by token: the same text as the batch's.
+  "$mhc" sample --ckpt "$work/variant-mhc" --prompt "line 5" --tokens 70 --temperature 0 > "$work/streamed.txt" 2> /dev/null
+  [ "$(head -c "$(wc -c < "$work/streamed.txt")" "$work/sample.txt")" = "$(cat "$work/streamed.txt")" ] ||
+    fail "sample: the streamed text differs from the batch's: $(cat "$work/streamed.txt")"
   grep -q "^sample: 210 tokens in .* tokens/s, KV cache, batch 3)" "$work/sample.err" || fail "sample: $(cat "$work/sample.err")"
   expect_error "prompt 0 is empty \(accepted: at least one token\)" sample --ckpt "$work/variant-mhc" --prompt ""
   expect_error "prompt 0 has 40 tokens, more than the model's context of 32 \(accepted: 1 to 32 tokens\)" \

@@ -83,25 +83,26 @@ std::vector<std::string> prompt_texts(const Args& a) {
   return texts;
 }
 
-// Prints one sequence's text as its tokens arrive: the decoded text grows at its end, and only what
-// is new is written (a token can be part of a character, so whole decodes are compared).
+// Prints one sequence's text as its tokens arrive. A token's text is what it adds to the decoded
+// text of the few tokens before it: a token may be part of a character or change how the one
+// before it decodes, and decoding the whole sequence again for each token would be quadratic.
 class StreamedText {
  public:
   StreamedText(const data::Tokenizer& tokenizer, std::vector<int32_t> prompt)
-      : tokenizer_(tokenizer), ids_(std::move(prompt)), shown_(tokenizer.decode(ids_)) {
-    std::cout << shown_ << std::flush;
+      : tokenizer_(tokenizer), ids_(std::move(prompt)) {
+    std::cout << tokenizer.decode(ids_) << std::flush;
   }
   void add(int32_t token) {
     ids_.push_back(token);
-    const std::string text = tokenizer_.decode(ids_);
-    if (text.compare(0, shown_.size(), shown_) == 0) std::cout << text.substr(shown_.size()) << std::flush;
-    shown_ = text;
+    const auto from = ids_.end() - std::min<std::ptrdiff_t>(kContext + 1, static_cast<std::ptrdiff_t>(ids_.size()));
+    const std::string before = tokenizer_.decode({from, ids_.end() - 1}), after = tokenizer_.decode({from, ids_.end()});
+    if (after.compare(0, before.size(), before) == 0) std::cout << after.substr(before.size()) << std::flush;
   }
 
  private:
+  static constexpr std::ptrdiff_t kContext = 8;
   const data::Tokenizer& tokenizer_;
   std::vector<int32_t> ids_;
-  std::string shown_;
 };
 
 }  // namespace
