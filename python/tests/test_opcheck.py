@@ -1,6 +1,8 @@
 """torch.library.opcheck on every mhc op: the schema, the autograd registration, the fake kernel
 against the real one, and tracing with dynamic shapes (AOT dispatch), in fp32 and fp64, at ordinary
-and edge inputs (n = 1, odd C, logits of ±80). A failure here is what torch.compile would meet."""
+and edge inputs (n = 1, odd C, logits of ±80). A failure here is what torch.compile would meet.
+On CUDA (conftest's `device`; skipped without a GPU): fp32 and bf16 storage, which the CUDA kernels
+take (they refuse fp64)."""
 import pytest
 import torch
 from torch.library import opcheck
@@ -12,26 +14,35 @@ CASES = [("mhc", 4), ("mhc", 1), ("hc", 2), ("mhc-lite", 3), ("kromhc", 4), ("ih
 ops = torch.ops.mhc
 
 
-def inputs(variant, n, dtype, scale):
+def inputs(variant, n, dtype, scale, device):
+    """x in `dtype` (the storage), the parameters in the dtype that goes with it: float32 under
+    bfloat16 storage (mhc/ops.h), the storage dtype otherwise."""
+    storage = dtype
+    dtype = torch.float32 if storage == torch.bfloat16 else storage
     # mhc-v4 has mhc's parameter layout
     x, phi, bias, alpha, _ = make_inputs("mhc" if variant == "mhc-v4" else variant, n, C=5, N=3, dtype=dtype)
     with torch.no_grad():
         bias.mul_(scale)  # ±80 logits: the saturated softmax and Sinkhorn paths
-    return x, phi, bias, alpha
+    x = x.detach().to(device, storage).requires_grad_()
+    return (x,) + tuple(t.detach().to(device).requires_grad_() for t in (phi, bias, alpha))
 
 
 # Every case in both dtypes; the ±80 logits where they saturate a normalisation (σ and Sinkhorn–Knopp,
 # V4's softmax first). Each call traces the op (about 2 s here), so the grid is kept to what differs.
 GRID = [(v, n, dtype, 1.0) for v, n in CASES for dtype in (torch.float32, torch.float64)] + \
        [("mhc", 4, torch.float32, 80.0), ("mhc-v4", 4, torch.float64, 80.0)]
+# CUDA: every case in fp32, the saturated logits, and bf16 storage where its contract differs most
+# (σ with Sinkhorn–Knopp, the permutation mixture, V4's softmax).
+GRID_CUDA = [(v, n, torch.float32, 1.0) for v, n in CASES] + [("mhc", 4, torch.float32, 80.0)] + \
+            [(v, n, torch.bfloat16, 1.0) for v, n in [("mhc", 4), ("mhc-lite", 3), ("mhc-v4", 4)]]
 
 
-@pytest.mark.parametrize("variant,n,dtype,scale", GRID)
-def test_every_op_passes_opcheck(variant, n, dtype, scale):
-    x, phi, bias, alpha = inputs(variant, n, dtype, scale)
+@pytest.mark.per_device("variant,n,dtype,scale", cpu=GRID, cuda=GRID_CUDA)
+def test_every_op_passes_opcheck(device, variant, n, dtype, scale):
+    x, phi, bias, alpha = inputs(variant, n, dtype, scale, device)
     t = 5
     C = x.shape[-1]
-    y = torch.randn(x.shape[0], C, dtype=dtype, requires_grad=True)
+    y = torch.randn(x.shape[0], C, dtype=x.dtype, device=device, requires_grad=True)
     h, H_pre, H_post, H_res = ops.pre(x, phi, bias, alpha, variant, t)
     H_post, H_res = H_post.detach().requires_grad_(), H_res.detach().requires_grad_()
     opcheck(ops.pre.default, (x, phi, bias, alpha, variant, t))
