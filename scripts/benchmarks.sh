@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/benchmarks.md (on stdout) on this machine from `mhc bench train`, `mhc bench memory`,
-# `mhc bench layer`, python/bench.py, bench_kernels, scripts/bench_dist.sh and `mhc bench pipeline`:
+# `mhc bench layer`, python/bench.py, bench_kernels, scripts/bench_dist.sh, `mhc bench pipeline` and
+# python/bench_hf.py:
 #   bash scripts/benchmarks.sh build/mhc > docs/benchmarks.md      (or: make bench-docs)
 set -euo pipefail
 mhc=${1:-build/mhc}
@@ -147,3 +148,69 @@ SECTION
 "$mhc" bench pipeline --stages 2 --preset deep --markdown
 echo
 "$mhc" bench pipeline --stages 2 --preset tiny --markdown
+
+cat <<SECTION
+
+## Generation with a KV cache: prefill and decode
+
+\`$(basename "$mhc") bench decode --preset small --threads $threads --markdown\`, then \`--preset tiny\`, then
+\`--variant residual,mhc,kromhc --streams 8,16 --uncached-tokens 0\` at the small preset.
+
+Inference as \`mhc sample\` runs it (DESIGN.md §12), every variant against the plain residual,
+interleaved in one run, models at random initialisation (the cost does not depend on the weights).
+Prefill runs a 256-token prompt; a decode step runs one new token per sequence through the stack
+with the KV cache, the connections' pre and post as the fused boundary op between sublayers, in
+inference mode; the ratios are the medians of 5 reps to the plain residual's. "in the connection's
+ops" is the share of a decode step inside the ops, timed by the ops themselves. "uncached tok/s"
+runs each token's whole window, as generation did before the cache (batch 1). At batch 1 a decode
+step reads every weight once for one token: the small model's 84 MB take about 6 ms, so the
+connection's ops are a few percent of it at n = 4. mHC at n = 16 projects a 8192-wide state to 288
+logits per sublayer, 9.4 MB of phi read per sublayer and token, more than the sublayers' own weights.
+
+SECTION
+"$mhc" bench decode --preset small --threads "$threads" --markdown
+echo
+"$mhc" bench decode --preset tiny --threads "$threads" --markdown
+echo
+"$mhc" bench decode --preset small --variant residual,mhc,kromhc --streams 8,16 --uncached-tokens 0 --threads "$threads" --markdown
+
+cat <<SECTION
+
+## Hugging Face DeepSeek-V4, patched
+
+\`python/bench_hf.py --hidden 64,256 --threads $threads --markdown\` (with the project environment's
+\`.venv/bin/python\` and \`PYTHONPATH=python\`). A random \`DeepseekV4ForCausalLM\` from transformers
+(3 layers: sliding-window, compressed-sparse and heavily-compressed attention; hash-routed then
+top-k MoE; hc_mult 4, 20 Sinkhorn iterations), one training step (forward + backward of the LM
+loss) on 4 x 256 tokens in fp32, against a copy of itself patched by \`mhc.hf.apply_to_deepseek_v4\`
+(the same weights; \`python/tests/test_hf_deepseek_v4.py\` checks that both give the same logits and
+gradients). The two alternate step by step; the step times are medians of 15 after 2 warm-up steps,
+the speedup the median of the 15 steps' ratios. Run it on an idle host: other processes' load
+inflates the step times several-fold and lowers the ratio. The patch replaces each connection's
+~140 small PyTorch ops (the RMS, the projection, 40 Sinkhorn–Knopp normalisations of three ops
+each, the collapse and the mix), every one saving its inputs for autograd, by one fused op per
+meeting of two sublayers.
+
+SECTION
+PYTHONPATH="$(dirname "$0")/../python" "${MHC_PYTHON:-$(dirname "$0")/../.venv/bin/python}" "$(dirname "$0")/../python/bench_hf.py" \
+  --hidden 64,256 --threads "$threads" --markdown
+
+cat <<SECTION
+
+## Public peers
+
+\`python/bench.py --variant hc,mhc --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --peer --markdown\`
+(environment and glibc policy as for python/bench.py above). The peer is lucidrains'
+\`hyper-connections\` $("${MHC_PYTHON:-$(dirname "$0")/../.venv/bin/python}" -c 'import importlib.metadata as m; print(m.version("hyper-connections"))') from PyPI (plain PyTorch and einops; pinned in scripts/setup.sh), on the same
+shapes and the same x, forward + backward with F = identity, interleaved repetition by repetition
+with the fused ops and the pure-PyTorch reference. Its \`HyperConnections\` is our \`hc\`
+(python/tests/test_peer_hyper_connections.py: the same values and gradients to 1e-10 in fp64 once
+its RMSNorm's missing ε is accounted for). Its \`mHC\` is another formulation of \`mhc\`: each stream
+normed and projected on its own (per-stream logits for H_res's rows) where DeepSeek's projects the
+flattened n·C state, and its Sinkhorn–Knopp is 40 F.normalize calls, each an autograd node.
+"hyper-connections / fused" is the median over the repetitions of their paired ratio, which a
+shared host's drifting load disturbs far less than either time.
+
+SECTION
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 PYTHONPATH="$(dirname "$0")/../python" "${MHC_PYTHON:-$(dirname "$0")/../.venv/bin/python}" "$(dirname "$0")/../python/bench.py" \
+  --variant hc,mhc --tokens 4096 --streams 4 --dim 512,1024 --threads "$threads" --peer --markdown
