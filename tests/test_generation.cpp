@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "helpers.h"
+#include "mhc/live_bytes.h"
 #include "mhc/model.h"
 #include "mhc/sampling.h"
 
@@ -142,6 +143,34 @@ TEST(Generation, TokensStreamInOrderToTheSink) {
     EXPECT_EQ(b, static_cast<int64_t>(i % 2));
     EXPECT_EQ(token, sequences[b][sequences[b].size() - 4 + i / 2]);
   }
+}
+
+int64_t bytes_of(const std::vector<torch::Tensor>& tensors) {
+  int64_t bytes = 0;
+  for (const auto& t : tensors) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  return bytes;
+}
+
+// Under no_grad the ops record nothing: no autograd node, and what stays allocated after a call is
+// its outputs alone (the kernels' scratch, the projections and norms a backward would have read,
+// is freed on return).
+TEST(Generation, OpsUnderNoGradKeepOnlyTheirOutputs) {
+  live_bytes::install();
+  const Inputs in = make_inputs(Variant::mhc, 64, 4, 32, Scenario::random, 3).to(torch::kFloat);
+  const Tensor phi = in.phi.detach().requires_grad_(), bias = in.bias.detach().requires_grad_();
+  const Tensor alpha = in.alpha.detach().requires_grad_(), y = torch::randn({64, 32});
+  torch::NoGradGuard no_grad;
+  const PreOutput mix = mhc::pre(in.x, phi, bias, alpha, Variant::mhc);
+  const int64_t before = live_bytes::live();
+  const PreOutput next = mhc::boundary(in.x, y, mix.H_post, mix.H_res, phi, bias, alpha, Variant::mhc);
+  EXPECT_EQ(live_bytes::live() - before, bytes_of({next.x_next, next.h, next.H_pre, next.H_post, next.H_res}));
+  for (const Tensor& out : {mix.h, mix.H_res, next.x_next, next.H_res}) {
+    EXPECT_FALSE(out.requires_grad());
+    EXPECT_EQ(out.grad_fn(), nullptr);
+  }
+  const int64_t after_boundary = live_bytes::live();
+  const Tensor x_next = mhc::post(in.x, y, mix.H_post, mix.H_res);
+  EXPECT_EQ(live_bytes::live() - after_boundary, bytes_of({x_next}));
 }
 
 TEST(Generation, BadInputIsRefusedWithOneLine) {

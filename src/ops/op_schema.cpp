@@ -180,17 +180,29 @@ class BoundaryFunction : public torch::autograd::Function<BoundaryFunction> {
   }
 };
 
+// Under no_grad (generation) nothing is recorded: the op runs below autograd, with no Function node
+// and nothing saved for a backward.
+template <typename Fn, typename... Args>
+auto below_autograd(const char* name, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  static auto handle = op<Fn>(name);
+  return handle.call(args...);
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> boundary_autograd(const Tensor& x, const Tensor& y,
                                                                      const Tensor& H_post, const Tensor& H_res,
                                                                      const Tensor& phi, const Tensor& bias,
                                                                      const Tensor& alpha, c10::string_view variant,
                                                                      int64_t t) {
+  if (!torch::GradMode::is_enabled())
+    return below_autograd<ops::BoundaryFn>("mhc::boundary", x, y, H_post, H_res, phi, bias, alpha, variant, t);
   auto out = BoundaryFunction::apply(x, y, H_post, H_res, phi, bias, alpha, variant, t);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> pre_autograd(const Tensor& x, const Tensor& phi, const Tensor& bias,
                                                         const Tensor& alpha, c10::string_view variant, int64_t t) {
+  if (!torch::GradMode::is_enabled()) return below_autograd<ops::PreFn>("mhc::pre", x, phi, bias, alpha, variant, t);
   auto out = PreFunction::apply(x, phi, bias, alpha, variant, t, /*joint=*/false);
   return {out[0], out[1], out[2], out[3]};
 }
@@ -198,11 +210,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_autograd(const Tensor& x, const T
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pre_joint_autograd(const Tensor& x, const Tensor& phi,
                                                                       const Tensor& bias, const Tensor& alpha,
                                                                       c10::string_view variant, int64_t t) {
+  if (!torch::GradMode::is_enabled())
+    return below_autograd<ops::PreJointFn>("mhc::pre_joint", x, phi, bias, alpha, variant, t);
   auto out = PreFunction::apply(x, phi, bias, alpha, variant, t, /*joint=*/true);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 
 Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res) {
+  if (!torch::GradMode::is_enabled()) return below_autograd<ops::PostFn>("mhc::post", x, y, H_post, H_res);
   return PostFunction::apply(x, y, H_post, H_res);
 }
 
