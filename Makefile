@@ -4,6 +4,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+PYTHON ?= .venv/bin/python
 
 .PHONY: run test build configure setup bench-docs python-package cuda-wheel clean
 
@@ -29,9 +30,11 @@ setup:
 bench-docs: build
 	bash scripts/benchmarks.sh $(BUILD)/mhc > docs/benchmarks.md.tmp && mv docs/benchmarks.md.tmp docs/benchmarks.md
 
-# Copies the built library into the Python package, so that `pip install ./python` carries it.
-python-package: build
-	cp $(BUILD)/libmhc.so $(BUILD)/libmhc.torch-version python/mhc/
+# A wheel of the Python package (torch-mhc) in dist/, its libmhc built by pip against the project
+# environment's torch (PYTHON=… picks another environment's); it installs into environments of the
+# same Python and torch major.minor.
+python-package: setup
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PYTHON) -m pip wheel --no-build-isolation --no-deps -w dist ./python
 
 # libmhc with the CUDA ops against the torch 2.14.1 CUDA wheel, compiled, linked and loaded here.
 cuda-wheel: setup

@@ -33,9 +33,11 @@ fi
 # The project environment: the one torch the build and the tests use (CPU torch 2.13), the Python
 # tests' and plots' packages, and cuBLAS, cuSPARSE and cuSOLVER for CUDA 13, the versions torch
 # 2.14.1's CUDA build pins: the CUDA sources compile against them where the CUDA toolkit is nvcc
-# and cudart alone (cmake/cuda.cmake).
+# and cudart alone (cmake/cuda.cmake). setuptools builds the Python package (python/setup.py;
+# tests/package_install.sh pins the same).
 python_packages=(
   torch==2.13.0 numpy==2.4.6 pytest==9.2.0 matplotlib==3.11.2 transformers==5.23.0 hyper-connections==0.4.11
+  setuptools==84.2.1
   nvidia-cublas==13.1.1.3 nvidia-cusparse==12.6.3.3 nvidia-cusolver==12.0.4.66 nvidia-nvjitlink==13.5.37
 )
 source "$root/scripts/venv.sh"

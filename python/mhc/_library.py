@@ -19,7 +19,7 @@ def _candidates():
         return
     here = os.path.dirname(os.path.abspath(__file__))
     yield os.path.join(here, "..", "..", "build", LIBRARY_NAME)  # the repository's build tree, first
-    yield os.path.join(here, LIBRARY_NAME)  # an installed copy (make python-package)
+    yield os.path.join(here, LIBRARY_NAME)  # an installed copy (pip install ./python)
 
 
 def _major_minor(version):
