@@ -2,6 +2,8 @@
 alone (not from the C++ reference), for the Python tests and python/bench.py to compare with.
 
 Same parameter layouts as the library (python/mhc/modules.py): phi [K, m], bias [B], alpha [A].
+"mhc-v4" is DeepSeek-V4's own math (deepseek_v4_mix, from V4's release) on V4's fn/base/scale, which
+to_deepseek_v4_layout reads off mhc-v4's phi/bias/alpha (DESIGN.md §9).
 """
 import itertools
 import math
@@ -82,6 +84,9 @@ def coefficients(x, phi, bias, alpha, variant, t=20):
         H_post = b_post + s_beta * u[..., 1]
         H_res = A_res + s_alpha * u[..., 2:].transpose(-1, -2)  # H_res[k, i] uses stream i's gate k
         return H_pre, H_post, H_res
+    if variant == "mhc-v4":
+        H_pre, H_post, comb = deepseek_v4_mix(x, *to_deepseek_v4_layout(phi, bias, alpha), iters=t)
+        return H_pre, H_post, comb.transpose(-1, -2)
     v = x.reshape(N, n * C)
     g = (v @ phi) / rms(v)
     pre = alpha[0] * g[:, :n] + bias[:n]
@@ -126,6 +131,14 @@ def layout(variant, n, C):
     if variant == "kromhc":
         res = sum(math.factorial(f) for f in kronecker_factors(n))
     return (n * C, 2 * n + res), 2 * n + res, 3 if res else 2
+
+
+def to_deepseek_v4_layout(phi, bias, alpha):
+    """mhc-v4's (phi [n·C, 2n + n²], bias, alpha) -> V4's (fn [(2+n)·n, n·C], base, scale): phi
+    transposed, the comb block's (destination, source) order swapped to V4's (source, destination)."""
+    n = round(math.sqrt(bias.numel() + 1)) - 1  # bias holds 2n + n² = (n + 1)² - 1 values
+    swap = lambda v: torch.cat([v[..., :2 * n], v[..., 2 * n:].unflatten(-1, (n, n)).transpose(-1, -2).flatten(-2)], -1)
+    return swap(phi).T, swap(bias), alpha
 
 
 def deepseek_v4_mix(x, fn, base, scale, iters=20, eps=1e-6):

@@ -1,6 +1,7 @@
 """torch.library.opcheck on every mhc op: the schema, the autograd registration, the fake kernel
 against the real one, and tracing with dynamic shapes (AOT dispatch), in fp32 and fp64, at ordinary
-and edge inputs (n = 1, odd C, logits of ±80). A failure here is what torch.compile would meet.
+and edge inputs (n = 1, odd C, logits of ±80), and bf16 storage with fp32 parameters where its
+contract differs most. A failure here is what torch.compile would meet.
 On CUDA (conftest's `device`; skipped without a GPU): fp32 and bf16 storage, which the CUDA kernels
 take (they refuse fp64)."""
 import pytest
@@ -27,14 +28,17 @@ def inputs(variant, n, dtype, scale, device):
     return (x,) + tuple(t.detach().to(device).requires_grad_() for t in (phi, bias, alpha))
 
 
+# bf16 storage (the CPU ops take it too, include/mhc/ops.h) where its contract differs most: σ with
+# Sinkhorn–Knopp, the permutation mixture, V4's softmax.
+BF16 = [(v, n, torch.bfloat16, 1.0) for v, n in [("mhc", 4), ("mhc-lite", 3), ("mhc-v4", 4)]]
 # Every case in both dtypes; the ±80 logits where they saturate a normalisation (σ and Sinkhorn–Knopp,
-# V4's softmax first). Each call traces the op (about 2 s here), so the grid is kept to what differs.
+# V4's softmax first); bf16 storage. Each call traces the op (about 2 s here), so the grid is kept to
+# what differs.
 GRID = [(v, n, dtype, 1.0) for v, n in CASES for dtype in (torch.float32, torch.float64)] + \
-       [("mhc", 4, torch.float32, 80.0), ("mhc-v4", 4, torch.float64, 80.0)]
+       [("mhc", 4, torch.float32, 80.0), ("mhc-v4", 4, torch.float64, 80.0)] + BF16
 # CUDA: every case in fp32, the saturated logits, and bf16 storage where its contract differs most
 # (σ with Sinkhorn–Knopp, the permutation mixture, V4's softmax).
-GRID_CUDA = [(v, n, torch.float32, 1.0) for v, n in CASES] + [("mhc", 4, torch.float32, 80.0)] + \
-            [(v, n, torch.bfloat16, 1.0) for v, n in [("mhc", 4), ("mhc-lite", 3), ("mhc-v4", 4)]]
+GRID_CUDA = [(v, n, torch.float32, 1.0) for v, n in CASES] + [("mhc", 4, torch.float32, 80.0)] + BF16
 
 
 @pytest.mark.per_device("variant,n,dtype,scale", cpu=GRID, cuda=GRID_CUDA)

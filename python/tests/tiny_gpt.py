@@ -3,12 +3,17 @@ one connection (test_compile.py's compiled training step): token and position em
 as the streams (mhc.expand_streams), blocks of causal self-attention and a GELU MLP, each sublayer
 with an RMSNorm inside and wrapped by mhc.HyperConnection, the streams summed (mhc.reduce_streams),
 a final RMSNorm and the LM head; cross-entropy on the next token. The `mhc train` GPT (DESIGN.md §1)
-in miniature, without rotary positions or SwiGLU, which the connections do not care about."""
+in miniature, without rotary positions or SwiGLU, which the connections do not care about.
+connection="pure" computes each connection with pure_torch.py's math on the same parameters instead
+of the fused ops: the compiled pure-PyTorch baseline of python/bench.py --model."""
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import mhc
+import pure_torch
 
 
 class Attention(nn.Module):
@@ -46,9 +51,11 @@ class MLP(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    def __init__(self, variant="mhc", streams=4, vocab=64, dim=32, heads=2, layers=2, seq_len=16):
+    def __init__(self, variant="mhc", streams=4, vocab=64, dim=32, heads=2, layers=2, seq_len=16, connection="ops"):
         super().__init__()
-        self.streams = streams
+        if connection not in ("ops", "pure"):
+            raise ValueError(f"TinyGPT: connection must be 'ops' or 'pure', got {connection!r}")
+        self.streams, self.connection = streams, connection
         self.embed = nn.Embedding(vocab, dim)
         self.position = nn.Parameter(torch.randn(seq_len, dim) * 0.02)
         self.sublayers = nn.ModuleList(m for _ in range(layers) for m in (Attention(dim, heads), MLP(dim)))
@@ -62,6 +69,8 @@ class TinyGPT(nn.Module):
         past = cache.length if cache is not None else 0
         x = mhc.expand_streams(self.embed(tokens) + self.position[past:past + tokens.shape[1]], self.streams)
         for i, (connection, sublayer) in enumerate(zip(self.connections, self.sublayers)):
+            if self.connection == "pure":
+                connection = functools.partial(pure_connection, connection)
             if cache is not None and isinstance(sublayer, Attention):
                 x = connection(x, lambda h, attention=sublayer, layer=i // 2: attention(h, cache, layer))
             else:
@@ -70,3 +79,11 @@ class TinyGPT(nn.Module):
 
     def loss(self, tokens, targets):
         return F.cross_entropy(self.forward(tokens).flatten(0, 1), targets.flatten())
+
+
+def pure_connection(c, x, branch):
+    """mhc.HyperConnection c's forward(x, branch) in pure_torch.py's math, on c's parameters."""
+    flat, lead = x.reshape(-1, c.streams, c.dim), x.shape[:-2]
+    h, _, H_post, H_res = pure_torch.pre(flat, c.phi, c.bias, c.alpha, c.variant, c.sinkhorn_iters)
+    y = branch(h.view(*lead, c.dim)).reshape(-1, c.dim)
+    return pure_torch.post(flat, y, H_post, H_res).view(x.shape)
