@@ -227,10 +227,12 @@ def widths(text):
     return dims
 
 
-SUBLAYER_COLUMNS = [  # (markdown heading, text heading, text width, cell)
+CASE_COLUMNS = [  # (markdown heading, text heading, text width, cell)
     ("variant", "variant", -9, lambda r: r["variant"]),
     ("n", "n", 4, lambda r: r["streams"]),
     ("C", "C", 7, lambda r: r["dim"]),
+]
+SUBLAYER_COLUMNS = CASE_COLUMNS + [
     ("fused ms", "fused ms", 11, lambda r: f"{r['fused_ms']:.2f}"),
     ("pure PyTorch ms", "pure ms", 10, lambda r: f"{r['pure_ms']:.2f}"),
     ("speedup", "speedup", 9, lambda r: f"{r['speedup']:.1f}x"),
@@ -248,10 +250,7 @@ PEER_COLUMNS = [
     ("hyper-connections ms", "peer ms", 11, lambda r: f"{r['peer_ms']:.2f}" if "peer_ms" in r else "-"),
     ("hyper-connections / fused", "peer/fused", 12, lambda r: f"{r['peer_over_fused']:.1f}x" if "peer_ms" in r else "-"),
 ]
-MODEL_COLUMNS = [
-    ("variant", "variant", -9, lambda r: r["variant"]),
-    ("n", "n", 4, lambda r: r["streams"]),
-    ("C", "C", 7, lambda r: r["dim"]),
+MODEL_COLUMNS = CASE_COLUMNS + [
     ("eager ours ms", "eager ms", 11, lambda r: f"{r['eager_ours_ms']:.1f}"),
     ("compiled ours ms", "c-ours ms", 11, lambda r: f"{r['compiled_ours_ms']:.1f}"),
     ("compiled pure ms", "c-pure ms", 11, lambda r: f"{r['compiled_pure_ms']:.1f}"),
