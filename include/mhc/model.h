@@ -64,14 +64,11 @@ struct AttentionCache {
 // lengths[b] positions; each sequence runs at its own position. A token's n-stream state needs no
 // cache: it depends only on its own path through the stack and the cached keys and values.
 struct KVCache {
+  // Room for seq_len positions per sequence: the rotary tables and the model's context end there.
   KVCache(const GPTConfig& config, int64_t batch, torch::Device device);
   int64_t batch() const { return static_cast<int64_t>(lengths.size()); }
-  int64_t capacity() const { return capacity_; }
   std::vector<AttentionCache> layers;  // one per block
   std::vector<int64_t> lengths;        // [B]
-
- private:
-  int64_t capacity_;  // seq_len: rotary tables and the model's context end there
 };
 
 class AttentionImpl : public torch::nn::Module {
@@ -92,6 +89,8 @@ class AttentionImpl : public torch::nn::Module {
   struct Projected {
     torch::Tensor q, k, v;  // [B, heads, T, head_dim], q and k rotated
   };
+  // forward(), also storing the keys and values in `cache` rows [0, T) of sequence `row` when given.
+  torch::Tensor causal(const torch::Tensor& h, AttentionCache* cache, int64_t row);
   // qkv of h [B, T, C] with positions' rotations: cos and sin broadcastable to [B, heads, T, head_dim/2].
   Projected project_rotated(const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin);
   // The rotary tables on h's device and dtype.

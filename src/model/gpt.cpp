@@ -105,21 +105,20 @@ Tensor AttentionImpl::project_out(const Tensor& y) {
   return project(out_, y.transpose(1, 2).reshape({y.size(0), y.size(2), -1}));
 }
 
-Tensor AttentionImpl::forward(const Tensor& h) {
+Tensor AttentionImpl::causal(const Tensor& h, AttentionCache* cache, int64_t row) {
   match_tables(h);
   const int64_t T = h.size(1);
   const Projected p = project_rotated(h, cos_.slice(0, 0, T), sin_.slice(0, 0, T));
+  if (cache) {
+    cache->keys[row].slice(1, 0, T).copy_(p.k[0]);
+    cache->values[row].slice(1, 0, T).copy_(p.v[0]);
+  }
   return project_out(at::scaled_dot_product_attention(p.q, p.k, p.v, {}, 0.0, /*is_causal=*/true));
 }
 
-Tensor AttentionImpl::prefill(const Tensor& h, AttentionCache& cache, int64_t row) {
-  match_tables(h);
-  const int64_t T = h.size(1);
-  const Projected p = project_rotated(h, cos_.slice(0, 0, T), sin_.slice(0, 0, T));
-  cache.keys[row].slice(1, 0, T).copy_(p.k[0]);
-  cache.values[row].slice(1, 0, T).copy_(p.v[0]);
-  return project_out(at::scaled_dot_product_attention(p.q, p.k, p.v, {}, 0.0, /*is_causal=*/true));
-}
+Tensor AttentionImpl::forward(const Tensor& h) { return causal(h, nullptr, 0); }
+
+Tensor AttentionImpl::prefill(const Tensor& h, AttentionCache& cache, int64_t row) { return causal(h, &cache, row); }
 
 Tensor AttentionImpl::decode(const Tensor& h, AttentionCache& cache, const std::vector<int64_t>& lengths,
                              const Tensor& positions) {
@@ -231,7 +230,7 @@ Tensor GPTImpl::run_blocks_with(const Tensor& x, int64_t first, int64_t last, co
   return forward_stack(connections, sublayers, x, recompute, record);
 }
 
-KVCache::KVCache(const GPTConfig& config, int64_t batch, torch::Device device) : capacity_(config.seq_len) {
+KVCache::KVCache(const GPTConfig& config, int64_t batch, torch::Device device) {
   if (batch < 1) throw std::invalid_argument("KV cache: batch must be at least 1, got " + std::to_string(batch));
   const auto options = torch::TensorOptions().dtype(config.dtype).device(device);
   for (int64_t l = 0; l < config.layers; ++l)
