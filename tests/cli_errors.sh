@@ -30,6 +30,11 @@ expect_error "mhc bench memory: every row is measured against the plain residual
   bench memory --preset tiny --variant mhc,hc --recompute none
 expect_error "mhc bench memory: .*\(got --variant mhc,residual --recompute streams,blocks\)" \
   bench memory --preset tiny --variant mhc,residual --recompute streams,blocks
+# mhc bench decode: its own flags, and an n the variant does not take, before any model is timed.
+expect_error "--batch must be a whole number in \[1, 256\], got '0'" bench decode --batch 0
+expect_error "--prompt must be a whole number in \[1, [0-9]+\], got 'long'" bench decode --prompt long
+expect_error "kromhc takes n = 2\^a.3\^b streams .*got n = 5" bench decode --variant residual,kromhc --streams 5 --preset tiny
+expect_error "mhc bench decode: choose one of --json, --markdown" bench decode --json --markdown
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --variant, .*--json" bench layer --widht 8
 expect_error "unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)" bench layer --variant mhc,sinkhorn
 expect_error "--tokens must be a whole number in \[1, [0-9]+\], got 'many'" bench layer --tokens many
