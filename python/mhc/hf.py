@@ -31,7 +31,7 @@ except ImportError as e:  # transformers is optional for the rest of the package
     raise ImportError(f"mhc.hf needs transformers with DeepSeek-V4 (transformers==5.23.0): {e}") from None
 
 from .deepseek_v4 import from_deepseek_v4
-from .modules import Mix, coefficient_dtype
+from .modules import Mix, coefficient_dtype, fused_boundary, fused_post, fused_pre
 
 ACCEPTED = (v4.DeepseekV4Model, v4.DeepseekV4ForCausalLM)
 # The library's RMS and V4 eps (include/mhc/variant.h: kRmsEps, kDeepSeekV4Eps); HF reads them
@@ -84,38 +84,26 @@ def _parameters(connection, x: Tensor):
     return from_deepseek_v4(connection.fn.to(**like), connection.base.to(**like), connection.scale.to(**like))
 
 
-def _pre(connection, x: Tensor):
-    """x [..., n, C] -> (h [..., C], Mix with x_post), the fused pre of one connection."""
-    lead, n, C = x.shape[:-2], x.shape[-2], x.shape[-1]
-    h, H_pre, H_post, H_res, x_post = torch.ops.mhc.pre_joint(x.reshape(-1, n, C), *_parameters(connection, x),
-                                                              VARIANT, connection.hc_sinkhorn_iters)
-    return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
-                                 x_post=x_post.view(x.shape))
-
-
 def _post_input(mix: Mix) -> Tensor:
     """The state the post of mix's sublayer reads: pre_joint's alias of x, or the boundary's x_next
     (either way its second gradient joins inside the kernel that made it)."""
     return mix.x_post if mix.x_post is not None else mix.x_next
 
 
+def _pre(connection, x: Tensor):
+    """x [..., n, C] -> (h [..., C], Mix with x_post), the fused pre of one connection."""
+    return fused_pre(x, _parameters(connection, x), VARIANT, connection.hc_sinkhorn_iters)
+
+
 def _boundary(connection, mix: Mix, y: Tensor):
     """The post of mix's sublayer (output y [..., C]) and `connection`'s pre as one op ->
     (h [..., C], the Mix of `connection`, whose x_next is the state between the two)."""
     x = _post_input(mix)
-    lead, n, C = x.shape[:-2], x.shape[-2], x.shape[-1]
-    x_next, h, H_pre, H_post, H_res = torch.ops.mhc.boundary(
-        x.reshape(-1, n, C), y.reshape(-1, C), mix.H_post.reshape(-1, n), mix.H_res.reshape(-1, n, n),
-        *_parameters(connection, x), VARIANT, connection.hc_sinkhorn_iters)
-    return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
-                                 x_next=x_next.view(x.shape))
+    return fused_boundary(x, y, mix, _parameters(connection, x), VARIANT, connection.hc_sinkhorn_iters)
 
 
 def _post(mix: Mix, y: Tensor) -> Tensor:
-    x = _post_input(mix)
-    n, C = x.shape[-2], x.shape[-1]
-    return torch.ops.mhc.post(x.reshape(-1, n, C), y.reshape(-1, C), mix.H_post.reshape(-1, n),
-                              mix.H_res.reshape(-1, n, n)).view(x.shape)
+    return fused_post(_post_input(mix), y, mix)
 
 
 def _fused_layer(layer, hidden_states: Tensor, input_ids=None, hand_over: bool = True, **kwargs) -> Tensor:

@@ -40,6 +40,33 @@ class Mix(NamedTuple):
     x_next: Optional[Tensor] = None  # [..., n, C]
 
 
+def fused_pre(x: Tensor, parameters, variant: str, sinkhorn_iters: int):
+    """The fused pre of x [..., n, C] with parameters (phi, bias, alpha) in the coefficient dtype
+    -> (h [..., C], Mix with x_post). HyperConnection and mhc.hf call it."""
+    lead, n, C = x.shape[:-2], x.shape[-2], x.shape[-1]
+    h, H_pre, H_post, H_res, x_post = torch.ops.mhc.pre_joint(x.reshape(-1, n, C), *parameters, variant, sinkhorn_iters)
+    return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
+                                 x_post=x_post.view(x.shape))
+
+
+def fused_post(x: Tensor, y: Tensor, mix: Mix) -> Tensor:
+    """x [..., n, C], y [..., C] and mix's H_post, H_res -> x_next [..., n, C]."""
+    n, C = x.shape[-2], x.shape[-1]
+    return torch.ops.mhc.post(x.reshape(-1, n, C), y.reshape(-1, C), mix.H_post.reshape(-1, n),
+                              mix.H_res.reshape(-1, n, n)).view(x.shape)
+
+
+def fused_boundary(x: Tensor, y: Tensor, before: Mix, parameters, variant: str, sinkhorn_iters: int):
+    """The post of `before`'s sublayer (x [..., n, C], its output y [..., C]) and the pre with
+    `parameters` as one op -> (h [..., C], Mix whose x_next is the state between the two)."""
+    lead, n, C = x.shape[:-2], x.shape[-2], x.shape[-1]
+    x_next, h, H_pre, H_post, H_res = torch.ops.mhc.boundary(
+        x.reshape(-1, n, C), y.reshape(-1, C), before.H_post.reshape(-1, n), before.H_res.reshape(-1, n, n),
+        *parameters, variant, sinkhorn_iters)
+    return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
+                                 x_next=x_next.view(x.shape))
+
+
 class HyperConnection(nn.Module):
     """Wraps one sublayer F: h = H_pre·x, y = F(h), x_next = H_res·x + H_post^T·y.
 
@@ -71,28 +98,26 @@ class HyperConnection(nn.Module):
             raise ValueError(f"HyperConnection.{where}: x must be [..., {self.streams}, {self.dim}], "
                              f"got {list(x.shape)}")
 
-    def pre(self, x: Tensor):
-        """x [..., n, C] -> (h [..., C], Mix)."""
-        self._check(x, "pre")
-        lead, n, C = x.shape[:-2], self.streams, self.dim
+    def _parameters_like(self, x: Tensor):
         # Parameters follow x's device and dtype — float32 under bfloat16 storage, where they are
         # the fp32 masters and the coefficients stay fp32 too.
         like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
-        h, H_pre, H_post, H_res, x_post = torch.ops.mhc.pre_joint(x.reshape(-1, n, C), self.phi.to(**like),
-                                                                  self.bias.to(**like), self.alpha.to(**like),
-                                                                  self.variant, self.sinkhorn_iters)
-        return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
-                                     x_post.view(x.shape))
+        return self.phi.to(**like), self.bias.to(**like), self.alpha.to(**like)
+
+    def _check_y(self, x: Tensor, y: Tensor, where: str) -> None:
+        if y.shape != x.shape[:-2] + x.shape[-1:]:
+            raise ValueError(f"HyperConnection.{where}: y must be {list(x.shape[:-2] + x.shape[-1:])}, got {list(y.shape)}")
+
+    def pre(self, x: Tensor):
+        """x [..., n, C] -> (h [..., C], Mix)."""
+        self._check(x, "pre")
+        return fused_pre(x, self._parameters_like(x), self.variant, self.sinkhorn_iters)
 
     def post(self, x: Tensor, y: Tensor, mix: Mix) -> Tensor:
         """x [..., n, C] (best: mix.x_post, or mix.x_next from boundary()), y [..., C] -> x_next [..., n, C]."""
         self._check(x, "post")
-        if y.shape != x.shape[:-2] + x.shape[-1:]:
-            raise ValueError(f"HyperConnection.post: y must be {list(x.shape[:-2] + x.shape[-1:])}, got {list(y.shape)}")
-        n, C = self.streams, self.dim
-        out = torch.ops.mhc.post(x.reshape(-1, n, C), y.reshape(-1, C), mix.H_post.reshape(-1, n),
-                                 mix.H_res.reshape(-1, n, n))
-        return out.view(x.shape)
+        self._check_y(x, y, "post")
+        return fused_post(x, y, mix)
 
     def boundary(self, x: Tensor, y: Tensor, before: Mix):
         """This connection's pre of the state the sublayer before it makes, post(x, y, before), as
@@ -100,16 +125,8 @@ class HyperConnection(nn.Module):
         before's post would read, before.x_post or before.x_next), y [..., C] -> (h [..., C], Mix),
         the Mix's x_next being that state [..., n, C]."""
         self._check(x, "boundary")
-        if y.shape != x.shape[:-2] + x.shape[-1:]:
-            raise ValueError(f"HyperConnection.boundary: y must be {list(x.shape[:-2] + x.shape[-1:])}, "
-                             f"got {list(y.shape)}")
-        lead, n, C = x.shape[:-2], self.streams, self.dim
-        like = dict(device=x.device, dtype=coefficient_dtype(x.dtype))
-        x_next, h, H_pre, H_post, H_res = torch.ops.mhc.boundary(
-            x.reshape(-1, n, C), y.reshape(-1, C), before.H_post.reshape(-1, n), before.H_res.reshape(-1, n, n),
-            self.phi.to(**like), self.bias.to(**like), self.alpha.to(**like), self.variant, self.sinkhorn_iters)
-        return h.view(*lead, C), Mix(H_pre.view(*lead, n), H_post.view(*lead, n), H_res.view(*lead, n, n),
-                                     x_next=x_next.view(x.shape))
+        self._check_y(x, y, "boundary")
+        return fused_boundary(x, y, before, self._parameters_like(x), self.variant, self.sinkhorn_iters)
 
     def forward(self, x: Tensor, branch: Callable[[Tensor], Tensor]) -> Tensor:
         h, mix = self.pre(x)
