@@ -26,6 +26,12 @@
 //                          absolute value because HC's coefficients may be negative.
 // Sublayer 0's input is the n copies of the embedding: effective rank 1 and equal shares by
 // construction, whatever the variant.
+//
+// Spectrum (DESIGN.md §5, §11): σ_max and σ_min of H_res and of P_l per token. Row and column sums
+// judge a doubly stochastic map but misread an orthogonal one (its abs row sums reach √n while
+// every singular value is 1); products of doubly stochastic maps keep σ_max = 1 and drive σ_min
+// towards 0 (towards J/n, the streams' differences averaged away), products of orthogonal ones keep
+// both at 1. Beside them, the orthogonality error max |H_resᵀH_res − I| (0 for jpmhc to rounding).
 #pragma once
 
 #include <string>
@@ -58,7 +64,7 @@ torch::Tensor frobenius_distance(const torch::Tensor& H, const torch::Tensor& re
 torch::Tensor coefficient_entropy(const torch::Tensor& h);
 
 struct Stat {
-  double max = 0, mean = 0;  // over the probe tokens
+  double max = 0, mean = 0, min = 0;  // over the probe tokens
 };
 Stat over_tokens(const torch::Tensor& per_token);
 
@@ -69,11 +75,19 @@ struct StochasticError {
 };
 StochasticError stochastic_error(const torch::Tensor& H);
 
+// H [..., n, n] -> [..., n]: singular values, descending, as float64.
+torch::Tensor singular_values(const torch::Tensor& H);
+// H [..., n, n] -> [...]: max |HᵀH − I|, float64.
+torch::Tensor orthogonality_error(const torch::Tensor& H);
+
 struct SublayerDiagnostics {
   std::string name;  // "attn 3", "mlp 3"
   int64_t streams = 0;  // n
   Stat forward_gain, backward_gain;                      // of H_res^(l)
   Stat composite_forward_gain, composite_backward_gain;  // of P_l
+  Stat sigma_max, sigma_min;                             // of H_res^(l)
+  Stat composite_sigma_max, composite_sigma_min;         // of P_l
+  double orthogonality_error = 0;                        // of H_res^(l), max over tokens
   StochasticError error;
   double pre_min = 0, pre_max = 0, post_min = 0, post_max = 0;  // ranges of H_pre, H_post
   // Stream diagnostics (defined above), means over probe tokens.
@@ -99,10 +113,11 @@ torch::Tensor probe_tokens(const data::WindowSampler& validation, int64_t window
 //    "composite_fwd_max", "composite_fwd_mean", "composite_bwd_max", "composite_bwd_mean",
 //    "row_error", "col_error", "min_entry", "pre_min", "pre_max", "post_min", "post_max",
 //    "share_max", "share_min", "effective_rank", "h_res_to_identity", "h_res_to_uniform",
-//    "pre_entropy", "post_entropy"}
+//    "pre_entropy", "post_entropy", "sigma_max_max", "sigma_min_min", "composite_sigma_max_max",
+//    "composite_sigma_max_mean", "composite_sigma_min_min", "composite_sigma_min_mean", "orth_error"}
 nlohmann::ordered_json to_json(const std::vector<SublayerDiagnostics>& diagnostics);
 
-// The per-sublayer tables `mhc analyze` prints: signal gains, then stream diagnostics.
+// The per-sublayer tables `mhc analyze` prints: signal gains, spectra, then stream diagnostics.
 std::string table(const std::vector<SublayerDiagnostics>& diagnostics);
 
 // ---- The collapse alarm ----

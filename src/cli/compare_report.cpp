@@ -27,6 +27,18 @@ constexpr size_t kSpikeWindow = 20;
 constexpr double kSpikeRise = 0.10;
 
 
+// The extreme over sublayers of one column of a "diag" record (std::max or std::min of the
+// values); NaN when the record lacks it.
+template <typename Pick>
+double extreme_over_sublayers(const nlohmann::ordered_json& diag, const char* key, Pick pick) {
+  if (!diag.contains(key)) return NAN;
+  const auto values = diag[key].get<std::vector<double>>();
+  if (values.empty()) return NAN;
+  double out = values.front();
+  for (double v : values) out = pick(out, v);
+  return out;
+}
+
 // The mean over sublayers of one column of a "diag" record; NaN when the record lacks it.
 double mean_over_sublayers(const nlohmann::ordered_json& diag, const char* key) {
   if (!diag.contains(key)) return NAN;
@@ -57,6 +69,11 @@ void read_last_diagnostics(Run& run, const train::StepRecord& last) {
   run.uniform_distance = mean_over_sublayers(diag, "h_res_to_uniform");
   run.pre_entropy = mean_over_sublayers(diag, "pre_entropy");
   run.post_entropy = mean_over_sublayers(diag, "post_entropy");
+  auto larger = [](double a, double b) { return std::max(a, b); };
+  auto smaller = [](double a, double b) { return std::min(a, b); };
+  run.composite_sigma_max = extreme_over_sublayers(diag, "composite_sigma_max_max", larger);
+  run.composite_sigma_min = extreme_over_sublayers(diag, "composite_sigma_min_min", smaller);
+  run.orthogonality_error = extreme_over_sublayers(diag, "orth_error", larger);
 }
 
 }  // namespace
@@ -204,6 +221,15 @@ std::vector<ReportColumn> main_columns() {
           gain("composite bwd gain, max (worst \\|g−1\\|)", &Run::bwd_gain, &Run::bwd_deviation),
           {"max doubly-stochastic error",
            [](const Group& g) { return g.front()->has_gains ? show(spread_of(g, &Run::ds_error), kSci) : "—"; }},
+          {"composite σ_max, max", [](const Group& g) {
+             return g.front()->has_gains ? show(spread_of(g, &Run::composite_sigma_max), Format::significant(4)) : "1";
+           }},
+          {"composite σ_min, min", [](const Group& g) {
+             return g.front()->has_gains ? show(spread_of(g, &Run::composite_sigma_min), kSci) : "1";
+           }},
+          {"max orthogonality error", [](const Group& g) {
+             return g.front()->has_gains ? show(spread_of(g, &Run::orthogonality_error), kSci) : "0";
+           }},
           number("tokens/s", &Run::tokens_per_s, kRate),
           number("time vs residual", &Run::time_ratio, Format::ratio(3))};
 }
@@ -311,8 +337,10 @@ std::string report(const std::vector<Run>& runs, const std::vector<std::string>&
        "validation windows): for each sublayer l the composite map P_l = H_res^(L-1)···H_res^(l), forward gain = "
        "max absolute row sum, backward gain = max absolute column sum, each the max over probe tokens; the table gives "
        "the largest over depth and, in brackets, the largest |gain − 1| over depth. Doubly-stochastic error: "
-       "max over sublayers and tokens of |row sum − 1| and |column sum − 1| of H_res. The plain residual has no H_res "
-       "(its map is the identity). tokens/s and step time are medians over the steps (evaluation excluded); "
+       "max over sublayers and tokens of |row sum − 1| and |column sum − 1| of H_res. Spectrum: the largest and "
+       "the smallest singular value of P_l over sublayers and tokens (an orthogonal P keeps both at 1; products of "
+       "doubly stochastic maps drive σ_min towards 0), and the orthogonality error max |H_resᵀH_res − I| over "
+       "sublayers and tokens. The plain residual has no H_res (its map is the identity). tokens/s and step time are medians over the steps (evaluation excluded); "
        "time vs residual = median step time / the plain residual's with the same seed. "
        "Stream use (include/mhc/diag.h), per token of the probe batch and then averaged over tokens: "
        "the **effective rank** of the n×C state entering a sublayer, exp of the entropy of its singular values "

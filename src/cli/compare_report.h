@@ -24,6 +24,9 @@ struct Run {
   // sublayers; NaN for a run logged before these diagnostics existed.
   double effective_rank = NAN, largest_share = NAN, identity_distance = NAN, uniform_distance = NAN,
          pre_entropy = NAN, post_entropy = NAN;
+  // Spectrum at the last diagnostic: the extreme singular values of the composite maps over every
+  // sublayer and token, and the worst orthogonality error of a single H_res; NaN before they existed.
+  double composite_sigma_max = NAN, composite_sigma_min = NAN, orthogonality_error = NAN;
   int64_t alarm_step = -1;  // the first step the collapse alarm was on; -1: never
 };
 

@@ -64,7 +64,21 @@ Tensor coefficient_entropy(const Tensor& h) {
 
 Stat over_tokens(const Tensor& per_token) {
   const Tensor t = per_token.to(torch::kDouble);
-  return {t.max().item<double>(), t.mean().item<double>()};
+  return {t.max().item<double>(), t.mean().item<double>(), t.min().item<double>()};
+}
+
+Tensor singular_values(const Tensor& H) {
+  const Tensor h = H.to(torch::kDouble);
+  // LAPACK refuses a non-finite matrix: those tokens get NaN, as in effective_rank.
+  const Tensor finite = torch::isfinite(h).all(-1).all(-1);
+  const Tensor safe = torch::where(finite.unsqueeze(-1).unsqueeze(-1), h, torch::eye(h.size(-1), h.options()));
+  const Tensor sigma = torch::linalg_svdvals(safe);
+  return torch::where(finite.unsqueeze(-1), sigma, torch::full_like(sigma, std::numeric_limits<double>::quiet_NaN()));
+}
+
+Tensor orthogonality_error(const Tensor& H) {
+  const Tensor h = H.to(torch::kDouble);
+  return (torch::matmul(h.transpose(-1, -2), h) - torch::eye(h.size(-1), h.options())).abs().amax({-2, -1});
 }
 
 StochasticError stochastic_error(const Tensor& H) {
@@ -89,6 +103,11 @@ std::vector<SublayerDiagnostics> diagnose(const std::vector<SublayerRecord>& rec
     d.composite_forward_gain = over_tokens(forward_gain(P[l]));
     d.composite_backward_gain = over_tokens(backward_gain(P[l]));
     d.error = stochastic_error(H[l]);
+    const Tensor sigma = singular_values(H[l]), composite_sigma = singular_values(P[l]);
+    d.sigma_max = over_tokens(sigma.select(-1, 0)), d.sigma_min = over_tokens(sigma.select(-1, -1));
+    d.composite_sigma_max = over_tokens(composite_sigma.select(-1, 0));
+    d.composite_sigma_min = over_tokens(composite_sigma.select(-1, -1));
+    d.orthogonality_error = orthogonality_error(H[l]).max().item<double>();
     const Tensor& pre = records[l].mix.H_pre;
     const Tensor& post = records[l].mix.H_post;
     d.pre_min = pre.min().item<double>(), d.pre_max = pre.max().item<double>();
@@ -152,6 +171,13 @@ nlohmann::ordered_json to_json(const std::vector<SublayerDiagnostics>& diagnosti
   column("h_res_to_uniform", [](const D& d) { return d.uniform_distance; });
   column("pre_entropy", [](const D& d) { return d.pre_entropy; });
   column("post_entropy", [](const D& d) { return d.post_entropy; });
+  column("sigma_max_max", [](const D& d) { return d.sigma_max.max; });
+  column("sigma_min_min", [](const D& d) { return d.sigma_min.min; });
+  column("composite_sigma_max_max", [](const D& d) { return d.composite_sigma_max.max; });
+  column("composite_sigma_max_mean", [](const D& d) { return d.composite_sigma_max.mean; });
+  column("composite_sigma_min_min", [](const D& d) { return d.composite_sigma_min.min; });
+  column("composite_sigma_min_mean", [](const D& d) { return d.composite_sigma_min.mean; });
+  column("orth_error", [](const D& d) { return d.orthogonality_error; });
   return j;
 }
 
@@ -171,6 +197,18 @@ std::string table(const std::vector<SublayerDiagnostics>& diagnostics) {
                       d.composite_forward_gain.max, d.composite_forward_gain.mean, d.composite_backward_gain.max,
                       d.composite_backward_gain.mean, d.error.row, d.error.column, d.error.min_entry, d.pre_min, d.pre_max,
                       d.post_min, d.post_max});
+  std::vector<Column> spectrum_columns = {{"sublayer"}};
+  for (const char* h : {"s_max max", "s_min min", "P s_max max", "P s_max mean", "P s_min min", "P s_min mean",
+                        "orth err"})
+    spectrum_columns.push_back({h, "", number});
+  const Table spectra(spectrum_columns, TableStyle::text);
+  out += "\nsingular values of H_res and of P_l: the largest (max over tokens) and the smallest (min over tokens),\n"
+         "and for P_l their means; orthogonality error max |H_res^T H_res - I| over tokens (an orthogonal map has\n"
+         "every singular value 1; products of doubly stochastic maps drive the smallest towards 0)\n\n" +
+         spectra.header();
+  for (const auto& d : diagnostics)
+    out += spectra.row({d.name, d.sigma_max.max, d.sigma_min.min, d.composite_sigma_max.max, d.composite_sigma_max.mean,
+                        d.composite_sigma_min.min, d.composite_sigma_min.mean, d.orthogonality_error});
   std::vector<Column> stream_columns = {{"sublayer"}};
   for (const char* h : {"share max", "share min", "eff rank", "|H-I|", "|H-J/n|", "H_pre ent", "H_post ent"})
     stream_columns.push_back({h, "", number});
