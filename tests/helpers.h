@@ -67,10 +67,11 @@ inline bool usable(torch::Device device) { return device.is_cpu() || torch::cuda
   if (!usable(device)) GTEST_SKIP() << "no CUDA GPU usable here (a CPU-only LibTorch, or no GPU visible)"
 
 // Inputs in float64 (cast down for fp32 runs, so both precisions see the same numbers).
-inline Inputs make_inputs(Variant variant, int64_t N, int64_t n, int64_t C, Scenario scenario, uint64_t seed) {
+inline Inputs make_inputs(Variant variant, int64_t N, int64_t n, int64_t C, Scenario scenario, uint64_t seed,
+                          const VariantOptions& options = {}) {
   torch::manual_seed(seed);
   const auto f64 = torch::TensorOptions().dtype(torch::kDouble);
-  const Layout l = layout(variant, n, C);
+  const Layout l = layout(variant, n, C, options);
   Tensor x = torch::randn({N, n, C}, f64);
   Tensor phi = torch::randn({l.proj_rows, l.proj_cols}, f64) / std::sqrt(double(std::max<int64_t>(l.proj_rows, 1)));
   Tensor bias = torch::randn({l.bias_size}, f64);
@@ -100,14 +101,14 @@ inline Tensor joined(const std::vector<Outputs>& parts, size_t i) {
 
 // One sublayer, pre → F → post, forward and backward, by the fused ops or the reference.
 // Also exercises a gradient flowing into H_pre directly (as a diagnostic loss would).
-inline Outputs run_sublayer(const Inputs& in, Variant variant, int64_t t, bool fused) {
+inline Outputs run_sublayer(const Inputs& in, Variant variant, int64_t t, bool fused, const VariantOptions& options = {}) {
   for (const Tensor* p : {&in.x, &in.phi, &in.bias, &in.alpha, &in.w_branch})
     if (p->grad().defined()) p->mutable_grad() = Tensor();
   // The fused sublayer as the module runs it: pre_joint, and post reading its x_post (x's two
   // gradients summed inside pre's backward kernel). FusedOps.PreJointIsPreThenPost checks it
   // against the public pair pre + post(x).
-  const PreOutput mix = fused ? mhc::pre_joint(in.x, in.phi, in.bias, in.alpha, variant, t)
-                              : reference::pre(in.x, in.phi, in.bias, in.alpha, variant, t);
+  const PreOutput mix = fused ? mhc::pre_joint(in.x, in.phi, in.bias, in.alpha, variant, t, options)
+                              : reference::pre(in.x, in.phi, in.bias, in.alpha, variant, t, options);
   const Tensor y = torch::tanh(mix.h * in.w_branch);
   const Tensor out =
       fused ? mhc::post(mix.x_post, y, mix.H_post, mix.H_res) : reference::post(in.x, y, mix.H_post, mix.H_res);

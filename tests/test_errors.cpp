@@ -104,7 +104,7 @@ TEST(BadInput, DtypesAndDevices) {
 
 TEST(BadInput, KindNames) {
   expect_error([&] { HyperConnection(HyperConnectionOptions(parse_variant("mhc-heavy"), 2, 4)); },
-               {"mhc-heavy", "residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc"});
+               {"mhc-heavy", "residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc, jpmhc, gomhc"});
   expect_error([&] { BiasInit::named("ones"); }, {"ones", "paper, zero"});
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mhc::pre", "");
   const Params p = params(Variant::mhc, 2, 4);

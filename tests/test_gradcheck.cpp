@@ -8,18 +8,22 @@ namespace mhc::test {
 namespace {
 
 // A scalar of every output of one sublayer, so that each output's gradient path is exercised.
-double scalar_loss(const Inputs& in, Variant variant, int64_t t) {
+double scalar_loss(const Inputs& in, Variant variant, int64_t t, const VariantOptions& options) {
   torch::NoGradGuard no_grad;
-  const PreOutput mix = mhc::pre(in.x, in.phi, in.bias, in.alpha, variant, t);
+  const PreOutput mix = mhc::pre(in.x, in.phi, in.bias, in.alpha, variant, t, options);
   const Tensor y = torch::tanh(mix.h * in.w_branch);
   const Tensor out = mhc::post(in.x, y, mix.H_post, mix.H_res);
   return ((out * in.dout).sum() + (mix.H_pre * in.dH_pre).sum()).item<double>();
 }
 
-void gradcheck(Variant variant, int64_t n, int64_t t, Scenario scenario = Scenario::random) {
-  const int64_t N = 3, C = 5;
-  const Inputs in = make_inputs(variant, N, n, C, scenario, 99);
-  const Outputs analytic = run_sublayer(in, variant, t, /*fused=*/true);
+// logit_scale multiplies the biases (the logits' static part): sharper softmaxes and larger skew
+// matrices for the orthogonal variants. C is each stream's width.
+void gradcheck(Variant variant, int64_t n, int64_t t, Scenario scenario = Scenario::random,
+               const VariantOptions& options = {}, double logit_scale = 1, int64_t C = 5) {
+  const int64_t N = 3;
+  Inputs in = make_inputs(variant, N, n, C, scenario, 99, options);
+  if (logit_scale != 1) in.bias = (in.bias.detach() * logit_scale).requires_grad_(true);
+  const Outputs analytic = run_sublayer(in, variant, t, /*fused=*/true, options);
   const std::vector<std::pair<std::string, const Tensor*>> params = {
       {"dx", &in.x}, {"dphi", &in.phi}, {"dbias", &in.bias}, {"dalpha", &in.alpha}};
   const double eps = 1e-6, atol = 1e-5, rtol = 1e-3;
@@ -32,13 +36,13 @@ void gradcheck(Variant variant, int64_t n, int64_t t, Scenario scenario = Scenar
     for (int64_t e = 0; e < flat.numel(); ++e) {
       const double saved = flat[e].item<double>();
       flat[e] = saved + eps;
-      const double up = scalar_loss(in, variant, t);
+      const double up = scalar_loss(in, variant, t, options);
       flat[e] = saved - eps;
-      const double down = scalar_loss(in, variant, t);
+      const double down = scalar_loss(in, variant, t, options);
       flat[e] = saved;
       const double numeric = (up - down) / (2 * eps), a = grad[e].item<double>();
       ASSERT_LE(std::abs(a - numeric), atol + rtol * std::abs(numeric))
-          << variant_name(variant) << " n=" << n << " t=" << t << ": " << name << "[" << e << "] analytic " << a
+          << variant_spec(variant, options) << " n=" << n << " t=" << t << " logits x" << logit_scale << ": " << name << "[" << e << "] analytic " << a
           << " vs numeric " << numeric;
     }
   }
@@ -79,6 +83,30 @@ TEST(Gradcheck, KromHC) {
 
 TEST(Gradcheck, IdentityHC) {
   for (int64_t n : {1, 2, 4}) gradcheck(Variant::ihc, n, 0);
+}
+
+// The orthogonal variants at every accepted n, with their logits as drawn, ×10 and ×80 (the skew
+// matrix then has entries of tens: far from the identity, where the Cayley map turns fastest).
+// Past 4 streams each is one value wide: phi has 3n³·C entries, each checked by two forwards.
+int64_t gradcheck_width(int64_t n) { return n <= 4 ? 5 : 1; }
+
+TEST(Gradcheck, JPmHC) {
+  for (int64_t n = 1; n <= kMaxCayleyDim; ++n)
+    for (double scale : {1.0, 10.0, 80.0})
+      gradcheck(Variant::jpmhc, n, 0, Scenario::random, {}, scale, gradcheck_width(n));
+  VariantOptions paper;
+  paper.cayley_iters = 2;
+  for (int64_t n : {2, 4, 8}) gradcheck(Variant::jpmhc, n, 0, Scenario::random, paper);
+}
+
+TEST(Gradcheck, GoMHC) {
+  for (int block : {1, 2}) {
+    VariantOptions o;
+    o.block_size = block;
+    for (int64_t n = 1; n * block <= kMaxCayleyDim; ++n)
+      for (double scale : {1.0, 10.0, 80.0})
+        gradcheck(Variant::gomhc, n, 0, Scenario::random, o, scale, gradcheck_width(n));
+  }
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // storage (with precision-derived tolerances, see helpers.h) and in fp64 (the CPU kernels
 // instantiated for double); on the CPU, and on CUDA where a GPU is (skipped otherwise).
 #include <algorithm>
+#include <cctype>
 #include <tuple>
 
 #include "../src/kernels/cpu/simd.h"
@@ -20,13 +21,14 @@ struct Case {
   int64_t n, C, t;
   Scenario scenario;
   int64_t tokens = kTokens;
+  VariantOptions options = {};
 };
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
-  std::string k = variant_name(c.variant);
+  std::string k = variant_spec(c.variant, c.options);
   for (char& ch : k)
-    if (ch == '-') ch = '_';
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return k + "_n" + std::to_string(c.n) + "_C" + std::to_string(c.C) + "_t" + std::to_string(c.t) + "_" +
          scenario_name(c.scenario) + (c.tokens == kTokens ? "" : "_N" + std::to_string(c.tokens));
 }
@@ -40,12 +42,24 @@ std::vector<Case> all_cases() {
       {Variant::mhc_v4, {1, 4, 16}},
       {Variant::mhc_lite, {1, 2, 4, 5}},
       {Variant::kromhc, {2, 3, 4, 6, 8, 9, 12, 16}},  // every accepted n
-      {Variant::ihc, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}};  // every accepted n
+      {Variant::ihc, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}},  // every accepted n
+      {Variant::jpmhc, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}},  // every accepted n
+      {Variant::gomhc, {1, 2, 3, 4, 5, 6, 7, 8}}};  // every n accepted at block_size 2
   for (const auto& [variant, ns] : streams)
     for (int64_t n : ns)
       for (int64_t C : {13, 64})  // 13: not a multiple of any vector width
         for (Scenario s : {Scenario::random, Scenario::large_logits, Scenario::zero_rows})
           cases.push_back({variant, n, C, 20, s});
+  // The orthogonal variants' options: go-mHC's block size 1 (n up to 16), JPmHC's fixed-point steps.
+  VariantOptions single_blocks, paper_steps, wide_scale;
+  single_blocks.block_size = 1, paper_steps.cayley_iters = 2, wide_scale.cayley_scale = 1.0;
+  for (int64_t n = 1; n <= kMaxCayleyDim; ++n)  // every n accepted at block_size 1
+    for (Scenario s : {Scenario::random, Scenario::large_logits})
+      cases.push_back({Variant::gomhc, n, 13, 20, s, kTokens, single_blocks});
+  for (int64_t n : {2, 4, 16}) {
+    cases.push_back({Variant::jpmhc, n, 13, 20, Scenario::random, kTokens, paper_steps});
+    cases.push_back({Variant::jpmhc, n, 13, 20, Scenario::random, kTokens, wide_scale});
+  }
   for (int64_t t : {0, 1, 5})  // Sinkhorn iteration counts other than the default
     cases.push_back({Variant::mhc, 4, 13, t, Scenario::random});
   for (int64_t t : {1, 5}) cases.push_back({Variant::mhc_v4, 4, 13, t, Scenario::random});
@@ -62,7 +76,8 @@ std::vector<Case> all_cases() {
   const std::vector<std::pair<Variant, int64_t>> decode = {{Variant::hc, 4},       {Variant::mhc, 4},
                                                            {Variant::mhc, 16},     {Variant::mhc_v4, 4},
                                                            {Variant::mhc_lite, 4}, {Variant::mhc_lite, 5},
-                                                           {Variant::kromhc, 4},   {Variant::ihc, 3}};
+                                                           {Variant::kromhc, 4},   {Variant::ihc, 3},
+                                                           {Variant::jpmhc, 4},    {Variant::gomhc, 4}};
   for (const auto& [variant, n] : decode)
     for (int64_t tokens : {1, 2, 8})
       for (int64_t C : {13, 64}) cases.push_back({variant, n, C, 20, Scenario::random, tokens});
@@ -77,10 +92,12 @@ void PrintTo(const Case& c, std::ostream* os) { *os << case_name({c, 0}); }
 void check_case(const Case& c, torch::Device device) {
   const int64_t N = c.tokens;
   const std::string what = case_name({c, 0}) + " on " + device.str();
-  const Inputs in64 = make_inputs(c.variant, N, c.n, c.C, c.scenario, 1234);
-  const Outputs ref64 = run_sublayer(in64, c.variant, c.t, /*fused=*/false);
-  const Outputs ref32 = run_sublayer(in64.to(torch::kFloat), c.variant, c.t, /*fused=*/false);
-  const Outputs fused32 = run_sublayer(in64.to(torch::kFloat, device), c.variant, c.t, /*fused=*/true);
+  const Inputs in64 = make_inputs(c.variant, N, c.n, c.C, c.scenario, 1234, c.options);
+  // One sublayer of this case's variant and options, by the fused ops or the reference.
+  auto run = [&](const Inputs& in, bool fused) { return run_sublayer(in, c.variant, c.t, fused, c.options); };
+  const Outputs ref64 = run(in64, /*fused=*/false);
+  const Outputs ref32 = run(in64.to(torch::kFloat), /*fused=*/false);
+  const Outputs fused32 = run(in64.to(torch::kFloat, device), /*fused=*/true);
   // At ±80 logits a gradient may be ill-conditioned: with ties among a softmax's +80 logits, one
   // fp32 rounding of the logits (ulp(80) = 7.6e-6) moves KromHC's dalpha at n = 12 by ~1e-4, which
   // fp32's own reference may happen to dodge. The tolerance then counts that sensitivity, measured:
@@ -92,19 +109,19 @@ void check_case(const Case& c, torch::Device device) {
     const Tensor ulp = in64.bias.detach().abs() * std::ldexp(1.0, -23);
     moved.bias = (in64.bias.detach() + ulp * (torch::randint(0, 2, in64.bias.sizes(), torch::kDouble) * 2 - 1))
                      .requires_grad_(true);
-    jittered64 = run_sublayer(moved, c.variant, c.t, /*fused=*/false);
+    jittered64 = run(moved, /*fused=*/false);
   }
   expect_close(fused32, ref32, ref64, what + " fp32", 0, c.scenario == Scenario::large_logits ? &jittered64 : nullptr);
   if (device.is_cpu()) {  // the fp64 kernels exist on the CPU only
-    expect_close_fp64(run_sublayer(in64, c.variant, c.t, /*fused=*/true), ref64, what);
+    expect_close_fp64(run(in64, /*fused=*/true), ref64, what);
   } else {
-    const Outputs cpu32 = run_sublayer(in64.to(torch::kFloat), c.variant, c.t, /*fused=*/true);
+    const Outputs cpu32 = run(in64.to(torch::kFloat), /*fused=*/true);
     expect_close(fused32, cpu32, ref64, what + " fp32 vs the CPU kernels");
   }
   const Inputs bf64 = in64.rounded_to_bf16();
-  const Outputs bf_ref64 = run_sublayer(bf64, c.variant, c.t, /*fused=*/false);
-  const Outputs bf_ref = run_sublayer(bf64.to(torch::kBFloat16), c.variant, c.t, /*fused=*/false);
-  const Outputs bf_fused = run_sublayer(bf64.to(torch::kBFloat16, device), c.variant, c.t, /*fused=*/true);
+  const Outputs bf_ref64 = run(bf64, /*fused=*/false);
+  const Outputs bf_ref = run(bf64.to(torch::kBFloat16), /*fused=*/false);
+  const Outputs bf_fused = run(bf64.to(torch::kBFloat16, device), /*fused=*/true);
   expect_close(bf_fused, bf_ref, bf_ref64, what + " bf16", kBF16Ulp);
 }
 

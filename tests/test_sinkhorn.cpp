@@ -274,7 +274,7 @@ void v4_kernel(int n, int t, const std::vector<double>& bias, const std::vector<
   const int64_t m = 2 * n + n * n;
   std::vector<T> b(bias.begin(), bias.end()), g(m, T(0)), alpha(3, T(1)), dp(dpre.begin(), dpre.end()),
       dpost(n, T(0)), dres(D.begin(), D.end()), db(m, T(0)), da(3, T(0)), dg(m), hp(n);
-  const kernels::CoeffVariant<T> v{Variant::mhc_v4, n, m, 1, int64_t(n) * n, t, b.data(), alpha.data(), nullptr};
+  const kernels::CoeffVariant<T> v{Variant::mhc_v4, n, m, 1, int64_t(n) * n, t, b.data(), alpha.data(), nullptr, {}};
   std::vector<T> scratch(Math::scratch_size(v));
   kernels::Coeffs<T> out;
   const T r = 1;

@@ -121,7 +121,7 @@ TEST(Model, EveryVariantIsCausalAndStartsNearUniform) {
   };
   for (auto [variant, n, head] : std::vector<Case>{{Variant::residual, 1}, {Variant::hc, 4}, {Variant::mhc, 4}, {Variant::mhc_v4, 4},
                                  {Variant::mhc_v4, 4, StreamHead::hyper}, {Variant::mhc_lite, 3}, {Variant::kromhc, 8},
-                                 {Variant::ihc, 2}}) {
+                                 {Variant::ihc, 2}, {Variant::jpmhc, 4}, {Variant::gomhc, 4}}) {
     SCOPED_TRACE(std::string(variant_name(variant)) + " head " + stream_head_name(head));
     torch::manual_seed(0);
     GPTConfig config = small_config(variant, n);

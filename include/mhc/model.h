@@ -31,6 +31,7 @@ struct GPTConfig {
   Variant variant = Variant::mhc;
   int64_t streams = 4;
   int64_t sinkhorn_iters = 20;
+  VariantOptions variant_options = {};  // jpmhc's Cayley steps and scale, gomhc's block size
   BiasInit bias_init = {};
   StreamHead head = StreamHead::sum;
   // The activations' dtype: float32, or bfloat16 (mixed precision: the sublayers compute on bf16

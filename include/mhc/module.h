@@ -39,6 +39,7 @@ struct HyperConnectionOptions {
   TORCH_ARG(int64_t, dim);
   TORCH_ARG(int64_t, sublayer_index) = 0;  // l: attention and MLP sublayers are counted separately
   TORCH_ARG(int64_t, sinkhorn_iters) = 20;
+  TORCH_ARG(VariantOptions, variant_options) = {};  // jpmhc's and gomhc's (mhc/variant.h)
   TORCH_ARG(BiasInit, bias_init) = {};
   TORCH_ARG(bool, use_reference) = false;  // run the plain-LibTorch reference instead of the fused ops
 };

@@ -1,6 +1,9 @@
 // The library's seam: the two differentiable ops of one sublayer (DESIGN.md §4).
 //
 //   pre(x, phi, bias, alpha, variant, t) -> (h, H_pre, H_post, H_res)   coefficients + pre-mix
+//
+// (the registered ops take the variant as a spec string with its options, mhc/variant.h's
+// variant_spec; the C++ entry points take Variant and VariantOptions)
 //   post(x, y, H_post, H_res)         -> x_next                      res-mix + post-mix
 //
 // and, between two consecutive sublayers, the two as one op:
@@ -48,24 +51,29 @@ struct PreOutput {
 };
 
 PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-              const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
+              const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20,
+              const VariantOptions& options = {});
 PreOutput pre_joint(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-                    const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
+                    const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20,
+              const VariantOptions& options = {});
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
 // pre(post(x, y, H_post, H_res), phi, bias, alpha, …), with post's output in x_next.
 PreOutput boundary(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res, const torch::Tensor& phi, const torch::Tensor& bias,
-                   const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
+                   const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20,
+              const VariantOptions& options = {});
 
 namespace reference {
 PreOutput pre(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-              const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
+              const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20,
+              const VariantOptions& options = {});
 torch::Tensor post(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res);
 PreOutput boundary(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                    const torch::Tensor& H_res, const torch::Tensor& phi, const torch::Tensor& bias,
-                   const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20);
+                   const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters = 20,
+              const VariantOptions& options = {});
 // The n! permutation matrices in lexicographic order of (σ(0), …, σ(n−1)); P[k][i][σ_k(i)] = 1.
 torch::Tensor permutation_matrices(int64_t n, torch::ScalarType dtype = torch::kFloat);
 }  // namespace reference
@@ -80,7 +88,8 @@ torch::Tensor projection_weights(const torch::Tensor& phi, torch::ScalarType x);
 // Validation shared by every backend and by the reference: throws c10::Error with a one-line
 // message naming the bad value and what is accepted. Returns the variant's layout.
 Layout check_pre_args(const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-                      const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters);
+                      const torch::Tensor& alpha, Variant variant, int64_t sinkhorn_iters,
+                      const VariantOptions& options = {});
 void check_post_args(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& H_post,
                      const torch::Tensor& H_res);
 

@@ -7,8 +7,10 @@
 #include <vector>
 
 #include "variants/common.h"
+#include "variants/gomhc.h"
 #include "variants/hc.h"
 #include "variants/ihc.h"
+#include "variants/jpmhc.h"
 #include "variants/kromhc.h"
 #include "variants/mhc.h"
 #include "variants/mhc_v4.h"
@@ -29,6 +31,8 @@ MHC_HD decltype(auto) with_variant(Variant variant, F&& f) {
     case Variant::mhc_lite: return f(std::integral_constant<Variant, Variant::mhc_lite>{});
     case Variant::kromhc: return f(std::integral_constant<Variant, Variant::kromhc>{});
     case Variant::ihc: return f(std::integral_constant<Variant, Variant::ihc>{});
+    case Variant::jpmhc: return f(std::integral_constant<Variant, Variant::jpmhc>{});
+    case Variant::gomhc: return f(std::integral_constant<Variant, Variant::gomhc>{});
     default: return f(std::integral_constant<Variant, Variant::residual>{});  // variants are checked when parsed
   }
 }

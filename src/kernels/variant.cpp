@@ -1,9 +1,15 @@
 // Names of the residual family, and its per-variant facts (stream limits, parameter layouts,
-// initial values) dispatched to each variant's header in variants/, and the Sinkhorn–Knopp
-// iteration counts each variant takes (see include/mhc/variant.h).
+// initial values) dispatched to each variant's header in variants/, the options of the orthogonal
+// variants and the spec strings that carry them, and the Sinkhorn–Knopp iteration counts each
+// variant takes (see include/mhc/variant.h).
 #include "mhc/variant.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
 #include <stdexcept>
+#include <vector>
 
 #include "coefficients.h"
 
@@ -17,6 +23,8 @@ Variant parse_variant(const std::string& name) {
   if (name == "mhc-lite" || name == "mhc_lite") return Variant::mhc_lite;
   if (name == "kromhc") return Variant::kromhc;
   if (name == "ihc") return Variant::ihc;
+  if (name == "jpmhc") return Variant::jpmhc;
+  if (name == "gomhc") return Variant::gomhc;
   throw std::invalid_argument("unknown variant '" + name + "' (accepted: " + variant_names() + ")");
 }
 
@@ -29,11 +37,99 @@ const char* variant_name(Variant variant) {
     case Variant::mhc_lite: return "mhc-lite";
     case Variant::kromhc: return "kromhc";
     case Variant::ihc: return "ihc";
+    case Variant::jpmhc: return "jpmhc";
+    case Variant::gomhc: return "gomhc";
   }
   return "?";
 }
 
-const char* variant_names() { return "residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc"; }
+const char* variant_names() { return "residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc, jpmhc, gomhc"; }
+
+namespace {
+
+// The options a variant takes, as the spec names them.
+std::vector<std::string> option_keys(Variant variant) {
+  if (variant == Variant::jpmhc) return {"cayley_iters", "cayley_scale"};
+  if (variant == Variant::gomhc) return {"block_size"};
+  return {};
+}
+
+std::string joined(const std::vector<std::string>& words) {
+  std::string out;
+  for (const std::string& w : words) out += (out.empty() ? "" : ", ") + w;
+  return out;
+}
+
+// One "key=value" of a spec into options; std::invalid_argument naming what is wrong.
+void set_option(Variant variant, const std::string& item, VariantOptions& options) {
+  const size_t eq = item.find('=');
+  const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+  const std::vector<std::string> keys = option_keys(variant);
+  if (std::find(keys.begin(), keys.end(), key) == keys.end())
+    throw std::invalid_argument(std::string(variant_name(variant)) + " takes no option '" + key + "' (accepted: " +
+                                (keys.empty() ? "none" : joined(keys)) + ")");
+  try {
+    size_t used = 0;
+    if (key == "cayley_scale") {
+      options.cayley_scale = std::stod(value, &used);
+    } else {
+      const int number = std::stoi(value, &used);
+      (key == "block_size" ? options.block_size : options.cayley_iters) = number;
+    }
+    if (used != value.size()) throw std::invalid_argument("trailing characters");
+  } catch (const std::exception&) {
+    throw std::invalid_argument("option " + key + " of " + variant_name(variant) + " needs a number, got '" + value + "'");
+  }
+}
+
+}  // namespace
+
+VariantSpec parse_variant_spec(const std::string& spec) {
+  const size_t colon = spec.find(':');
+  VariantSpec out{parse_variant(spec.substr(0, colon)), {}};
+  if (colon == std::string::npos) return out;
+  std::stringstream items(spec.substr(colon + 1));
+  for (std::string item; std::getline(items, item, ',');) set_option(out.variant, item, out.options);
+  check_variant_options(out.variant, out.options);
+  return out;
+}
+
+std::string variant_spec(Variant variant, const VariantOptions& options) {
+  const VariantOptions defaults;
+  std::vector<std::string> items;
+  if (options.block_size != defaults.block_size) items.push_back("block_size=" + std::to_string(options.block_size));
+  if (options.cayley_iters != defaults.cayley_iters)
+    items.push_back("cayley_iters=" + std::to_string(options.cayley_iters));
+  if (options.cayley_scale != defaults.cayley_scale) {
+    char scale[32];
+    std::snprintf(scale, sizeof scale, "%.17g", options.cayley_scale);  // round-trips the double
+    items.push_back(std::string("cayley_scale=") + scale);
+  }
+  std::string out = variant_name(variant);
+  for (size_t i = 0; i < items.size(); ++i) out += (i == 0 ? ":" : ",") + items[i];
+  return out;
+}
+
+void check_variant_options(Variant variant, const VariantOptions& options) {
+  const VariantOptions defaults;
+  const std::vector<std::string> keys = option_keys(variant);
+  auto own = [&](const char* key) { return std::find(keys.begin(), keys.end(), key) != keys.end(); };
+  auto refuse_foreign = [&](const char* key, bool is_default) {
+    if (!is_default && !own(key))
+      throw std::invalid_argument(std::string(variant_name(variant)) + " takes no option " + key + " (accepted: " +
+                                  (keys.empty() ? "none" : joined(keys)) + ")");
+  };
+  refuse_foreign("block_size", options.block_size == defaults.block_size);
+  refuse_foreign("cayley_iters", options.cayley_iters == defaults.cayley_iters);
+  refuse_foreign("cayley_scale", options.cayley_scale == defaults.cayley_scale);
+  if (options.block_size != 1 && options.block_size != 2)
+    throw std::invalid_argument("gomhc takes block_size 1 or 2, got " + std::to_string(options.block_size));
+  if (options.cayley_iters < 0 || options.cayley_iters > kMaxCayleyIters)
+    throw std::invalid_argument("jpmhc takes cayley_iters in [0, " + std::to_string(kMaxCayleyIters) +
+                                "] (0 = the exact Cayley map), got " + std::to_string(options.cayley_iters));
+  if (!std::isfinite(options.cayley_scale) || options.cayley_scale <= 0)
+    throw std::invalid_argument("jpmhc takes a finite cayley_scale > 0, got " + std::to_string(options.cayley_scale));
+}
 
 int factorial(int n) {
   int f = 1;
@@ -44,8 +140,9 @@ int factorial(int n) {
 using kernels::VariantMath;
 using kernels::with_variant;
 
-void check_streams(Variant variant, int64_t n) {
-  with_variant(variant, [&](auto k) { VariantMath<decltype(k)::value>::check_streams(n); });
+void check_streams(Variant variant, int64_t n, const VariantOptions& options) {
+  check_variant_options(variant, options);
+  with_variant(variant, [&](auto k) { VariantMath<decltype(k)::value>::check_streams(n, options); });
 }
 
 SinkhornIters sinkhorn_iters_range(Variant variant) {
@@ -64,9 +161,9 @@ void check_sinkhorn_iters(Variant variant, int64_t t) {
                                 "), got " + std::to_string(t));
 }
 
-Layout layout(Variant variant, int64_t n, int64_t C) {
-  check_streams(variant, n);
-  return with_variant(variant, [&](auto k) { return VariantMath<decltype(k)::value>::layout(n, C); });
+Layout layout(Variant variant, int64_t n, int64_t C, const VariantOptions& options) {
+  check_streams(variant, n, options);
+  return with_variant(variant, [&](auto k) { return VariantMath<decltype(k)::value>::layout(n, C, options); });
 }
 
 ShapeNames shape_names(Variant variant) {
@@ -74,9 +171,9 @@ ShapeNames shape_names(Variant variant) {
 }
 
 void initial_bias_and_alpha(Variant variant, int64_t n, int64_t lead, double stream_logit, double res_off_logit, float* bias,
-                            float* alpha) {
+                            float* alpha, const VariantOptions& options) {
   with_variant(variant, [&](auto k) {
-    VariantMath<decltype(k)::value>::initial_bias_and_alpha(n, lead, stream_logit, res_off_logit, bias, alpha);
+    VariantMath<decltype(k)::value>::initial_bias_and_alpha(n, lead, stream_logit, res_off_logit, bias, alpha, options);
   });
 }
 

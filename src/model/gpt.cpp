@@ -51,7 +51,7 @@ void GPTConfig::check() const {
   if (seq_len < 1) bad("--seq-len must be at least 1, got " + std::to_string(seq_len));
   if (variant == Variant::residual && streams != 1)
     bad("--streams " + std::to_string(streams) + " with --variant residual: the plain residual has one stream");
-  check_streams(variant, streams);
+  check_streams(variant, streams, variant_options);
   if (head == StreamHead::hyper && variant == Variant::residual)
     bad("--head hyper weighs the n streams, and the plain residual has one: use --head sum with --variant residual");
   if (dtype != torch::kFloat && dtype != torch::kBFloat16)
@@ -159,6 +159,7 @@ BlockImpl::BlockImpl(const GPTConfig& c, int64_t index) {
     return HyperConnectionOptions(c.variant, c.streams, c.dim)
         .sublayer_index(sublayer)
         .sinkhorn_iters(c.sinkhorn_iters)
+        .variant_options(c.variant_options)
         .bias_init(c.bias_init);
   };
   attention_connection = register_module("attn_hc", HyperConnection(options(2 * index)));

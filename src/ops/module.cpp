@@ -17,7 +17,7 @@ BiasInit BiasInit::named(const std::string& name) {
 }
 
 void check(const HyperConnectionOptions& o) {
-  check_streams(o.variant(), o.streams());
+  check_streams(o.variant(), o.streams(), o.variant_options());
   if (o.dim() < 1) throw std::invalid_argument("dim (the width C) must be at least 1, got " + std::to_string(o.dim()));
   if (o.sublayer_index() < 0)
     throw std::invalid_argument("sublayer_index (the sublayer's place in the stack) must be at least 0, got " +
@@ -28,14 +28,14 @@ void check(const HyperConnectionOptions& o) {
 Parameters initial_parameters(const HyperConnectionOptions& o) {
   check(o);
   const int64_t n = o.streams(), C = o.dim();
-  const Layout l = layout(o.variant(), n, C);
+  const Layout l = layout(o.variant(), n, C, o.variant_options());
   const int64_t lead = o.sublayer_index() % n;  // the stream this sublayer reads and writes first
   // float32 whatever torch's default dtype: these are the fp32 masters (DESIGN.md §1).
   const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32);
   Parameters p{torch::zeros({l.proj_rows, l.proj_cols}, fp32), torch::zeros({l.bias_size}, fp32),
                torch::zeros({l.alpha_size}, fp32)};
   initial_bias_and_alpha(o.variant(), n, lead, o.bias_init().stream_logit, o.bias_init().res_off_logit,
-                         p.bias.data_ptr<float>(), p.alpha.data_ptr<float>());
+                         p.bias.data_ptr<float>(), p.alpha.data_ptr<float>(), o.variant_options());
   return p;
 }
 
@@ -64,9 +64,11 @@ PreOutput HyperConnectionImpl::pre(const Tensor& x) {
   // Parameters follow x's device and dtype (float32 under bfloat16 storage: they are the fp32
   // masters), so a double-precision check needs no second module.
   auto like = [&](const Tensor& t) { return t.to(x.device(), coefficient_dtype(x.scalar_type())); };
-  PreOutput out = options_.use_reference()
-                      ? reference::pre(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters())
-                      : mhc::pre_joint(flat, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters());
+  const HyperConnectionOptions& o = options_;
+  PreOutput out = o.use_reference() ? reference::pre(flat, like(phi), like(bias), like(alpha), o.variant(),
+                                                     o.sinkhorn_iters(), o.variant_options())
+                                    : mhc::pre_joint(flat, like(phi), like(bias), like(alpha), o.variant(),
+                                                     o.sinkhorn_iters(), o.variant_options());
   // x_post: x for this sublayer's post; from the fused op its gradient joins pre's in the kernel.
   if (!out.x_post.defined()) out.x_post = flat;
   return shaped_like(out, x);
@@ -112,11 +114,11 @@ PreOutput HyperConnectionImpl::boundary(const Tensor& x, const Tensor& y, const 
                     c10::IntArrayRef(y_sizes), " (x without its stream dim), got ", y.sizes());
   auto like = [&](const Tensor& t) { return t.to(x.device(), coefficient_dtype(x.scalar_type())); };
   const Tensor yf = y.reshape({N, C}), hp = before.H_post.reshape({N, n}), hr = before.H_res.reshape({N, n, n});
-  const PreOutput out =
-      options_.use_reference()
-          ? reference::boundary(flat, yf, hp, hr, like(phi), like(bias), like(alpha), options_.variant(),
-                                options_.sinkhorn_iters())
-          : mhc::boundary(flat, yf, hp, hr, like(phi), like(bias), like(alpha), options_.variant(), options_.sinkhorn_iters());
+  const HyperConnectionOptions& o = options_;
+  const PreOutput out = o.use_reference() ? reference::boundary(flat, yf, hp, hr, like(phi), like(bias), like(alpha),
+                                                                o.variant(), o.sinkhorn_iters(), o.variant_options())
+                                          : mhc::boundary(flat, yf, hp, hr, like(phi), like(bias), like(alpha),
+                                                          o.variant(), o.sinkhorn_iters(), o.variant_options());
   return shaped_like(out, x);
 }
 
@@ -287,7 +289,9 @@ TORCH_LIBRARY_FRAGMENT(mhc, m) {
         [](c10::string_view variant, int64_t streams, int64_t dim, int64_t sublayer_index, double stream_logit,
            double res_off_logit, int64_t sinkhorn_iters) {
           try {
-            const auto o = mhc::HyperConnectionOptions(mhc::parse_variant(std::string(variant)), streams, dim)
+            const mhc::VariantSpec spec = mhc::parse_variant_spec(std::string(variant));
+            const auto o = mhc::HyperConnectionOptions(spec.variant, streams, dim)
+                               .variant_options(spec.options)
                                .sublayer_index(sublayer_index)
                                .sinkhorn_iters(sinkhorn_iters)
                                .bias_init({stream_logit, res_off_logit});

@@ -13,13 +13,15 @@
 
 namespace mhc::ops {
 
-// The op's `variant` string -> Variant; a bad name is a c10::ValueError naming it and the accepted list.
-Variant variant_or_throw(c10::string_view name);
+// The op's `variant` string (a spec: the name and any options, mhc/variant.h) -> the variant and
+// its options; a bad name or option is a c10::ValueError naming it and what is accepted.
+VariantSpec variant_or_throw(c10::string_view spec);
 
 // The inputs of `pre`, validated and made contiguous, as both directions' kernels read them; each
 // backend adds the kernel_inputs() of its own kernel interface.
 struct PreArgs {
   torch::Tensor x, phi, bias, alpha;
+  VariantSpec spec;
   Variant variant;
   int64_t sinkhorn_iters;
   Layout layout;
@@ -27,7 +29,8 @@ struct PreArgs {
   PreArgs(const torch::Tensor& x_, const torch::Tensor& phi_, const torch::Tensor& bias_, const torch::Tensor& alpha_,
           c10::string_view name, int64_t t)
       : x(x_.contiguous()), phi(phi_.contiguous()), bias(bias_.contiguous()), alpha(alpha_.contiguous()),
-        variant(variant_or_throw(name)), sinkhorn_iters(t), layout(check_pre_args(x_, phi_, bias_, alpha_, variant, t)) {}
+        spec(variant_or_throw(name)), variant(spec.variant), sinkhorn_iters(t),
+        layout(check_pre_args(x_, phi_, bias_, alpha_, variant, t, spec.options)) {}
 };
 
 // pre_bwd and post_bwd are reachable from Python (torch.ops.mhc.*), so their gradient and saved
@@ -36,8 +39,8 @@ struct PreArgs {
 void check_pre_bwd_args(const torch::Tensor& dh, const c10::optional<torch::Tensor>& dH_pre,
                         const c10::optional<torch::Tensor>& dH_post, const c10::optional<torch::Tensor>& dH_res,
                         const torch::Tensor& x, const torch::Tensor& phi, const torch::Tensor& bias,
-                        const torch::Tensor& alpha, const torch::Tensor& proj, const torch::Tensor& rms, Variant variant,
-                        int64_t sinkhorn_iters, const c10::optional<torch::Tensor>& dx_add);
+                        const torch::Tensor& alpha, const torch::Tensor& proj, const torch::Tensor& rms,
+                        const VariantSpec& spec, int64_t sinkhorn_iters, const c10::optional<torch::Tensor>& dx_add);
 void check_post_bwd_args(const torch::Tensor& dout, const torch::Tensor& x, const torch::Tensor& y,
                          const torch::Tensor& H_post, const torch::Tensor& H_res);
 

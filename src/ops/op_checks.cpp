@@ -13,9 +13,9 @@ namespace mhc {
 
 using torch::Tensor;
 
-Variant ops::variant_or_throw(c10::string_view name) {
+VariantSpec ops::variant_or_throw(c10::string_view spec) {
   try {
-    return parse_variant(std::string(name));
+    return parse_variant_spec(std::string(spec));
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, "mhc.pre: ", e.what());
   }
@@ -58,7 +58,7 @@ Tensor projection_weights(const Tensor& phi, torch::ScalarType x) {
 }
 
 Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
-                      int64_t sinkhorn_iters) {
+                      int64_t sinkhorn_iters, const VariantOptions& options) {
   const char* op = "mhc.pre";
   TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be 3-D [N, n, C] (tokens, streams, width), got shape ",
                     shape_of(x));
@@ -74,7 +74,7 @@ Layout check_pre_args(const Tensor& x, const Tensor& phi, const Tensor& bias, co
   TORCH_CHECK_VALUE(C >= 1, op, ": x's width C must be at least 1, got shape ", shape_of(x));
   Layout l;
   try {
-    l = layout(variant, n, C);
+    l = layout(variant, n, C, options);
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, op, ": ", e.what(), " (x has shape ", shape_of(x), ")");
   }
@@ -107,10 +107,10 @@ void check_post_args(const Tensor& x, const Tensor& y, const Tensor& H_post, con
 
 void ops::check_pre_bwd_args(const Tensor& dh, const c10::optional<Tensor>& dH_pre, const c10::optional<Tensor>& dH_post,
                              const c10::optional<Tensor>& dH_res, const Tensor& x, const Tensor& phi, const Tensor& bias,
-                             const Tensor& alpha, const Tensor& proj, const Tensor& rms, Variant variant,
+                             const Tensor& alpha, const Tensor& proj, const Tensor& rms, const VariantSpec& spec,
                              int64_t sinkhorn_iters, const c10::optional<Tensor>& dx_add) {
   const char* op = "mhc.pre_bwd";
-  const Layout l = check_pre_args(x, phi, bias, alpha, variant, sinkhorn_iters);
+  const Layout l = check_pre_args(x, phi, bias, alpha, spec.variant, sinkhorn_iters, spec.options);
   const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
   const auto coefficients = coefficient_dtype(x.scalar_type());
   check_like(op, "dh", dh, x, x.scalar_type());

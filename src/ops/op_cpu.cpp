@@ -39,7 +39,7 @@ struct PreArgs : ops::PreArgs {
     return {x.data_ptr<scalar_t>(), phi.data_ptr<scalar_t>(),   bias.data_ptr<scalar_t>(),
             alpha.data_ptr<scalar_t>(), x.size(0),                static_cast<int>(x.size(1)),
             x.size(2),                variant,                      static_cast<int>(sinkhorn_iters),
-            kernel_threads()};
+            spec.options,             kernel_threads()};
   }
 };
 
@@ -65,7 +65,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pre_fwd_cpu(const Ten
                                                                        const Tensor& bias, const Tensor& alpha,
                                                                        c10::string_view variant, int64_t t) {
   if (is_bf16(x)) {
-    check_pre_args(x, phi, bias, alpha, variant_or_throw(variant), t);
+    const VariantSpec spec = variant_or_throw(variant);
+    check_pre_args(x, phi, bias, alpha, spec.variant, t, spec.options);
     auto out = pre_fwd_cpu(upcast(x), projection_weights(phi, torch::kBFloat16), bias, alpha, variant, t);
     std::get<0>(out) = downcast(std::get<0>(out));
     return out;

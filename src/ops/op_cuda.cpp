@@ -67,17 +67,22 @@ const int* permutations_on(const Tensor& x, Variant variant, int n) {
 }
 
 // `pre`'s inputs for the CUDA kernels, with phi in the storage dtype: the projection GEMM's operand.
+// A centred read (jpmhc's LayerNorm) projects with phi's columns centred, so that the GEMM gives
+// (v − mean)·phi; its gradient is centred likewise after the GEMM (pre_bwd_cuda).
 struct PreArgs : ops::PreArgs {
   Tensor phi_stored;
 
   PreArgs(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, c10::string_view name, int64_t t)
-      : ops::PreArgs(x, phi, bias, alpha, name, t), phi_stored(this->phi.to(x.scalar_type())) {}
+      : ops::PreArgs(x, phi, bias, alpha, name, t),
+        phi_stored((layout.centred ? centred_columns(this->phi) : this->phi).to(x.scalar_type())) {}
+
+  static Tensor centred_columns(const Tensor& w) { return w - w.mean(0, /*keepdim=*/true); }
 
   template <typename S>
   cuda::PreInputs<typename S::kernel> kernel_inputs() const {
     return {storage_ptr<S>(x), storage_ptr<S>(phi_stored), bias.data_ptr<float>(), alpha.data_ptr<float>(),
             permutations_on(x, variant, static_cast<int>(x.size(1))), x.size(0), static_cast<int>(x.size(1)), x.size(2),
-            variant, static_cast<int>(sinkhorn_iters)};
+            variant, static_cast<int>(sinkhorn_iters), spec.options};
   }
 };
 
@@ -118,7 +123,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
   const int64_t N = x.size(0), C = x.size(2);
   const int n = static_cast<int>(x.size(1));
   const Tensor workspace = torch::empty(
-      {static_cast<int64_t>(cuda::pre_backward_workspace_bytes(a.variant, n, C, N, x.element_size()))},
+      {static_cast<int64_t>(cuda::pre_backward_workspace_bytes(a.variant, n, C, N, x.element_size(), a.spec.options))},
       x.options().dtype(torch::kByte));
   with_storage("mhc.pre_backward", x, [&](auto s) {
     using S = decltype(s);
@@ -132,6 +137,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pre_bwd_cuda(const Tensor& dh_, const
   });
   // Not yet inside the CUDA kernel: one more pass over dx (the CPU kernel adds it as it writes dx).
   if (b.dx_add.defined()) b.dx.add_(b.dx_add);
+  if (a.layout.centred) b.dphi.copy_(PreArgs::centred_columns(b.dphi));
   return b.gradients();
 }
 

@@ -92,10 +92,11 @@ class PreFunction : public torch::autograd::Function<PreFunction> {
     rebuild_if_released(s[0]);
     const bool joint = ctx->saved_data["joint"].toBool();
     if (torch::GradMode::is_enabled()) {  // create_graph: a gradient that is itself differentiable
-      const Variant variant = variant_or_throw(ctx->saved_data["variant"].toStringRef());
+      const VariantSpec spec = variant_or_throw(ctx->saved_data["variant"].toStringRef());
       return differentiable_backward(
           [&](const variable_list& in) {
-            const PreOutput o = reference::pre(in[0], in[1], in[2], in[3], variant, ctx->saved_data["t"].toInt());
+            const PreOutput o = reference::pre(in[0], in[1], in[2], in[3], spec.variant, ctx->saved_data["t"].toInt(),
+                                               spec.options);
             if (joint) return variable_list{o.h, o.H_pre, o.H_post, o.H_res, in[0]};
             return variable_list{o.h, o.H_pre, o.H_post, o.H_res};
           },
@@ -161,10 +162,11 @@ class BoundaryFunction : public torch::autograd::Function<BoundaryFunction> {
     rebuild_if_released(s[0]), rebuild_if_released(s[7]);  // x, and x_next (the state it made)
     const int64_t t = ctx->saved_data["t"].toInt();
     if (torch::GradMode::is_enabled()) {  // create_graph, as in PreFunction
-      const Variant variant = variant_or_throw(ctx->saved_data["variant"].toStringRef());
+      const VariantSpec spec = variant_or_throw(ctx->saved_data["variant"].toStringRef());
       return differentiable_backward(
           [&](const variable_list& in) {
-            const PreOutput o = reference::boundary(in[0], in[1], in[2], in[3], in[4], in[5], in[6], variant, t);
+            const PreOutput o =
+                reference::boundary(in[0], in[1], in[2], in[3], in[4], in[5], in[6], spec.variant, t, spec.options);
             return variable_list{o.x_next, o.h, o.H_pre, o.H_post, o.H_res};
           },
           {s[0], s[1], s[2], s[3], s[4], s[5], s[6]}, grads, /*non_tensor_args=*/2);
@@ -224,16 +226,17 @@ Tensor post_autograd(const Tensor& x, const Tensor& y, const Tensor& H_post, con
 }  // namespace
 
 PreOutput pre(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
-              int64_t sinkhorn_iters) {
+              int64_t sinkhorn_iters, const VariantOptions& options) {
   static auto handle = op<ops::PreFn>("mhc::pre");
-  auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
+  auto [h, H_pre, H_post, H_res] = handle.call(x, phi, bias, alpha, variant_spec(variant, options), sinkhorn_iters);
   return {h, H_pre, H_post, H_res, Tensor(), Tensor()};
 }
 
 PreOutput pre_joint(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
-                    int64_t sinkhorn_iters) {
+                    int64_t sinkhorn_iters, const VariantOptions& options) {
   static auto handle = op<ops::PreJointFn>("mhc::pre_joint");
-  auto [h, H_pre, H_post, H_res, x_post] = handle.call(x, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
+  auto [h, H_pre, H_post, H_res, x_post] =
+      handle.call(x, phi, bias, alpha, variant_spec(variant, options), sinkhorn_iters);
   return {h, H_pre, H_post, H_res, x_post, Tensor()};
 }
 
@@ -243,10 +246,11 @@ Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor
 }
 
 PreOutput boundary(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res, const Tensor& phi,
-                   const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters) {
+                   const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters,
+                   const VariantOptions& options) {
   static auto handle = op<ops::BoundaryFn>("mhc::boundary");
   auto [x_next, h, H_pre, H_post_next, H_res_next] =
-      handle.call(x, y, H_post, H_res, phi, bias, alpha, variant_name(variant), sinkhorn_iters);
+      handle.call(x, y, H_post, H_res, phi, bias, alpha, variant_spec(variant, options), sinkhorn_iters);
   return {h, H_pre, H_post_next, H_res_next, Tensor(), x_next};
 }
 

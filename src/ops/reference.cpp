@@ -144,6 +144,48 @@ Coefficients kromhc_coefficients(const Tensor& x, const Tensor& phi, const Tenso
   });
 }
 
+// The Cayley map (I − B)⁻¹(I + B) of skew B [N, d, d] by a linear solve, or with iters > 0 JPmHC's
+// fixed-point steps Y ← I + B·(I + Y) from Y = I + 2B.
+Tensor cayley(const Tensor& B, int64_t iters) {
+  const Tensor I = torch::eye(B.size(1), B.options()).expand_as(B);
+  if (iters == 0) return torch::linalg_solve(I - B, I + B);
+  Tensor Y = I + 2 * B;
+  for (int64_t i = 0; i < iters; ++i) Y = I + B.matmul(I + Y);
+  return Y;
+}
+
+// go-mHC: A skew from the strict upper triangle (row-major), O = (I − A)(I + A)⁻¹ = Cayley(−A),
+// H_res the block means of O's squares over s×s blocks.
+Coefficients gomhc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
+                                const VariantOptions& options) {
+  const int64_t N = x.size(0), n = x.size(1), s = options.block_size, d = n * s;
+  return sigma_family_coefficients(x, phi, bias, alpha, [&](const Tensor& theta) {
+    const Tensor upper = torch::triu_indices(d, d, 1, torch::TensorOptions().device(x.device()));
+    Tensor A = theta.new_zeros({N, d * d}).index_copy(1, upper[0] * d + upper[1], theta).view({N, d, d});
+    A = A - A.transpose(1, 2);
+    const Tensor O = cayley(-A, 0);
+    return O.square().view({N, n, s, n, s}).sum({2, 4}) / double(s);
+  });
+}
+
+// JPmHC: a LayerNorm read (no affine), three n×n logit blocks; H_pre the column means of the pre
+// block's row softmaxes, H_post the row sums of the post block's column softmaxes, H_res the
+// Cayley map of (β/2)·(Z − Zᵀ).
+Coefficients jpmhc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha,
+                                const VariantOptions& options) {
+  const int64_t N = x.size(0), n = x.size(1), C = x.size(2);
+  const Tensor v = x.reshape({N, n * C});
+  const Tensor centred = v - v.mean(-1, true);
+  const Tensor u = centred / (centred.square().mean(-1, true) + kRmsEps).sqrt();
+  const Tensor g = u.matmul(phi);  // [N, 3n²]
+  auto block = [&](int64_t k) {
+    return (alpha[k] * g.slice(1, k * n * n, (k + 1) * n * n) + bias.slice(0, k * n * n, (k + 1) * n * n)).view({N, n, n});
+  };
+  const Tensor Z = block(2);
+  const Tensor B = 0.5 * options.cayley_scale * (Z - Z.transpose(1, 2));
+  return {block(0).softmax(2).mean(1), block(1).softmax(1).sum(2), cayley(B, options.cayley_iters)};
+}
+
 Coefficients ihc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha) {
   const int64_t N = x.size(0), n = x.size(1);
   return sigma_family_coefficients(x, phi, bias, alpha, [&](const Tensor&) {
@@ -152,7 +194,7 @@ Coefficients ihc_coefficients(const Tensor& x, const Tensor& phi, const Tensor& 
 }
 
 Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias, const Tensor& alpha, Variant variant,
-                          int64_t sinkhorn_iters) {
+                          int64_t sinkhorn_iters, const VariantOptions& options) {
   switch (variant) {
     case Variant::hc: return hc_coefficients(x, phi, bias, alpha);
     case Variant::mhc: return mhc_coefficients(x, phi, bias, alpha, sinkhorn_iters);
@@ -160,6 +202,8 @@ Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias
     case Variant::mhc_lite: return mhc_lite_coefficients(x, phi, bias, alpha);
     case Variant::kromhc: return kromhc_coefficients(x, phi, bias, alpha);
     case Variant::ihc: return ihc_coefficients(x, phi, bias, alpha);
+    case Variant::jpmhc: return jpmhc_coefficients(x, phi, bias, alpha, options);
+    case Variant::gomhc: return gomhc_coefficients(x, phi, bias, alpha, options);
     case Variant::residual: break;
   }
   return residual_coefficients(x);
@@ -168,11 +212,11 @@ Coefficients coefficients(const Tensor& x, const Tensor& phi, const Tensor& bias
 }  // namespace
 
 PreOutput pre(const Tensor& x_stored, const Tensor& phi_master, const Tensor& bias, const Tensor& alpha, Variant variant,
-              int64_t sinkhorn_iters) {
-  check_pre_args(x_stored, phi_master, bias, alpha, variant, sinkhorn_iters);
+              int64_t sinkhorn_iters, const VariantOptions& options) {
+  check_pre_args(x_stored, phi_master, bias, alpha, variant, sinkhorn_iters, options);
   const Tensor x = math(x_stored);
   const Coefficients c = coefficients(x, projection_weights(phi_master, x_stored.scalar_type()), bias, alpha, variant,
-                                      sinkhorn_iters);
+                                      sinkhorn_iters, options);
   const Tensor h = (c.H_pre.unsqueeze(-1) * x).sum(1).to(x_stored.scalar_type());
   return {h, c.H_pre, c.H_post, c.H_res, Tensor(), Tensor()};
 }
@@ -183,9 +227,10 @@ Tensor post(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor
 }
 
 PreOutput boundary(const Tensor& x, const Tensor& y, const Tensor& H_post, const Tensor& H_res, const Tensor& phi,
-                   const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters) {
+                   const Tensor& bias, const Tensor& alpha, Variant variant, int64_t sinkhorn_iters,
+                   const VariantOptions& options) {
   const Tensor x_next = reference::post(x, y, H_post, H_res);
-  PreOutput out = reference::pre(x_next, phi, bias, alpha, variant, sinkhorn_iters);
+  PreOutput out = reference::pre(x_next, phi, bias, alpha, variant, sinkhorn_iters, options);
   out.x_next = x_next;
   return out;
 }

@@ -25,6 +25,7 @@ struct PreInputs {
   int64_t C;
   Variant variant;
   int sinkhorn_iters;
+  VariantOptions options;
   int threads;
 };
 

@@ -25,6 +25,12 @@
 //
 // Outputs of kNonTemporalBytes or more go to memory with non-temporal stores (simd.h): h, dx, and at
 // a boundary the post's dx and dy. x_next is stored through the cache: its tile is projected at once.
+//
+// A LayerNorm read (jpmhc, Layout::centred) projects with phi's columns centred, phi_c = phi −
+// 1·mean_rows(phi), so that v·phi_c = (v − mean)·phi with no second pass over x; r is then the
+// standard deviation, from a pass over each token while its tile is in cache. Backward, the
+// norm's term of dx is dr·(x − mean)/(K·r) and phi's gradient is phi_c's with its column means
+// removed.
 #include <omp.h>
 
 #include <algorithm>
@@ -118,6 +124,41 @@ void write_dx(T* dx, const DxTerms<T>& t, int64_t C) {
   else write_dx_row<kNonTemporal, false, false>(dx, t, C);
 }
 
+// phi [K, m] with each column's mean subtracted: the weights a centred read projects with.
+template <typename T>
+std::vector<T> centred_columns(const T* phi, int64_t K, int64_t m) {
+  std::vector<T> mean(m, T(0)), out(phi, phi + K * m);
+  for (int64_t c = 0; c < K; ++c)
+    for (int64_t j = 0; j < m; ++j) mean[j] += phi[c * m + j];
+  for (int64_t c = 0; c < K; ++c)
+    for (int64_t j = 0; j < m; ++j) out[c * m + j] -= mean[j] / T(K);
+  return out;
+}
+
+// The mean of a token's K values, and their standard deviation with the norm's eps.
+template <typename T>
+T token_mean(const T* v, int64_t K) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < K; ++c) sum += v[c];
+  return sum / T(K);
+}
+template <typename T>
+T token_deviation(const T* v, int64_t K, T mean) {
+  T ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t c = 0; c < K; ++c) ss += (v[c] - mean) * (v[c] - mean);
+  return std::sqrt(ss / T(K) + T(kRmsEps));
+}
+
+// The weights the projection reads: phi, or its centred copy (kept in `storage`) for a centred read.
+template <typename T>
+const T* projection_phi(const CallVariant<T>& v, const T* phi, std::vector<T>& storage) {
+  if (!v.centred) return phi;
+  storage = centred_columns(phi, v.K, v.m);
+  return storage.data();
+}
+
 // ---------------------------------------------------------------------------------------------
 // pre's forward; with `post`, the boundary's: each tile of p.in.x (= x_next) is first written by
 // the post before, and projected while in cache.
@@ -127,8 +168,10 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
   const int n = p.in.n;
   const int64_t C = p.in.C, m = v.m, per_tile = tile_tokens(m), tiles = (p.in.N + per_tile - 1) / per_tile;
   const bool direct = p.in.N * v.P <= kDirectProjectionRows;
+  std::vector<T> centred_phi;
+  const T* phi = projection_phi(v, p.in.phi, centred_phi);
   const std::vector<T> phiT =
-      direct ? std::vector<T>() : transpose_phi(p.in.phi, v.K, m, padded(m, kDotCols), staged_stride<T>(v.K));
+      direct ? std::vector<T>() : transpose_phi(phi, v.K, m, padded(m, kDotCols), staged_stride<T>(v.K));
   const bool nt_h = bypasses_cache(p.h, C, p.in.N * C);
 
 #pragma omp parallel num_threads(thread_count(p.in.threads, tiles))
@@ -143,12 +186,15 @@ void forward_tiles(const PreForwardParams<T>& p, const PostInputs<T>* post, T* x
       // Prefetched for the next tile: what it reads from memory (the post's x at a boundary).
       const T* next_read = (post ? post->x : p.in.x) + t1 * n * C;
       if (direct)
-        project_rows_direct(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, p.in.phi, p.proj + t0 * v.P * m, ss.data());
+        project_rows_direct(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phi, p.proj + t0 * v.P * m, ss.data());
       else
         project_rows(p.in.x + t0 * n * C, (t1 - t0) * v.P, v.K, m, phiT.data(), p.proj + t0 * v.P * m, ss.data(),
                      next_read, next_tokens * v.P);
-      for (int64_t row = t0 * v.P; row < t1 * v.P; ++row)
-        p.rms[row] = std::sqrt(ss[row - t0 * v.P] / T(v.K) + T(kRmsEps));
+      for (int64_t row = t0 * v.P; row < t1 * v.P; ++row) {
+        const T* token = p.in.x + row * v.K;
+        p.rms[row] = v.centred ? token_deviation(token, v.K, token_mean(token, v.K))
+                               : std::sqrt(ss[row - t0 * v.P] / T(v.K) + T(kRmsEps));
+      }
       coefficients.forward(t0, t1, p.proj, p.rms, p.H_pre, p.H_post, p.H_res);
       for (int64_t tok = t0; tok < t1; ++tok) {
         with_flag(nt_h, [&](auto nt) {
@@ -171,15 +217,17 @@ struct BackwardCall {
   const Layout l;
   const int n;
   const int64_t C, K, m, mp, Ks, per_tile;
-  const std::vector<T> phiT_p;  // phi^T padded to mp rows, Ks apart
+  std::vector<T> centred_phi;   // a centred read's weights (projection_phi)
+  const std::vector<T> phiT_p;  // phi^T (centred, for a centred read) padded to mp rows, Ks apart
   // What goes to memory, past the cache when large: x's gradient, or at a boundary (where
   // x_next's gradient stays in the tile) the post's gradients of x and y.
   const bool nt_dx, nt_post;
 
   BackwardCall(const PreBackwardParams<T>& p_, const PostInputs<T>* post_, const PostGradients<T>* post_grads_)
-      : p(p_), post(post_), post_grads(post_grads_), v(p_.in), l(layout(p_.in.variant, p_.in.n, p_.in.C)),
+      : p(p_), post(post_), post_grads(post_grads_), v(p_.in), l(layout(p_.in.variant, p_.in.n, p_.in.C, p_.in.options)),
         n(p_.in.n), C(p_.in.C), K(v.K), m(v.m), mp(padded(m, Simd<T>::W)), Ks(staged_stride<T>(K)),
-        per_tile(backward_tile_tokens(m, v.P)), phiT_p(transpose_phi(p_.in.phi, K, m, mp, Ks)),
+        per_tile(backward_tile_tokens(m, v.P)),
+        phiT_p(transpose_phi(projection_phi(v, p_.in.phi, centred_phi), K, m, mp, Ks)),
         nt_dx(!post && bypasses_cache(p_.dx, C, p_.in.N * n * C)),
         nt_post(post && post_gradients_bypass_cache(*post_grads, p_.in.N, n, C)) {}
 };
@@ -193,6 +241,7 @@ class TileBackward {
       : call_(call), dphi_(partials), dbias_(partials + call.K * call.mp), dalpha_(dbias_ + call.l.bias_size),
         coefficients_(call.v), dg_(call.per_tile * call.v.P * call.mp, T(0)), dpre_(call.per_tile * call.n),
         H_pre_(call.per_tile * call.n), rms_coef_(call.per_tile * std::max<int64_t>(call.v.P, 1)),
+        means_(call.v.centred ? call.per_tile : 0),
         staged_(call.per_tile * call.v.P * call.Ks), dA_(call.per_tile * call.v.P * call.Ks),
         dx_tile_(call.post ? call.per_tile * call.n * call.C : 0) {}
 
@@ -205,6 +254,7 @@ class TileBackward {
     if (c.v.P)
       project_rows_backward(staged_.data(), dg_.data(), (t1 - t0) * c.v.P, c.K, c.mp, c.phiT_p.data(), dA_.data(),
                             dphi_);
+    if (c.v.centred) centre_norm_term(t0, t1);
     write_tile_dx(t0, t1);
     if (c.post) {
       with_flag(c.nt_post, [&](auto nt) {
@@ -232,6 +282,18 @@ class TileBackward {
         }
         dpre_[(tok - t0) * n + i] = acc;
       }
+      if (call_.v.centred) means_[tok - t0] = token_mean(p.in.x + tok * n * C, call_.K);
+    }
+  }
+
+  // A centred read's norm term is dr·(x − mean)/(K·r), not dr·x/(K·r): write_tile_dx adds
+  // rms_coef·x, so the tile's dA (one projection row per token) takes −rms_coef·mean here.
+  void centre_norm_term(int64_t t0, int64_t t1) {
+    for (int64_t tok = t0; tok < t1; ++tok) {
+      const T shift = rms_coef_[tok - t0] * means_[tok - t0];
+      T* dA = dA_.data() + (tok - t0) * call_.Ks;
+#pragma omp simd
+      for (int64_t c = 0; c < call_.K; ++c) dA[c] -= shift;
     }
   }
 
@@ -268,6 +330,7 @@ class TileBackward {
   T *dphi_, *dbias_, *dalpha_;
   TileCoefficients<T> coefficients_;
   std::vector<T> dg_, dpre_, H_pre_, rms_coef_;
+  std::vector<T> means_;        // a centred read's token means
   std::vector<T> staged_, dA_;  // x's rows of the tile, and the projection's part of dx, in the staged layout
   std::vector<T> dx_tile_;      // at a boundary: the tile of x_next's gradient
 };
@@ -285,6 +348,12 @@ void sum_partials(const BackwardCall<T>& call, const std::vector<T>& partials, i
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t c = 0; c < K; ++c)
     for (int64_t j = 0; j < m; ++j) call.p.dphi[c * m + j] = sum(c * mp, j);
+  // A centred read projected with phi_c = phi − 1·mean_rows(phi): phi's gradient is phi_c's with
+  // each column's mean removed.
+  if (call.v.centred) {
+    const std::vector<T> centred = centred_columns(call.p.dphi, K, m);
+    std::copy(centred.begin(), centred.end(), call.p.dphi);
+  }
   for (int64_t e = 0; e < call.l.bias_size; ++e) call.p.dbias[e] = sum(K * mp, e);
   for (int64_t e = 0; e < call.l.alpha_size; ++e) call.p.dalpha[e] = sum(K * mp + call.l.bias_size, e);
 }

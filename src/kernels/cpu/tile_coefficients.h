@@ -20,13 +20,15 @@ namespace mhc::cpu {
 template <typename T>
 struct CallVariant : kernels::CoeffVariant<T> {
   int64_t C, K;
+  bool centred;  // a LayerNorm read (Layout::centred)
   std::vector<int> perm_storage;
 
   explicit CallVariant(const PreInputs<T>& in) {
-    const Layout l = layout(in.variant, in.n, in.C);
+    const Layout l = layout(in.variant, in.n, in.C, in.options);
     this->variant = in.variant;
     this->n = in.n;
     this->t = in.sinkhorn_iters;
+    this->options = in.options;
     this->bias = in.bias;
     this->alpha = in.alpha;
     this->m = l.proj_cols;
@@ -34,6 +36,7 @@ struct CallVariant : kernels::CoeffVariant<T> {
     this->res_count = l.res_size;
     C = in.C;
     K = l.proj_rows;
+    centred = l.centred;
     perm_storage = kernels::permutation_table(in.variant, in.n);
     this->perms = perm_storage.data();
   }

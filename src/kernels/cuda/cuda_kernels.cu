@@ -180,8 +180,9 @@ void dispatch(int n, int64_t C, F&& f) {
 // The coefficient view for device code (bias, alpha, perms are device pointers).
 template <typename T>
 kernels::CoeffVariant<float> coeff_view(const PreInputs<T>& in) {
-  const Layout l = layout(in.variant, in.n, in.C);
-  return {in.variant, in.n, l.proj_cols, l.proj_per_token, l.res_size, in.sinkhorn_iters, in.bias, in.alpha, in.perms};
+  const Layout l = layout(in.variant, in.n, in.C, in.options);
+  return {in.variant,         in.n,     l.proj_cols, l.proj_per_token, l.res_size,
+          in.sinkhorn_iters, in.bias, in.alpha,     in.perms,         in.options};
 }
 
 // The coefficient math once per program, not inlined into every (T, n, W) kernel: its Sinkhorn
@@ -202,25 +203,36 @@ __device__ __noinline__ void token_coefficients_backward(const kernels::CoeffVar
 // per-token coefficient work is serial (lane 0), so many tokens must be in flight per SM to hide it.
 constexpr int kTokenWarps = 8;
 
-// Σv² per stream of one token, summed over the warp.
+// Σv and Σv² per stream of one token, summed over the warp.
 template <typename T, int N, int W>
-__device__ void stream_sums_of_squares(const T* xt, int64_t C, int lane, float (&ss)[N]) {
+__device__ void stream_sums(const T* xt, int64_t C, int lane, float (&s)[N], float (&ss)[N]) {
 #pragma unroll
-  for (int i = 0; i < N; ++i) ss[i] = 0.f;
+  for (int i = 0; i < N; ++i) s[i] = ss[i] = 0.f;
   for (int64_t c = lane * W; c < C; c += 32 * W)
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const Pack<T, W> p = *reinterpret_cast<const Pack<T, W>*>(xt + i * C + c);
 #pragma unroll
-      for (int l = 0; l < W; ++l) ss[i] += to_float(p.v[l]) * to_float(p.v[l]);
+      for (int l = 0; l < W; ++l) s[i] += to_float(p.v[l]), ss[i] += to_float(p.v[l]) * to_float(p.v[l]);
     }
+  warp_sum<N>(s);
   warp_sum<N>(ss);
 }
 
+// A token's mean over its N·C values (a centred read's: Layout::centred).
+template <int N>
+__device__ float token_mean(const float (&s)[N], int64_t K) {
+  float total = 0;
+  for (int i = 0; i < N; ++i) total += s[i];
+  return total / float(K);
+}
+
 // Dynamic shared memory: each warp's coefficient scratch (../coefficients.h), scratch_floats each.
+// centred (a LayerNorm read, jpmhc): proj was made with phi's columns centred (op_cuda.cpp), and r
+// is the standard deviation, Σv²/K − mean² + eps under the root.
 template <typename T, int N, int W>
 __global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, int64_t tokens, int64_t C, int64_t K,
-                                   int scratch_floats, T* h, float* H_pre, float* H_post, float* H_res,
+                                   bool centred, int scratch_floats, T* h, float* H_pre, float* H_post, float* H_res,
                                    const float* proj, float* rms) {
   extern __shared__ float scratch[];
   __shared__ float pre_s[kTokenWarps][N];
@@ -228,8 +240,8 @@ __global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, i
   const int64_t tok = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
   if (tok >= tokens) return;
   const T* xt = x + tok * N * C;
-  float ss[N];
-  stream_sums_of_squares<T, N, W>(xt, C, lane, ss);
+  float s[N], ss[N];
+  stream_sums<T, N, W>(xt, C, lane, s, ss);
   if (lane == 0) {
     float r[N];
     if (v.P == N) {  // HC: one projection (and norm) per stream
@@ -237,7 +249,8 @@ __global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, i
     } else if (v.P == 1) {
       float total = 0;
       for (int i = 0; i < N; ++i) total += ss[i];
-      r[0] = sqrtf(total / float(K) + float(kRmsEps));
+      const float mean = centred ? token_mean<N>(s, K) : 0.f;
+      r[0] = sqrtf(fmaxf(total / float(K) - mean * mean, 0.f) + float(kRmsEps));
     }
     for (int q = 0; q < v.P; ++q) rms[tok * v.P + q] = r[q];
     kernels::Coeffs<float> cf;
@@ -268,10 +281,11 @@ __global__ void pre_forward_kernel(kernels::CoeffVariant<float> v, const T* x, i
 }
 
 // Per token: dH_pre += ⟨dh, x_i⟩, the coefficient backward (into dg, and this token's row of
-// dbias|dalpha), and dx_i = H_pre[i]·dh + dr·x_i/(K·r); dg·phiᵀ is added by a GEMM afterwards.
+// dbias|dalpha), and dx_i = H_pre[i]·dh + dr·(x_i − mean)/(K·r) (mean 0 unless centred); dg·phiᵀ
+// is added by a GEMM afterwards.
 template <typename T, int N, int W>
 __global__ void pre_backward_kernel(kernels::CoeffVariant<float> v, const T* x, int64_t tokens, int64_t C, int64_t K,
-                                    int scratch_floats, const float* proj, const float* rms, const T* dh,
+                                    bool centred, int scratch_floats, const float* proj, const float* rms, const T* dh,
                                     const float* dH_pre, const float* dH_post, const float* dH_res, T* dx, T* dg,
                                     float* param_rows, int64_t bias_size, int64_t param_count) {
   extern __shared__ float scratch[];
@@ -281,20 +295,25 @@ __global__ void pre_backward_kernel(kernels::CoeffVariant<float> v, const T* x, 
   if (tok >= tokens) return;
   const T* xt = x + tok * N * C;
   const T* dht = dh + tok * C;
-  float dpre[N] = {};
+  float dpre[N] = {}, sums[N] = {};
   for (int64_t c = lane * W; c < C; c += 32 * W) {
     const Pack<T, W> d = *reinterpret_cast<const Pack<T, W>*>(dht + c);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const Pack<T, W> p = *reinterpret_cast<const Pack<T, W>*>(xt + i * C + c);
 #pragma unroll
-      for (int l = 0; l < W; ++l) dpre[i] += to_float(d.v[l]) * to_float(p.v[l]);
+      for (int l = 0; l < W; ++l) dpre[i] += to_float(d.v[l]) * to_float(p.v[l]), sums[i] += to_float(p.v[l]);
     }
   }
   warp_sum<N>(dpre);
+  if (centred) warp_sum<N>(sums);
+  const float mean = centred ? token_mean<N>(sums, K) : 0.f;
   if (lane == 0) {
-    // P·m: HC's n projections of n + 2 and mHC's 2n + n² at n = 8, or mHC-lite's 2n + n! at n = 5.
-    constexpr int kMaxProjections = std::max(kMaxStreamsCuda * (kMaxStreamsCuda + 2), 2 * kMaxStreamsLite + 120);
+    // P·m: HC's n projections of n + 2 and mHC's 2n + n² at n = 8, mHC-lite's 2n + n! at n = 5, or
+    // go-mHC's 2n + d(d−1)/2 at n = 8, d = 16 (136).
+    constexpr int kMaxProjections =
+        std::max(std::max(kMaxStreamsCuda * (kMaxStreamsCuda + 2), 2 * kMaxStreamsLite + 120),
+                 2 * kMaxStreamsCuda + kMaxCayleyDim * (kMaxCayleyDim - 1) / 2);
     float zeros[N * N] = {}, dg_token[kMaxProjections], dr[N];
     for (int i = 0; i < N; ++i) dpre[i] += dH_pre ? dH_pre[tok * N + i] : 0.f;
     float* row = param_rows + tok * param_count;
@@ -320,7 +339,7 @@ __global__ void pre_backward_kernel(kernels::CoeffVariant<float> v, const T* x, 
       const Pack<T, W> p = *reinterpret_cast<const Pack<T, W>*>(xt + i * C + c);
       Pack<T, W> o;
 #pragma unroll
-      for (int l = 0; l < W; ++l) o.v[l] = from_float<T>(H_pre[i] * to_float(d.v[l]) + coef[i] * to_float(p.v[l]));
+      for (int l = 0; l < W; ++l) o.v[l] = from_float<T>(H_pre[i] * to_float(d.v[l]) + coef[i] * (to_float(p.v[l]) - mean));
       *reinterpret_cast<Pack<T, W>*>(dxt + i * C + c) = o;
     }
   }
@@ -364,8 +383,9 @@ void gemm(const Context& ctx, bool transpose_a, bool transpose_b, int64_t M, int
 
 }  // namespace
 
-size_t pre_backward_workspace_bytes(Variant variant, int n, int64_t C, int64_t N, size_t storage_bytes) {
-  const Layout l = layout(variant, n, C);
+size_t pre_backward_workspace_bytes(Variant variant, int n, int64_t C, int64_t N, size_t storage_bytes,
+                                    const VariantOptions& options) {
+  const Layout l = layout(variant, n, C, options);
   const size_t rows = size_t(N) * size_t(l.bias_size + l.alpha_size) * sizeof(float);  // per-token dbias|dalpha
   const size_t dg = size_t(N) * size_t(l.proj_per_token * l.proj_cols) * storage_bytes;
   const size_t ones = size_t(N) * sizeof(float), sums = size_t(l.bias_size + l.alpha_size) * sizeof(float);
@@ -376,7 +396,7 @@ size_t pre_backward_workspace_bytes(Variant variant, int n, int64_t C, int64_t N
 template <typename T>
 void pre_forward(const PreForwardParams<T>& p, const Context& ctx) {
   const auto v = coeff_view(p.in);
-  const Layout l = layout(p.in.variant, p.in.n, p.in.C);
+  const Layout l = layout(p.in.variant, p.in.n, p.in.C, p.in.options);
   if (p.in.N == 0) return;
   if (v.P > 0)  // g [N·P, m] = X [N·P, K] · phi [K, m], fp32 out
     gemm(ctx, false, false, p.in.N * v.P, v.m, l.proj_rows, p.in.x, blas_type<T>(), l.proj_rows, p.in.phi, blas_type<T>(),
@@ -387,7 +407,8 @@ void pre_forward(const PreForwardParams<T>& p, const Context& ctx) {
     auto kernel = pre_forward_kernel<T, N(), W()>;
     allow_shared(kernel, smem);
     kernel<<<unsigned((p.in.N + warps - 1) / warps), warps * 32, smem, ctx.stream>>>(
-        v, p.in.x, p.in.N, p.in.C, l.proj_rows, scratch_floats, p.h, p.H_pre, p.H_post, p.H_res, p.proj, p.rms);
+        v, p.in.x, p.in.N, p.in.C, l.proj_rows, l.centred, scratch_floats, p.h, p.H_pre, p.H_post, p.H_res, p.proj,
+        p.rms);
   });
   check(cudaGetLastError(), "pre forward");
 }
@@ -395,7 +416,7 @@ void pre_forward(const PreForwardParams<T>& p, const Context& ctx) {
 template <typename T>
 void pre_backward(const PreBackwardParams<T>& p, const Context& ctx) {
   const auto v = coeff_view(p.in);
-  const Layout l = layout(p.in.variant, p.in.n, p.in.C);
+  const Layout l = layout(p.in.variant, p.in.n, p.in.C, p.in.options);
   const int64_t N = p.in.N, params = l.bias_size + l.alpha_size, K = l.proj_rows;
   auto up = [](size_t b) { return (b + 255) / 256 * 256; };
   char* ws = static_cast<char*>(p.workspace);
@@ -414,7 +435,7 @@ void pre_backward(const PreBackwardParams<T>& p, const Context& ctx) {
   dispatch<T>(p.in.n, p.in.C, [&](auto Nn, auto W) {
     auto kernel = pre_backward_kernel<T, Nn(), W()>;
     allow_shared(kernel, smem);
-    kernel<<<unsigned((N + warps - 1) / warps), warps * 32, smem, ctx.stream>>>(v, p.in.x, N, p.in.C, K, scratch_floats, p.proj,
+    kernel<<<unsigned((N + warps - 1) / warps), warps * 32, smem, ctx.stream>>>(v, p.in.x, N, p.in.C, K, l.centred, scratch_floats, p.proj,
                                                                    p.rms, p.dh, p.dH_pre, p.dH_post, p.dH_res, p.dx,
                                                                    dg, rows, l.bias_size, params);
   });

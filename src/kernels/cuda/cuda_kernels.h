@@ -41,6 +41,7 @@ struct PreInputs {
   int64_t C;
   Variant variant;
   int sinkhorn_iters;
+  VariantOptions options;
 };
 
 template <typename T>
@@ -70,7 +71,8 @@ struct PreBackwardParams {
   void* workspace;         // pre_backward_workspace_bytes(...) bytes
 };
 
-size_t pre_backward_workspace_bytes(Variant variant, int n, int64_t C, int64_t N, size_t storage_bytes);
+size_t pre_backward_workspace_bytes(Variant variant, int n, int64_t C, int64_t N, size_t storage_bytes,
+                                    const VariantOptions& options = {});
 
 template <typename T>
 void pre_forward(const PreForwardParams<T>& p, const Context& ctx);

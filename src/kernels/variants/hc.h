@@ -10,13 +10,14 @@ namespace mhc::kernels {
 
 template <>
 struct VariantMath<Variant::hc> {
-  static void check_streams(int64_t n) { check_stream_range("hc", n, kMaxStreams); }
+  static void check_streams(int64_t n, const VariantOptions&) { check_stream_range("hc", n, kMaxStreams); }
   // One projection per stream: x̄_i·[w_pre | w_post | W_res]; alpha = [s_alpha, s_beta].
-  static Layout layout(int64_t n, int64_t C) { return {C, n + 2, 2 * n + n * n, 2, n, n * n}; }
+  static Layout layout(int64_t n, int64_t C, const VariantOptions&) { return {C, n + 2, 2 * n + n * n, 2, n, n * n}; }
   static constexpr ShapeNames shape_names = {"[C, n + 2] for hc", "[2n + n*n]", "[2] (s_alpha, s_beta)"};
   // Step 0 is exactly a pre-norm residual network: H_pre = e_lead, H_res = I, H_post = 1 (the
   // logit magnitudes do not apply: HC has no σ).
-  static void initial_bias_and_alpha(int64_t n, int64_t lead, double, double, float* bias, float* alpha) {
+  static void initial_bias_and_alpha(int64_t n, int64_t lead, double, double, float* bias, float* alpha,
+                                     const VariantOptions&) {
     for (int64_t i = 0; i < n; ++i) bias[i] = i == lead ? 1.f : 0.f, bias[n + i] = 1.f;
     for (int64_t k = 0; k < n; ++k)
       for (int64_t i = 0; i < n; ++i) bias[2 * n + k * n + i] = k == i ? 1.f : 0.f;

@@ -9,10 +9,10 @@
 namespace mhc::kernels {
 
 struct IdentityMixing {
-  static int64_t res_size(int64_t) { return 0; }
+  static int64_t res_size(int64_t, const VariantOptions&) { return 0; }
   template <typename T>
   static MHC_HD int64_t work_size(const CoeffVariant<T>&) { return 0; }
-  static void initial_res_logits(int64_t, double, float*) {}
+  static void initial_res_logits(int64_t, double, float*, const VariantOptions&) {}
 
   template <typename T>
   static MHC_HD void res_forward(const CoeffVariant<T>& v, const T*, T* res) {
@@ -25,7 +25,7 @@ struct IdentityMixing {
 
 template <>
 struct VariantMath<Variant::ihc> : SigmaFamily<IdentityMixing> {
-  static void check_streams(int64_t n) { check_stream_range("ihc", n, kMaxStreams); }
+  static void check_streams(int64_t n, const VariantOptions&) { check_stream_range("ihc", n, kMaxStreams); }
   static constexpr ShapeNames shape_names = {"[n*C, 2n] for ihc", "[2n]", "[2] (pre, post)"};
 };
 

@@ -71,7 +71,7 @@ struct KroneckerFactors {
 
 // H_res = U_1 ⊗ … ⊗ U_K over the σ family; no scratch beyond the logits (the factors fit in registers).
 struct KroneckerMixing {
-  static int64_t res_size(int64_t n) {
+  static int64_t res_size(int64_t n, const VariantOptions&) {
     int f[kMaxKroneckerFactors];
     const int K = kronecker_factors(static_cast<int>(n), f);
     int64_t logits = 0;
@@ -81,7 +81,7 @@ struct KroneckerMixing {
   template <typename T>
   static MHC_HD int64_t work_size(const CoeffVariant<T>&) { return 0; }
   // Per factor, the identity at 0 and every other permutation at res_off_logit: each U_k ≈ I.
-  static void initial_res_logits(int64_t n, double res_off_logit, float* logits) {
+  static void initial_res_logits(int64_t n, double res_off_logit, float* logits, const VariantOptions&) {
     int f[kMaxKroneckerFactors];
     const int K = kronecker_factors(static_cast<int>(n), f);
     for (int k = 0; k < K; ++k)
@@ -144,7 +144,7 @@ struct KroneckerMixing {
 
 template <>
 struct VariantMath<Variant::kromhc> : SigmaFamily<KroneckerMixing> {
-  static void check_streams(int64_t n) {
+  static void check_streams(int64_t n, const VariantOptions&) {
     int f[kMaxKroneckerFactors];
     if (n < 2 || n > kMaxStreams || kronecker_factors(static_cast<int>(n), f) == 0)
       throw std::invalid_argument("kromhc takes n = 2^a·3^b streams (2, 3, 4, 6, 8, 9, 12 or 16), got n = " +

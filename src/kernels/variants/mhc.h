@@ -218,14 +218,14 @@ MHC_HD inline void sinkhorn_backward(Dim N, const T* logits, int t, T eps, const
 // H_res = SK_t(exp(H̃_res)) over the σ family; Eps::value is V4's eps (0: plain SK).
 template <typename Eps = NoEps>
 struct SinkhornMixing {
-  static int64_t res_size(int64_t n) { return n * n; }
+  static int64_t res_size(int64_t n, const VariantOptions&) { return n * n; }
   // The 2t + 1 iterates the backward walks through.
   template <typename T>
   static MHC_HD int64_t work_size(const CoeffVariant<T>& v) {
     return (2 * int64_t(v.t) + 1) * v.n * v.n;
   }
   // Off-diagonal logits res_off_logit, diagonal 0: H_res ≈ I.
-  static void initial_res_logits(int64_t n, double res_off_logit, float* logits) {
+  static void initial_res_logits(int64_t n, double res_off_logit, float* logits, const VariantOptions&) {
     for (int64_t k = 0; k < n; ++k)
       for (int64_t i = 0; i < n; ++i) logits[k * n + i] = k == i ? 0.f : float(res_off_logit);
   }
@@ -243,7 +243,7 @@ struct SinkhornMixing {
 
 template <>
 struct VariantMath<Variant::mhc> : SigmaFamily<SinkhornMixing<>> {
-  static void check_streams(int64_t n) { check_stream_range("mhc", n, kMaxStreams); }
+  static void check_streams(int64_t n, const VariantOptions&) { check_stream_range("mhc", n, kMaxStreams); }
   static constexpr ShapeNames shape_names = {"[n*C, 2n + n*n] for mhc", "[2n + n*n]", "[3] (pre, post, res)"};
 };
 

@@ -60,14 +60,14 @@ MHC_HD inline void permutation_mixture(const CoeffVariant<T>& v, const T* z, T* 
 
 // H_res = Σ_k softmax(z)_k·P_k over the σ family.
 struct PermutationMixing {
-  static int64_t res_size(int64_t n) { return factorial(static_cast<int>(n)); }
+  static int64_t res_size(int64_t n, const VariantOptions&) { return factorial(static_cast<int>(n)); }
   template <typename T>
   static MHC_HD int64_t work_size(const CoeffVariant<T>& v) {
     return v.res_count;  // the mixture weights
   }
   // The identity (the first permutation) at 0, every other at res_off_logit: H_res ≈ I.
-  static void initial_res_logits(int64_t n, double res_off_logit, float* logits) {
-    for (int64_t k = 0; k < res_size(n); ++k) logits[k] = k == 0 ? 0.f : float(res_off_logit);
+  static void initial_res_logits(int64_t n, double res_off_logit, float* logits, const VariantOptions& options) {
+    for (int64_t k = 0; k < res_size(n, options); ++k) logits[k] = k == 0 ? 0.f : float(res_off_logit);
   }
 
   template <typename T>
@@ -94,7 +94,7 @@ struct PermutationMixing {
 
 template <>
 struct VariantMath<Variant::mhc_lite> : SigmaFamily<PermutationMixing> {
-  static void check_streams(int64_t n) {
+  static void check_streams(int64_t n, const VariantOptions&) {
     check_stream_range("mhc-lite", n, kMaxStreamsLite, " (n! permutations)", "; for more streams use KromHC");
   }
   static constexpr ShapeNames shape_names = {"[n*C, 2n + n!] for mhc-lite", "[2n + n!]", "[3] (pre, post, res)"};

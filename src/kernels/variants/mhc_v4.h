@@ -21,7 +21,7 @@ using DeepSeekV4Math = SigmaFamily<SinkhornMixing<Eps>, Eps>;
 
 template <>
 struct VariantMath<Variant::mhc_v4> : DeepSeekV4Math<DeepSeekV4Eps> {
-  static void check_streams(int64_t n) { check_stream_range("mhc-v4", n, kMaxStreams); }
+  static void check_streams(int64_t n, const VariantOptions&) { check_stream_range("mhc-v4", n, kMaxStreams); }
   static constexpr ShapeNames shape_names = {"[n*C, 2n + n*n] for mhc-v4", "[2n + n*n]", "[3] (pre, post, res)"};
 };
 

@@ -8,12 +8,12 @@ namespace mhc::kernels {
 
 template <>
 struct VariantMath<Variant::residual> {
-  static void check_streams(int64_t n) {
+  static void check_streams(int64_t n, const VariantOptions&) {
     if (n != 1) throw std::invalid_argument("residual takes exactly 1 stream, got n = " + std::to_string(n));
   }
-  static Layout layout(int64_t, int64_t) { return {0, 0, 0, 0, 0, 1}; }
+  static Layout layout(int64_t, int64_t, const VariantOptions&) { return {0, 0, 0, 0, 0, 1}; }
   static constexpr ShapeNames shape_names = {"[0, 0] (no parameters)", "[0]", "[0]"};
-  static void initial_bias_and_alpha(int64_t, int64_t, double, double, float*, float*) {}
+  static void initial_bias_and_alpha(int64_t, int64_t, double, double, float*, float*, const VariantOptions&) {}
 
   template <typename T>
   static MHC_HD int64_t scratch_size(const CoeffVariant<T>&) {
