@@ -36,11 +36,17 @@ expect_error "--prompt must be a whole number in \[1, [0-9]+\], got 'long'" benc
 expect_error "kromhc takes n = 2\^a.3\^b streams .*got n = 5" bench decode --variant residual,kromhc --streams 5 --preset tiny
 expect_error "mhc bench decode: choose one of --json, --markdown" bench decode --json --markdown
 expect_error "mhc bench layer: unknown flag --widht \(accepted: --variant, .*--json" bench layer --widht 8
-expect_error "unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)" bench layer --variant mhc,sinkhorn
+expect_error "unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc, jpmhc, gomhc\)" bench layer --variant mhc,sinkhorn
 expect_error "--tokens must be a whole number in \[1, [0-9]+\], got 'many'" bench layer --tokens many
 expect_error "--dim must be a whole number in \[1, [0-9]+\], got '-5'" bench layer --dim 512,-5
 expect_error "--reps must be a whole number in \[5, [0-9]+\], got '2'" bench layer --reps 2
 expect_error "mhc-lite takes 1 to 5 streams .*got n = 6; for more streams use KromHC" bench layer --kind mhc-lite --streams 6
+# The orthogonal variants' options and stream limits (DESIGN.md §11).
+expect_error "--block-size must be a whole number in \[1, 2\], got '3'" train --variant gomhc --block-size 3 --steps 1
+expect_error "--cayley-iters must be a whole number in \[0, 8\], got '9'" train --variant jpmhc --cayley-iters 9 --steps 1
+expect_error "gomhc takes 1 to 8 streams at block_size 2 \(d = n·block_size ≤ 16\), got n = 9" train --variant gomhc --streams 9 --steps 1
+expect_error "gomhc takes 1 to 8 streams at block_size 2 .*got n = 12" bench layer --variant gomhc --streams 12
+expect_error "gomhc takes no option 'cayley_iters' \(accepted: block_size\)" bench layer --variant gomhc:cayley_iters=2
 expect_error "mhc bench layer: --dim needs a value" bench layer --dim
 expect_error "mhc bench layer: unexpected argument 'fast'" bench layer fast
 expect_error "--device 'tpu' is not a device \(accepted: cpu, cuda, cuda:N\)" bench layer --device tpu

@@ -16,7 +16,7 @@ losses() { "$python" -c 'import json,sys; print(" ".join(repr(json.loads(l)["los
 
 if want variants; then
   for v in "residual" "hc --streams 2" "mhc --streams 4 --sinkhorn-iters 5" "mhc-lite --streams 3" "kromhc --streams 8" \
-           "ihc --streams 4"; do
+           "ihc --streams 4" "jpmhc --streams 4 --cayley-iters 2" "gomhc --streams 16 --block-size 1"; do
     out="$work/variant-${v%% *}"
     # shellcheck disable=SC2086
     if ! "$mhc" train "${small[@]}" --steps 12 --variant $v --out "$out" > "$out.log" 2>&1; then
@@ -75,7 +75,8 @@ if want resume; then
   # The exact variants beyond mHC-lite resume bit for bit too (KromHC at n = 8 = 2⊗2⊗2); --residual
   # is --variant's earlier spelling.
   # So does DeepSeek-V4's convention with its HyperHead.
-  for v in "kromhc --streams 8" "ihc --streams 4" "mhc-v4 --streams 4 --head hyper"; do
+  for v in "kromhc --streams 8" "ihc --streams 4" "mhc-v4 --streams 4 --head hyper" "jpmhc --streams 4" \
+           "gomhc --streams 8"; do
     # shellcheck disable=SC2086
     "$mhc" train "${small[@]}" --steps 16 --residual $v --out "$work/straight-${v%% *}" > /dev/null 2>&1 &&
       "$mhc" train "${small[@]}" --steps 16 --stop-after 8 --residual $v --out "$work/split-${v%% *}" > /dev/null 2>&1 &&
@@ -254,6 +255,21 @@ assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max
   else
     fail "compare kromhc,ihc: $(tail -1 "$work/compare-exact.log")"
   fi
+  # The orthogonal variants: jpmhc's composite maps keep every singular value at 1, go-mHC's (exactly
+  # doubly stochastic) keep their gains at 1; the report shows the spectrum of each.
+  if "$mhc" compare "${cmp_args[@]}" --variant jpmhc,gomhc --out "$work/cmp-orthogonal" > "$work/compare-orthogonal.log" 2>&1; then
+    grep -q "composite σ_min, min" "$work/cmp-orthogonal/report.md" || fail "compare jpmhc,gomhc: no spectrum in the report"
+    "$python" -c '
+import json, sys
+jp = [json.loads(l) for l in open(sys.argv[1])][-1]["diag"]
+go = [json.loads(l) for l in open(sys.argv[2])][-1]["diag"]
+assert all(abs(s - 1) < 1e-4 for key in ("composite_sigma_max_max", "composite_sigma_min_min") for s in jp[key]), jp
+assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max") for g in go[key]), go
+' "$work/cmp-orthogonal/jpmhc/metrics.jsonl" "$work/cmp-orthogonal/gomhc/metrics.jsonl" ||
+      fail "compare: jpmhc's composite singular values or go-mHC's composite gains are not 1 within 1e-4"
+  else
+    fail "compare jpmhc,gomhc: $(tail -1 "$work/compare-orthogonal.log")"
+  fi
   # Seeds: 2 give the mean and (min–max), 3 (two of them reused) the mean ± std; every run listed.
   seeds_args=("${cmp_args[@]}" --variant residual,mhc --out "$work/cmp-seeds")
   if "$mhc" compare "${seeds_args[@]}" --seeds 2 > "$work/seeds2.log" 2>&1; then
@@ -275,7 +291,7 @@ assert all(abs(g - 1) < 1e-4 for key in ("composite_fwd_max", "composite_bwd_max
   else
     fail "compare --seeds 3: $(tail -1 "$work/seeds3.log")"
   fi
-  expect_error "mhc compare: --variant: unknown variant 'foo' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)" compare --variant mhc,foo
+  expect_error "mhc compare: --variant: unknown variant 'foo' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc, jpmhc, gomhc\)" compare --variant mhc,foo
   expect_error "mhc compare: --variant lists 'hc' twice" compare --residual hc,mhc,hc
   # Issue 35, item 22: every variant's settings are checked before the first run trains.
   expect_error "kromhc takes n = 2\^a·3\^b streams \(2, 3, 4, 6, 8, 9, 12 or 16\), got n = 5" \

@@ -58,6 +58,8 @@ class Settings {
   static Settings from_json(const std::string& json);
   // The model the settings describe (vocab from the tokenizer); throws std::invalid_argument.
   GPTConfig model_config(int64_t vocab) const;
+  // The variant's own of --cayley-iters, --cayley-scale (jpmhc) and --block-size (gomhc).
+  VariantOptions variant_options() const;
 };
 // Reads a TOML file of `name = value` lines (names as the flags); unknown keys are refused with the
 // closest valid name. Throws std::invalid_argument.

@@ -98,22 +98,21 @@ std::string gpu_model(torch::Device device) {
 }
 
 struct Result {
-  Variant variant;
   int64_t n, C, tokens;
   double fused_s, reference_s, bytes, flops;
   double ops_s;  // of fused_s, the time inside the connection's ops (mhc::op_clock; CPU only)
 };
 
 // The projection GEMMs' floating-point operations for N tokens, forward and backward.
-double projection_flops(Variant variant, int64_t N, int64_t n, int64_t C) {
-  const Layout l = layout(variant, n, C);
+double projection_flops(const VariantSpec& variant, int64_t N, int64_t n, int64_t C) {
+  const Layout l = layout(variant.variant, n, C, variant.options);
   return 3.0 * 2.0 * double(N) * double(l.proj_per_token) * double(l.proj_rows) * double(l.proj_cols);
 }
 
-Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps, torch::Device device,
-                torch::ScalarType storage, bool boundary) {
+Result run_case(const VariantSpec& variant, int64_t N, int64_t n, int64_t C, int64_t t, int warmup, int reps,
+                torch::Device device, torch::ScalarType storage, bool boundary) {
   torch::manual_seed(0);
-  auto options = HyperConnectionOptions(variant, n, C).sinkhorn_iters(t);
+  auto options = HyperConnectionOptions(variant.variant, n, C).sinkhorn_iters(t).variant_options(variant.options);
   // One sublayer's connection twice (fused, reference), or two sublayers' (--boundary); the
   // parameters stay float32 (mhc/ops.h), φ non-trivial so that every path does real work, and the
   // same numbers for the fused and the reference path.
@@ -172,7 +171,7 @@ Result run_case(Variant variant, int64_t N, int64_t n, int64_t C, int64_t t, int
   }
   const double values = boundary ? double(13 * n + 10) : double(8 * n + 5);
   const double bytes = double(N) * values * C * x.element_size();
-  return {variant, n, C, N, median(fused_s), median(reference_s), bytes, (boundary ? 2 : 1) * projection_flops(variant, N, n, C),
+  return {n, C, N, median(fused_s), median(reference_s), bytes, (boundary ? 2 : 1) * projection_flops(variant, N, n, C),
           median(ops_s)};
 }
 
@@ -196,10 +195,15 @@ int bench_layer(const std::vector<std::string>& argv) {
   Args args("mhc bench layer",
             "Times forward+backward of one sublayer's connection (F = identity), fused vs reference;\n"
             "with --boundary, of two sublayers' with their boundary fused vs the unfused pair.");
-  args.flag("variant", "mhc", std::string("variants, comma-separated (") + variant_names() + ")")
+  args.flag("variant", "mhc",
+            std::string("variants, comma-separated (") + variant_names() +
+                "), each with its options where it has any (gomhc:block_size=1, jpmhc:cayley_iters=2)")
       .alias("kind", "variant")
       .flag("tokens", "4096", "tokens N = batch x sequence", IntegerRange{1, 1 << 24})
-      .flag("streams", "4", "stream counts n, comma-separated (residual always uses 1)", IntegerRange{1, kMaxStreams})
+      .flag("streams", "4",
+            "stream counts n, comma-separated (residual always uses 1; with several variants, each skips those it "
+            "does not take)",
+            IntegerRange{1, kMaxStreams})
       .flag("dim", "512", "widths C, comma-separated", IntegerRange{1, 1 << 20})
       .flag("device", "cpu", "where to run: cpu, cuda, cuda:N")
       .flag("dtype", "float32", "storage of x and y: float32, bfloat16 (parameters and coefficients stay float32)")
@@ -213,18 +217,32 @@ int bench_layer(const std::vector<std::string>& argv) {
   if (!args.parse(argv)) return 0;
   const TableStyle style = table_style(args);
 
-  std::vector<Variant> variants;
-  for (const auto& k : args.list("variant")) variants.push_back(parse_variant(k));
+  std::vector<VariantSpec> variants;
+  for (const auto& k : args.list("variant")) variants.push_back(parse_variant_spec(k));
   const std::vector<int64_t> dims = args.integers("dim"), stream_counts = args.integers("streams");
   const int64_t N = args.integer("tokens");
   const int threads = static_cast<int>(args.integer("threads"));
   const int64_t t = args.integer("sinkhorn-iters");
   const int warmup = static_cast<int>(args.integer("warmup"));
   const int reps = static_cast<int>(args.integer("reps"));
-  // The stream counts each variant runs at: every one asked for (each must be accepted), 1 for residual.
-  auto streams_of = [&](Variant k) { return k == Variant::residual ? std::vector<int64_t>{1} : stream_counts; };
-  for (Variant k : variants)
-    for (int64_t n : streams_of(k)) check_streams(k, n);
+  // The stream counts each variant runs at: those asked for that it takes (1 for residual). One it
+  // does not take is skipped with a note when the variant takes another, and is the error otherwise.
+  std::vector<std::vector<int64_t>> streams_of(variants.size());
+  for (size_t v = 0; v < variants.size(); ++v) {
+    const VariantSpec& k = variants[v];
+    std::string refusal;
+    for (int64_t n : k.variant == Variant::residual ? std::vector<int64_t>{1} : stream_counts) {
+      try {
+        check_streams(k.variant, n, k.options);
+        streams_of[v].push_back(n);
+      } catch (const std::invalid_argument& e) {
+        refusal = e.what();
+      }
+    }
+    if (streams_of[v].empty()) throw std::invalid_argument(refusal);
+    if (!refusal.empty()) std::cerr << "mhc bench layer: skipping what " << variant_spec(k.variant, k.options)
+                                    << " does not take: " << refusal << "\n";
+  }
 
   const torch::Device device = train::parse_device(args.str("device"));
   const torch::ScalarType storage = train::parse_dtype(args.str("dtype"));
@@ -249,14 +267,15 @@ int bench_layer(const std::vector<std::string>& argv) {
   }
   const Table table = layer_table(timed, other, style);
   std::cout << table.header() << std::flush;
-  for (Variant variant : variants)
-    for (int64_t n : streams_of(variant))
+  for (size_t v = 0; v < variants.size(); ++v)
+    for (int64_t n : streams_of[v])
       for (int64_t C : dims) {
+        const VariantSpec& variant = variants[v];
         const Result r = run_case(variant, N, n, C, t, warmup, reps, device, storage, boundary);
         const double gbs = r.bytes / r.fused_s / 1e9;
         const double floor_s = r.bytes / (copy_gbs * 1e9);  // moving the fused path's bytes at copy speed
         const double fma_s = fma_gflops > 0 ? r.flops / (fma_gflops * 1e9) : 0.0;  // its projection at FMA peak
-        std::cout << table.row({variant_name(variant), r.n, C, N, device.str(), dtype_name, threads, r.fused_s * 1e3,
+        std::cout << table.row({variant_spec(variant.variant, variant.options), r.n, C, N, device.str(), dtype_name, threads, r.fused_s * 1e3,
                                 r.reference_s * 1e3,
                                 device.is_cpu() ? nlohmann::ordered_json(r.ops_s * 1e3) : nlohmann::ordered_json(nullptr),
                                 r.reference_s / r.fused_s, N / r.fused_s, gbs, gbs / copy_gbs, copy_gbs, floor_s * 1e3,

@@ -42,10 +42,16 @@ int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardwa
 const std::vector<SettingSpec>& setting_specs() {
   static const std::vector<SettingSpec> specs = {
       // what is trained
-      {"variant", "mhc", "residual variant: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc (also --residual)", {}, false, {},
-       "residual"},
+      {"variant", "mhc", "residual variant: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc, jpmhc, gomhc (also "
+       "--residual)", {}, false, {}, "residual"},
       {"streams", "4", "n, the number of residual streams (residual: always 1)", IntegerRange{1, kMaxStreams}, false},
       {"sinkhorn-iters", "20", "t, Sinkhorn–Knopp iterations (mhc, mhc-v4)", IntegerRange{0, kMaxSinkhornIters}, false},
+      {"cayley-iters", "0", "jpmhc: 0 for the exact Cayley map, s for the paper's s fixed-point steps",
+       IntegerRange{0, kMaxCayleyIters}, false, "0"},
+      {"cayley-scale", "0.1", "jpmhc: beta, the scale of the skew matrix the Cayley map takes", RealRange{1e-30, 1e30},
+       false, "0.1"},
+      {"block-size", "2", "gomhc: s, the side of the blocks of the orthogonal matrix's squares (1 or 2)",
+       IntegerRange{1, 2}, false, "2"},
       {"bias-init", "paper", "initial connection logits: paper, zero", {}, false},
       {"head", "sum", "end of the stream stack: sum (of the streams) or hyper (DeepSeek-V4's learned per-token "
        "weighted sum)", {}, false, "sum"},
@@ -176,12 +182,27 @@ Settings Settings::from_json(const std::string& json) {
   return s;
 }
 
+// The variant's own options from their flags; the others keep their defaults, as --sinkhorn-iters
+// means nothing to a variant without Sinkhorn–Knopp (and `mhc compare` passes one set of flags to
+// every variant it trains).
+VariantOptions Settings::variant_options() const {
+  const Variant variant = parse_variant(str("variant"));
+  VariantOptions o;
+  if (variant == Variant::jpmhc) {
+    o.cayley_iters = static_cast<int>(integer("cayley-iters"));
+    o.cayley_scale = real("cayley-scale");
+  }
+  if (variant == Variant::gomhc) o.block_size = static_cast<int>(integer("block-size"));
+  return o;
+}
+
 GPTConfig Settings::model_config(int64_t vocab) const {
   GPTConfig c;
   c.vocab = vocab;
   c.variant = parse_variant(str("variant"));
   c.streams = integer("streams");
   c.sinkhorn_iters = integer("sinkhorn-iters");
+  c.variant_options = variant_options();
   c.bias_init = BiasInit::named(str("bias-init"));
   c.head = parse_stream_head(str("head"));
   c.layers = integer("layers");
