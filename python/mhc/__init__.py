@@ -46,7 +46,7 @@ def __getattr__(name):
         return importlib.import_module(".hf", __name__)
     raise AttributeError(f"module 'mhc' has no attribute {name!r}")
 
-VARIANTS = ("residual", "hc", "mhc", "mhc-v4", "mhc-lite", "kromhc", "ihc")
+VARIANTS = ("residual", "hc", "mhc", "mhc-v4", "mhc-lite", "kromhc", "ihc", "jpmhc", "gomhc")
 
 __all__ = ["HyperConnection", "HyperConnectionStack", "HyperHead", "RECOMPUTE", "Mix", "expand_streams", "reduce_streams",
            "from_deepseek_v4", "to_deepseek_v4", "KVCache", "generate", "keep_freed_memory", "VARIANTS", "library_path"]

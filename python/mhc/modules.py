@@ -10,6 +10,8 @@ Parameters (the names and layouts a checkpoint holds; see include/mhc/variant.h)
                   kromhc:   K = n*C, m = 2n + Σ f_k! (n = f_1·…·f_K, the 2s then the 3s; per factor its
                             f_k! permutations as mhc-lite orders them; U_1 is the most significant digit)
                   ihc:      K = n*C, m = 2n       (H_res = I)
+                  jpmhc:    K = n*C, m = 3n*n     (three n×n logit blocks, row-major; read through a LayerNorm)
+                  gomhc:    K = n*C, m = 2n + d(d-1)/2 (d = n·block_size; the skew matrix's upper triangle)
     bias  [B]     hc: a_pre (n) | b_post (n) | A_res (n*n, row-major); σ variants: logit biases as phi's columns
     alpha [A]     hc: [s_alpha, s_beta]; σ variants: [alpha_pre, alpha_post, alpha_res] (ihc: no alpha_res)
 The plain residual has none. vec(x) is the token's n×C state flattened stream-major.
@@ -71,8 +73,10 @@ class HyperConnection(nn.Module):
     """Wraps one sublayer F: h = H_pre·x, y = F(h), x_next = H_res·x + H_post^T·y.
 
     variant: "residual" (streams must be 1), "hc", "mhc" (Sinkhorn–Knopp, sinkhorn_iters in
-    [0, 100]), "mhc-v4" (DeepSeek-V4's mHC, sinkhorn_iters in [1, 100]), "mhc-lite" (streams ≤ 5), "kromhc" (streams 2, 3, 4, 6, 8, 9, 12 or 16) or "ihc"
-    (H_res = I); streams ≤ 16. sublayer_index l picks the stream l mod n that the
+    [0, 100]), "mhc-v4" (DeepSeek-V4's mHC, sinkhorn_iters in [1, 100]), "mhc-lite" (streams ≤ 5), "kromhc" (streams 2, 3, 4, 6, 8, 9, 12 or 16), "ihc"
+    (H_res = I), "jpmhc" (H_res orthogonal, the Cayley map; "jpmhc:cayley_iters=2,cayley_scale=0.1" for the
+    paper's two fixed-point steps) or "gomhc" (H_res orthostochastic; "gomhc:block_size=1" for n up to 16,
+    block_size 2 takes n ≤ 8); streams ≤ 16. sublayer_index l picks the stream l mod n that the
     initial biases favour; stream_logit / res_off_logit are the initial bias magnitudes
     (1 and -8 in the papers; 0 and 0 make mHC a plain residual mean at step 0).
     """

@@ -70,9 +70,57 @@ def sinkhorn(logits, t):
     return M
 
 
-def coefficients(x, phi, bias, alpha, variant, t=20):
+def parse_spec(spec):
+    """'gomhc:block_size=1' -> ('gomhc', {'block_size': 1}), with DESIGN.md §11's defaults."""
+    name, _, items = spec.partition(":")
+    options = {"block_size": 2, "cayley_iters": 0, "cayley_scale": 0.1}
+    for item in filter(None, items.split(",")):
+        key, value = item.split("=")
+        options[key] = float(value) if key == "cayley_scale" else int(value)
+    return name, options
+
+
+def cayley(B, iters=0):
+    """(I − B)⁻¹(I + B) by a solve, or JPmHC's iters steps Y ← I + B(I + Y) from Y = I + 2B."""
+    I = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device).expand_as(B)
+    if iters == 0:
+        return torch.linalg.solve(I - B, I + B)
+    Y = I + 2 * B
+    for _ in range(iters):
+        Y = I + B @ (I + Y)
+    return Y
+
+
+def jpmhc_coefficients(x, phi, bias, alpha, options):
+    """JPmHC: LayerNorm read, row-softmax pre (column means), column-softmax post (row sums), Cayley H_res."""
+    N, n, C = x.shape
+    v = x.reshape(N, n * C)
+    u = torch.nn.functional.layer_norm(v, (n * C,), eps=EPS)
+    g = u @ phi
+    block = lambda k: (alpha[k] * g[:, k * n * n:(k + 1) * n * n] + bias[k * n * n:(k + 1) * n * n]).view(N, n, n)
+    Z = block(2)
+    B = options["cayley_scale"] / 2 * (Z - Z.transpose(1, 2))
+    return block(0).softmax(2).mean(1), block(1).softmax(1).sum(2), cayley(B, options["cayley_iters"])
+
+
+def orthostochastic(theta, n, s):
+    """go-mHC: A skew from its strict upper triangle, O = (I − A)(I + A)⁻¹, block means of O²."""
+    N, d = theta.shape[0], n * s
+    rows, cols = torch.triu_indices(d, d, 1)
+    A = theta.new_zeros(N, d, d)
+    A[:, rows, cols] = theta
+    A = A - A.transpose(1, 2)
+    I = torch.eye(d, dtype=theta.dtype, device=theta.device)
+    O = (I - A) @ torch.linalg.inv(I + A)
+    return O.square().view(N, n, s, n, s).sum((2, 4)) / s
+
+
+def coefficients(x, phi, bias, alpha, spec, t=20):
     """x [N, n, C] -> (H_pre [N, n], H_post [N, n], H_res [N, n, n])."""
     N, n, C = x.shape
+    variant, options = parse_spec(spec)
+    if variant == "jpmhc":
+        return jpmhc_coefficients(x, phi, bias, alpha, options)
     if variant == "residual":
         one = x.new_ones(N, 1)
         return one, one, one.view(N, 1, 1)
@@ -91,7 +139,7 @@ def coefficients(x, phi, bias, alpha, variant, t=20):
     g = (v @ phi) / rms(v)
     pre = alpha[0] * g[:, :n] + bias[:n]
     post = alpha[1] * g[:, n:2 * n] + bias[n:2 * n]
-    res = alpha[2] * g[:, 2 * n:] + bias[2 * n:] if variant != "ihc" else None
+    res = alpha[2] * g[:, 2 * n:] + bias[2 * n:] if g.shape[1] > 2 * n else None
     if variant == "mhc":
         H_res = sinkhorn(res.view(N, n, n), t)
     elif variant == "mhc-lite":
@@ -104,8 +152,10 @@ def coefficients(x, phi, bias, alpha, variant, t=20):
             factors.append(permutation_mixture(res[:, start:start + count], f))
             start += count
         H_res = kronecker(factors)
-    elif variant == "ihc":
+    elif variant == "ihc" or (variant == "gomhc" and res is None):  # gomhc at d = 1 has no logits
         H_res = torch.eye(n, dtype=x.dtype, device=x.device).expand(N, n, n)
+    elif variant == "gomhc":
+        H_res = orthostochastic(res, n, options["block_size"])
     else:
         raise ValueError(variant)
     return torch.sigmoid(pre), 2 * torch.sigmoid(post), H_res
@@ -121,8 +171,11 @@ def post(x, y, H_post, H_res):
     return torch.einsum("nkj,njc->nkc", H_res, x) + H_post.unsqueeze(-1) * y.unsqueeze(1)
 
 
-def layout(variant, n, C):
+def layout(spec, n, C):
     """(phi shape, bias size, alpha size)."""
+    variant, options = parse_spec(spec)
+    if variant == "jpmhc":
+        return (n * C, 3 * n * n), 3 * n * n, 3
     if variant == "residual":
         return (0, 0), 0, 0
     if variant == "hc":
@@ -130,6 +183,9 @@ def layout(variant, n, C):
     res = {"mhc": n * n, "mhc-lite": math.factorial(n), "ihc": 0}.get(variant)
     if variant == "kromhc":
         res = sum(math.factorial(f) for f in kronecker_factors(n))
+    if variant == "gomhc":
+        d = n * options["block_size"]
+        res = d * (d - 1) // 2
     return (n * C, 2 * n + res), 2 * n + res, 3 if res else 2
 
 

@@ -24,7 +24,7 @@ def mlp(C):
     return torch.nn.Sequential(torch.nn.Linear(C, 2 * C), torch.nn.GELU(), torch.nn.Linear(2 * C, C))
 
 
-@pytest.mark.parametrize("variant,n", [("mhc", 4), ("hc", 2), ("mhc-lite", 3), ("kromhc", 4)])
+@pytest.mark.parametrize("variant,n", [("mhc", 4), ("hc", 2), ("mhc-lite", 3), ("kromhc", 4), ("jpmhc", 4), ("gomhc", 4)])
 def test_a_connection_around_an_mlp_compiles_whole(variant, n, device):
     torch.manual_seed(0)
     C = 16

@@ -18,7 +18,9 @@ import pure_torch
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CASES = [("residual", 1)] + [("hc", n) for n in (1, 2, 4)] + [("mhc", n) for n in (1, 2, 4, 8)] + \
         [("mhc-lite", n) for n in (1, 2, 4, 5)] + [("mhc", 16)] + \
-        [("kromhc", n) for n in (2, 3, 4, 6, 8, 12, 16)] + [("ihc", n) for n in (1, 4, 16)]
+        [("kromhc", n) for n in (2, 3, 4, 6, 8, 12, 16)] + [("ihc", n) for n in (1, 4, 16)] + \
+        [("jpmhc", n) for n in (1, 2, 4, 8, 16)] + [("jpmhc:cayley_iters=2", 4)] + \
+        [("gomhc", n) for n in (1, 2, 4, 8)] + [("gomhc:block_size=1", n) for n in (3, 16)]
 
 
 def make_inputs(variant, n, C=7, N=11, dtype=torch.float64, seed=0):
@@ -74,7 +76,8 @@ def test_fused_fp32_within_fp32_rounding(variant, n):
 
 
 @pytest.mark.parametrize("variant,n,t", [("residual", 1, 0), ("hc", 3, 0), ("mhc", 3, 20), ("mhc", 2, 0), ("mhc-lite", 3, 0),
-                                     ("kromhc", 4, 0), ("kromhc", 6, 0), ("ihc", 3, 0)])
+                                     ("kromhc", 4, 0), ("kromhc", 6, 0), ("ihc", 3, 0), ("jpmhc", 3, 0),
+                                     ("gomhc", 3, 0), ("gomhc:block_size=1", 4, 0)])
 def test_gradcheck_double(variant, n, t):
     x, phi, bias, alpha, w = make_inputs(variant, n, C=4, N=3)
     params = [p for p in (x, phi, bias, alpha) if p.numel()]
@@ -87,7 +90,8 @@ def test_gradcheck_double(variant, n, t):
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("variant,n,t", [("hc", 2, 0), ("mhc", 3, 20), ("mhc-lite", 3, 0), ("kromhc", 4, 0)])
+@pytest.mark.parametrize("variant,n,t", [("hc", 2, 0), ("mhc", 3, 20), ("mhc-lite", 3, 0), ("kromhc", 4, 0),
+                                         ("jpmhc", 3, 0), ("gomhc", 2, 0)])
 def test_gradgradcheck_double(variant, n, t):
     """create_graph=True gives differentiable gradients (second derivatives checked numerically)."""
     x, phi, bias, alpha, w = make_inputs(variant, n, C=3, N=2)
@@ -177,7 +181,7 @@ def test_bfloat16_storage(variant, n):
 
 
 def test_bad_input_is_a_one_line_error():
-    with pytest.raises(Exception, match=r"unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc\)"):
+    with pytest.raises(Exception, match=r"unknown variant 'sinkhorn' \(accepted: residual, hc, mhc, mhc-v4, mhc-lite, kromhc, ihc, jpmhc, gomhc\)"):
         mhc.HyperConnection("sinkhorn", 4, 8)
     with pytest.raises(Exception, match=r"mhc-lite takes 1 to 5 streams.*n = 6.*KromHC"):
         mhc.HyperConnection("mhc-lite", 6, 8)

@@ -11,7 +11,8 @@ from torch.library import opcheck
 import mhc  # noqa: F401  (loads the ops and their fake kernels)
 from test_mhc import make_inputs
 
-CASES = [("mhc", 4), ("mhc", 1), ("hc", 2), ("mhc-lite", 3), ("kromhc", 4), ("ihc", 4), ("mhc-v4", 4)]
+CASES = [("mhc", 4), ("mhc", 1), ("hc", 2), ("mhc-lite", 3), ("kromhc", 4), ("ihc", 4), ("mhc-v4", 4), ("jpmhc", 4),
+         ("gomhc", 4), ("gomhc:block_size=1", 3)]
 ops = torch.ops.mhc
 
 
