@@ -138,6 +138,22 @@ TEST(GoMHC, ZeroLogitsGiveTheIdentityExactly) {
   }
 }
 
+// At θ = 0 go-mHC's H_res = I + O(θ²) has no gradient: a connection initialised there would never
+// learn to mix. From the initial parameters every res logit's bias gets a gradient.
+TEST(GoMHC, InitialParametersGetAGradient) {
+  for (int block : {1, 2}) {
+    VariantOptions o;
+    o.block_size = block;
+    const int64_t n = 4, C = 8;
+    HyperConnection hc(HyperConnectionOptions(Variant::gomhc, n, C).variant_options(o).sublayer_index(1));
+    torch::manual_seed(5);
+    const Tensor x = torch::randn({16, n, C});
+    (hc->forward(x, [](const Tensor& h) { return torch::tanh(h); }) * torch::randn({16, n, C})).sum().backward();
+    const Tensor res_grad = hc->bias.grad().slice(0, 2 * n).abs();
+    EXPECT_GT(res_grad.min().item<double>(), 0.0) << "block_size=" << block << ": a res logit gets no gradient";
+  }
+}
+
 // The composite P = H_48 ⋯ H_1 of 48 random sublayers, per token, in fp32 as a model forms it.
 Tensor composite(Variant variant, int64_t n, int64_t N) {
   Tensor P = torch::eye(n).expand({N, n, n});

@@ -4,7 +4,10 @@
 //     H_res[i, j] = (1/s)·Σ_{k, l < s} O[i·s + k, j·s + l]²:
 // O's rows and columns have unit norm, so H_res's rows and columns sum to 1 (s = 1: the
 // orthostochastic matrices; s = 2 reaches more of the Birkhoff polytope). Zero logits give O = I
-// and H_res = I exactly. H_pre and H_post are the σ family's (common.h).
+// and H_res = I exactly, but there H_res is stationary: it is I + O(θ²), so no gradient reaches the
+// logits and a model started there never mixes its streams (a 48-sublayer run stayed at H_res = I
+// to the last bit). The initial logits are therefore kInitialAngle, not 0. H_pre and H_post are
+// the σ family's (common.h).
 #pragma once
 
 #include "cayley.h"
@@ -13,6 +16,10 @@
 namespace mhc::kernels {
 
 struct OrthostochasticMixing {
+  // Every θ_ab starts here: H_res = I − O(d·θ²) (≈ 1e-3 of off-diagonal mass at d = 8, about what
+  // mHC's −8 logits leave), with a gradient ∝ θ that Adam's normalisation turns into full-size steps.
+  static constexpr double kInitialAngle = 0.01;
+
   static int64_t res_size(int64_t n, const VariantOptions& options) {
     const int64_t d = n * options.block_size;
     return d * (d - 1) / 2;
@@ -20,7 +27,7 @@ struct OrthostochasticMixing {
   template <typename T>
   static MHC_HD int64_t work_size(const CoeffVariant<T>&) { return 0; }
   static void initial_res_logits(int64_t n, double, float* logits, const VariantOptions& options) {
-    for (int64_t k = 0; k < res_size(n, options); ++k) logits[k] = 0.f;
+    for (int64_t k = 0; k < res_size(n, options); ++k) logits[k] = float(kInitialAngle);
   }
 
   // O = Cayley(−A) from the triangle θ, in double.
