@@ -57,9 +57,10 @@ struct VariantOptions {
 };
 
 // A variant with its options, as the ops' `variant` argument carries them: the name, then any option
-// away from its default as ":key=value[,key=value]" ("gomhc:block_size=1",
-// "jpmhc:cayley_iters=2,cayley_scale=0.05"). The string keeps the op schema one string for every
-// variant, so Python, torch.compile's fake kernels and DTensor see no new arguments.
+// away from its default as ":key=value" ("gomhc:block_size=1", "jpmhc:cayley_iters=2:cayley_scale=0.05";
+// colons, so that a comma-separated list of variants on a command line can hold specs). The string
+// keeps the op schema one string for every variant, so Python, torch.compile's fake kernels and
+// DTensor see no new arguments.
 struct VariantSpec {
   Variant variant;
   VariantOptions options;

@@ -74,7 +74,7 @@ class HyperConnection(nn.Module):
 
     variant: "residual" (streams must be 1), "hc", "mhc" (Sinkhorn–Knopp, sinkhorn_iters in
     [0, 100]), "mhc-v4" (DeepSeek-V4's mHC, sinkhorn_iters in [1, 100]), "mhc-lite" (streams ≤ 5), "kromhc" (streams 2, 3, 4, 6, 8, 9, 12 or 16), "ihc"
-    (H_res = I), "jpmhc" (H_res orthogonal, the Cayley map; "jpmhc:cayley_iters=2,cayley_scale=0.1" for the
+    (H_res = I), "jpmhc" (H_res orthogonal, the Cayley map; "jpmhc:cayley_iters=2:cayley_scale=0.1" for the
     paper's two fixed-point steps) or "gomhc" (H_res orthostochastic; "gomhc:block_size=1" for n up to 16,
     block_size 2 takes n ≤ 8); streams ≤ 16. sublayer_index l picks the stream l mod n that the
     initial biases favour; stream_logit / res_off_logit are the initial bias magnitudes

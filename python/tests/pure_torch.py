@@ -74,7 +74,7 @@ def parse_spec(spec):
     """'gomhc:block_size=1' -> ('gomhc', {'block_size': 1}), with DESIGN.md §11's defaults."""
     name, _, items = spec.partition(":")
     options = {"block_size": 2, "cayley_iters": 0, "cayley_scale": 0.1}
-    for item in filter(None, items.split(",")):
+    for item in filter(None, items.split(":")):
         key, value = item.split("=")
         options[key] = float(value) if key == "cayley_scale" else int(value)
     return name, options

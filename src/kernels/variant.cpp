@@ -89,7 +89,7 @@ VariantSpec parse_variant_spec(const std::string& spec) {
   VariantSpec out{parse_variant(spec.substr(0, colon)), {}};
   if (colon == std::string::npos) return out;
   std::stringstream items(spec.substr(colon + 1));
-  for (std::string item; std::getline(items, item, ',');) set_option(out.variant, item, out.options);
+  for (std::string item; std::getline(items, item, ':');) set_option(out.variant, item, out.options);
   check_variant_options(out.variant, out.options);
   return out;
 }
@@ -106,7 +106,7 @@ std::string variant_spec(Variant variant, const VariantOptions& options) {
     items.push_back(std::string("cayley_scale=") + scale);
   }
   std::string out = variant_name(variant);
-  for (size_t i = 0; i < items.size(); ++i) out += (i == 0 ? ":" : ",") + items[i];
+  for (const std::string& item : items) out += ":" + item;
   return out;
 }
 
