@@ -145,13 +145,26 @@ def analyze(analysis_path, out):
     when = "step %d" % a["step"] if "step" in a else "DeepSeek-V4 weights"  # analyze --deepseek-v4 has no step
     what = "%s, n = %d, %s, %d probe tokens" % (variant, a["streams"], when, a["probe_tokens"])
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+    # Gains, and below them the spectrum where the analysis has one (written before it existed: none).
+    spectral = "composite_sigma_min_min" in d
+    fig, axes = plt.subplots(2 if spectral else 1, 2, figsize=(13, 9.6 if spectral else 4.8), constrained_layout=True,
+                             squeeze=False)
     marker = 3 if L <= 200 else 0  # thousands of markers only hide the lines
-    for ax, key, title in ((axes[0], "fwd", "forward gain (max |row sum|)"), (axes[1], "bwd", "backward gain (max |column sum|)")):
+    for ax, key, title in ((axes[0][0], "fwd", "forward gain (max |row sum|)"),
+                           (axes[0][1], "bwd", "backward gain (max |column sum|)")):
         ax.plot(depth, d["composite_%s_max" % key], "o-", markersize=marker, label="composite P_l, max over tokens")
         ax.plot(depth, d["composite_%s_mean" % key], "s--", markersize=marker, label="composite P_l, mean over tokens")
         ax.plot(depth, d["%s_gain_max" % key], "^:", markersize=marker, label="single H_res^(l), max over tokens")
         gain_axes(ax, "%s\n%s" % (title, what))
+    if spectral:
+        for ax, key, worst, title in ((axes[1][0], "max", "max", "largest singular value"),
+                                      (axes[1][1], "min", "min", "smallest singular value")):
+            ax.plot(depth, d["composite_sigma_%s_%s" % (key, worst)], "o-", markersize=marker,
+                    label="composite P_l, %s over tokens" % worst)
+            ax.plot(depth, d["composite_sigma_%s_mean" % key], "s--", markersize=marker, label="composite P_l, mean over tokens")
+            ax.plot(depth, d["sigma_%s_%s" % (key, worst)], "^:", markersize=marker,
+                    label="single H_res^(l), %s over tokens" % worst)
+            gain_axes(ax, "%s\n%s" % (title, what), ylabel="singular value (log scale)")
     save(fig, os.path.join(out, "gain_vs_depth.png"))
 
     mats = a["mean_h_res"]
@@ -342,16 +355,22 @@ def compare(out, runs):
     over_training("grad_norm.png", lambda j: j.get(LOG["grad_norm"]), "gradient norm",
                   "global L2 gradient norm before clipping (log scale)", log=True, markers=False)
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
-    for ax, key, title in ((axes[0], "fwd", "composite forward gain"), (axes[1], "bwd", "composite backward gain")):
+    # The gains, and below them the extreme singular values of the same composite maps (runs logged
+    # before the spectral diagnostics existed are left out of that row).
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.6), constrained_layout=True)
+    rows_of = (("composite_fwd_max", "composite forward gain", "max over probe tokens", "gain (ratio, log scale)"),
+               ("composite_bwd_max", "composite backward gain", "max over probe tokens", "gain (ratio, log scale)"),
+               ("composite_sigma_max_max", "largest singular value", "max over probe tokens", "singular value (log scale)"),
+               ("composite_sigma_min_min", "smallest singular value", "min over probe tokens", "singular value (log scale)"))
+    for ax, (key, title, over, ylabel) in zip([a for row in axes for a in row], rows_of):
         for variant, seeds in groups:
             diags, step = last_diags(seeds)
-            if diags:
-                rows = [d["composite_%s_max" % key] for d in diags]
+            if diags and all(key in d for d in diags):
+                rows = [d[key] for d in diags]
                 band(ax, list(range(len(rows[0]))), rows, "%s (step %d)" % (variant, step))
-            else:
+            elif not diags:
                 ax.axhline(1.0, label="%s (identity: no H_res)" % variant, **style(variant, markers=False))
-        gain_axes(ax, "%s of P_l = H_res^(L-1)···H_res^(l)\nat the end of training, max over probe tokens" % title)
+        gain_axes(ax, "%s of P_l = H_res^(L-1)···H_res^(l)\nat the end of training, %s" % (title, over), ylabel=ylabel)
     save(fig, os.path.join(out, "gain_vs_depth.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
