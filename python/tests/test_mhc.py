@@ -240,7 +240,8 @@ def storage_of(t):
     return t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()
 
 
-@pytest.mark.parametrize("variant,n", [("residual", 1), ("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
+@pytest.mark.parametrize("variant,n", [("residual", 1), ("hc", 4), ("mhc", 4), ("mhc-lite", 3), ("jpmhc", 4),
+                                       ("gomhc:block_size=1", 3)])
 def test_stack_recompute_is_bit_identical(variant, n):
     stack, mlps, x0 = make_stack(variant, n)
     params = list(stack.parameters()) + [p for m in mlps for p in m.parameters()]
@@ -341,7 +342,7 @@ def record_states(stack):
 
 
 @pytest.mark.parametrize("variant,n", [("residual", 1), ("hc", 2), ("mhc", 4), ("mhc-lite", 5),
-                                       ("kromhc", 4), ("ihc", 3)])
+                                       ("kromhc", 4), ("ihc", 3), ("jpmhc", 4), ("gomhc", 4)])
 def test_boundary_is_post_then_pre(variant, n):
     """torch.ops.mhc.boundary against pre(post(...)) of the unfused ops, in double: values and every
     gradient; and a numerical gradient check of the fused op."""
@@ -382,7 +383,7 @@ def test_boundary_is_post_then_pre(variant, n):
                                     rtol=1e-3)
 
 
-@pytest.mark.parametrize("variant,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3)])
+@pytest.mark.parametrize("variant,n", [("hc", 4), ("mhc", 4), ("mhc-lite", 3), ("jpmhc", 3), ("gomhc", 2)])
 def test_stack_fuses_boundaries_to_the_same_result(variant, n):
     """The stack's fused boundaries give what one connection after another gives, bit for bit."""
     stack, mlps, x0 = make_stack(variant, n)
