@@ -31,12 +31,15 @@ MHC_HD inline void cayley(int d, const double* B, double* H) {
         M[k * d + j] = M[pivot * d + j], H[k * d + j] = H[pivot * d + j];
         M[pivot * d + j] = m, H[pivot * d + j] = h;
       }
+    // M's columns before k are already zero below and above the diagonal: only k + 1 … d − 1 change.
     const double inv = 1.0 / M[k * d + k];
-    for (int j = 0; j < d; ++j) M[k * d + j] *= inv, H[k * d + j] *= inv;
+    for (int j = k + 1; j < d; ++j) M[k * d + j] *= inv;
+    for (int j = 0; j < d; ++j) H[k * d + j] *= inv;
     for (int i = 0; i < d; ++i) {
       const double f = M[i * d + k];
       if (i == k || f == 0.0) continue;
-      for (int j = 0; j < d; ++j) M[i * d + j] -= f * M[k * d + j], H[i * d + j] -= f * H[k * d + j];
+      for (int j = k + 1; j < d; ++j) M[i * d + j] -= f * M[k * d + j];
+      for (int j = 0; j < d; ++j) H[i * d + j] -= f * H[k * d + j];
     }
   }
   for (int i = 0; i < d; ++i) H[i * d + i] -= 1.0;
@@ -45,18 +48,19 @@ MHC_HD inline void cayley(int d, const double* B, double* H) {
 // dB from dH through H = 2M⁻¹ − I, M = I − B: dB = 2·M⁻ᵀ·dH·M⁻ᵀ, and M⁻ᵀ = (H + I)ᵀ/2, so
 // dB = ½·(H + I)ᵀ·dH·(H + I)ᵀ from the forward's H, with no second solve.
 MHC_HD inline void cayley_backward(int d, const double* H, const double* dH, double* dB) {
-  double W[kMaxCayleyDim * kMaxCayleyDim];  // (H + I)ᵀ·dH
-  auto shifted = [&](int i, int j) { return H[i * d + j] + (i == j ? 1.0 : 0.0); };
-  for (int i = 0; i < d; ++i)
-    for (int j = 0; j < d; ++j) {
-      double w = 0;
-      for (int k = 0; k < d; ++k) w += shifted(k, i) * dH[k * d + j];
-      W[i * d + j] = w;
+  double S[kMaxCayleyDim * kMaxCayleyDim], W[kMaxCayleyDim * kMaxCayleyDim];  // H + I, and Sᵀ·dH
+  for (int e = 0; e < d * d; ++e) S[e] = H[e] + (e % (d + 1) == 0 ? 1.0 : 0.0);
+  for (int i = 0; i < d; ++i) {  // row i of Sᵀ·dH = Σ_k S[k, i]·dH[k, :]
+    for (int j = 0; j < d; ++j) W[i * d + j] = 0;
+    for (int k = 0; k < d; ++k) {
+      const double s = S[k * d + i];
+      for (int j = 0; j < d; ++j) W[i * d + j] += s * dH[k * d + j];
     }
-  for (int i = 0; i < d; ++i)
+  }
+  for (int i = 0; i < d; ++i)  // (W·Sᵀ)[i, j] = ⟨W[i, :], S[j, :]⟩
     for (int j = 0; j < d; ++j) {
       double b = 0;
-      for (int k = 0; k < d; ++k) b += W[i * d + k] * shifted(j, k);
+      for (int k = 0; k < d; ++k) b += W[i * d + k] * S[j * d + k];
       dB[i * d + j] = 0.5 * b;
     }
 }
