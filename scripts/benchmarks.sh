@@ -103,6 +103,22 @@ SECTION
 
 cat <<SECTION
 
+## The orthogonal variants: JPmHC and go-mHC beside mHC and KromHC
+
+\`$(basename "$mhc") bench layer --variant jpmhc,gomhc,mhc,kromhc --streams 4,8,16 --dim 512 --threads $threads --markdown\`
+(go-mHC's default block size 2 takes n ≤ 8, so its n = 16 row is skipped), then go-mHC at block size
+1 up to its limit of 16 streams. Their projections are the widest of the family at a given n:
+JPmHC's 3n² columns (three n×n logit blocks), go-mHC's 2n + d(d−1)/2 with d = n·s (36 columns at
+n = 4, s = 2; 136 at n = 8), against mHC's 2n + n²; the per-token Cayley solve (d³ in double) is a
+few percent of the time at n = 4. The reference solves with \`torch.linalg.solve\` / \`inv\` batched.
+
+SECTION
+"$mhc" bench layer --variant jpmhc,gomhc,mhc,kromhc --tokens 4096 --streams 4,8,16 --dim 512 --threads "$threads" --markdown
+"$mhc" bench layer --variant gomhc:block_size=1 --tokens 4096 --streams 4,8,16 --dim 512 --threads "$threads" --markdown |
+  grep '^| gomhc'
+
+cat <<SECTION
+
 ## The same ops from Python, vs an independent pure-PyTorch implementation
 
 \`python/bench.py --variant residual,hc,mhc,mhc-lite --tokens 4096 --streams 4 --dim 512,1024 --threads $threads --markdown\`

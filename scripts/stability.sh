@@ -2,7 +2,8 @@
 # Regenerates docs/stability/, the data of docs/stability.md (the stability experiment of DESIGN.md
 # §5, issue 21), into runs/stability:
 #   seeds/      `mhc compare --preset deep --seeds 3`: every variant (KromHC at n = 4 = 2⊗2, identity-HC
-#               as the no-mixing ablation), 24 blocks = 48 sublayers, C = 64,
+#               as the no-mixing ablation, the orthogonal jpmhc and the orthostochastic gomhc),
+#               24 blocks = 48 sublayers, C = 64,
 #               300 steps, seeds 1337-1339; the report gives each number's mean and spread
 #   depth-12/, depth-48/   the hyper-connection variants at 12 and 48 blocks of the same width, one seed
 #               (1337); the 24-block point is the seeds study's
@@ -11,7 +12,7 @@
 # Finished runs are reused and interrupted ones resumed, so re-running only redraws. Estimated from
 # the single-seed study (13.5 minutes for 4 variants at 24 blocks on 2 cores): ~40 minutes for the
 # seeds, ~6 and ~25 minutes for 12 and 48 blocks (step time grows with depth), ~70 minutes in all;
-# KromHC and identity-HC add ~30.
+# KromHC and identity-HC add ~30, jpmhc and gomhc ~25 more (each deep run: ~1.8 minutes alone).
 # Usage: scripts/stability.sh [path/to/mhc]
 # Environment, for a quick rehearsal on a small setting: STABILITY_FLAGS (flags added to every
 # compare, e.g. "--steps 4 --dim 16"), STABILITY_OUT (default runs/stability), STABILITY_DOCS
@@ -23,9 +24,9 @@ out=${STABILITY_OUT:-runs/stability}
 docs=${STABILITY_DOCS:-docs/stability}
 read -r -a flags <<< "${STABILITY_FLAGS:-}"
 read -r -a depths <<< "${STABILITY_DEPTHS:-12 48}"
-variants=residual,hc,mhc,mhc-lite,kromhc,ihc
+variants=residual,hc,mhc,mhc-lite,kromhc,ihc,jpmhc,gomhc
 # The variants with a learned H_res; the gain of the plain residual and of identity-HC is 1 at every depth.
-hyper=(hc mhc mhc-lite kromhc)
+hyper=(hc mhc mhc-lite kromhc jpmhc gomhc)
 seeds=3
 first_seed=1337
 
