@@ -52,7 +52,7 @@ def evenly_spaced(count, at_most):
 # Per variant: colour, marker, line style (mHC and mHC-lite often coincide: the styles keep both visible).
 STYLES = {"residual": ("tab:gray", "", "-"), "hc": ("tab:red", "o", "-"), "mhc": ("tab:blue", "s", "-"),
           "mhc-v4": ("tab:cyan", "P", "--"), "mhc-lite": ("tab:green", "^", "--"), "kromhc": ("tab:purple", "D", ":"),
-          "ihc": ("tab:orange", "v", "-.")}
+          "ihc": ("tab:orange", "v", "-."), "jpmhc": ("tab:brown", "X", "-"), "gomhc": ("tab:olive", "*", "--")}
 SUBLAYER_AXIS = "sublayer l (attention and MLP counted separately)"
 
 
