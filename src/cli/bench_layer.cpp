@@ -189,6 +189,31 @@ Table layer_table(const std::string& timed, const std::string& other, TableStyle
                style);
 }
 
+// The stream counts each variant runs at: those asked for that it takes (1 for residual). One it
+// does not take is skipped with a note on stderr when the variant takes another, and is the error
+// otherwise (std::invalid_argument, the variant's own message).
+std::vector<std::vector<int64_t>> accepted_streams(const std::vector<VariantSpec>& variants,
+                                                   const std::vector<int64_t>& stream_counts) {
+  std::vector<std::vector<int64_t>> accepted(variants.size());
+  for (size_t v = 0; v < variants.size(); ++v) {
+    const VariantSpec& k = variants[v];
+    std::string refusal;
+    for (int64_t n : k.variant == Variant::residual ? std::vector<int64_t>{1} : stream_counts) {
+      try {
+        check_streams(k.variant, n, k.options);
+        accepted[v].push_back(n);
+      } catch (const std::invalid_argument& e) {
+        refusal = e.what();
+      }
+    }
+    if (accepted[v].empty()) throw std::invalid_argument(refusal);
+    if (!refusal.empty())
+      std::cerr << "mhc bench layer: skipping what " << variant_spec(k.variant, k.options) << " does not take: " << refusal
+                << "\n";
+  }
+  return accepted;
+}
+
 }  // namespace
 
 int bench_layer(const std::vector<std::string>& argv) {
@@ -225,24 +250,7 @@ int bench_layer(const std::vector<std::string>& argv) {
   const int64_t t = args.integer("sinkhorn-iters");
   const int warmup = static_cast<int>(args.integer("warmup"));
   const int reps = static_cast<int>(args.integer("reps"));
-  // The stream counts each variant runs at: those asked for that it takes (1 for residual). One it
-  // does not take is skipped with a note when the variant takes another, and is the error otherwise.
-  std::vector<std::vector<int64_t>> streams_of(variants.size());
-  for (size_t v = 0; v < variants.size(); ++v) {
-    const VariantSpec& k = variants[v];
-    std::string refusal;
-    for (int64_t n : k.variant == Variant::residual ? std::vector<int64_t>{1} : stream_counts) {
-      try {
-        check_streams(k.variant, n, k.options);
-        streams_of[v].push_back(n);
-      } catch (const std::invalid_argument& e) {
-        refusal = e.what();
-      }
-    }
-    if (streams_of[v].empty()) throw std::invalid_argument(refusal);
-    if (!refusal.empty()) std::cerr << "mhc bench layer: skipping what " << variant_spec(k.variant, k.options)
-                                    << " does not take: " << refusal << "\n";
-  }
+  const std::vector<std::vector<int64_t>> streams_of = accepted_streams(variants, stream_counts);
 
   const torch::Device device = train::parse_device(args.str("device"));
   const torch::ScalarType storage = train::parse_dtype(args.str("dtype"));
