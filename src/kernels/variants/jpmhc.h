@@ -55,6 +55,23 @@ struct VariantMath<Variant::jpmhc> {
       for (int j = 0; j < n; ++j) B[i * n + j] = half_beta * (double(Z[i * n + j]) - double(Z[j * n + i]));
   }
 
+  // H_res from B: the exact Cayley map, or the paper's steps (their iterates kept for the backward).
+  template <typename T>
+  static MHC_HD void mixing(const CoeffVariant<T>& v, const double* B, double* iterates, double* H) {
+    if (v.options.cayley_iters == 0) cayley(v.n, B, H);
+    else cayley_iterative(v.n, v.options.cayley_iters, B, iterates, H);
+  }
+
+  // H_pre[j] = (1/n)·Σ_i P[i, j].
+  template <typename T>
+  static MHC_HD void read_weights(int n, const T* P, T* H_pre) {
+    for (int j = 0; j < n; ++j) {
+      T pre = 0;
+      for (int i = 0; i < n; ++i) pre += P[i * n + j];
+      H_pre[j] = pre / T(n);
+    }
+  }
+
   // The row softmaxes of the pre block into P and the column softmaxes of the post block into Q.
   template <typename T>
   static MHC_HD void read_write_weights(int n, const T* logits, T* P, T* Q) {
@@ -75,20 +92,16 @@ struct VariantMath<Variant::jpmhc> {
     projected_logits(v, g, r[0], Groups{int64_t(n) * n}, logits);
     T P[kMaxCayleyDim * kMaxCayleyDim], Q[kMaxCayleyDim * kMaxCayleyDim];
     read_write_weights(n, logits, P, Q);
-    for (int j = 0; j < n; ++j) {
-      T pre = 0, post = 0;
-      for (int i = 0; i < n; ++i) pre += P[i * n + j], post += Q[j * n + i];
-      out.pre[j] = pre / T(n);
-      out.post[j] = post;
+    read_weights(n, P, out.pre);
+    for (int i = 0; i < n; ++i) {
+      T post = 0;
+      for (int j = 0; j < n; ++j) post += Q[i * n + j];
+      out.post[i] = post;
     }
     double B[kMaxCayleyDim * kMaxCayleyDim], H[kMaxCayleyDim * kMaxCayleyDim];
+    double iterates[kMaxCayleyIters * kMaxCayleyDim * kMaxCayleyDim];
     skew(v, logits + 2 * n * n, B);
-    if (v.options.cayley_iters == 0) {
-      cayley(n, B, H);
-    } else {
-      double iterates[kMaxCayleyIters * kMaxCayleyDim * kMaxCayleyDim];
-      cayley_iterative(n, v.options.cayley_iters, B, iterates, H);
-    }
+    mixing(v, B, iterates, H);
     for (int e = 0; e < n * n; ++e) out.res[e] = T(H[e]);
   }
 
@@ -114,11 +127,7 @@ struct VariantMath<Variant::jpmhc> {
       for (int i = 0; i < n; ++i) dot += Q[i * n + j] * dpost[i];
       for (int i = 0; i < n; ++i) dlogits[n * n + i * n + j] = Q[i * n + j] * (dpost[i] - dot);
     }
-    for (int j = 0; j < n; ++j) {
-      T pre = 0;
-      for (int i = 0; i < n; ++i) pre += P[i * n + j];
-      H_pre[j] = pre / T(n);
-    }
+    read_weights(n, P, H_pre);
     res_backward(v, logits + 2 * n * n, dres, dlogits + 2 * n * n);
     projected_logits_backward(v, g, r, groups, dlogits, dg, dr, dbias, dalpha);
   }
@@ -129,16 +138,12 @@ struct VariantMath<Variant::jpmhc> {
     const int n = v.n;
     double B[kMaxCayleyDim * kMaxCayleyDim], H[kMaxCayleyDim * kMaxCayleyDim];
     double dH[kMaxCayleyDim * kMaxCayleyDim], dB[kMaxCayleyDim * kMaxCayleyDim];
+    double iterates[kMaxCayleyIters * kMaxCayleyDim * kMaxCayleyDim];
     skew(v, Z, B);
     for (int e = 0; e < n * n; ++e) dH[e] = double(dres[e]);
-    if (v.options.cayley_iters == 0) {
-      cayley(n, B, H);
-      cayley_backward(n, H, dH, dB);
-    } else {
-      double iterates[kMaxCayleyIters * kMaxCayleyDim * kMaxCayleyDim];
-      cayley_iterative(n, v.options.cayley_iters, B, iterates, H);
-      cayley_iterative_backward(n, v.options.cayley_iters, B, iterates, dH, dB);
-    }
+    mixing(v, B, iterates, H);
+    if (v.options.cayley_iters == 0) cayley_backward(n, H, dH, dB);
+    else cayley_iterative_backward(n, v.options.cayley_iters, B, iterates, dH, dB);
     const double half_beta = 0.5 * v.options.cayley_scale;
     for (int i = 0; i < n; ++i)
       for (int j = 0; j < n; ++j) dZ[i * n + j] = T(half_beta * (dB[i * n + j] - dB[j * n + i]));
