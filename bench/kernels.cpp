@@ -60,7 +60,7 @@ struct Sublayer {
   }
 
   mhc::cpu::PreInputs<float> inputs(int threads) const {
-    return {x.data(), phi.data(), bias.data(), alpha.data(), N, int(n), C, variant, 20, threads};
+    return {x.data(), phi.data(), bias.data(), alpha.data(), N, int(n), C, variant, 20, mhc::VariantOptions{}, threads};
   }
   void pre_forward(int threads) {
     mhc::cpu::pre_forward<float>({inputs(threads), h.data(), H_pre.data(), H_post.data(), H_res.data(), proj.data(),
@@ -123,6 +123,12 @@ MHC_BENCH(mhc_lite_pre_forward, Variant::mhc_lite, kPreForward);
 MHC_BENCH(mhc_lite_pre_backward, Variant::mhc_lite, kPreBackward);
 MHC_BENCH(hc_pre_forward, Variant::hc, kPreForward);
 MHC_BENCH(hc_pre_backward, Variant::hc, kPreBackward);
+MHC_BENCH(kromhc_pre_forward, Variant::kromhc, kPreForward);
+MHC_BENCH(kromhc_pre_backward, Variant::kromhc, kPreBackward);
+MHC_BENCH(jpmhc_pre_forward, Variant::jpmhc, kPreForward);
+MHC_BENCH(jpmhc_pre_backward, Variant::jpmhc, kPreBackward);
+MHC_BENCH(gomhc_pre_forward, Variant::gomhc, kPreForward);
+MHC_BENCH(gomhc_pre_backward, Variant::gomhc, kPreBackward);
 MHC_BENCH(post_forward_n4, Variant::mhc, kPostForward);
 MHC_BENCH(post_backward_n4, Variant::mhc, kPostBackward);
 
