@@ -63,8 +63,11 @@ struct OrthostochasticMixing {
     const int n = v.n, s = v.options.block_size, d = n * s;
     double O[kMaxCayleyDim * kMaxCayleyDim], dO[kMaxCayleyDim * kMaxCayleyDim], dB[kMaxCayleyDim * kMaxCayleyDim];
     orthogonal(d, res_logits, O);
-    for (int a = 0; a < d; ++a)
-      for (int b = 0; b < d; ++b) dO[a * d + b] = 2.0 / s * O[a * d + b] * double(dres[(a / s) * n + b / s]);
+    for (int a = 0; a < d; ++a) {  // row a of O lies in block row a/s: dres's row, without a division per entry
+      const T* dres_row = dres + (a / s) * n;
+      for (int j = 0; j < n; ++j)
+        for (int l = 0; l < s; ++l) dO[a * d + j * s + l] = 2.0 / s * O[a * d + j * s + l] * double(dres_row[j]);
+    }
     cayley_backward(d, O, dO, dB);
     int64_t k = 0;
     for (int a = 0; a < d; ++a)
