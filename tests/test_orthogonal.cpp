@@ -187,6 +187,7 @@ TEST(OrthogonalOptions, OneLineErrorsNameWhatIsAccepted) {
       {error_of([] { parse_variant_spec("mhc:block_size=1"); }), "mhc takes no option 'block_size' (accepted: none)"},
       {error_of([] { parse_variant_spec("gomhc:cayley_iters=2"); }),
        "gomhc takes no option 'cayley_iters' (accepted: block_size)"},
+      {error_of([&] { layout(Variant::mhc, 4, 8, steps); }), "mhc takes no option 'cayley_iters' (accepted: none)"},
       {error_of([] { parse_variant_spec("gomhc:block_size=two"); }),
        "option block_size of gomhc needs a number, got 'two'"},
       {error_of([] { parse_variant_spec("jpmhc:cayley_scale=-1"); }), "jpmhc takes a finite cayley_scale > 0, got -1.000000"},
