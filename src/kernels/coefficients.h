@@ -51,8 +51,9 @@ MHC_HD inline void coefficients(const CoeffVariant<T>& v, const T* g, const T* r
 // Backward of `coefficients` for one token. Given dH_pre, dH_post, dH_res (dres) it writes
 // dg [P, m] and dr [P] and accumulates dbias, dalpha. Also returns H_pre (needed for dx).
 template <typename T>
-MHC_HD inline void coefficients_backward(const CoeffVariant<T>& v, const T* g, const T* r, const T* dpre, const T* dpost,
-                                         const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha, T* H_pre) {
+MHC_HD inline void coefficients_backward(const CoeffVariant<T>& v, const T* g, const T* r, const T* dpre,
+                                         const T* dpost, const T* dres, T* scratch, T* dg, T* dr, T* dbias, T* dalpha,
+                                         T* H_pre) {
   with_variant(v.variant, [&](auto variant) {
     VariantMath<decltype(variant)::value>::backward(v, g, r, dpre, dpost, dres, scratch, dg, dr, dbias, dalpha, H_pre);
   });

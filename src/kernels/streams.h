@@ -1,5 +1,6 @@
-// The stream count n as a compile-time constant (with_streams; with_constant for any small size), apart from the coefficient math
-// (variants/*.h) that also uses it: kernels that need only the constant (post's) include only this.
+// The stream count n as a compile-time constant (with_streams; with_constant for any small size),
+// apart from the coefficient math (variants/*.h) that also uses it: kernels that need only the
+// constant (post's) include only this.
 // Compiled for the CPU kernels and, under nvcc, for the CUDA kernels (MHC_HD).
 #pragma once
 

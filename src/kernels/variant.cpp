@@ -83,7 +83,8 @@ void set_option(Variant variant, const std::string& item, VariantOptions& option
     }
     if (used != value.size()) throw std::invalid_argument("trailing characters");
   } catch (const std::exception&) {
-    throw std::invalid_argument("option " + key + " of " + variant_name(variant) + " needs a number, got '" + value + "'");
+    throw std::invalid_argument("option " + key + " of " + variant_name(variant) + " needs a number, got '" + value +
+                                "'");
   }
 }
 
@@ -168,8 +169,8 @@ ShapeNames shape_names(Variant variant) {
   return with_variant(variant, [](auto k) { return VariantMath<decltype(k)::value>::shape_names; });
 }
 
-void initial_bias_and_alpha(Variant variant, int64_t n, int64_t lead, double stream_logit, double res_off_logit, float* bias,
-                            float* alpha, const VariantOptions& options) {
+void initial_bias_and_alpha(Variant variant, int64_t n, int64_t lead, double stream_logit, double res_off_logit,
+                            float* bias, float* alpha, const VariantOptions& options) {
   with_variant(variant, [&](auto k) {
     VariantMath<decltype(k)::value>::initial_bias_and_alpha(n, lead, stream_logit, res_off_logit, bias, alpha, options);
   });

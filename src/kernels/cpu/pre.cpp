@@ -224,8 +224,9 @@ struct BackwardCall {
   const bool nt_dx, nt_post;
 
   BackwardCall(const PreBackwardParams<T>& p_, const PostInputs<T>* post_, const PostGradients<T>* post_grads_)
-      : p(p_), post(post_), post_grads(post_grads_), v(p_.in), l(layout(p_.in.variant, p_.in.n, p_.in.C, p_.in.options)),
-        n(p_.in.n), C(p_.in.C), K(v.K), m(v.m), mp(padded(m, Simd<T>::W)), Ks(staged_stride<T>(K)),
+      : p(p_), post(post_), post_grads(post_grads_), v(p_.in),
+        l(layout(p_.in.variant, p_.in.n, p_.in.C, p_.in.options)), n(p_.in.n), C(p_.in.C), K(v.K), m(v.m),
+        mp(padded(m, Simd<T>::W)), Ks(staged_stride<T>(K)),
         per_tile(backward_tile_tokens(m, v.P)),
         phiT_p(transpose_phi(projection_phi(v, p_.in.phi, centred_phi), K, m, mp, Ks)),
         nt_dx(!post && bypasses_cache(p_.dx, C, p_.in.N * n * C)),
@@ -398,7 +399,8 @@ void pre_backward(const PreBackwardParams<T>& p) {
 
 template <typename T>
 void boundary_forward(const PostInputs<T>& post, T* x_next, const PreForwardParams<T>& pre) {
-  if (pre.in.x != x_next) throw std::invalid_argument("boundary_forward: pre.in.x must be x_next, the buffer it writes");
+  if (pre.in.x != x_next)
+    throw std::invalid_argument("boundary_forward: pre.in.x must be x_next, the buffer it writes");
   forward_tiles(pre, &post, x_next);
 }
 

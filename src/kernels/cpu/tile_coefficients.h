@@ -92,7 +92,8 @@ class TileCoefficients {
     kernels::with_variant(v_.variant, [&](auto k) {
       using Math = kernels::VariantMath<decltype(k)::value>;
       if constexpr (HasSinkhornLanes<Math>::value) {
-        if (lanes_) return backward_lanes<Math>(t0, t1, proj, rms, dpre, H_pre, dbias, dalpha, dpost_of, dres_of, finish);
+        if (lanes_)
+          return backward_lanes<Math>(t0, t1, proj, rms, dpre, H_pre, dbias, dalpha, dpost_of, dres_of, finish);
       }
       for (int64_t tok = t0; tok < t1; ++tok) {
         kernels::coefficients_backward(v_, proj + tok * v_.P * v_.m, rms + tok * v_.P, dpre + (tok - t0) * n,

@@ -3,8 +3,9 @@
 // (every variant whose H_pre and H_post are σ and 2σ of α·g/r + b, differing only in H_res),
 // written once with the H_res map as a parameter. A few dozen numbers per token, so plain scalar
 // code, compiled for the CPU kernels and, under nvcc, for the CUDA kernels (MHC_HD, ../streams.h,
-// with the compile-time stream count): both backends compute the same function. Each variant's header (residual.h, hc.h, mhc.h, mhc_v4.h,
-// mhc_lite.h, kromhc.h, ihc.h, jpmhc.h, gomhc.h) specialises VariantMath; ../coefficients.h turns the runtime variant into it.
+// with the compile-time stream count): both backends compute the same function. Each variant's
+// header (residual.h, hc.h, mhc.h, mhc_v4.h, mhc_lite.h, kromhc.h, ihc.h, jpmhc.h, gomhc.h)
+// specialises VariantMath; ../coefficients.h turns the runtime variant into it.
 #pragma once
 
 #include <algorithm>

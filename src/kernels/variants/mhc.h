@@ -156,7 +156,8 @@ MHC_HD inline void linear_backward(Dim N, int t, T eps, const T* it, T* d) {
   const int nn = N * N;
   for (int s = 2 * t; s >= 2; s -= 2) {
     normalize_backward<false>(N, it + (s - 1) * nn, it + s * nn, d, eps, T{});
-    normalize_backward<true>(N, it + (s - 2) * nn, it + (s - 1) * nn, d, denom_eps_of(s - 2, eps), floor_of(s - 2, eps));
+    normalize_backward<true>(N, it + (s - 2) * nn, it + (s - 1) * nn, d, denom_eps_of(s - 2, eps),
+                             floor_of(s - 2, eps));
   }
   // Through exp; the column-max shift is a constant (the first column normalisation cancels it).
   for (int e = 0; e < nn; ++e) d[e] *= it[e];
@@ -237,7 +238,9 @@ struct SinkhornMixing {
   template <typename T>
   static MHC_HD void res_backward(const CoeffVariant<T>& v, const T* res_logits, const T* dres, T* work,
                                   T* dres_logits) {
-    with_unrolled_streams(v.n, [&](auto N) { sinkhorn_backward(N, res_logits, v.t, T(Eps::value), dres, work, dres_logits); });
+    with_unrolled_streams(v.n, [&](auto N) {
+      sinkhorn_backward(N, res_logits, v.t, T(Eps::value), dres, work, dres_logits);
+    });
   }
 };
 
