@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Data-parallel `mhc train` on loopback (mhc/distributed.h): 2 ranks reproduce one rank's losses at
 # the same global batch and end with identical parameters, torch's own launcher works, a killed or
-# stalled rank makes the survivor exit non-zero within --dist-timeout naming it, checkpoints resume
-# across world sizes, a bad environment gets a one-line error, the rendezvous ends within
-# --dist-timeout even against a port that never answers, ranks given different settings refuse to
-# start, and `mhc launch` stops the other ranks as soon as one fails.
+# stalled rank makes the survivor exit non-zero within --dist-timeout naming it (SIGPIPE from a write
+# to the dead rank included), checkpoints resume across world sizes, a bad environment gets a
+# one-line error, the rendezvous ends within --dist-timeout even against a port that never answers,
+# ranks given different settings refuse to start, and `mhc launch` stops the other ranks as soon as
+# one fails.
 # Usage: dist_cli.sh BUILD/mhc SOURCE_DIR [section]   (section: equivalence torchrun failure resume
 # errors rendezvous settings launcher; default: all)
 source "$(dirname "$0")/cli_common.sh"
@@ -66,6 +67,15 @@ if want failure; then
   survivor_exits 0 KILL   # rank 0 hosts the store: the survivor cannot even hold a roll call
   survivor_exits 1 STOP   # a stalled rank: only the timeout can tell
   survivor_exits 0 STOP   # a stalled store host: its socket is open, but nothing answers the roll call
+  # SIGPIPE, which a write to a dead peer's socket raises, must not kill the survivor silently.
+  peer_dies=${MHC_PEER_DIES:-$(dirname "$(readlink -f "$1")")/tests/peer_dies}
+  port=$(free_port)
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$peer_dies" 2> "$work/sigpipe.1.err" &
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$peer_dies" 2> "$work/sigpipe.0.err"
+  status=$?
+  wait
+  [ "$status" -eq 1 ] || fail "SIGPIPE: rank 0 exited $status (1 expected; 141 is death by SIGPIPE): $(cat "$work/sigpipe.0.err")"
+  one_error_line "$work/sigpipe.0.err" SIGPIPE "rank 1 did not answer"
 fi
 
 if want resume; then

@@ -62,6 +62,7 @@ survivor_exits() {
   kill -9 "${pids[$victim]}" 2>/dev/null
   wait "${pids[$victim]}" 2>/dev/null
   [ "$status" -ne 0 ] || fail "failure ($signal rank $victim): the survivor exited 0"
+  [ "$status" -lt 128 ] || fail "failure ($signal rank $victim): the survivor died of signal $((status - 128))"
   [ $(($(date +%s) - t0)) -le 20 ] || fail "failure ($signal rank $victim): the survivor took $(($(date +%s) - t0)) s"
   grep -Eq "^error: .*rank $victim did not answer" "$out.$((1 - victim)).err" ||
     fail "failure ($signal rank $victim): $(cat "$out.$((1 - victim)).err")"

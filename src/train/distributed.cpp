@@ -6,6 +6,7 @@
 #include "group_state.h"
 
 #include <algorithm>
+#include <csignal>
 #include <future>
 #include <map>
 #include <thread>
@@ -115,6 +116,10 @@ Environment Environment::read(const std::function<const char*(const char*)>& get
 Group::Group(const Environment& environment, std::chrono::milliseconds timeout, const SharedSettings& shared_settings)
     : environment_(environment), timeout_(timeout), state_(std::make_unique<State>()), names_(identity(world_size())) {
   if (world_size() == 1) return;
+  // Gloo writes to its sockets with writev, which raises SIGPIPE when the peer has died: by default
+  // that kills this rank without a word. Ignored, the write fails with EPIPE, and the failure becomes
+  // the error that names the dead rank. (Python ignores SIGPIPE from the start; a C++ program must.)
+  std::signal(SIGPIPE, SIG_IGN);
   const Clock::time_point deadline = Clock::now() + timeout;
   const Environment e = environment_;
   const std::string me = "rank " + std::to_string(rank());
